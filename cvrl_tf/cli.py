@@ -1,0 +1,14 @@
+"""Console entry points (see setup.cfg). Each delegates to the absl `main` of the module
+that owns the command, imported lazily so `--help` of one tool does not load the others."""
+
+from absl import app
+
+
+def convert():
+  from cvrl_tf.data import convert as module
+  app.run(module.main)
+
+
+def synth():
+  from cvrl_tf.data import synthetic as module
+  app.run(module.main)

@@ -1,0 +1,1 @@
+"""Models: r3d (backbones), heads (projection MLP, classifier), pretrainer, classifier."""
