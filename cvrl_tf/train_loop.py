@@ -1,0 +1,182 @@
+"""Runs `model.fit` in resumable chunks: checkpoints, summaries, progress, NaN guard.
+
+Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
+- Checkpoints hold the model and optimizer (its `iterations` is the global step) and are
+  written every `checkpoint_every` steps by `tf.train.CheckpointManager`, which writes
+  the files first and then atomically replaces the `checkpoint` index: a SIGKILL at any
+  moment leaves the previous checkpoint intact and loadable.
+- Re-running the same command restores the latest checkpoint and continues at its step.
+  Data position: the input stream is rebuilt from `seed + step`, i.e. a resumed run sees
+  a fresh, deterministic shuffle rather than replaying the examples already seen in the
+  interrupted epoch (the same semantics as SimCLR / Model Garden restarts). Nothing beyond
+  the last checkpoint is kept, nothing before it is lost.
+- A NaN/Inf loss stops training before any checkpoint of the bad weights is written and
+  raises `NonFiniteLossError`; the last good checkpoint stays the latest one.
+- Under MultiWorkerMirroredStrategy every worker saves (saving is collective), but only
+  the chief writes into `model_dir`; the others write to a scratch dir deleted afterwards.
+"""
+
+import math
+import os
+import sys
+import time
+from typing import Callable, Dict, Optional
+
+import tensorflow as tf
+import tf_keras
+
+CHECKPOINT_SUBDIR = 'checkpoints'
+SUMMARY_SUBDIR = 'summaries'
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == 'chief':
+    return True
+  cluster = resolver.cluster_spec().as_dict()
+  return (resolver.task_type == 'worker' and resolver.task_id == 0 and
+          'chief' not in cluster)
+
+
+def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+  """Where this worker writes: model_dir for the chief, a scratch dir for the others."""
+  if is_chief(strategy):
+    return model_dir
+  resolver = strategy.cluster_resolver
+  return os.path.join(model_dir, '.scratch', f'{resolver.task_type}_{resolver.task_id}')
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h:d}:{m:02d}:{s:02d}' if h else f'{m:d}:{s:02d}'
+
+
+def current_learning_rate(optimizer) -> float:
+  lr = optimizer.learning_rate
+  if isinstance(lr, tf_keras.optimizers.schedules.LearningRateSchedule):
+    lr = lr(optimizer.iterations)
+  elif callable(lr):
+    lr = lr()
+  return float(tf.convert_to_tensor(lr))
+
+
+class _ChunkCallback(tf_keras.callbacks.Callback):
+  """Checkpoints, TensorBoard scalars, a progress line and the NaN guard."""
+
+  def __init__(self, manager, summary_writer, total_steps, checkpoint_every,
+               log_every, examples_per_step, example_name, chief, progress_stream):
+    super().__init__()
+    self._manager = manager
+    self._writer = summary_writer
+    self._total = total_steps
+    self._checkpoint_every = checkpoint_every
+    self._log_every = max(1, log_every)
+    self._examples_per_step = examples_per_step
+    self._name = example_name
+    self._chief = chief
+    self._stream = progress_stream
+    self.bad_step: Optional[int] = None
+    self.last_logs: Dict[str, float] = {}
+
+  def on_train_begin(self, logs=None):
+    self._start_step = self._step()
+    self._t0 = self._t_log = time.perf_counter()
+    self._step_log = self._start_step
+
+  def _step(self) -> int:
+    return int(self.model.optimizer.iterations.numpy())
+
+  def on_train_batch_end(self, batch, logs=None):
+    logs = {k: float(v) for k, v in (logs or {}).items()}
+    step = self._step()
+    loss = logs.get('loss', 0.0)
+    if not math.isfinite(loss):
+      self.bad_step = step
+      self.model.stop_training = True
+      return
+    self.last_logs = logs
+    if step % self._log_every == 0 or step >= self._total:
+      self._log(step, logs)
+      self.model.reset_metrics()  # the next line averages over the next interval only
+    if step % self._checkpoint_every == 0 or step >= self._total:
+      self._manager.save(checkpoint_number=step)
+    if step >= self._total:
+      self.model.stop_training = True
+
+  def _log(self, step, logs):
+    now = time.perf_counter()
+    rate = (step - self._step_log) * self._examples_per_step / max(now - self._t_log, 1e-9)
+    self._t_log, self._step_log = now, step
+    lr = current_learning_rate(self.model.optimizer)
+    if self._writer is not None:
+      with self._writer.as_default(step=step):
+        for key, value in logs.items():
+          tf.summary.scalar(key, value)
+        tf.summary.scalar('learning_rate', lr)
+        tf.summary.scalar(f'{self._name}_per_sec', rate)
+      self._writer.flush()
+    if self._chief and self._stream is not None:
+      done = step - self._start_step
+      elapsed = now - self._t0
+      eta = elapsed / max(done, 1) * (self._total - step)
+      metrics = ' '.join(f'{k}={v:.4g}' for k, v in sorted(logs.items()))
+      print(f'step {step}/{self._total} {metrics} lr={lr:.4g} '
+            f'{self._name}/s={rate:.1f} eta={format_duration(eta)}',
+            file=self._stream, flush=True)
+
+
+def fit_resumable(model: tf_keras.Model,
+                  make_dataset: Callable[[int], object],
+                  model_dir: str,
+                  total_steps: int,
+                  strategy: tf.distribute.Strategy,
+                  checkpoint_every: int = 1000,
+                  keep_checkpoints: int = 3,
+                  log_every: int = 100,
+                  examples_per_step: int = 1,
+                  example_name: str = 'clips',
+                  extra_checkpoint_items: Optional[dict] = None,
+                  progress_stream=sys.stderr) -> Dict[str, float]:
+  """Trains `model` (compiled, built, under `strategy.scope()`) until `total_steps`.
+
+  `make_dataset(start_step)` returns the (distributed) dataset to read from; it is called
+  once, after restoring, with the step training resumes at. Returns the last logged
+  metrics. Raises NonFiniteLossError on a NaN/Inf loss.
+  """
+  out_dir = worker_dir(model_dir, strategy)
+  chief = is_chief(strategy)
+  items = dict(model=model, optimizer=model.optimizer, **(extra_checkpoint_items or {}))
+  checkpoint = tf.train.Checkpoint(**items)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(out_dir, CHECKPOINT_SUBDIR), max_to_keep=keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    if chief and progress_stream is not None:
+      print(f'Resuming from {manager.latest_checkpoint}', file=progress_stream, flush=True)
+  start_step = int(model.optimizer.iterations.numpy())
+  if start_step >= total_steps:
+    return {}
+  writer = tf.summary.create_file_writer(os.path.join(out_dir, SUMMARY_SUBDIR)) if chief else None
+  callback = _ChunkCallback(manager, writer, total_steps, checkpoint_every, log_every,
+                            examples_per_step, example_name, chief, progress_stream)
+  dataset = make_dataset(start_step)
+  remaining = total_steps - start_step
+  # One fit call over an endless dataset; the callback stops at `total_steps`.
+  model.fit(dataset, epochs=1, steps_per_epoch=remaining, verbose=0, callbacks=[callback])
+  if writer is not None:
+    writer.close()
+  if callback.bad_step is not None:
+    latest = manager.latest_checkpoint or '(none yet)'
+    raise NonFiniteLossError(
+        f'loss became NaN/Inf at step {callback.bad_step}; training stopped. The last good '
+        f'checkpoint is {latest}. Lower the learning rate or check the input data, then '
+        f're-run the same command to resume from it.')
+  return callback.last_logs
