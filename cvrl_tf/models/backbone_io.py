@@ -1,0 +1,102 @@
+"""Backbone-only checkpoints: what pretraining hands to every downstream protocol.
+
+A pretraining model dir holds `backbone/` with
+  backbone.json   the full `build_backbone` arguments (architecture, widths, strides ...)
+  ckpt-N.*        `tf.train.Checkpoint(encoder=...)` of the encoder weights only
+so an encoder can be rebuilt and restored without the pretraining gin config, and a
+mismatch between the architecture asked for and the one stored is reported, not silent.
+"""
+
+import inspect
+import json
+import os
+from typing import Any, Dict, Optional
+
+import gin
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf.models import r3d
+
+BACKBONE_SUBDIR = 'backbone'
+SPEC_FILE = 'backbone.json'
+
+
+def _jsonable(value):
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (str, int, float, bool)) or value is None:
+    return value
+  return str(value)
+
+
+def current_spec(**overrides) -> Dict[str, Any]:
+  """The `build_backbone` arguments in effect: defaults, then gin bindings, then overrides."""
+  signature = inspect.signature(r3d.build_backbone)
+  spec = {k: p.default for k, p in signature.parameters.items()
+          if p.default is not inspect.Parameter.empty}
+  spec.update(gin.get_bindings(r3d.build_backbone))
+  spec.update(overrides)
+  return {k: _jsonable(v) for k, v in spec.items()}
+
+
+def build_from_spec(spec: Dict[str, Any], **overrides) -> tf_keras.Model:
+  """Builds the encoder a spec describes; `overrides` (e.g. output, use_sync_bn) win."""
+  kwargs = dict(spec)
+  kwargs.update(overrides)
+  for key in ('temporal_kernel_sizes', 'stem_kernel', 'stem_strides', 'pool_size',
+              'pool_strides', 'spatial_strides', 'input_shape'):
+    if key in kwargs and isinstance(kwargs[key], list):
+      kwargs[key] = tuple(kwargs[key])
+  return r3d.build_backbone(**kwargs)
+
+
+def save_backbone(encoder: tf_keras.Model, spec: Dict[str, Any], model_dir: str,
+                  step: int) -> str:
+  """Writes backbone.json and ckpt-<step> under model_dir/backbone; returns the prefix."""
+  out = os.path.join(model_dir, BACKBONE_SUBDIR)
+  tf.io.gfile.makedirs(out)
+  spec_path = os.path.join(out, SPEC_FILE)
+  with tf.io.gfile.GFile(spec_path + '.tmp', 'w') as f:
+    json.dump(spec, f, indent=2, sort_keys=True)
+  tf.io.gfile.rename(spec_path + '.tmp', spec_path, overwrite=True)
+  # Checkpoint.write saves data files before the index: a partial write is never read
+  # because latest_backbone() only trusts prefixes whose .index exists.
+  return tf.train.Checkpoint(encoder=encoder).write(os.path.join(out, f'ckpt-{step}'))
+
+
+def latest_backbone(model_dir: str) -> Optional[str]:
+  out = os.path.join(model_dir, BACKBONE_SUBDIR)
+  indices = tf.io.gfile.glob(os.path.join(out, 'ckpt-*.index'))
+  if not indices:
+    return None
+  best = max(indices, key=lambda p: int(p[len(os.path.join(out, 'ckpt-')):-len('.index')]))
+  return best[:-len('.index')]
+
+
+def read_spec(model_dir: str) -> Dict[str, Any]:
+  path = os.path.join(model_dir, BACKBONE_SUBDIR, SPEC_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(
+        f'no backbone found in {model_dir!r}: {path} is missing. Point to the model_dir of '
+        f'a finished pretraining run (it writes {BACKBONE_SUBDIR}/ at the end).')
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def load_backbone(model_dir: str, **overrides) -> tf_keras.Model:
+  """Rebuilds the stored architecture and restores its weights (every one must match)."""
+  spec = read_spec(model_dir)
+  prefix = latest_backbone(model_dir)
+  if prefix is None:
+    raise FileNotFoundError(
+        f'{model_dir}/{BACKBONE_SUBDIR} has {SPEC_FILE} but no checkpoint (ckpt-N.index); '
+        f'the pretraining run did not finish. Re-run it to completion.')
+  encoder = build_from_spec(spec, **overrides)
+  try:
+    tf.train.Checkpoint(encoder=encoder).read(prefix).assert_consumed()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+    raise ValueError(
+        f'backbone checkpoint {prefix} does not match the architecture in {SPEC_FILE} '
+        f'({spec.get("name")}, width x{spec.get("width_multiplier")}): {e}') from e
+  return encoder
