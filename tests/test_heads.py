@@ -120,6 +120,16 @@ def test_heads_in_a_functional_model_and_config():
       clf.get_config())
 
 
+def test_build_creates_all_variables():
+  head = heads.ProjectionHead(hidden_dim=16, output_dim=8)
+  head.build((None, 32))
+  assert len(head.weights) == 3 + 12 + 2
+  assert head.hidden_layers[0].kernel.shape == (32, 16)
+  clf = heads.LinearClassifier(num_classes=3)
+  clf.build((None, 32))
+  assert [tuple(w.shape) for w in clf.weights] == [(32, 3), (3,)]
+
+
 def test_gin_binding():
   gin.parse_config('test_heads/ProjectionHead.output_dim = 64\n'
                    'test_heads/LinearClassifier.l2_normalize = True')

@@ -59,6 +59,14 @@ class ProjectionHead(tf_keras.layers.Layer):
     # A fresh initializer per layer: a shared seeded one would repeat the same values.
     return tf_keras.initializers.deserialize(self._config['kernel_initializer'])
 
+  def build(self, input_shape):
+    # Create every variable now, so `head.build(shape)` is enough to restore a checkpoint.
+    shape = tf.TensorShape(input_shape)
+    for layer in self.hidden_layers + [self.output_layer]:
+      layer.build(shape)
+      shape = layer.compute_output_shape(shape)
+    super().build(input_shape)
+
   def call(self, features, training=None):
     x = features
     for layer in self.hidden_layers:
@@ -98,6 +106,10 @@ class LinearClassifier(tf_keras.layers.Layer):
     self.dense = tf_keras.layers.Dense(
         num_classes, use_bias=use_bias, kernel_initializer=kernel_initializer,
         dtype='float32', name='logits')
+
+  def build(self, input_shape):
+    self.dense.build(tf.TensorShape(input_shape))
+    super().build(input_shape)
 
   def call(self, features, training=None):
     x = tf.cast(features, tf.float32)
