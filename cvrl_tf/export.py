@@ -1,0 +1,436 @@
+"""Exports a pretrained encoder as a reusable TF Hub SavedModel (`hub.KerasLayer`).
+
+The export follows the TF Hub "reusable SavedModel" conventions, so it loads with
+`hub.KerasLayer(path)` (frozen) or `hub.KerasLayer(path, trainable=True)` (fine-tuning):
+  __call__(clips, training=False)  float32 [B, T, H, W, 3] in [0, 1] -> float32 [B, D];
+                                   traced for training=False (BN moving statistics) and
+                                   training=True (batch statistics, moving stats updated).
+  variables, trainable_variables   every encoder variable / those fine-tuning may change.
+  regularization_losses            [] on purpose: CVRL's weight decay is applied by our
+                                   train step (models/weight_decay.py), not by layer
+                                   regularizers; add your own decay when fine-tuning.
+  signatures['serving_default']    clips -> {'embedding': [B, D]} (TF Serving, other langs).
+  signatures['projection']         (optional) clips -> {'embedding', 'projection'}, the
+                                   pretraining projection head on top (inference only).
+T, H and W are dynamic. The export always computes in float32, also for a model trained
+under `mixed_bfloat16`: the encoder is rebuilt under the float32 policy and its (float32)
+weights copied, so CPUs and GPUs without bf16 get exact float32 embeddings.
+
+Next to the model: `assets/cvrl_metadata.json` (input convention, training frames /
+stride / crop read from the operative gin config, full backbone spec, the gin text) and a
+model card `README.md`. TF Hub ignores both. Writing is atomic: everything goes to
+`<export_dir>.tmp-XXXXXXXX`, is reloaded and checked, then renamed into place.
+"""
+
+import ast
+import contextlib
+import datetime
+import json
+import os
+import re
+import sys
+import uuid
+from typing import Any, Dict, Optional
+
+from absl import flags
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf import config
+from cvrl_tf.models import backbone_io
+from cvrl_tf.models import heads
+
+METADATA_FILE = 'cvrl_metadata.json'
+MODEL_CARD = 'README.md'
+PROJECTION_SIGNATURE = 'projection'
+CHECKPOINT_SUBDIR = 'checkpoints'  # Full training checkpoints (train_loop.py).
+FORMAT_VERSION = 1
+TRAINING_KEYS = ('num_frames', 'frame_stride', 'crop_size')
+INPUT_CONVENTION = {
+    'dtype': 'float32',
+    'layout': '[B, T, H, W, 3]',
+    'range': [0.0, 1.0],
+    'channels': 'RGB',
+    'dynamic_dims': ['B', 'T', 'H', 'W'],
+}
+_HEAD_PREFIX = 'model/projection_head/'
+
+
+# --------------------------------------------------------------------------- metadata
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text.strip('\'"')
+
+
+def parse_training_settings(gin_text: Optional[str], scope: str = 'pretrain') -> Dict:
+  """`pretrain.num_frames = 16` style bindings -> {'num_frames': 16, ...}, missing -> None.
+
+  Lenient on purpose (a regex over lines, not gin): the export must work whatever
+  configurables are registered in this process. A scoped binding (`a/pretrain.x`) counts.
+  """
+  found = {k: None for k in TRAINING_KEYS}
+  for line in (gin_text or '').splitlines():
+    match = re.match(r'\s*(?:[\w.]+/)*' + re.escape(scope) + r'\.(\w+)\s*=\s*([^#]+)', line)
+    if match and match.group(1) in found:
+      found[match.group(1)] = _literal(match.group(2).strip())
+  return found
+
+
+def _gin_value(gin_text: Optional[str], binding: str, default):
+  pattern = r'\s*(?:[\w.]+/)*' + re.escape(binding) + r'\s*=\s*([^#]+)'
+  for line in (gin_text or '').splitlines():
+    match = re.match(pattern, line)
+    if match:
+      return _literal(match.group(1).strip())
+  return default
+
+
+def read_gin_text(model_dir: str) -> Optional[str]:
+  path = os.path.join(model_dir, config.OPERATIVE_CONFIG)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return f.read()
+
+
+def build_metadata(spec: Optional[Dict[str, Any]] = None, gin_text: Optional[str] = None,
+                   **extra) -> Dict[str, Any]:
+  """The metadata of an export: what a user needs to feed it the clips it was trained on."""
+  spec = dict(spec or {})
+  metadata = {
+      'format_version': FORMAT_VERSION,
+      'model': 'CVRL video encoder (Qian et al., CVPR 2021)',
+      'architecture': spec.get('name'),
+      'width_multiplier': spec.get('width_multiplier'),
+      'backbone_spec': spec or None,
+      'input': dict(INPUT_CONVENTION),
+      'training': parse_training_settings(gin_text),
+      'gin_config': gin_text,
+  }
+  metadata.update(extra)
+  return metadata
+
+
+def read_metadata(export_dir: str) -> Optional[Dict[str, Any]]:
+  """The export's metadata, or None for SavedModels from elsewhere."""
+  for path in (os.path.join(export_dir, 'assets', METADATA_FILE),
+               os.path.join(export_dir, METADATA_FILE)):
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+  return None
+
+
+def _model_card(metadata: Dict[str, Any]) -> str:
+  training = metadata.get('training') or {}
+  fmt = lambda k: 'unknown' if training.get(k) is None else training[k]
+  head = metadata.get('projection_dim')
+  head_line = (f'- Signature `{PROJECTION_SIGNATURE}`: clips -> `{{"embedding", "projection"}}`,'
+               f' the pretraining projection head ({head}-d, not normalized).\n'
+               if head else '')
+  return f"""# CVRL video encoder ({metadata.get('architecture')}, width x{metadata.get('width_multiplier')})
+
+Self-supervised video encoder trained with CVRL (Qian et al., CVPR 2021), exported as a
+TF Hub reusable SavedModel by `cvrl_export`.
+
+## Input
+float32 clips `[batch, frames, height, width, 3]`, RGB in [0, 1] (divide uint8 by 255; no
+mean/std normalization). Frames, height and width are free. Trained on {fmt('num_frames')} frames
+with stride {fmt('frame_stride')} (at the stored frame rate) and {fmt('crop_size')}x{fmt('crop_size')} crops.
+
+## Output
+- `__call__` / `hub.KerasLayer`: float32 `[batch, {metadata.get('embedding_dim')}]` pooled embedding.
+- Signature `serving_default`: clips -> `{{"embedding": [batch, {metadata.get('embedding_dim')}]}}`.
+{head_line}
+## Use
+```python
+import tensorflow_hub as hub
+import tf_keras
+
+encoder = hub.KerasLayer('/path/to/this/dir')                  # frozen, BN in inference mode
+embeddings = encoder(clips)                                     # [B, T, H, W, 3] -> [B, D]
+tuned = hub.KerasLayer('/path/to/this/dir', trainable=True)     # fine-tuning
+model = tf_keras.Sequential([tf_keras.Input([None, None, None, 3]), tuned,
+                             tf_keras.layers.Dense(num_classes)])
+```
+`regularization_losses` is empty: CVRL applies weight decay in its train step, so add
+your own when fine-tuning. `assets/{METADATA_FILE}` holds the full architecture, the
+training settings and the gin config of the run.
+"""
+
+
+# --------------------------------------------------------------------------- float32
+@contextlib.contextmanager
+def _float32_policy():
+  previous = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy('float32')
+  try:
+    yield
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def _computes_float32(model: tf_keras.layers.Layer) -> bool:
+  layers = model.submodules if hasattr(model, 'submodules') else ()
+  return all(getattr(l, 'compute_dtype', 'float32') in ('float32', None)
+             for l in (model, *layers) if isinstance(l, tf_keras.layers.Layer))
+
+
+def float32_encoder(encoder: tf_keras.Model,
+                    spec: Optional[Dict[str, Any]] = None) -> tf_keras.Model:
+  """The same encoder computing in float32 (the encoder itself when it already does).
+
+  Mixed-precision variables are float32, so copying them loses nothing. With a backbone
+  spec the encoder is rebuilt from it; otherwise from its functional config with every
+  layer's dtype policy replaced by float32.
+  """
+  if _computes_float32(encoder):
+    return encoder
+  with _float32_policy():
+    if spec:
+      rebuilt = backbone_io.build_from_spec(spec)
+    else:
+      model_config = encoder.get_config()
+      for layer in model_config['layers']:
+        layer['config']['dtype'] = 'float32'
+      rebuilt = tf_keras.Model.from_config(model_config)
+  rebuilt.set_weights(encoder.get_weights())
+  return rebuilt
+
+
+def float32_head(head: tf_keras.layers.Layer, input_dim: int) -> tf_keras.layers.Layer:
+  """The projection head computing in float32, with the same weights."""
+  if not head.built:
+    head.build(tf.TensorShape([None, input_dim]))
+  if _computes_float32(head):
+    return head
+  head_config = head.get_config()
+  head_config['dtype'] = 'float32'
+  rebuilt = type(head).from_config(head_config)
+  rebuilt.build(tf.TensorShape([None, input_dim]))
+  rebuilt.set_weights(head.get_weights())
+  return rebuilt
+
+
+def load_projection_head(model_dir: str, input_dim: int,
+                         gin_text: Optional[str] = None) -> heads.ProjectionHead:
+  """Restores the projection head from the full training checkpoint of `model_dir`.
+
+  Only the backbone has its own checkpoint, so the head is read from
+  `checkpoints/` (a `tf.train.Checkpoint(model=pretrainer, ...)` whose pretrainer has a
+  `projection_head` attribute). Its sizes come from the stored variable shapes, so no
+  gin config is needed; BN epsilon from the gin text when present.
+  """
+  prefix = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+  if prefix is None:
+    raise FileNotFoundError(
+        f'--with_projection_head needs the training checkpoint in '
+        f'{os.path.join(model_dir, CHECKPOINT_SUBDIR)}, and there is none.')
+  shapes = dict(tf.train.list_variables(prefix))
+  hidden = {}
+  for name, shape in shapes.items():
+    match = re.fullmatch(re.escape(_HEAD_PREFIX) + r'hidden_layers/(\d+)/kernel/.*', name)
+    if match:
+      hidden[int(match.group(1))] = shape
+  output_key = _HEAD_PREFIX + 'output_layer/kernel/.ATTRIBUTES/VARIABLE_VALUE'
+  if output_key not in shapes:
+    raise ValueError(f'checkpoint {prefix} has no projection head under {_HEAD_PREFIX!r}')
+  hidden_dims = [hidden[i][1] for i in sorted(hidden)]
+  if len(set(hidden_dims)) > 1:
+    raise ValueError(f'projection head hidden widths differ: {hidden_dims}')
+  with _float32_policy():
+    head = heads.ProjectionHead(
+        num_hidden_layers=len(hidden_dims),
+        hidden_dim=hidden_dims[0] if hidden_dims else 1,
+        output_dim=shapes[output_key][1],
+        bn_epsilon=float(_gin_value(gin_text, 'ProjectionHead.bn_epsilon', 1e-5)),
+        name='projection_head')
+  head.build(tf.TensorShape([None, input_dim]))
+  status = tf.train.Checkpoint(model=tf.train.Checkpoint(projection_head=head)).read(prefix)
+  status.expect_partial().assert_existing_objects_matched()
+  return head
+
+
+# --------------------------------------------------------------------------- saving
+def _hub_object(encoder: tf_keras.Model, head: Optional[tf_keras.layers.Layer]):
+  """The root object of the SavedModel and its signatures.
+
+  The Keras models are only captured by the functions, not attached to the root: only
+  their variables are tracked, so saving does not trace Keras' own per-layer functions
+  (minutes for R3D-50) and loading needs no Keras.
+  """
+  clip_spec = tf.TensorSpec([None, None, None, None, 3], tf.float32, name='clips')
+  root = tf.train.Checkpoint()
+
+  @tf.function
+  def call(clips, training=False):
+    return encoder(clips, training=training)
+
+  @tf.function(input_signature=[clip_spec])
+  def serve(clips):
+    return {'embedding': encoder(clips, training=False)}
+
+  call.get_concrete_function(clip_spec, training=False)
+  call.get_concrete_function(clip_spec, training=True)
+  root.__call__ = call
+  root.serve = serve
+  variables = list(encoder.variables)
+  trainable = list(encoder.trainable_variables)
+  signatures = {'serving_default': serve}
+  if head is not None:
+    @tf.function(input_signature=[clip_spec])
+    def project(clips):
+      embedding = encoder(clips, training=False)
+      return {'embedding': embedding, 'projection': head(embedding, training=False)}
+    root.project = project
+    root.projection_variables = list(head.variables)  # Tracked; not fine-tuned.
+    signatures[PROJECTION_SIGNATURE] = project
+  root.variables = variables
+  root.trainable_variables = trainable
+  root.regularization_losses = []
+  return root, signatures
+
+
+def _verify(path: str, encoder: tf_keras.Model, num_frames: int) -> None:
+  """Reloads the export and checks it against the in-memory encoder on a random clip."""
+  clips = tf.random.stateless_uniform([2, num_frames, 64, 64, 3], seed=[1, 2])
+  expected = encoder(clips, training=False).numpy()
+  loaded = tf.saved_model.load(path)
+  for name, got in (('__call__', loaded(clips, training=False)),
+                    ('serving_default',
+                     loaded.signatures['serving_default'](clips=clips)['embedding'])):
+    error = np.abs(got.numpy() - expected).max()
+    if not error <= 1e-4 * max(1.0, np.abs(expected).max()):
+      raise RuntimeError(f'export check failed: {name} differs from the encoder by {error}')
+
+
+def _looks_like_export(path: str) -> bool:
+  return (not tf.io.gfile.listdir(path) or
+          tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')))
+
+
+def export_encoder(encoder: tf_keras.Model,
+                   export_dir: str,
+                   metadata: Optional[Dict[str, Any]] = None,
+                   projection_head: Optional[tf_keras.layers.Layer] = None,
+                   overwrite: bool = False,
+                   verify: bool = True) -> str:
+  """Writes `encoder` (and optionally its projection head) as a TF Hub SavedModel.
+
+  Args:
+    encoder: pooled-output encoder, [B, T, H, W, 3] -> [B, D]; any dtype policy.
+    export_dir: final location; must not exist unless `overwrite`.
+    metadata: merged into `build_metadata()` defaults; a 'backbone_spec' entry is used
+      to rebuild a mixed-precision encoder in float32.
+    projection_head: adds the 'projection' signature.
+    overwrite: replace an existing export (only a SavedModel or an empty dir).
+    verify: reload the written export and compare it with the encoder before renaming.
+
+  Returns:
+    export_dir.
+  """
+  export_dir = export_dir.rstrip('/')
+  if tf.io.gfile.exists(export_dir):
+    if not overwrite:
+      raise FileExistsError(f'{export_dir} already exists; pass --overwrite to replace it.')
+    if not _looks_like_export(export_dir):
+      raise FileExistsError(f'{export_dir} exists and is not a SavedModel; refusing to '
+                            f'replace it even with --overwrite.')
+  metadata = dict(metadata or build_metadata())
+  encoder = float32_encoder(encoder, metadata.get('backbone_spec'))
+  embedding_dim = int(encoder.output_shape[-1])
+  if projection_head is not None:
+    projection_head = float32_head(projection_head, embedding_dim)
+    metadata['projection_dim'] = int(projection_head.compute_output_shape([None, embedding_dim])[-1])
+  metadata.update(
+      embedding_dim=embedding_dim,
+      signatures=['serving_default'] + ([PROJECTION_SIGNATURE] if projection_head else []),
+      regularization_losses='none: weight decay is applied by the CVRL train step',
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+      tensorflow_version=tf.__version__)
+  tmp = f'{export_dir}.tmp-{uuid.uuid4().hex[:8]}'
+  try:
+    root, signatures = _hub_object(encoder, projection_head)
+    tf.saved_model.save(root, tmp, signatures=signatures)
+    tf.io.gfile.makedirs(os.path.join(tmp, 'assets'))
+    with tf.io.gfile.GFile(os.path.join(tmp, 'assets', METADATA_FILE), 'w') as f:
+      json.dump(metadata, f, indent=2)
+    with tf.io.gfile.GFile(os.path.join(tmp, MODEL_CARD), 'w') as f:
+      f.write(_model_card(metadata))
+    if verify:
+      _verify(tmp, encoder, (metadata.get('training') or {}).get('num_frames') or 8)
+    if tf.io.gfile.exists(export_dir):
+      old = f'{export_dir}.old-{uuid.uuid4().hex[:8]}'
+      tf.io.gfile.rename(export_dir, old)
+      tf.io.gfile.rename(tmp, export_dir)
+      tf.io.gfile.rmtree(old)
+    else:
+      tf.io.gfile.rename(tmp, export_dir)
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.rmtree(tmp)
+  return export_dir
+
+
+def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool = False,
+                     overwrite: bool = False, verify: bool = True) -> str:
+  """Exports the backbone (and head) of a finished pretraining run in `model_dir`."""
+  if not tf.io.gfile.isdir(model_dir):
+    raise FileNotFoundError(f'--model_dir {model_dir!r} does not exist.')
+  spec = backbone_io.read_spec(model_dir)
+  if spec.get('output', 'pooled') != 'pooled':
+    spec['output'] = 'pooled'  # The export is the representation, whatever was stored.
+  with _float32_policy():
+    encoder = backbone_io.load_backbone(model_dir, output='pooled')
+  gin_text = read_gin_text(model_dir)
+  head = None
+  if with_projection_head:
+    head = load_projection_head(model_dir, int(encoder.output_shape[-1]), gin_text)
+  metadata = build_metadata(spec, gin_text, source_model_dir=os.path.abspath(model_dir),
+                            backbone_checkpoint=backbone_io.latest_backbone(model_dir))
+  return export_encoder(encoder, export_dir, metadata, head, overwrite, verify)
+
+
+# --------------------------------------------------------------------------- CLI
+def define_flags(flag_values=flags.FLAGS) -> None:
+  """Defines the flags of `cvrl_export` (skipping names another module already owns)."""
+  defs = [
+      (flags.DEFINE_string, 'model_dir', None, 'Pretraining model dir (holds backbone/).'),
+      (flags.DEFINE_string, 'export_dir', None, 'Where to write the SavedModel.'),
+      (flags.DEFINE_bool, 'with_projection_head', False,
+       'Also export the projection head (signature "projection").'),
+      (flags.DEFINE_bool, 'overwrite', False, 'Replace an existing export_dir.'),
+  ]
+  for define, name, default, help_text in defs:
+    if name not in flag_values:
+      define(name, default, help_text, flag_values=flag_values)
+
+
+define_flags()
+
+
+def main(argv) -> int:
+  """`cvrl_export --model_dir=... --export_dir=...`; exit code 1 with a message on error."""
+  del argv
+  fv = flags.FLAGS
+  if not fv.model_dir or not fv.export_dir:
+    print('cvrl_export: --model_dir and --export_dir are required.', file=sys.stderr)
+    return 1
+  try:
+    path = export_model_dir(fv.model_dir, fv.export_dir, fv.with_projection_head,
+                            fv.overwrite)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f'cvrl_export: error: {e}', file=sys.stderr)
+    return 1
+  metadata = read_metadata(path)
+  print(f'Exported {metadata["architecture"]} ({metadata["embedding_dim"]}-d embedding'
+        f'{", projection head" if metadata.get("projection_dim") else ""}) to {path}')
+  return 0
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main)
