@@ -12,3 +12,8 @@ def convert():
 def synth():
   from cvrl_tf.data import synthetic as module
   app.run(module.main)
+
+
+def train():
+  from cvrl_tf import train_cli as module
+  app.run(module.main)

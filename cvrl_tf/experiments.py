@@ -1,0 +1,156 @@
+"""Gin-configurable entry points: `run` dispatches to a protocol; `pretrain` lives here.
+
+Reading order for a newcomer: gin/pretrain.gin -> `pretrain` below -> data/pipeline.py
+(clips) -> models/r3d.py + heads.py (encoder, head) -> models/pretrainer.py (train step)
+-> losses.py (InfoNCE over the global batch).
+"""
+
+import json
+import math
+import os
+import sys
+from typing import Optional, Sequence, Union
+
+import gin
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf import config
+from cvrl_tf import distribute
+from cvrl_tf import optim
+from cvrl_tf import train_loop
+from cvrl_tf.data import pipeline
+from cvrl_tf.models import backbone_io
+from cvrl_tf.models import flops
+from cvrl_tf.models import heads
+from cvrl_tf.models import pretrainer as pretrainer_lib
+from cvrl_tf.models import r3d
+
+FilePatterns = Union[str, Sequence[str]]
+
+
+@gin.configurable
+def run(model_dir: str, experiment=gin.REQUIRED):
+  """Runs the protocol bound in gin, e.g. `run.experiment = @pretrain`."""
+  return experiment(model_dir=model_dir)
+
+
+def count_videos(file_pattern: FilePatterns) -> int:
+  """Number of videos behind a file pattern: from the converter's manifests when every
+  shard is listed in one (instant), else by counting records (one pass over the files)."""
+  files = pipeline.list_files(file_pattern)
+  per_shard = {}
+  for folder in sorted({os.path.dirname(f) for f in files}):
+    for manifest in tf.io.gfile.glob(os.path.join(folder, '*_manifest.json')):
+      with tf.io.gfile.GFile(manifest) as f:
+        data = json.load(f)
+      for shard in data.get('shards', []):
+        name = shard.get('file') or shard.get('name') or shard.get('path')
+        if name is not None and 'num_examples' in shard:
+          per_shard[os.path.join(folder, os.path.basename(name))] = int(shard['num_examples'])
+  if all(f in per_shard for f in files):
+    return sum(per_shard[f] for f in files)
+  return int(tf.data.TFRecordDataset(files).reduce(0, lambda n, _: n + 1))
+
+
+def steps_for(epochs: float, num_examples: int, global_batch_size: int) -> int:
+  return max(1, int(math.ceil(epochs * num_examples / global_batch_size)))
+
+
+def set_mixed_precision(policy: Optional[str]) -> None:
+  tf_keras.mixed_precision.set_global_policy(policy or 'float32')
+
+
+@gin.configurable(denylist=['model_dir'])
+def pretrain(model_dir: str,
+             train_files: FilePatterns = gin.REQUIRED,
+             global_batch_size: int = 1024,
+             train_epochs: float = 800,
+             train_steps: Optional[int] = None,
+             warmup_epochs: float = 5,
+             num_train_examples: Optional[int] = None,
+             mixed_precision: Optional[str] = None,
+             jit_compile: bool = False,
+             colour_in_train_step: bool = False,
+             checkpoint_every: int = 1000,
+             keep_checkpoints: int = 3,
+             log_every: int = 100,
+             seed: Optional[int] = None,
+             progress_stream=sys.stderr) -> dict:
+  """CVRL pretraining: encoder + projection head trained with InfoNCE on two views.
+
+  Args:
+    model_dir: checkpoints/, summaries/, operative_config.gin and, at the end,
+      backbone/ (the encoder alone, what downstream protocols load).
+    train_files: TFRecord pattern(s) written by cvrl_convert.
+    global_batch_size: videos per step over all replicas (each gives two clips).
+    train_epochs / train_steps: length; train_steps wins when given.
+    warmup_epochs: linear warm-up of the learning rate, then cosine decay to 0.
+    num_train_examples: videos per epoch; counted from the shards when None.
+    mixed_precision: None (float32) or 'mixed_bfloat16' (TPU; also fast on AVX512-BF16).
+    jit_compile: XLA-compile the train step.
+    colour_in_train_step: run colour jitter / grayscale / blur / solarize on the batch in
+      the train step (on the accelerator) instead of in tf.data; one parameter set per
+      clip either way. The pipeline is built with colour_in_pipeline=False then.
+    checkpoint_every / keep_checkpoints / log_every: in steps.
+    seed: makes the input stream deterministic (with resume: seed + step).
+  Returns the last logged metrics.
+  """
+  strategy = distribute.get_strategy()
+  set_mixed_precision(mixed_precision)
+  if num_train_examples is None:
+    num_train_examples = count_videos(train_files)
+  steps_per_epoch = max(1, num_train_examples // global_batch_size)
+  total_steps = train_steps or steps_for(train_epochs, num_train_examples, global_batch_size)
+  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+  if progress_stream is not None:
+    print(f'pretrain: {num_train_examples} videos, global batch {global_batch_size} on '
+          f'{strategy.num_replicas_in_sync} replica(s), {total_steps} steps '
+          f'({warmup_steps} warm-up)', file=progress_stream, flush=True)
+
+  with strategy.scope():
+    encoder = r3d.build_backbone()
+    head = heads.ProjectionHead()
+    model = pretrainer_lib.CVRLPretrainer(
+        encoder, head, colour_augment_in_step=colour_in_train_step)
+    model.compile(optimizer=optim.build_optimizer(
+        total_steps=total_steps, warmup_steps=warmup_steps,
+        global_batch_size=global_batch_size), jit_compile=jit_compile)
+    model.build_for_training()
+  if progress_stream is not None:
+    gflops = flops.count_flops(encoder, _clip_shape()) / 1e9
+    print(f'encoder {encoder.name}: {encoder.count_params():,} parameters, '
+          f'{gflops:.2f} GFLOPs per clip at {_clip_shape()}', file=progress_stream, flush=True)
+
+  def make_dataset(start_step):
+    data_seed = None if seed is None else seed + start_step
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: pipeline.build_pretrain_dataset(
+            train_files, global_batch_size, seed=data_seed, input_context=ctx,
+            colour_in_pipeline=not colour_in_train_step))
+
+  make_dataset(0)  # Fails fast on bad data before anything is written.
+  if train_loop.is_chief(strategy):
+    config.save_operative_config(model_dir)
+  logs = train_loop.fit_resumable(
+      model, make_dataset, model_dir, total_steps, strategy,
+      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+      log_every=log_every, examples_per_step=2 * global_batch_size,
+      progress_stream=progress_stream)
+  out_dir = train_loop.worker_dir(model_dir, strategy)
+  spec = backbone_io.current_spec(use_sync_bn=False, output='pooled')
+  backbone_io.save_backbone(encoder, spec, out_dir,
+                            int(model.optimizer.iterations.numpy()))
+  return logs
+
+
+def _clip_shape():
+  """[T, S, S, 3] of a pretraining clip, as bound in gin for the pipeline."""
+  bindings = gin.get_bindings(pipeline.build_pretrain_dataset)
+  t = bindings.get('clip_len', 16)
+  s = bindings.get('crop_size', 224)
+  return (t, s, s, 3)
+
+
+# Registers the downstream protocols with gin (`run.experiment = @linear_eval` ...).
+from cvrl_tf import downstream  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
