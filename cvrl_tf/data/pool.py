@@ -1,0 +1,101 @@
+"""Ordered map over spawned worker processes, bounded and crash-tolerant.
+
+Used by the converter (and meant for the embedding tool): results come back in input order
+so output files are deterministic; a bounded number of calls is in flight so memory does
+not grow with the input; a call that kills its worker process (a decoder segfault)
+fails alone instead of taking the run down. `spawn` keeps workers free of the parent's
+state (TensorFlow threads do not survive fork), so `fn` must be importable without heavy
+modules for workers to start fast.
+"""
+
+import collections
+import concurrent.futures
+from concurrent.futures import process as futures_process
+import multiprocessing
+import os
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+
+_BrokenPool = futures_process.BrokenProcessPool
+
+
+def default_workers() -> int:
+  """Cores this process may use (respects CPU affinity, e.g. under taskset or a scheduler)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+class OrderedPool:
+  """`map(fn, calls)` yields fn(**kwargs) per kwargs, in order.
+
+  Args:
+    workers: number of processes; 0 runs calls in this process (debugging, tiny inputs).
+    on_crash: kwargs -> result to yield for a call whose process died.
+    window: calls in flight (submitted, result not yet consumed); bounds memory.
+  """
+
+  def __init__(self, workers: int, on_crash: Callable[[Dict[str, Any]], Any],
+               window: Optional[int] = None):
+    self._workers = workers
+    self._window = window or 4 * workers + 16
+    self._on_crash = on_crash
+    self._ctx = multiprocessing.get_context('spawn')
+    self._executor = None
+
+  def _new(self, workers: int):
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=self._ctx)
+
+  def _isolated(self, fn, kwargs):
+    with self._new(1) as executor:
+      try:
+        return executor.submit(fn, **kwargs).result()
+      except _BrokenPool:
+        return self._on_crash(kwargs)
+
+  def map(self, fn: Callable[..., Any], calls: Iterable[Dict[str, Any]]) -> Iterator[Any]:
+    """Starts the first calls right away (so workers run while the caller does slow
+    set-up, e.g. importing TensorFlow) and returns an iterator over the results."""
+    if not self._workers:
+      return (fn(**kwargs) for kwargs in calls)
+    calls, in_flight = iter(calls), collections.deque()
+    self._fill(fn, calls, in_flight)
+    return self._results(fn, calls, in_flight)
+
+  def _fill(self, fn, calls, in_flight):
+    while len(in_flight) < self._window:
+      kwargs = next(calls, None)
+      if kwargs is None:
+        return
+      if self._executor is None:
+        self._executor = self._new(self._workers)
+      in_flight.append((kwargs, self._executor.submit(fn, **kwargs)))
+
+  def _results(self, fn, calls, in_flight) -> Iterator[Any]:
+    while in_flight:
+      kwargs, future = in_flight.popleft()
+      try:
+        result = future.result()
+      except _BrokenPool:
+        # Some call in flight killed its worker: rerun each alone to find which.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        retry = [kwargs] + [kw for kw, _ in in_flight]
+        in_flight.clear()
+        for kw in retry:
+          yield self._isolated(fn, kw)
+        self._fill(fn, calls, in_flight)
+        continue
+      self._fill(fn, calls, in_flight)
+      yield result
+
+  def close(self, wait: bool = True):
+    """Stops the workers; wait=False abandons calls in flight (on errors/interrupts)."""
+    if self._executor is not None:
+      self._executor.shutdown(wait=wait, cancel_futures=True)
+      self._executor = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, *unused):
+    self.close(wait=exc_type is None)
