@@ -269,25 +269,23 @@ def _hub_object(encoder: tf_keras.Model, head: Optional[tf_keras.layers.Layer]):
   def call(clips, training=False):
     return encoder(clips, training=training)
 
-  @tf.function(input_signature=[clip_spec])
-  def serve(clips):
-    return {'embedding': encoder(clips, training=False)}
-
-  call.get_concrete_function(clip_spec, training=False)
+  inference = call.get_concrete_function(clip_spec, training=False)
   call.get_concrete_function(clip_spec, training=True)
+  # The signatures call the traced inference graph instead of tracing the encoder again.
+  serve = tf.function(lambda clips: {'embedding': inference(clips)},
+                      input_signature=[clip_spec])
   root.__call__ = call
   root.serve = serve
   variables = list(encoder.variables)
   trainable = list(encoder.trainable_variables)
   signatures = {'serving_default': serve}
   if head is not None:
-    @tf.function(input_signature=[clip_spec])
     def project(clips):
-      embedding = encoder(clips, training=False)
+      embedding = inference(clips)
       return {'embedding': embedding, 'projection': head(embedding, training=False)}
-    root.project = project
+    root.project = tf.function(project, input_signature=[clip_spec])
     root.projection_variables = list(head.variables)  # Tracked; not fine-tuned.
-    signatures[PROJECTION_SIGNATURE] = project
+    signatures[PROJECTION_SIGNATURE] = root.project
   root.variables = variables
   root.trainable_variables = trainable
   root.regularization_losses = []

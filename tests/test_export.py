@@ -1,0 +1,279 @@
+"""Tests of the TF Hub export: round trip in a fresh process, signatures, fine-tuning,
+bf16 -> float32, metadata, atomic writes and error messages. Tiny R3D-18 (x0.25) models."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+import tf_keras
+
+from cvrl_tf import export
+from cvrl_tf.models import backbone_io
+from cvrl_tf.models import heads
+
+TINY = dict(name='r3d18', width_multiplier=0.25)
+GIN = """# Parameters for pretrain:
+# ==============================================================================
+pretrain.crop_size = 32
+pretrain.frame_stride = 2  # stored frames
+train/pretrain.num_frames = 4
+linear_eval.num_frames = 32
+ProjectionHead.bn_epsilon = 0.001
+"""
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _randomize_bn(model, seed):
+  """Non-trivial BN statistics, so inference and training modes really differ."""
+  rng = np.random.default_rng(seed)
+  for layer in model.submodules:
+    if isinstance(layer, tf_keras.layers.BatchNormalization):
+      n = layer.moving_mean.shape[0]
+      layer.moving_mean.assign(rng.normal(0, 0.5, n).astype('float32'))
+      layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype('float32'))
+      layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype('float32'))
+      layer.beta.assign(rng.normal(0, 0.2, n).astype('float32'))
+
+
+def _clips(shape=(2, 4, 32, 32, 3), seed=0):
+  return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
+
+
+class _StandInPretrainer(tf_keras.Model):
+  """Same attribute names as models/pretrainer.py, hence the same checkpoint paths."""
+
+  def __init__(self, encoder, projection_head):
+    super().__init__()
+    self.encoder = encoder
+    self.projection_head = projection_head
+
+  def call(self, clips, training=None):
+    return self.projection_head(self.encoder(clips, training=training), training=training)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A finished pretraining model dir, its in-memory encoder/head, and its export."""
+  root = tmp_path_factory.mktemp('export')
+  model_dir = str(root / 'model')
+  spec = backbone_io.current_spec(**TINY)
+  encoder = backbone_io.build_from_spec(spec)
+  _randomize_bn(encoder, 0)
+  head = heads.ProjectionHead(num_hidden_layers=2, hidden_dim=16, output_dim=8,
+                              bn_epsilon=1e-3)
+  head.build(tf.TensorShape([None, encoder.output_shape[-1]]))
+  _randomize_bn(head, 1)
+  backbone_io.save_backbone(encoder, spec, model_dir, step=7)
+  checkpoint = tf.train.Checkpoint(model=_StandInPretrainer(encoder, head),
+                                   optimizer=tf_keras.optimizers.SGD(0.1))
+  tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, 'checkpoints'), 1).save()
+  with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
+    f.write(GIN)
+  export_dir = export.export_model_dir(model_dir, str(root / 'hub'),
+                                       with_projection_head=True)
+  # The fresh-process round trip starts now and runs while the other tests do.
+  clips_path, out_prefix = str(root / 'clips.npy'), str(root / 'out')
+  np.save(clips_path, _clips((2, 6, 40, 48, 3)))
+  with open(root / 'roundtrip.log', 'w') as log:
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, 'hub_roundtrip_check.py'), export_dir,
+         clips_path, out_prefix], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  yield dict(root=root, model_dir=model_dir, export_dir=export_dir, encoder=encoder,
+             head=head, spec=spec, roundtrip=(process, clips_path, out_prefix))
+  if process.poll() is None:
+    process.kill()
+    process.wait()
+
+
+def test_signatures_match_encoder_and_head(run):
+  loaded = tf.saved_model.load(run['export_dir'])
+  assert set(loaded.signatures) == {'serving_default', export.PROJECTION_SIGNATURE}
+  serving = loaded.signatures['serving_default']
+  assert serving.structured_input_signature[1]['clips'].shape.as_list() == [
+      None, None, None, None, 3]
+  for shape in ((1, 4, 32, 32, 3), (3, 8, 64, 40, 3)):  # T, H, W are free.
+    clips = _clips(shape, seed=len(shape))
+    expected = run['encoder'](clips, training=False).numpy()
+    np.testing.assert_allclose(serving(clips=tf.constant(clips))['embedding'], expected,
+                               atol=1e-5)
+    np.testing.assert_allclose(loaded(clips, training=False), expected, atol=1e-5)
+  clips = _clips()
+  projected = loaded.signatures[export.PROJECTION_SIGNATURE](clips=tf.constant(clips))
+  embedding = run['encoder'](clips, training=False)
+  np.testing.assert_allclose(projected['projection'],
+                             run['head'](embedding, training=False), atol=1e-5)
+  assert projected['projection'].shape == (2, 8)
+  assert len(loaded.regularization_losses) == 0
+  assert len(loaded.variables) == len(run['encoder'].variables)
+  assert len(loaded.trainable_variables) == len(run['encoder'].trainable_variables)
+
+
+def test_metadata_and_model_card(run):
+  metadata = export.read_metadata(run['export_dir'])
+  assert metadata['training'] == {'num_frames': 4, 'frame_stride': 2, 'crop_size': 32}
+  assert metadata['input']['range'] == [0.0, 1.0]
+  assert metadata['input']['layout'] == '[B, T, H, W, 3]'
+  assert metadata['architecture'] == 'r3d18'
+  assert metadata['backbone_spec'] == run['spec']
+  assert metadata['gin_config'] == GIN
+  assert metadata['embedding_dim'] == 128 and metadata['projection_dim'] == 8
+  card = open(os.path.join(run['export_dir'], export.MODEL_CARD)).read()
+  assert 'hub.KerasLayer' in card and '4 frames' in card and '[batch, 128]' in card
+  assert not [p for p in os.listdir(run['root']) if '.tmp-' in p or '.old-' in p]
+  assert sorted(os.listdir(run['export_dir'])) == [
+      'README.md', 'assets', 'fingerprint.pb', 'saved_model.pb', 'variables']
+
+
+def test_parse_training_settings_is_lenient():
+  assert export.parse_training_settings(None) == dict.fromkeys(export.TRAINING_KEYS)
+  text = "pretrain.num_frames = 16\n# pretrain.crop_size = 99\npretrain.crop_size=224\n"
+  assert export.parse_training_settings(text) == {
+      'num_frames': 16, 'frame_stride': None, 'crop_size': 224}
+
+
+def test_fine_tuning_through_keras_layer(run):
+  tf_keras.utils.set_random_seed(0)
+  layer = hub.KerasLayer(run['export_dir'], trainable=True)
+  clips = _clips((4, 4, 32, 32, 3), seed=3)
+  inference = layer(clips, training=False).numpy()
+  batch_stats = layer(clips, training=True).numpy()
+  assert np.abs(batch_stats - inference).max() > 1e-3  # BN uses batch statistics.
+  model = tf_keras.Sequential([tf_keras.Input([None, None, None, 3]), layer,
+                               tf_keras.layers.Dense(3)])
+  model.compile(tf_keras.optimizers.SGD(0.1), tf_keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True))
+  moving = [w for w in layer.non_trainable_weights if 'moving_mean' in w.name]
+  assert moving and len(layer.trainable_weights) == len(run['encoder'].trainable_weights)
+  before = [w.numpy() for w in layer.trainable_weights]
+  moving_before = [w.numpy() for w in moving]
+  model.fit(clips, np.array([0, 1, 2, 0]), batch_size=4, epochs=1, verbose=0)
+  changed = [np.abs(a - w.numpy()).max() > 0 for a, w in zip(before, layer.trainable_weights)]
+  assert all(changed)
+  assert all(np.abs(a - w.numpy()).max() > 0 for a, w in zip(moving_before, moving))
+  frozen = hub.KerasLayer(run['export_dir'])
+  assert not frozen.trainable_weights
+  np.testing.assert_allclose(frozen(clips, training=True), run['encoder'](clips), atol=1e-5)
+
+
+def _bf16_encoder(spec):
+  previous = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    bf16 = backbone_io.build_from_spec(spec)
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
+  _randomize_bn(bf16, 2)
+  assert bf16.get_layer('stem_conv').compute_dtype == 'bfloat16'
+  reference = backbone_io.build_from_spec(spec)  # float32, same weights
+  reference.set_weights(bf16.get_weights())
+  return bf16, reference
+
+
+def test_bf16_model_exports_float32(tmp_path):
+  spec = backbone_io.current_spec(**TINY)
+  bf16, reference = _bf16_encoder(spec)
+  path = export.export_encoder(bf16, str(tmp_path / 'hub'), export.build_metadata(spec),
+                               verify=False)
+  clips = _clips(seed=4)
+  expected = reference(clips, training=False).numpy()
+  got = hub.KerasLayer(path)(clips).numpy()
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+  # The check above would catch a bf16 export: bf16 is far from float32 here.
+  assert np.abs(bf16(clips, training=False).numpy() - expected).max() > 1e-3
+  # Without a spec (any functional encoder) the float32 copy comes from its config.
+  rebuilt = export.float32_encoder(bf16)
+  assert rebuilt.get_layer('stem_conv').compute_dtype == 'float32'
+  np.testing.assert_allclose(rebuilt(clips, training=False), expected, rtol=0, atol=1e-5)
+
+
+def _export_file_times(path):
+  return {f: os.stat(os.path.join(path, f)).st_mtime_ns for f in os.listdir(path)}
+
+
+def test_refuses_to_overwrite_and_overwrites_atomically(run, tmp_path, monkeypatch):
+  target = str(tmp_path / 'hub')
+  encoder = run['encoder']
+  export.export_encoder(encoder, target, verify=False)
+  times = _export_file_times(target)
+  with pytest.raises(FileExistsError, match='--overwrite'):
+    export.export_encoder(encoder, target)
+  assert _export_file_times(target) == times
+
+  # A failure half way through writing leaves the old export untouched, and no debris.
+  def broken_save(obj, path, **unused):
+    os.makedirs(os.path.join(path, 'variables'))
+    raise OSError('simulated disk full')
+  monkeypatch.setattr(tf.saved_model, 'save', broken_save)
+  with pytest.raises(OSError, match='simulated'):
+    export.export_encoder(encoder, target, overwrite=True)
+  assert _export_file_times(target) == times
+  assert sorted(os.listdir(tmp_path)) == ['hub']
+  monkeypatch.undo()
+
+  export.export_encoder(encoder, target, export.build_metadata(gin_text=GIN), overwrite=True,
+                        verify=False)
+  assert export.read_metadata(target)['training']['num_frames'] == 4
+  assert sorted(os.listdir(tmp_path)) == ['hub']  # no .tmp-/.old- left behind
+
+  not_an_export = tmp_path / 'precious'
+  not_an_export.mkdir()
+  (not_an_export / 'notes.txt').write_text('keep me')
+  with pytest.raises(FileExistsError, match='not a SavedModel'):
+    export.export_encoder(encoder, str(not_an_export), overwrite=True)
+  assert (not_an_export / 'notes.txt').read_text() == 'keep me'
+
+
+def test_clear_errors_for_bad_model_dirs(run, tmp_path):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    export.export_model_dir(str(tmp_path / 'nope'), str(tmp_path / 'a'))
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match='backbone'):
+    export.export_model_dir(str(empty), str(tmp_path / 'a'))
+  half = tmp_path / 'half'
+  (half / backbone_io.BACKBONE_SUBDIR).mkdir(parents=True)
+  with open(half / backbone_io.BACKBONE_SUBDIR / backbone_io.SPEC_FILE, 'w') as f:
+    json.dump(run['spec'], f)
+  with pytest.raises(FileNotFoundError, match='did not finish'):
+    export.export_model_dir(str(half), str(tmp_path / 'a'))
+  no_head = tmp_path / 'nohead'
+  no_head.mkdir()
+  os.symlink(os.path.join(run['model_dir'], 'backbone'), no_head / 'backbone')
+  with pytest.raises(FileNotFoundError, match='checkpoints'):
+    export.export_model_dir(str(no_head), str(tmp_path / 'a'), with_projection_head=True)
+  assert not os.path.exists(tmp_path / 'a')
+
+
+def test_main_reports_errors_with_exit_code(run, tmp_path, capsys):
+  with flagsaver.flagsaver():
+    flags.FLAGS(['cvrl_export', f'--model_dir={run["model_dir"]}',
+                 f'--export_dir={run["export_dir"]}'])
+    assert export.main([]) == 1
+  assert 'already exists' in capsys.readouterr().err
+  with flagsaver.flagsaver():
+    flags.FLAGS(['cvrl_export', f'--model_dir={tmp_path}/missing',
+                 f'--export_dir={tmp_path}/x'])
+    assert export.main([]) == 1
+  assert 'does not exist' in capsys.readouterr().err
+
+
+def test_round_trip_in_fresh_process(run):
+  """Last in the file: the subprocess started by the fixture had time to finish."""
+  process, clips_path, out_prefix = run['roundtrip']
+  returncode = process.wait(timeout=300)
+  log = open(run['root'] / 'roundtrip.log').read()
+  assert returncode == 0, log
+  expected = run['encoder'](np.load(clips_path), training=False).numpy()
+  for name in ('call', 'serving'):
+    got = np.load(f'{out_prefix}_{name}.npy')
+    assert got.shape == expected.shape == (2, 128)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=name)
