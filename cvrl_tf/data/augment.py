@@ -20,9 +20,10 @@ import tensorflow as tf
 
 CROP_AREA_RANGE = (0.3, 1.0)
 CROP_ASPECT_RANGE = (0.5, 2.0)
-# Per view: probability of blur and of solarize (CVRL / SimCLR v2 asymmetric views).
-VIEW_PROBS = {1: {'blur_prob': 1.0, 'solarize_prob': 0.0},
-              2: {'blur_prob': 0.1, 'solarize_prob': 0.2}}
+# Probability of each colour op, indexed by view: 0 = none, 1 and 2 = the two
+# asymmetric pretraining views of CVRL / SimCLR v2 (classification uses view 1).
+VIEW_PROBS = {'jitter': (0.0, 0.8, 0.8), 'grayscale': (0.0, 0.2, 0.2),
+              'blur': (0.0, 1.0, 0.1), 'solarize': (0.0, 0.0, 0.2)}
 BLUR_SIGMA_RANGE = (0.1, 2.0)
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # Those of tf.image.rgb_to_grayscale.
 
@@ -71,13 +72,24 @@ def sample_flips(seed: tf.Tensor, num: int = 1, prob: float = 0.5) -> tf.Tensor:
   return tf.random.stateless_uniform([num], seed) < prob
 
 
-def resize_and_flip(frames: tf.Tensor, size: Sequence[int], flip: tf.Tensor) -> tf.Tensor:
-  """uint8 [T, h, w, 3] crop -> float32 [T, size[0], size[1], 3] in [0, 1].
+def resize_and_flip(frames: tf.Tensor, size: Sequence[int], flip: tf.Tensor,
+                    dtype: tf.DType = tf.float32) -> tf.Tensor:
+  """uint8 [T, h, w, 3] crop -> [T, size[0], size[1], 3]: float32 in [0, 1] or uint8.
 
   The flip is done on the small uint8 crop, before the resize makes it 4x larger.
   """
   frames = tf.cond(flip, lambda: tf.reverse(frames, axis=[2]), lambda: frames)
-  return tf.image.resize(frames, size) * (1.0 / 255.0)
+  frames = tf.image.resize(frames, size)
+  if dtype == tf.uint8:
+    return tf.cast(frames + 0.5, tf.uint8)  # Round; bilinear stays within [0, 255].
+  return tf.cast(frames * (1.0 / 255.0), dtype)
+
+
+def to_float(clips: tf.Tensor) -> tf.Tensor:
+  """uint8 [0, 255] or float [0, 1] clips -> float32 [0, 1]."""
+  if clips.dtype == tf.uint8:
+    return tf.cast(clips, tf.float32) * (1.0 / 255.0)
+  return tf.cast(clips, tf.float32)
 
 
 def resize_short_side(frames: tf.Tensor, size: int, keep_dtype: bool = False) -> tf.Tensor:
@@ -126,32 +138,29 @@ def eval_crops(frames: tf.Tensor, size: int, num_crops: int = 3) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------------ colour and blur
-def draw_colour_params(seed: tf.Tensor, num, view_index: int = 1,
-                       jitter_prob: float = 0.8, strength: float = 1.0,
-                       gray_prob: float = 0.2, blur_prob: Optional[float] = None,
-                       solarize_prob: Optional[float] = None) -> Params:
+def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
+                       probs: Optional[Dict[str, Sequence[float]]] = None) -> Params:
   """One parameter set per clip, each entry with leading dim [num].
 
-  jitter: bool, whether the colour jitter is applied at all;
-  jitter_order int32 [num, 4]: permutation of (brightness, contrast, saturation, hue);
-  brightness, contrast, saturation: float factors (1 = identity, drawn in
-  [1 - 0.8 strength, 1 + 0.8 strength]); hue: float shift (0 = identity, |.| <= 0.2
-  strength); grayscale, solarize: bool; blur_sigma: float, 0 = no blur.
-  Clips without jitter (p 1 - jitter_prob) get identity factors.
+  view: int or int tensor [num], per clip: 1 or 2 selects the probabilities of that view
+  (VIEW_PROBS), 0 draws identity parameters (no colour op). `probs` overrides entries
+  of VIEW_PROBS (each a list indexed by view).
+  Entries: jitter bool (colour jitter applied at all); jitter_order int32 [num, 4], a
+  permutation of (brightness, contrast, saturation, hue); brightness, contrast,
+  saturation float factors (1 = identity, in [1 - 0.8 strength, 1 + 0.8 strength]);
+  hue float shift (0 = identity, |.| <= 0.2 strength); grayscale, solarize bool;
+  blur_sigma float (0 = no blur).
   """
-  probs = dict(VIEW_PROBS[view_index])
-  if blur_prob is not None:
-    probs['blur_prob'] = blur_prob
-  if solarize_prob is not None:
-    probs['solarize_prob'] = solarize_prob
+  table = dict(VIEW_PROBS, **(probs or {}))
+  view = tf.broadcast_to(tf.cast(view, tf.int32), [num])
+  p = {k: tf.gather(tf.constant(v, tf.float32), view) for k, v in table.items()}
   s = tf.unstack(tf.random.experimental.stateless_split(seed, num=10))
   unif = lambda i, lo=0.0, hi=1.0, shape=(num,): tf.random.stateless_uniform(
       shape, s[i], lo, hi)
-  jitter = unif(0) < jitter_prob
+  jitter = unif(0) < p['jitter']
   lo, hi = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
   factor = lambda i: tf.where(jitter, unif(i, lo, hi), 1.0)
   hue_delta = 0.2 * strength
-  blur = unif(8) < probs['blur_prob']
   return {
       'jitter': jitter,
       'jitter_order': tf.argsort(unif(1, shape=(num, 4)), axis=1, stable=True),
@@ -159,9 +168,9 @@ def draw_colour_params(seed: tf.Tensor, num, view_index: int = 1,
       'contrast': factor(3),
       'saturation': factor(4),
       'hue': tf.where(jitter, unif(5, -hue_delta, hue_delta), 0.0),
-      'grayscale': unif(6) < gray_prob,
-      'solarize': unif(7) < probs['solarize_prob'],
-      'blur_sigma': tf.where(blur, unif(9, *BLUR_SIGMA_RANGE), 0.0),
+      'grayscale': unif(6) < p['grayscale'],
+      'solarize': unif(7) < p['solarize'],
+      'blur_sigma': tf.where(unif(8) < p['blur'], unif(9, *BLUR_SIGMA_RANGE), 0.0),
   }
 
 
@@ -210,6 +219,7 @@ def _blur_matrix(kernel: tf.Tensor, n: int, radius: int) -> tf.Tensor:
 
 def gaussian_blur(x: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
   """Separable Gaussian blur of every frame of [T, H, W, C] (static H, W, C)."""
+  x = tf.convert_to_tensor(x)
   _, h, w, c = x.shape.as_list()
   radius = min(radius, h - 1, w - 1)
   if radius < 1:
@@ -248,26 +258,24 @@ def colour_blur_clip(clip: tf.Tensor, params: Params, radius: int) -> tf.Tensor:
   return clip
 
 
-def augment_batch_colour_blur(clips: tf.Tensor, view_index: int, seed: tf.Tensor,
+def augment_batch_colour_blur(clips: tf.Tensor, view, seed: tf.Tensor,
                               per_frame: bool = False, parallel_iterations: int = 4,
-                              **prob_overrides) -> tf.Tensor:
+                              **draw_kwargs) -> tf.Tensor:
   """Colour jitter, grayscale, blur, solarize with one parameter set per clip.
 
   clips: [B, T, H, W, 3] float in [0, 1] or uint8 in [0, 255] (static T, H, W).
-  view_index: 1 or 2, selects the blur / solarize probabilities (VIEW_PROBS).
+  view: 1 or 2 (VIEW_PROBS), or an int tensor [B] (per clip) or [B, T] (per frame).
   per_frame: the temporally inconsistent ablation (one parameter set per frame).
   Runs inside tf.data (B = 1) or inside a train step on an accelerator; the map over
   clips keeps each clip's cost to the ops it draws. Returns float32 [B, T, H, W, 3].
   """
-  if clips.dtype == tf.uint8:
-    clips = tf.cast(clips, tf.float32) * (1.0 / 255.0)
-  clips = tf.cast(clips, tf.float32)
+  clips = to_float(clips)
   shape = tf.shape(clips)
-  _, t, h, w, c = clips.shape.as_list()
+  _, _, h, w, c = clips.shape.as_list()
   if per_frame:
+    view = tf.reshape(tf.broadcast_to(view, shape[:2]), [-1])
     clips = tf.reshape(clips, [-1, 1, h, w, c])
-  num = tf.shape(clips)[0]
-  params = draw_colour_params(seed, num, view_index, **prob_overrides)
+  params = draw_colour_params(seed, tf.shape(clips)[0], view, **draw_kwargs)
   radius = blur_radius(h)
   out = tf.map_fn(lambda a: colour_blur_clip(a[0], a[1], radius), (clips, params),
                   fn_output_signature=tf.TensorSpec(clips.shape[1:], tf.float32),
@@ -275,10 +283,66 @@ def augment_batch_colour_blur(clips: tf.Tensor, view_index: int, seed: tf.Tensor
   return tf.reshape(out, shape)
 
 
-def augment_pretrain_batch(clips: tf.Tensor, seed: tf.Tensor, per_frame: bool = False,
-                           **kwargs) -> tf.Tensor:
-  """Deferred colour stage of a pretraining batch [2B, T, H, W, 3] (view 1 then view 2)."""
-  view1, view2 = tf.split(clips, 2, axis=0)
-  seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-  return tf.concat([augment_batch_colour_blur(view1, 1, seed1, per_frame, **kwargs),
-                    augment_batch_colour_blur(view2, 2, seed2, per_frame, **kwargs)], 0)
+# ------------------------------------------------------------- deferred to the train step
+def _bilinear_taps(out_size: int, in_size: tf.Tensor, flip: Optional[tf.Tensor]):
+  """Source rows (lo, hi) and weights of tf.image.resize's bilinear (half-pixel centres)
+  for crops of extent in_size [N] -> int32, int32, float32, each [N, out_size]."""
+  in_size = tf.cast(in_size, tf.float32)
+  pos = ((tf.range(out_size, dtype=tf.float32) + 0.5)[None, :]
+         * (in_size / out_size)[:, None] - 0.5)
+  floor = tf.floor(pos)
+  lo = tf.cast(tf.maximum(floor, 0.0), tf.int32)
+  hi = tf.cast(tf.minimum(tf.math.ceil(pos), in_size[:, None] - 1.0), tf.int32)
+  frac = pos - floor
+  if flip is not None:  # Mirrored output = the mirrored crop resized (exact).
+    rev = lambda x: tf.where(flip[:, None], tf.reverse(x, axis=[1]), x)
+    lo, hi, frac = rev(lo), rev(hi), rev(frac)
+  return lo, hi, frac
+
+
+def resize_crops(crops: tf.Tensor, crop_hw: tf.Tensor, flip: tf.Tensor,
+                 size: int) -> tf.Tensor:
+  """Resize + flip of top-left-aligned crops on a padded canvas, batched.
+
+  crops: uint8 [N, T, Hc, Wc, 3], each clip's crop in [:crop_h, :crop_w];
+  crop_hw: int32 [N, 2] and flip: bool [N] per clip, or [N, T, 2] and [N, T] per frame.
+  Returns float32 [N, T, size, size, 3] in [0, 1], equal to tf.image.resize (bilinear)
+  of each crop. Gathers and lerps only, so it suits XLA and accelerators.
+  """
+  crops = tf.convert_to_tensor(crops)
+  shape = tf.shape(crops)
+  if crop_hw.shape.rank == 3:  # Per frame: every frame is its own clip.
+    crops = tf.reshape(crops, tf.concat([[-1, 1], shape[2:]], 0))
+    crop_hw, flip = tf.reshape(crop_hw, [-1, 2]), tf.reshape(flip, [-1])
+  y0, y1, fy = _bilinear_taps(size, crop_hw[:, 0], None)
+  x0, x1, fx = _bilinear_taps(size, crop_hw[:, 1], flip)
+  rows = lambda i: to_float(tf.gather(crops, i, axis=2, batch_dims=1))  # [N, T, S, Wc, 3]
+  top = rows(y0)
+  out = top + (rows(y1) - top) * fy[:, None, :, None, None]
+  cols = lambda i: tf.gather(out, i, axis=3, batch_dims=1)  # [N, T, S, S, 3]
+  left = cols(x0)
+  out = left + (cols(x1) - left) * fx[:, None, None, :, None]
+  return tf.reshape(out, tf.concat([shape[:2], [size, size, 3]], 0))
+
+
+def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
+                 crop_size: Optional[int] = None) -> tf.Tensor:
+  """Whatever augmentation the pipeline deferred, read off the batch keys.
+
+  Call it in the train step on every batch of build_pretrain_dataset or
+  build_classification_dataset, whatever their `defer` setting:
+    'clips'                      clips done up to colour -> float32
+    'crops', 'crop_hw', 'flip'   resize + flip here (needs crop_size)
+    'colour_view' [N] or [N, T]  colour / blur here, per clip (or per frame) view
+  Returns float32 [N, T, S, S, 3] in [0, 1], the model input.
+  """
+  if 'crops' in batch:
+    if crop_size is None:
+      raise ValueError('this batch has deferred crops: pass crop_size to finish_batch')
+    clips = resize_crops(batch['crops'], batch['crop_hw'], batch['flip'], crop_size)
+  else:
+    clips = to_float(batch['clips'])
+  if 'colour_view' in batch:
+    view = batch['colour_view']
+    clips = augment_batch_colour_blur(clips, view, seed, per_frame=view.shape.rank == 2)
+  return clips

@@ -1,0 +1,221 @@
+"""Input pipeline throughput at the CVRL pretraining setting, against JPEG decoding alone.
+
+  python benchmarks/bench_input.py            # 20 records, 5 repetitions (~10 minutes)
+  python benchmarks/bench_input.py --quick    # smoke run
+
+Writes synthetic records (256x340 frames, 60-100 per video) to a temp dir, then measures
+on the same cores and records, alternating variants within each repetition so load drift
+hits all of them alike (warm-up excluded; median and min..max printed):
+  decode_only      read + parse + full decode of the same 2 x clip_len frames per video
+  defer=resize     pretraining pipeline, decode-and-crop only; resize, flip, colour and
+                   blur deferred to the train step (augment.finish_batch)
+  defer=colour/u8  crop, flip, resize in tf.data, uint8 out; colour and blur deferred
+  defer=colour/f32 the same with float32 [0, 1] out
+  defer=none       everything in tf.data (float32 out)
+  step:resize+col  augment.finish_batch on one defer=resize batch, on this CPU: the work
+                   the train step takes over (cheap on an accelerator)
+  step:colour      the same for a defer=colour batch
+Rates are clips/s (one video = two clips); decode_only is converted at clip_len frames
+per clip. Besides wall-clock rates, clips per CPU-second of this process are reported:
+on a machine shared with other jobs they are the steadier figure. Peak RSS is per
+variant (VmHWM reset through /proc/self/clear_refs).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+from cvrl_tf.data import augment
+from cvrl_tf.data import pipeline
+from cvrl_tf.data import records
+from cvrl_tf.data import sampling
+from cvrl_tf.data import shards
+
+
+def write_records(out_dir: str, num_videos: int, num_shards: int, height: int, width: int,
+                  seed: int = 0) -> str:
+  """Moving textured scenes, JPEG q90 (~20-30 KB per 256x340 frame, like Kinetics)."""
+  rng = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  writers = [tf.io.TFRecordWriter(os.path.join(out_dir, f'bench-{i:05d}-of-{num_shards:05d}'
+                                               '.tfrecord')) for i in range(num_shards)]
+  for v in range(num_videos):
+    length = int(rng.integers(60, 101))
+    freq = rng.uniform(0.02, 0.12, size=3)
+    texture = rng.normal(0, 10, size=(height, width, 3)).astype(np.float32)
+    frames = []
+    for t in range(length):
+      shift = 2.0 * t
+      img = np.stack([128 + 90 * np.sin(freq[0] * (xx + shift) + v),
+                      128 + 90 * np.cos(freq[1] * (yy - shift)),
+                      128 + 70 * np.sin(freq[2] * (xx + yy) + 0.1 * t)], axis=-1)
+      img += np.roll(texture, t, axis=1)
+      frames.append(tf.io.encode_jpeg(np.clip(img, 0, 255).astype(np.uint8),
+                                      quality=90).numpy())
+    example = records.make_sequence_example(frames, f'video{v:03d}', 25.0, height, width,
+                                            label_index=v % 5)
+    writers[v % num_shards].write(example.SerializeToString())
+  for w in writers:
+    w.close()
+  return os.path.join(out_dir, '*.tfrecord')
+
+
+def decode_only_dataset(pattern: str, batch_size: int, clip_len: int, stride: int,
+                        seed: int) -> tf.data.Dataset:
+  """Same reading, shuffling and frame choice as pretraining, but plain full decodes."""
+  files = shards.list_files(pattern)
+  ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed).repeat()
+  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  ds = ds.shuffle(128, seed=seed).enumerate()
+
+  def decode(i, record):
+    ex = records.parse_sequence_example(record)
+    idx = sampling.sample_pretrain_indices(tf.stack([tf.constant(seed, tf.int64), i]),
+                                           ex['num_frames'], clip_len, stride)
+    jpegs = tf.gather(ex['frames'], tf.reshape(idx, [-1]))
+    return tf.map_fn(lambda j: tf.image.decode_jpeg(j, channels=3), jpegs,
+                     fn_output_signature=tf.uint8)
+
+  ds = ds.map(decode, tf.data.AUTOTUNE, deterministic=False)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def train_step_stand_in(dataset: tf.data.Dataset, crop_size: int):
+  """Endless (step fn, batch) pairs: finish_batch on one ready batch, as a train step."""
+  batch = next(iter(dataset))
+  step = tf.function(lambda b, s: augment.finish_batch(b, s, crop_size))
+  return ({'fn': step, 'batch': batch, 'step': i} for i in range(10**9))
+
+
+def reset_peak_rss() -> bool:
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_mb() -> float:
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) / 1024.0
+  return float('nan')
+
+
+def time_batches(make_iter, warmup: int, batches: int, min_seconds: float):
+  """(wall seconds, process CPU seconds) per batch in steady state, after `warmup`.
+
+  The iterator is deleted before returning so its threads stop burning CPU.
+  """
+  it = make_iter()
+  for _ in range(warmup):
+    _consume(next(it))
+  count, start, cpu_start = 0, time.perf_counter(), time.process_time()
+  while count < batches or time.perf_counter() - start < min_seconds:
+    _consume(next(it))
+    count += 1
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  del it
+  return wall / count, cpu / count
+
+
+def _consume(batch):
+  if isinstance(batch, dict) and 'fn' in batch:  # Train-step stand-in: run the step.
+    batch = batch['fn'](batch['batch'], tf.constant([batch['step'], 7]))
+  tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, 'numpy') else t, batch)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true', help='smoke run: tiny and short')
+  parser.add_argument('--num_videos', type=int, default=20)
+  parser.add_argument('--batch_size', type=int, default=8, help='videos per batch')
+  parser.add_argument('--clip_len', type=int, default=16)
+  parser.add_argument('--stride', type=int, default=2)
+  parser.add_argument('--crop_size', type=int, default=224)
+  parser.add_argument('--reps', type=int, default=5)
+  parser.add_argument('--batches', type=int, default=8, help='timed batches per run')
+  parser.add_argument('--min_seconds', type=float, default=4.0)
+  parser.add_argument('--variants', default='decode_only,defer=resize,defer=colour/u8,'
+                      'defer=colour/f32,defer=none,step:resize+col,step:colour')
+  args = parser.parse_args(argv)
+  height, width = 256, 340
+  if args.quick:
+    args.num_videos, args.batch_size, args.reps, args.batches = 4, 2, 1, 2
+    args.min_seconds, args.clip_len, args.crop_size = 0.0, 4, 64
+    height, width = 72, 96
+
+  tmp = tempfile.TemporaryDirectory(prefix='bench_input_')
+  t0 = time.perf_counter()
+  pattern = write_records(tmp.name, args.num_videos, max(1, args.num_videos // 5),
+                          height, width)
+  size_mb = sum(os.path.getsize(os.path.join(tmp.name, f))
+                for f in os.listdir(tmp.name)) / 2**20
+  print(f'wrote {args.num_videos} videos ({size_mb:.1f} MB) at {height}x{width} in '
+        f'{time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs; tf {tf.__version__}')
+
+  common = dict(clip_len=args.clip_len, stride=args.stride, crop_size=args.crop_size,
+                seed=0, canvas=(height, width) if args.quick else (256, 456))
+  pretrain = lambda **kw: pipeline.build_pretrain_dataset(pattern, args.batch_size,
+                                                          **common, **kw)
+  makers = {
+      'decode_only': lambda: iter(decode_only_dataset(
+          pattern, args.batch_size, args.clip_len, args.stride, 0)),
+      'defer=resize': lambda: iter(pretrain(defer='resize')),
+      'defer=colour/u8': lambda: iter(pretrain(defer='colour', output_dtype='uint8')),
+      'defer=colour/f32': lambda: iter(pretrain(defer='colour')),
+      'defer=none': lambda: iter(pretrain(defer='none')),
+      'step:resize+col': lambda: train_step_stand_in(pretrain(defer='resize'),
+                                                     args.crop_size),
+      'step:colour': lambda: train_step_stand_in(
+          pretrain(defer='colour', output_dtype='uint8'), args.crop_size),
+  }
+  variants = args.variants.split(',')
+  clips_per_batch = 2 * args.batch_size
+  rates = {v: [] for v in variants}
+  cpu_rates = {v: [] for v in variants}
+  peaks = {v: 0.0 for v in variants}
+  can_reset = reset_peak_rss()
+  load_before = os.getloadavg()[0]
+  for rep in range(args.reps):
+    for v in variants:
+      reset_peak_rss()
+      slow = v in ('defer=none', 'step:resize+col', 'step:colour')
+      batches = max(2, args.batches // 4) if slow else args.batches
+      wall, cpu = time_batches(makers[v], warmup=2, batches=batches,
+                               min_seconds=args.min_seconds)
+      rates[v].append(clips_per_batch / wall)
+      cpu_rates[v].append(clips_per_batch / cpu)
+      peaks[v] = max(peaks[v], peak_rss_mb())
+      print(f'  rep {rep} {v:17s} {rates[v][-1]:8.1f} clips/s  '
+            f'{cpu_rates[v][-1]:8.1f} clips/CPU-s', flush=True)
+
+  print(f'\nclip {args.clip_len}x{args.crop_size}x{args.crop_size}, stride {args.stride}, '
+        f'batch {args.batch_size} videos = {clips_per_batch} clips, {args.reps} reps, '
+        f'load average before/after {load_before:.1f}/{os.getloadavg()[0]:.1f}')
+  print(f'{"variant":17s} {"clips/s":>8s} {"min..max":>15s} {"vs dec":>6s}   '
+        f'{"clips/CPU-s":>11s} {"min..max":>15s} {"vs dec":>6s}   '
+        f'{"peak RSS MB" if can_reset else "peak RSS MB (process)"}')
+  def stats(values, base_values):
+    med = statistics.median(values)
+    rel = (f'{med / statistics.median(base_values):6.2f}' if base_values else ' ' * 6)
+    return f'{med:8.1f} {min(values):7.1f}..{max(values):<6.1f} {rel}'
+  for v in variants:
+    print(f'{v:17s} {stats(rates[v], rates.get("decode_only"))}   '
+          f'   {stats(cpu_rates[v], cpu_rates.get("decode_only"))}   {peaks[v]:8.0f}')
+  tmp.cleanup()
+
+
+if __name__ == '__main__':
+  main()

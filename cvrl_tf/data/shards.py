@@ -1,0 +1,151 @@
+"""Shard files: listing, validation, sharding, reading with provenance, label subsets.
+
+Every record travels with its file name and index in the file, so a bad record fails
+with an error naming them, and label subsets can be selected by position.
+"""
+
+import hashlib
+import struct
+from typing import Dict, List, Optional, Sequence, Union
+
+import tensorflow as tf
+
+from cvrl_tf.data import records
+
+FilePatterns = Union[str, Sequence[str]]
+AUTOTUNE = tf.data.AUTOTUNE
+_SEP = '\n'  # Joins file name and record index into a label-subset key.
+
+
+def _masked_crc32c(data: bytes) -> int:
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+  crc ^= 0xFFFFFFFF
+  return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def check_tfrecord_file(path: str) -> bool:
+  """Checks the first record header (length + its CRC); returns False for an empty file.
+
+  Done once per file at build time (12 bytes read), because TFRecordDataset reports a
+  bad file as a DataLossError that does not name it, in the middle of training.
+  """
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    header = f.read(12)
+  if not header:
+    return False
+  if len(header) < 12:
+    raise ValueError(f'{path}: not a TFRecord file (truncated {len(header)}-byte header)')
+  length_bytes, (crc,) = header[:8], struct.unpack('<I', header[8:])
+  if _masked_crc32c(length_bytes) != crc:
+    raise ValueError(f'{path}: not a TFRecord file (first record header fails its CRC)')
+  return True
+
+
+def list_files(file_pattern: FilePatterns, validate: bool = True) -> List[str]:
+  """Expands patterns or explicit shard lists into a sorted list of files.
+
+  Raises ValueError naming the pattern that matches nothing or the file that is not a
+  TFRecord file. Empty files are kept (a shard may legitimately hold no video) unless
+  all of them are empty.
+  """
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+  if not patterns:
+    raise ValueError('no file pattern given')
+  files = []
+  for pattern in patterns:
+    matched = tf.io.gfile.glob(pattern)
+    if not matched:
+      raise ValueError(f'file pattern {pattern!r} matches no file')
+    files.extend(matched)
+  files = sorted(set(files))
+  if validate and not any([check_tfrecord_file(f) for f in files]):
+    raise ValueError(f'all {len(files)} files of {patterns} are empty: {files[:3]}...')
+  return files
+
+
+def shard_files(files: List[str], input_context: Optional[tf.distribute.InputContext]):
+  if input_context is None or input_context.num_input_pipelines == 1:
+    return files, 0, 1
+  n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+  if len(files) < n:
+    raise ValueError(f'{len(files)} files cannot be sharded over {n} input pipelines; '
+                     'write more shards')
+  return files[i::n], i, n
+
+
+def read_records(files: List[str], shuffle: bool, repeat: bool, seed: Optional[int],
+          cycle_length: int, deterministic: bool) -> tf.data.Dataset:
+  """-> (file string, index-in-file int64, serialized record) triples."""
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  if shuffle:
+    ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+
+  def per_file(f):
+    return tf.data.TFRecordDataset(f).enumerate().map(lambda i, r: (f, i, r))
+
+  return ds.interleave(per_file, cycle_length=min(cycle_length, len(files)),
+                       block_length=1, num_parallel_calls=AUTOTUNE,
+                       deterministic=deterministic)
+
+
+def parse_checked(file: tf.Tensor, index: tf.Tensor, record: tf.Tensor,
+           need_label: bool) -> Dict[str, tf.Tensor]:
+  """Parses one record; a record without frames (or label) fails naming its file."""
+  ex = records.parse_sequence_example(record)
+  where = ['file', file, 'record', index, 'media_id', ex['media_id']]
+  checks = [tf.debugging.Assert(ex['num_frames'] > 0, ['record without frames:'] + where)]
+  if need_label:
+    checks.append(tf.debugging.Assert(
+        ex['label'] >= 0, ['record without label (clip/label/index < 0):'] + where))
+  with tf.control_dependencies(checks):
+    ex['num_frames'] = tf.identity(ex['num_frames'])
+  ex['file'] = file
+  return ex
+
+
+# ---------------------------------------------------------------- semi-supervised subset
+def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> List[str]:
+  """Chooses `fraction` of the labelled videos of each class, deterministically.
+
+  One pass over the records reads (label, media_id) only. Within each class, videos are
+  ranked by sha256(f'{seed}:{media_id}') (ties by file and position) and the first
+  k_c = max(1, floor(fraction * n_c + 0.5)) are kept: the same seed gives the same subset
+  whatever the sharding, and a video in the 1% subset is also in the 10% one.
+  Returns keys 'file\\nindex' of the kept records.
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise ValueError(f'label fraction must be in (0, 1], got {fraction}')
+  spec = {records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
+          records.MEDIA_ID_KEY: tf.io.FixedLenFeature([], tf.string, '')}
+
+  def context(f, i, r):
+    ctx, _ = tf.io.parse_single_sequence_example(r, context_features=spec)
+    return f, i, ctx[records.LABEL_INDEX_KEY], ctx[records.MEDIA_ID_KEY]
+
+  ds = read_records(list(files), False, False, None, 16, True).map(context, AUTOTUNE)
+  by_class: Dict[int, list] = {}
+  for f, i, label, media_id in ds.batch(4096).as_numpy_iterator():
+    for entry in zip(f, i, label, media_id):
+      if entry[2] >= 0:
+        by_class.setdefault(int(entry[2]), []).append(entry)
+  keys = []
+  for entries in by_class.values():
+    ranked = sorted(entries, key=lambda e: (
+        hashlib.sha256(b'%d:' % seed + e[3]).hexdigest(), e[0], e[1]))
+    keep = max(1, int(fraction * len(ranked) + 0.5))
+    keys.extend(f'{e[0].decode()}{_SEP}{e[1]}' for e in ranked[:keep])
+  return sorted(keys)
+
+
+def filter_keys(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset:
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys)),
+                                          tf.ones([len(keys)], tf.int32)), 0)
+  key = lambda f, i: tf.strings.join([f, tf.strings.as_string(i)], separator=_SEP)
+  return ds.filter(lambda f, i, r: table.lookup(key(f, i)) > 0)
