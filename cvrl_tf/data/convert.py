@@ -174,7 +174,8 @@ class _Converter:
     label = None if item.label is None else self.index[item.label]
     return records.make_sequence_example(
         res['jpegs'], item.media_id, res['fps'], res['height'], res['width'],
-        label_index=label, label_string=item.label or '').SerializeToString()
+        label_index=label, label_string=item.label or '').SerializeToString(
+            deterministic=True)  # map order must not depend on the process
 
   def _estimate_num_shards(self) -> int:
     sample = assign_shards(len(self.items), 1, self.opts.seed)[0][:_SIZE_SAMPLE]
@@ -333,67 +334,76 @@ def convert(listing: sources.Listing, opts: Options,
 # ---------------------------------------------------------------------------------------
 # Command line.
 
-def _define_flags():
-  """Defines the command's flags, skipping names another imported module already owns, so
-  that importing this module as a library never raises DuplicateFlagError."""
-  specs = [
-      ('string', 'kinetics_csv', None, 'Kinetics CSV (label,youtube_id,time_start,'
-       'time_end,split with a header) -- input layout 1.'),
-      ('string', 'video_root', None, 'Folder of the Kinetics videos (and base of relative '
-       'paths of --csv; default: the CSV folder).'),
-      ('string', 'filename_pattern', sources.DEFAULT_KINETICS_PATTERN, 'Path of a Kinetics '
-       'video under --video_root; fields: label, label_underscored, youtube_id, '
-       'time_start, time_end, split.'),
-      ('bool', 'trim', False, 'Kinetics: the files are untrimmed; keep only '
-       '[time_start, time_end].'),
-      ('string', 'class_folders', None, 'ROOT with one folder per class (UCF-101 / '
-       'HMDB-51) -- input layout 2.'),
-      ('multi_string', 'split_file', [], 'UCF-101 trainlist/testlist or HMDB-51 '
-       '<class>_test_splitN.txt; repeatable, globs allowed.'),
-      ('string', 'split', None, 'train|test for split files (HMDB-51 needs it); for '
-       'Kinetics, keep only rows with this split value.'),
-      ('string', 'csv', None, 'CSV of path[,label] rows (empty label = unlabeled) -- '
-       'input layout 3.'),
-      ('string', 'output_dir', None, 'Output folder (created if needed).'),
-      ('string', 'prefix', 'data', 'Shard name prefix: PREFIX-00000-of-000NN.tfrecord.'),
-      ('integer', 'num_shards', 0, 'Number of shards; 0 = from --shard_size_mb.'),
-      ('float', 'shard_size_mb', 200.0, 'Target shard size when --num_shards=0, estimated '
-       f'from the first {_SIZE_SAMPLE} videos.'),
-      ('string', 'class_list', None, 'Class names in label-index order (default: sorted '
-       'labels); UCF classInd.txt works.'),
-      ('float', 'fps', 0.0, 'Stored frame rate; 0 keeps the source rate (Kinetics: 25).'),
-      ('integer', 'short_side', 256, 'Resize the short side to this (0 = keep).'),
-      ('integer', 'jpeg_quality', 90, 'JPEG quality of stored frames.'),
-      ('integer', 'workers', None, 'Decoding processes (default: all cores; 0 = none).'),
-      ('integer', 'seed', 0, 'Seed of the shuffle of videos across shards.'),
-  ]
-  for kind, name, default, help_text in specs:
-    if name not in flags.FLAGS:
-      getattr(flags, f'DEFINE_{kind}')(name, default, help_text)
-
-
-_define_flags()
+_FLAGS = [  # (kind, name, default, help)
+    ('string', 'kinetics_csv', None, 'Kinetics CSV (label,youtube_id,time_start,'
+     'time_end,split with a header) -- input layout 1.'),
+    ('string', 'video_root', None, 'Folder of the Kinetics videos (and base of relative '
+     'paths of --csv; default: the CSV folder).'),
+    ('string', 'filename_pattern', sources.DEFAULT_KINETICS_PATTERN, 'Path of a Kinetics '
+     'video under --video_root; fields: label, label_underscored, youtube_id, time_start, '
+     'time_end, split.'),
+    ('bool', 'trim', False, 'Kinetics: the files are untrimmed; keep only '
+     '[time_start, time_end].'),
+    ('string', 'class_folders', None, 'ROOT with one folder per class (UCF-101 / '
+     'HMDB-51) -- input layout 2.'),
+    ('multi_string', 'split_file', [], 'UCF-101 trainlist/testlist or HMDB-51 '
+     '<class>_test_splitN.txt; repeatable, globs allowed.'),
+    ('string', 'split', None, 'train|test for split files (HMDB-51 needs it); for '
+     'Kinetics, keep only rows with this split value.'),
+    ('string', 'csv', None, 'CSV of path[,label] rows (empty label = unlabeled) -- '
+     'input layout 3.'),
+    ('string', 'output_dir', None, 'Output folder (created if needed).'),
+    ('string', 'prefix', 'data', 'Shard name prefix: PREFIX-00000-of-000NN.tfrecord.'),
+    ('integer', 'num_shards', 0, 'Number of shards; 0 = from --shard_size_mb.'),
+    ('float', 'shard_size_mb', 200.0, 'Target shard size when --num_shards=0, estimated '
+     f'from the first {_SIZE_SAMPLE} videos.'),
+    ('string', 'class_list', None, 'Class names in label-index order (default: sorted '
+     'labels); UCF classInd.txt works.'),
+    ('float', 'fps', 0.0, 'Stored frame rate; 0 keeps the source rate (Kinetics: 25).'),
+    ('integer', 'short_side', 256, 'Resize the short side to this (0 = keep).'),
+    ('integer', 'jpeg_quality', 90, 'JPEG quality of stored frames.'),
+    ('integer', 'workers', None, 'Decoding processes (default: all cores; 0 = none).'),
+    ('integer', 'seed', 0, 'Seed of the shuffle of videos across shards.'),
+]
+_DEFAULTS = {name: default for _, name, default, _ in _FLAGS}
 FLAGS = flags.FLAGS
 
 
+def _define_flags():
+  """Flags are defined at import (absl needs them before app.run), skipping names that
+  another imported module (e.g. synthetic) already defined: importing both never raises
+  DuplicateFlagError, and `_flag` keeps this command's own defaults in that case."""
+  for kind, name, default, help_text in _FLAGS:
+    if name not in FLAGS:
+      getattr(flags, f'DEFINE_{kind}')(name, default, help_text)
+
+
+def _flag(name: str):
+  return FLAGS[name].value if FLAGS[name].present else _DEFAULTS[name]
+
+
+_define_flags()
+
+
 def listing_from_flags() -> sources.Listing:
-  inputs = [n for n in ('kinetics_csv', 'class_folders', 'csv') if FLAGS[n].value]
+  inputs = [n for n in ('kinetics_csv', 'class_folders', 'csv') if _flag(n)]
   if len(inputs) != 1:
     raise UsageError('give exactly one of --kinetics_csv, --class_folders, --csv'
                      + (f' (got {", ".join(inputs)})' if inputs else ''))
   kind = inputs[0]
-  if kind != 'kinetics_csv' and (FLAGS.trim or FLAGS['filename_pattern'].present):
+  if kind != 'kinetics_csv' and (_flag('trim') or FLAGS['filename_pattern'].present):
     raise UsageError('--trim and --filename_pattern go with --kinetics_csv')
-  if kind != 'class_folders' and FLAGS.split_file:
+  if kind != 'class_folders' and _flag('split_file'):
     raise UsageError('--split_file goes with --class_folders')
   if kind == 'kinetics_csv':
-    if not FLAGS.video_root:
+    if not _flag('video_root'):
       raise UsageError('--kinetics_csv needs --video_root')
-    return sources.list_kinetics(FLAGS.kinetics_csv, FLAGS.video_root,
-                                 FLAGS.filename_pattern, FLAGS.trim, FLAGS.split)
+    return sources.list_kinetics(_flag('kinetics_csv'), _flag('video_root'),
+                                 _flag('filename_pattern'), _flag('trim'), _flag('split'))
   if kind == 'class_folders':
-    return sources.list_class_folders(FLAGS.class_folders, FLAGS.split_file, FLAGS.split)
-  return sources.list_csv(FLAGS.csv, FLAGS.video_root)
+    return sources.list_class_folders(_flag('class_folders'), _flag('split_file'),
+                                      _flag('split'))
+  return sources.list_csv(_flag('csv'), _flag('video_root'))
 
 
 def main(argv):
@@ -405,13 +415,11 @@ def main(argv):
       raise UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     if FLAGS['num_shards'].present and FLAGS['shard_size_mb'].present:
       raise UsageError('give --num_shards or --shard_size_mb, not both')
-    opts = Options(output_dir=FLAGS.output_dir, prefix=FLAGS.prefix,
-                   num_shards=FLAGS.num_shards, shard_size_mb=FLAGS.shard_size_mb,
-                   fps=FLAGS.fps, short_side=FLAGS.short_side,
-                   jpeg_quality=FLAGS.jpeg_quality, workers=FLAGS.workers, seed=FLAGS.seed,
-                   class_list=FLAGS.class_list)
+    opts = Options(**{k: _flag(k) for k in (
+        'output_dir', 'prefix', 'num_shards', 'shard_size_mb', 'fps', 'short_side',
+        'jpeg_quality', 'workers', 'seed', 'class_list')})
     validate(opts)
-    return convert(listing_from_flags(), opts).exit_code
+    return convert(listing_from_flags(), opts, log=sys.stderr).exit_code
   except (UsageError, sources.SourceError) as e:
     print(f'cvrl_convert: error: {e}', file=sys.stderr)
     return 2

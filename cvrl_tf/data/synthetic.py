@@ -133,24 +133,27 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.n
   y = grid[None, :, None] + _col(shake[:, 1])  # [T, H, 1]
   img, bg_colour = _background(rng, x, y, size)
 
-  # Main object: appearance independent of the class.
+  # Main object. Every random draw happens whatever the class (motion parameters are
+  # drawn for all motions), so one seed gives one appearance under any of the 8 motions.
   name = CLASSES[label]
+  speed_u, spin_u, rate_u, start_u = rng.uniform(size=4)
   lo, hi = (f * size for f in _SCALE_RANGE)
   centre = rng.uniform(0.3, 0.7, 2) * size
   angle = np.full(n, rng.uniform(0, 2 * math.pi))
   scale = np.full(n, rng.uniform(lo, hi))
   cx, cy = np.full(n, centre[0]), np.full(n, centre[1])
   if name.startswith('translate'):
-    step = cfg.speed * px * rng.uniform(0.7, 1.3) * t
+    step = cfg.speed * px * (0.7 + 0.6 * speed_u) * t
     direction = name.split('_')[1]
     cx = cx + {'left': -step, 'right': step}.get(direction, 0.0)
     cy = cy + {'up': -step, 'down': step}.get(direction, 0.0)
   if name.startswith('rotate'):
-    spin = math.radians(cfg.spin * rng.uniform(0.7, 1.3))
+    spin = math.radians(cfg.spin * (0.7 + 0.6 * spin_u))
     angle = angle + (spin if name == 'rotate_cw' else -spin) * t  # y down: + is clockwise
   if name.startswith('zoom'):
-    rate = math.log(hi / lo) / max(1, n - 1) * rng.uniform(0.8, 1.0)
-    scale = rng.uniform(lo, hi * math.exp(-rate * (n - 1))) * np.exp(rate * t)
+    rate = math.log(hi / lo) / max(1, n - 1) * (0.8 + 0.2 * rate_u)
+    start = lo + (hi * math.exp(-rate * (n - 1)) - lo) * start_u
+    scale = start * np.exp(rate * t)
     if name == 'zoom_out':
       scale = scale[::-1]
   dx, dy = _wrap(x - _col(cx), size), _wrap(y - _col(cy), size)
@@ -252,45 +255,53 @@ def _write_text(path: str, text: str):
   os.replace(path + '.tmp', path)
 
 
+_FLAGS = [  # (kind, name, default, help)
+    ('string', 'output_dir', None, 'Folder for the videos, CSVs and class list.'),
+    ('integer', 'num_train', 24, 'Training videos per class.'),
+    ('integer', 'num_test', 8, 'Test videos per class.'),
+    ('integer', 'size', 64, 'Frame side in pixels (even).'),
+    ('float', 'seconds', 2.0, 'Video length in seconds.'),
+    ('float', 'fps', 25.0, 'Frame rate.'),
+    ('integer', 'seed', 0, 'Seed: same seed, same dataset.'),
+    ('integer', 'workers', None, 'Processes (default: all cores; 0 = none).'),
+]
+_DEFAULTS = {name: default for _, name, default, _ in _FLAGS}
+FLAGS = flags.FLAGS
+
+
 def _define_flags():
   """Skips names another imported module already owns (see convert._define_flags)."""
-  specs = [
-      ('string', 'output_dir', None, 'Folder for the videos, CSVs and class list.'),
-      ('integer', 'num_train', 24, 'Training videos per class.'),
-      ('integer', 'num_test', 8, 'Test videos per class.'),
-      ('integer', 'size', 64, 'Frame side in pixels (even).'),
-      ('float', 'seconds', 2.0, 'Video length in seconds.'),
-      ('float', 'fps', 25.0, 'Frame rate.'),
-      ('integer', 'seed', 0, 'Seed: same seed, same dataset.'),
-      ('integer', 'workers', None, 'Processes (default: all cores; 0 = none).'),
-  ]
-  for kind, name, default, help_text in specs:
-    if name not in flags.FLAGS:
+  for kind, name, default, help_text in _FLAGS:
+    if name not in FLAGS:
       getattr(flags, f'DEFINE_{kind}')(name, default, help_text)
 
 
+def _flag(name: str):
+  return FLAGS[name].value if FLAGS[name].present else _DEFAULTS[name]
+
+
 _define_flags()
-FLAGS = flags.FLAGS
 
 
 def main(argv):
   """absl entry point: exit 0 on success, 2 on a usage error."""
-  if len(argv) > 1 or not FLAGS.output_dir:
+  v = {name: _flag(name) for name in _DEFAULTS}
+  if len(argv) > 1 or not v['output_dir']:
     print('cvrl_synth: error: usage: cvrl_synth --output_dir=DIR [--num_train=N '
           '--num_test=N --size=PX --seconds=S --fps=F --seed=S]', file=sys.stderr)
     return 2
-  if FLAGS.size % 2 or FLAGS.size < 16 or FLAGS.seconds <= 0 or FLAGS.fps <= 0 or min(
-      FLAGS.num_train, FLAGS.num_test) < 0 or (FLAGS.workers or 0) < 0:
+  if (v['size'] % 2 or v['size'] < 16 or v['seconds'] <= 0 or v['fps'] <= 0
+      or min(v['num_train'], v['num_test']) < 0 or (v['workers'] or 0) < 0):
     print('cvrl_synth: error: need an even --size >= 16, positive --seconds/--fps and '
           'non-negative counts', file=sys.stderr)
     return 2
-  workers = pool_lib.default_workers() if FLAGS.workers is None else FLAGS.workers
-  cfg = Config(size=FLAGS.size, seconds=FLAGS.seconds, fps=FLAGS.fps)
-  paths = generate(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_test, FLAGS.seed, cfg,
-                   workers)
-  print(f'cvrl_synth: {len(CLASSES)} classes x ({FLAGS.num_train} train + '
-        f'{FLAGS.num_test} test) videos in {FLAGS.output_dir}; lists: {paths["train"]}, '
-        f'{paths["test"]}, classes: {paths["classes"]}', file=sys.stderr)
+  workers = pool_lib.default_workers() if v['workers'] is None else v['workers']
+  cfg = Config(size=v['size'], seconds=v['seconds'], fps=v['fps'])
+  paths = generate(v['output_dir'], v['num_train'], v['num_test'], v['seed'], cfg, workers,
+                   log=sys.stderr)
+  print(f'cvrl_synth: {len(CLASSES)} classes x ({v["num_train"]} train + {v["num_test"]} '
+        f'test) videos in {v["output_dir"]}; lists: {paths["train"]}, {paths["test"]}, '
+        f'classes: {paths["classes"]}', file=sys.stderr)
   return 0
 
 

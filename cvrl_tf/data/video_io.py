@@ -311,17 +311,6 @@ class VideoWriter:
       self._container = None
 
 
-def probe_duration(path: str) -> float:
-  """Duration in seconds from the container header (0 when unknown); no decoding."""
-  with av.open(path) as container:
-    if container.duration:
-      return container.duration / av.time_base
-    stream = container.streams.video[0] if container.streams.video else None
-    if stream is not None and stream.duration:
-      return float(stream.duration * stream.time_base)
-  return 0.0
-
-
 def frame_count_hint(num_seconds: float, fps: float) -> int:
   """Number of frames FrameReader yields for `num_seconds` of video resampled to `fps`."""
   return int(math.ceil(num_seconds * fps - _EPS))
