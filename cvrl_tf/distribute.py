@@ -1,0 +1,127 @@
+"""tf.distribute strategies by name, and the per-replica share of a global batch.
+
+  'default'       no distribution: one device (the first GPU if any, else the CPU).
+  'mirrored'      all local GPUs; or, with `num_cpu_devices=N`, N logical CPU devices
+                  (to test multi-replica code on a laptop or CI machine).
+  'multi_worker'  MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG
+                  environment variable (every worker runs the same program).
+  'tpu'           TPUStrategy on the TPU at `tpu_address` ('' or 'local' for a TPU VM).
+
+Logical CPU devices and TPU initialisation must happen before TensorFlow initialises its
+devices, i.e. before the first op runs: call `get_strategy` first thing in a program.
+"""
+
+import json
+import os
+from typing import Optional
+
+import gin
+import tensorflow as tf
+
+STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
+
+
+class StrategyError(RuntimeError):
+  """The requested strategy cannot be built here; the message says why and what to do."""
+
+
+def configure_cpu_devices(num_devices: int) -> list:
+  """Splits the physical CPU into `num_devices` logical devices; returns their names."""
+  if num_devices < 1:
+    raise ValueError(f'num_cpu_devices must be >= 1, got {num_devices}')
+  cpus = tf.config.list_physical_devices('CPU')
+  try:
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * num_devices)
+  except RuntimeError as e:
+    existing = tf.config.list_logical_devices('CPU')
+    if len(existing) == num_devices:
+      return [d.name for d in existing]  # Already configured the same way: fine.
+    raise StrategyError(
+        f'cannot split the CPU into {num_devices} logical devices: TensorFlow has already '
+        f'initialised {len(existing)} CPU device(s) ({e}). Build the strategy before '
+        f'running any TensorFlow op (first thing in the program, or in a fresh process).'
+    ) from e
+  return [d.name for d in tf.config.list_logical_devices('CPU')]
+
+
+def _mirrored(num_cpu_devices: Optional[int]) -> tf.distribute.Strategy:
+  if num_cpu_devices:
+    return tf.distribute.MirroredStrategy(configure_cpu_devices(num_cpu_devices))
+  return tf.distribute.MirroredStrategy()  # All visible GPUs, else the CPU.
+
+
+def _multi_worker() -> tf.distribute.Strategy:
+  raw = os.environ.get('TF_CONFIG')
+  if not raw:
+    raise StrategyError(
+        "strategy 'multi_worker' needs the TF_CONFIG environment variable, e.g. "
+        '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+        '"task": {"type": "worker", "index": 0}} on each worker.')
+  try:
+    spec = json.loads(raw)
+  except ValueError as e:
+    raise StrategyError(f'TF_CONFIG is not valid JSON: {raw!r}') from e
+  task = spec.get('task') if isinstance(spec, dict) else None
+  if not isinstance(task, dict) or 'type' not in task or not spec.get('cluster'):
+    raise StrategyError(f'TF_CONFIG needs "cluster" and "task": {{"type", "index"}}; '
+                        f'got {raw!r}')
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  options = tf.distribute.experimental.CommunicationOptions(
+      implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+  return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                   communication_options=options)
+
+
+def _tpu(tpu_address: Optional[str]) -> tf.distribute.Strategy:
+  address = '' if tpu_address in (None, 'local') else tpu_address
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+    if address:
+      tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+  except (ValueError, RuntimeError, tf.errors.OpError) as e:
+    raise StrategyError(f'cannot reach the TPU at {tpu_address!r}: {e}') from e
+  return tf.distribute.TPUStrategy(resolver)
+
+
+@gin.configurable
+def get_strategy(name: str = 'default',
+                 num_cpu_devices: Optional[int] = None,
+                 tpu_address: Optional[str] = None) -> tf.distribute.Strategy:
+  """The strategy called `name` (see the module docstring)."""
+  name = name.lower()
+  if name == 'default':
+    return tf.distribute.get_strategy()
+  if name == 'mirrored':
+    return _mirrored(num_cpu_devices)
+  if name == 'multi_worker':
+    return _multi_worker()
+  if name == 'tpu':
+    return _tpu(tpu_address)
+  raise ValueError(f'unknown strategy {name!r}; choose one of {STRATEGIES}')
+
+
+def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
+  """global_batch_size / num_replicas; raises unless it divides evenly.
+
+  Every replica must hold the same number of videos: the contrastive loss pairs views by
+  position and all-gathers equal-sized blocks, and gradient scaling assumes equal shares.
+  """
+  if global_batch_size <= 0 or num_replicas <= 0:
+    raise ValueError(f'need positive sizes, got global_batch_size={global_batch_size}, '
+                     f'num_replicas={num_replicas}')
+  if global_batch_size % num_replicas:
+    lower = global_batch_size - global_batch_size % num_replicas
+    raise ValueError(
+        f'global batch {global_batch_size} does not divide evenly over {num_replicas} '
+        f'replicas; use a multiple of {num_replicas}, e.g. {lower or num_replicas} or '
+        f'{lower + num_replicas}.')
+  return global_batch_size // num_replicas
+
+
+def replica_batch_size(global_batch_size: int,
+                       strategy: Optional[tf.distribute.Strategy] = None) -> int:
+  """Per-replica batch of `strategy` (the current one by default)."""
+  strategy = strategy or tf.distribute.get_strategy()
+  return per_replica_batch_size(global_batch_size, strategy.num_replicas_in_sync)
