@@ -24,14 +24,15 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple
 
 from absl import flags
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from cvrl_tf.data import augment
+from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import sampling
 from cvrl_tf.data import sources
 from cvrl_tf.data import video_io
@@ -141,42 +142,6 @@ def decode_video(path: str, fps: float, short_side: int) -> dict:
   return video_io.encode_video_jpeg(path, fps=fps, short_side=short_side)
 
 
-# --------------------------------------------------------------------------- progress
-class Progress:
-  """A one-line progress bar on a terminal; a few plain lines otherwise (logs)."""
-
-  def __init__(self, total: int, stream: Optional[TextIO] = sys.stderr, width: int = 30):
-    self._total, self._stream, self._width = max(total, 1), stream, width
-    self._tty = bool(stream is not None and getattr(stream, 'isatty', lambda: False)())
-    self._start = time.time()
-    self._last_line = -1
-
-  def update(self, done: int, failed: int, name: str = '') -> None:
-    if self._stream is None:
-      return
-    elapsed = time.time() - self._start
-    eta = elapsed / done * (self._total - done) if done else 0.0
-    filled = int(self._width * done / self._total)
-    line = (f'[{"#" * filled}{"." * (self._width - filled)}] {done}/{self._total} videos, '
-            f'{failed} failed, {elapsed:.0f}s elapsed, ETA {eta:.0f}s')
-    if self._tty:
-      self._stream.write(f'\r{line} {os.path.basename(name)[:30]:30s}')
-      if done == self._total:
-        self._stream.write('\n')
-    else:
-      tenth = done * 10 // self._total
-      if tenth == self._last_line and done != self._total:
-        return
-      self._last_line = tenth
-      self._stream.write(line + '\n')
-    self._stream.flush()
-
-  def message(self, text: str) -> None:
-    if self._stream is not None:
-      self._stream.write(('\r\033[K' if self._tty else '') + text + '\n')
-      self._stream.flush()
-
-
 # --------------------------------------------------------------------------- embedding
 def _prefetched(fn, items: Sequence, depth: int = 2) -> Iterable:
   """Yields fn(item) in order, computing up to `depth` ahead in a thread (PyAV and TF
@@ -194,19 +159,22 @@ def _prefetched(fn, items: Sequence, depth: int = 2) -> Iterable:
 def embed_videos(videos: Sequence[Video], layer, num_frames: int, frame_stride: int,
                  num_clips: int = 10, short_side: int = 256, crop_size: int = 256,
                  fps: float = 0.0, batch_size: int = 10,
-                 progress_stream: Optional[TextIO] = sys.stderr
+                 progress_stream: Optional[TextIO] = None
                  ) -> Tuple[np.ndarray, List[dict]]:
-  """Embeds every video; returns (float32 [N_ok, D], one index row per input video)."""
+  """Embeds every video; returns (float32 [N_ok, D], one index row per input video).
+
+  Failures and progress go to `progress_stream` (the CLI passes stderr).
+  """
   clip_fn = make_clip_fn(num_frames, frame_stride, num_clips, short_side, crop_size)
-  progress = Progress(len(videos), progress_stream)
-  embeddings, rows, failed = [], [], 0
+  progress = progress_lib.Progress(len(videos), stream=progress_stream)
+  embeddings, rows = [], []
 
   def decode(video):
     if video.error:
       return {'ok': False, 'reason': video.error}
     return decode_video(video.path, fps, short_side)
 
-  for i, (video, decoded) in enumerate(zip(videos, _prefetched(decode, videos))):
+  for video, decoded in zip(videos, _prefetched(decode, videos)):
     row = {'row': -1, 'path': video.path, 'label': video.label,
            'num_frames_decoded': len(decoded.get('jpegs', ())), 'status': 'ok', 'error': ''}
     try:
@@ -218,12 +186,11 @@ def embed_videos(videos: Sequence[Video], layer, num_frames: int, frame_stride: 
       row['row'] = len(embeddings)
       embeddings.append(per_clip.mean(axis=0))
     except (video_io.VideoError, tf.errors.OpError, ValueError) as e:
-      failed += 1
       reason = e.message if isinstance(e, tf.errors.OpError) else str(e)
       row.update(status='failed', error=' '.join(reason.split())[:500])
       progress.message(f'cvrl_embed: failed: {video.path}: {row["error"]}')
     rows.append(row)
-    progress.update(i + 1, failed, video.path)
+    progress.advance(row['status'] == 'ok')
   if embeddings:
     return np.stack(embeddings).astype(np.float32), rows
   return np.zeros([0, 0], np.float32), rows
@@ -274,7 +241,9 @@ def define_flags(flag_values=flags.FLAGS) -> None:
   ]
   for define, name, default, help_text in defs:
     if name not in flag_values:
-      define(name, default, help_text, flag_values=flag_values)
+      # allow_override: a module imported later may define the same name (e.g. train_cli's
+      # --model_dir) without a guard; it then takes over instead of failing the import.
+      define(name, default, help_text, flag_values=flag_values, allow_override=True)
 
 
 define_flags()
@@ -283,6 +252,8 @@ define_flags()
 def main(argv) -> int:
   del argv
   fv = flags.FLAGS
+  if 'verbosity' in fv and not fv['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # SavedModel INFO lines drown the output.
   try:
     if not fv.input or not fv.output or not fv.hub_model:
       raise UsageError('--input, --output and --hub_model are required')
@@ -300,7 +271,7 @@ def main(argv) -> int:
         f'(stride {frame_stride}), {crop_size}px centre crop', file=sys.stderr)
   embeddings, rows = embed_videos(
       videos, layer, num_frames, frame_stride, fv.num_clips, fv.short_side, crop_size,
-      fv.fps, fv.batch_size)
+      fv.fps, fv.batch_size, progress_stream=sys.stderr)
   write_outputs(fv.output, embeddings, rows)
   failed = sum(r['status'] != 'ok' for r in rows)
   print(f'cvrl_embed: wrote {fv.output}.npy {list(embeddings.shape)} and '

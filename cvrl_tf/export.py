@@ -1,25 +1,21 @@
 """Exports a pretrained encoder as a reusable TF Hub SavedModel (`hub.KerasLayer`).
 
-The export follows the TF Hub "reusable SavedModel" conventions, so it loads with
-`hub.KerasLayer(path)` (frozen) or `hub.KerasLayer(path, trainable=True)` (fine-tuning):
+TF Hub "reusable SavedModel" conventions, so `hub.KerasLayer(path)` (frozen) and
+`hub.KerasLayer(path, trainable=True)` (fine-tuning) both work:
   __call__(clips, training=False)  float32 [B, T, H, W, 3] in [0, 1] -> float32 [B, D];
                                    traced for training=False (BN moving statistics) and
-                                   training=True (batch statistics, moving stats updated).
-  variables, trainable_variables   every encoder variable / those fine-tuning may change.
-  regularization_losses            [] on purpose: CVRL's weight decay is applied by our
-                                   train step (models/weight_decay.py), not by layer
-                                   regularizers; add your own decay when fine-tuning.
-  signatures['serving_default']    clips -> {'embedding': [B, D]} (TF Serving, other langs).
-  signatures['projection']         (optional) clips -> {'embedding', 'projection'}, the
-                                   pretraining projection head on top (inference only).
-T, H and W are dynamic. The export always computes in float32, also for a model trained
-under `mixed_bfloat16`: the encoder is rebuilt under the float32 policy and its (float32)
-weights copied, so CPUs and GPUs without bf16 get exact float32 embeddings.
-
-Next to the model: `assets/cvrl_metadata.json` (input convention, training frames /
-stride / crop read from the operative gin config, full backbone spec, the gin text) and a
-model card `README.md`. TF Hub ignores both. Writing is atomic: everything goes to
-`<export_dir>.tmp-XXXXXXXX`, is reloaded and checked, then renamed into place.
+                                   True (batch statistics, moving statistics updated).
+  variables, trainable_variables   all encoder variables / those fine-tuning changes.
+  regularization_losses            [] on purpose: CVRL's weight decay is applied by the
+                                   train step (weight_decay.py), not by regularizers.
+  signatures['serving_default']    clips -> {'embedding': [B, D]} (TF Serving etc.).
+  signatures['projection']         optional: clips -> {'embedding', 'projection'}.
+T, H, W are dynamic. The export always computes in float32, also for a `mixed_bfloat16`
+model: the encoder is rebuilt under the float32 policy and its (float32) weights copied.
+Beside the model: `assets/cvrl_metadata.json` (input convention, training frames /
+stride / crop from the operative gin config, backbone spec, gin text) and a model card
+`README.md`; TF Hub ignores both. Atomic: written to `<export_dir>.tmp-XXXXXXXX`,
+reloaded and checked, then renamed into place.
 """
 
 import ast
@@ -33,6 +29,7 @@ import uuid
 from typing import Any, Dict, Optional
 
 from absl import flags
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -55,6 +52,8 @@ INPUT_CONVENTION = {
     'dynamic_dims': ['B', 'T', 'H', 'W'],
 }
 _HEAD_PREFIX = 'model/projection_head/'
+# The export is the pooled representation; sync BN would put collectives in the graph.
+_EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -65,27 +64,24 @@ def _literal(text: str):
     return text.strip('\'"')
 
 
-def parse_training_settings(gin_text: Optional[str], scope: str = 'pretrain') -> Dict:
-  """`pretrain.num_frames = 16` style bindings -> {'num_frames': 16, ...}, missing -> None.
+def _gin_value(gin_text: Optional[str], binding: str, default=None):
+  """Value of `binding` (last one wins, as in gin; `scope/binding` counts), else default.
 
   Lenient on purpose (a regex over lines, not gin): the export must work whatever
-  configurables are registered in this process. A scoped binding (`a/pretrain.x`) counts.
+  configurables are registered in this process.
   """
-  found = {k: None for k in TRAINING_KEYS}
-  for line in (gin_text or '').splitlines():
-    match = re.match(r'\s*(?:[\w.]+/)*' + re.escape(scope) + r'\.(\w+)\s*=\s*([^#]+)', line)
-    if match and match.group(1) in found:
-      found[match.group(1)] = _literal(match.group(2).strip())
-  return found
-
-
-def _gin_value(gin_text: Optional[str], binding: str, default):
   pattern = r'\s*(?:[\w.]+/)*' + re.escape(binding) + r'\s*=\s*([^#]+)'
+  value = default
   for line in (gin_text or '').splitlines():
     match = re.match(pattern, line)
     if match:
-      return _literal(match.group(1).strip())
-  return default
+      value = _literal(match.group(1).strip())
+  return value
+
+
+def parse_training_settings(gin_text: Optional[str], scope: str = 'pretrain') -> Dict:
+  """`pretrain.num_frames = 16` style bindings -> {'num_frames': 16, ...}, missing -> None."""
+  return {k: _gin_value(gin_text, f'{scope}.{k}') for k in TRAINING_KEYS}
 
 
 def read_gin_text(model_dir: str) -> Optional[str]:
@@ -116,50 +112,50 @@ def build_metadata(spec: Optional[Dict[str, Any]] = None, gin_text: Optional[str
 
 def read_metadata(export_dir: str) -> Optional[Dict[str, Any]]:
   """The export's metadata, or None for SavedModels from elsewhere."""
-  for path in (os.path.join(export_dir, 'assets', METADATA_FILE),
-               os.path.join(export_dir, METADATA_FILE)):
-    if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-  return None
+  path = os.path.join(export_dir, 'assets', METADATA_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
 
 
-def _model_card(metadata: Dict[str, Any]) -> str:
-  training = metadata.get('training') or {}
-  fmt = lambda k: 'unknown' if training.get(k) is None else training[k]
-  head = metadata.get('projection_dim')
-  head_line = (f'- Signature `{PROJECTION_SIGNATURE}`: clips -> `{{"embedding", "projection"}}`,'
-               f' the pretraining projection head ({head}-d, not normalized).\n'
-               if head else '')
-  return f"""# CVRL video encoder ({metadata.get('architecture')}, width x{metadata.get('width_multiplier')})
+_CARD = """# CVRL video encoder: {architecture}, width x{width}
 
-Self-supervised video encoder trained with CVRL (Qian et al., CVPR 2021), exported as a
-TF Hub reusable SavedModel by `cvrl_export`.
+Self-supervised video encoder (CVRL, Qian et al., CVPR 2021), a TF Hub reusable SavedModel
+written by `cvrl_export`.
 
-## Input
-float32 clips `[batch, frames, height, width, 3]`, RGB in [0, 1] (divide uint8 by 255; no
-mean/std normalization). Frames, height and width are free. Trained on {fmt('num_frames')} frames
-with stride {fmt('frame_stride')} (at the stored frame rate) and {fmt('crop_size')}x{fmt('crop_size')} crops.
+Input: float32 clips [batch, frames, height, width, 3], RGB in [0, 1] (uint8 / 255, no
+mean/std normalization); frames, height and width are free. Trained on {num_frames}
+frames, stride {frame_stride} (stored frames), {crop_size} px crops.
 
-## Output
-- `__call__` / `hub.KerasLayer`: float32 `[batch, {metadata.get('embedding_dim')}]` pooled embedding.
-- Signature `serving_default`: clips -> `{{"embedding": [batch, {metadata.get('embedding_dim')}]}}`.
-{head_line}
-## Use
+Output: `hub.KerasLayer` / `__call__` -> float32 [batch, {dim}] pooled embedding; signature
+`serving_default` -> {{"embedding": [batch, {dim}]}}.{head}
+
 ```python
 import tensorflow_hub as hub
 import tf_keras
-
-encoder = hub.KerasLayer('/path/to/this/dir')                  # frozen, BN in inference mode
-embeddings = encoder(clips)                                     # [B, T, H, W, 3] -> [B, D]
-tuned = hub.KerasLayer('/path/to/this/dir', trainable=True)     # fine-tuning
-model = tf_keras.Sequential([tf_keras.Input([None, None, None, 3]), tuned,
-                             tf_keras.layers.Dense(num_classes)])
+encoder = hub.KerasLayer(EXPORT_DIR)                  # frozen, BN in inference mode
+embeddings = encoder(clips)                           # [B, T, H, W, 3] -> [B, {dim}]
+model = tf_keras.Sequential([                         # fine-tuning
+    tf_keras.Input([None, None, None, 3]),
+    hub.KerasLayer(EXPORT_DIR, trainable=True), tf_keras.layers.Dense(num_classes)])
 ```
-`regularization_losses` is empty: CVRL applies weight decay in its train step, so add
-your own when fine-tuning. `assets/{METADATA_FILE}` holds the full architecture, the
-training settings and the gin config of the run.
+Whole videos: `cvrl_embed --input=FOLDER --output=PREFIX --hub_model=EXPORT_DIR`.
+`regularization_losses` is empty (CVRL applies weight decay in its train step: add your
+own when fine-tuning). `assets/{metadata_file}`: architecture, training settings, gin.
 """
+
+
+def _model_card(metadata: Dict[str, Any]) -> str:
+  training = {k: 'unknown' if v is None else v
+              for k, v in (metadata.get('training') or {}).items()}
+  head = metadata.get('projection_dim')
+  return _CARD.format(
+      architecture=metadata.get('architecture'), width=metadata.get('width_multiplier'),
+      dim=metadata.get('embedding_dim'), metadata_file=METADATA_FILE,
+      head=(f'\nSignature `{PROJECTION_SIGNATURE}` -> {{"embedding", "projection"}}: the '
+            f'pretraining projection head ({head}-d, not normalized).' if head else ''),
+      **{k: training.get(k, 'unknown') for k in TRAINING_KEYS})
 
 
 # --------------------------------------------------------------------------- float32
@@ -184,14 +180,14 @@ def float32_encoder(encoder: tf_keras.Model,
   """The same encoder computing in float32 (the encoder itself when it already does).
 
   Mixed-precision variables are float32, so copying them loses nothing. With a backbone
-  spec the encoder is rebuilt from it; otherwise from its functional config with every
-  layer's dtype policy replaced by float32.
+  spec the encoder is rebuilt from it (pooled output, plain BN); otherwise from its
+  functional config with every layer's dtype policy replaced by float32.
   """
   if _computes_float32(encoder):
     return encoder
   with _float32_policy():
     if spec:
-      rebuilt = backbone_io.build_from_spec(spec)
+      rebuilt = backbone_io.build_from_spec(spec, **_EXPORT_OVERRIDES)
     else:
       model_config = encoder.get_config()
       for layer in model_config['layers']:
@@ -306,8 +302,9 @@ def _verify(path: str, encoder: tf_keras.Model, num_frames: int) -> None:
 
 
 def _looks_like_export(path: str) -> bool:
-  return (not tf.io.gfile.listdir(path) or
-          tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')))
+  return tf.io.gfile.isdir(path) and (
+      not tf.io.gfile.listdir(path) or
+      tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')))
 
 
 def export_encoder(encoder: tf_keras.Model,
@@ -337,12 +334,14 @@ def export_encoder(encoder: tf_keras.Model,
     if not _looks_like_export(export_dir):
       raise FileExistsError(f'{export_dir} exists and is not a SavedModel; refusing to '
                             f'replace it even with --overwrite.')
-  metadata = dict(metadata or build_metadata())
+  metadata = {**build_metadata(), **(metadata or {})}
+  metadata['architecture'] = metadata['architecture'] or encoder.name
   encoder = float32_encoder(encoder, metadata.get('backbone_spec'))
   embedding_dim = int(encoder.output_shape[-1])
   if projection_head is not None:
     projection_head = float32_head(projection_head, embedding_dim)
-    metadata['projection_dim'] = int(projection_head.compute_output_shape([None, embedding_dim])[-1])
+    metadata['projection_dim'] = int(
+        projection_head.compute_output_shape([None, embedding_dim])[-1])
   metadata.update(
       embedding_dim=embedding_dim,
       signatures=['serving_default'] + ([PROJECTION_SIGNATURE] if projection_head else []),
@@ -360,7 +359,7 @@ def export_encoder(encoder: tf_keras.Model,
       f.write(_model_card(metadata))
     if verify:
       _verify(tmp, encoder, (metadata.get('training') or {}).get('num_frames') or 8)
-    if tf.io.gfile.exists(export_dir):
+    if tf.io.gfile.exists(export_dir):  # Two renames: no half-written export is visible.
       old = f'{export_dir}.old-{uuid.uuid4().hex[:8]}'
       tf.io.gfile.rename(export_dir, old)
       tf.io.gfile.rename(tmp, export_dir)
@@ -379,10 +378,8 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
   if not tf.io.gfile.isdir(model_dir):
     raise FileNotFoundError(f'--model_dir {model_dir!r} does not exist.')
   spec = backbone_io.read_spec(model_dir)
-  if spec.get('output', 'pooled') != 'pooled':
-    spec['output'] = 'pooled'  # The export is the representation, whatever was stored.
   with _float32_policy():
-    encoder = backbone_io.load_backbone(model_dir, output='pooled')
+    encoder = backbone_io.load_backbone(model_dir, **_EXPORT_OVERRIDES)
   gin_text = read_gin_text(model_dir)
   head = None
   if with_projection_head:
@@ -404,7 +401,9 @@ def define_flags(flag_values=flags.FLAGS) -> None:
   ]
   for define, name, default, help_text in defs:
     if name not in flag_values:
-      define(name, default, help_text, flag_values=flag_values)
+      # allow_override: a module imported later may define the same name (e.g. train_cli's
+      # --model_dir) without a guard; it then takes over instead of failing the import.
+      define(name, default, help_text, flag_values=flag_values, allow_override=True)
 
 
 define_flags()
@@ -414,6 +413,8 @@ def main(argv) -> int:
   """`cvrl_export --model_dir=... --export_dir=...`; exit code 1 with a message on error."""
   del argv
   fv = flags.FLAGS
+  if 'verbosity' in fv and not fv['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # SavedModel INFO lines drown the output.
   if not fv.model_dir or not fv.export_dir:
     print('cvrl_export: --model_dir and --export_dir are required.', file=sys.stderr)
     return 1
