@@ -17,3 +17,13 @@ def synth():
 def train():
   from cvrl_tf import train_cli as module
   app.run(module.main)
+
+
+def export():
+  from cvrl_tf import export as module
+  app.run(module.main)
+
+
+def embed():
+  from cvrl_tf import embed as module
+  app.run(module.main)

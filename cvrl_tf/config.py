@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
 def register_configurables() -> None:
   # pylint: disable=g-import-not-at-top,unused-import
-  from cvrl_tf import experiments  # noqa: F401  (imports every gin-configurable module)
+  # Importing these registers every configurable (they import the rest).
+  from cvrl_tf import experiments  # noqa: F401
 
 
 def _resolve(path: str, search_paths: Sequence[str]) -> str:

@@ -20,6 +20,7 @@ from cvrl_tf import distribute
 from cvrl_tf import optim
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
+from cvrl_tf.data import shards
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import flops
 from cvrl_tf.models import heads
@@ -38,7 +39,7 @@ def run(model_dir: str, experiment=gin.REQUIRED):
 def count_videos(file_pattern: FilePatterns) -> int:
   """Number of videos behind a file pattern: from the converter's manifests when every
   shard is listed in one (instant), else by counting records (one pass over the files)."""
-  files = pipeline.list_files(file_pattern)
+  files = shards.list_files(file_pattern)
   per_shard = {}
   for folder in sorted({os.path.dirname(f) for f in files}):
     for manifest in tf.io.gfile.glob(os.path.join(folder, '*_manifest.json')):
@@ -71,7 +72,6 @@ def pretrain(model_dir: str,
              num_train_examples: Optional[int] = None,
              mixed_precision: Optional[str] = None,
              jit_compile: bool = False,
-             colour_in_train_step: bool = False,
              checkpoint_every: int = 1000,
              keep_checkpoints: int = 3,
              log_every: int = 100,
@@ -89,9 +89,6 @@ def pretrain(model_dir: str,
     num_train_examples: videos per epoch; counted from the shards when None.
     mixed_precision: None (float32) or 'mixed_bfloat16' (TPU; also fast on AVX512-BF16).
     jit_compile: XLA-compile the train step.
-    colour_in_train_step: run colour jitter / grayscale / blur / solarize on the batch in
-      the train step (on the accelerator) instead of in tf.data; one parameter set per
-      clip either way. The pipeline is built with colour_in_pipeline=False then.
     checkpoint_every / keep_checkpoints / log_every: in steps.
     seed: makes the input stream deterministic (with resume: seed + step).
   Returns the last logged metrics.
@@ -111,8 +108,7 @@ def pretrain(model_dir: str,
   with strategy.scope():
     encoder = r3d.build_backbone()
     head = heads.ProjectionHead()
-    model = pretrainer_lib.CVRLPretrainer(
-        encoder, head, colour_augment_in_step=colour_in_train_step)
+    model = pretrainer_lib.CVRLPretrainer(encoder, head)
     model.compile(optimizer=optim.build_optimizer(
         total_steps=total_steps, warmup_steps=warmup_steps,
         global_batch_size=global_batch_size), jit_compile=jit_compile)
@@ -126,8 +122,7 @@ def pretrain(model_dir: str,
     data_seed = None if seed is None else seed + start_step
     return strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.build_pretrain_dataset(
-            train_files, global_batch_size, seed=data_seed, input_context=ctx,
-            colour_in_pipeline=not colour_in_train_step))
+            train_files, global_batch_size, seed=data_seed, input_context=ctx))
 
   make_dataset(0)  # Fails fast on bad data before anything is written.
   if train_loop.is_chief(strategy):
@@ -151,6 +146,3 @@ def _clip_shape():
   s = bindings.get('crop_size', 224)
   return (t, s, s, 3)
 
-
-# Registers the downstream protocols with gin (`run.experiment = @linear_eval` ...).
-from cvrl_tf import downstream  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position

@@ -127,7 +127,8 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
       done = step - self._start_step
       elapsed = now - self._t0
       eta = elapsed / max(done, 1) * (self._total - step)
-      metrics = ' '.join(f'{k}={v:.4g}' for k, v in sorted(logs.items()))
+      metrics = ' '.join(f'{k}={v:.4g}' for k, v in sorted(logs.items())
+                         if k != 'learning_rate')
       print(f'step {step}/{self._total} {metrics} lr={lr:.4g} '
             f'{self._name}/s={rate:.1f} eta={format_duration(eta)}',
             file=self._stream, flush=True)

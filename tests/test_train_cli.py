@@ -1,0 +1,115 @@
+"""`cvrl_train` end to end: pretraining writes what downstream needs; kill and resume;
+bad gin input fails fast with the name of what is wrong."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl_tf.data import records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "build_backbone.name='r3d18'", 'build_backbone.width_multiplier=0.125',
+    'build_pretrain_dataset.clip_len=4', 'build_pretrain_dataset.crop_size=32',
+    'build_pretrain_dataset.shuffle_buffer=8',
+    'ProjectionHead.hidden_dim=16', 'ProjectionHead.output_dim=8',
+    'pretrain.global_batch_size=4', 'pretrain.log_every=1', 'pretrain.warmup_epochs=0',
+]
+
+
+@pytest.fixture(scope='module')
+def shards(tmp_path_factory):
+  out = tmp_path_factory.mktemp('records')
+  rng = np.random.RandomState(0)
+  for shard in range(2):
+    with tf.io.TFRecordWriter(str(out / f'train-{shard:05d}-of-00002.tfrecord')) as w:
+      for v in range(4):
+        frames = rng.randint(0, 255, (12, 40, 48, 3), np.uint8)
+        jpegs = [tf.io.encode_jpeg(f).numpy() for f in frames]
+        w.write(records.make_sequence_example(
+            jpegs, f'v{shard}{v}', 25.0, 40, 48, label_index=v % 2).SerializeToString())
+  return str(out / 'train-*.tfrecord')
+
+
+def _cmd(model_dir, shards, *bindings):
+  args = [sys.executable, os.path.join(REPO, 'tools', 'cvrl_train.py'),
+          f'--model_dir={model_dir}', '--gin_file=gin/demo/pretrain.gin',
+          f"--gin_bindings=pretrain.train_files='{shards}'"]
+  args += [f'--gin_bindings={b}' for b in TINY + list(bindings)]
+  return args
+
+
+def _run(args, **kw):
+  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, shards):
+  model_dir = tmp_path / 'run'
+  result = _run(_cmd(model_dir, shards, 'pretrain.train_steps=3',
+                     'pretrain.checkpoint_every=2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'step 3/3' in result.stderr
+  assert tf.train.latest_checkpoint(str(model_dir / 'checkpoints')).endswith('ckpt-3')
+  assert os.listdir(model_dir / 'summaries')
+  config_text = (model_dir / 'operative_config.gin').read_text()
+  assert "build_backbone.name = 'r3d18'" in config_text
+  assert (model_dir / 'backbone' / 'backbone.json').exists()
+  assert (model_dir / 'backbone' / 'ckpt-3.index').exists()
+
+  from cvrl_tf.models import backbone_io  # pylint: disable=g-import-not-at-top
+  encoder = backbone_io.load_backbone(str(model_dir))
+  features = encoder(np.zeros([1, 4, 32, 32, 3], np.float32))
+  assert features.shape == (1, 512 // 8)
+
+
+def test_sigkill_then_rerun_resumes_from_latest_checkpoint(tmp_path, shards):
+  model_dir = tmp_path / 'run'
+  proc = subprocess.Popen(_cmd(model_dir, shards, 'pretrain.train_steps=1000',
+                               'pretrain.checkpoint_every=2'),
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      if tf.io.gfile.glob(str(model_dir / 'checkpoints' / 'ckpt-4.index')):
+        break
+      assert proc.poll() is None, 'training exited before the kill'
+      time.sleep(0.2)
+    else:
+      pytest.fail('no checkpoint within the deadline')
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  latest = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
+  killed_at = int(latest.rsplit('-', 1)[1])
+  assert killed_at >= 4
+  total = killed_at + 2
+  result = _run(_cmd(model_dir, shards, f'pretrain.train_steps={total}',
+                     'pretrain.checkpoint_every=2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resuming from {latest}' in result.stderr
+  # It trained only the remaining steps: the first logged step follows the checkpoint.
+  steps = [int(line.split()[1].split('/')[0]) for line in result.stderr.splitlines()
+           if line.startswith('step ')]
+  assert steps[0] == killed_at + 1 and steps[-1] == total
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / 'checkpoints')))
+  assert reader.get_tensor('optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE') == total
+
+
+@pytest.mark.parametrize('bad, message', [
+    (['--gin_bindings=pretrain.no_such_knob=1'], 'no_such_knob'),
+    (['--gin_file=gin/does_not_exist.gin'], 'does_not_exist.gin'),
+])
+def test_bad_gin_fails_fast_naming_the_problem(tmp_path, shards, bad, message):
+  model_dir = tmp_path / 'run'
+  args = [sys.executable, os.path.join(REPO, 'tools', 'cvrl_train.py'),
+          f'--model_dir={model_dir}', '--gin_file=gin/demo/pretrain.gin'] + bad
+  result = _run(args)
+  assert result.returncode == 2
+  assert message in result.stderr
+  assert not model_dir.exists()
