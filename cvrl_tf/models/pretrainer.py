@@ -4,10 +4,11 @@ A `tf_keras.Model` whose `train_step` runs under `model.fit` with any tf.distrib
 strategy (default, mirrored, multi-worker, TPU), optional XLA (`compile(jit_compile=
 True)`) and mixed precision (the loss is always computed in float32).
 
-Batch: [2b, T, H, W, 3] per replica, view 1 of b videos then view 2 of the same videos,
-float in [0, 1] or uint8 in [0, 255]; either the tensor or a dict {'clips': tensor}.
-Both views go through the encoder in one call (one BN batch over both views, as in the
-released code).
+Batch: 2b clips per replica, view 1 of b videos then view 2 of the same videos: either a
+tensor [2b, T, H, W, 3] (float in [0, 1] or uint8) or a dict from data/pipeline.py, which
+the step finishes with `augment.finish_batch` (resize / flip / colour the pipeline
+deferred to the accelerator; seeded by step and replica). Both views go through the
+encoder in one call (one BN batch over both views, as in the released code).
 
 Objective per replica: contrastive loss (losses.py, mean over local anchors, negatives
 from all replicas) + wd * sum(0.5 * ||k||^2) over conv/dense kernels only (BN and biases
@@ -20,6 +21,8 @@ embeddings. So each replica differentiates objective / R: the summed gradient is
 exactly the gradient of the mean loss over the global batch on one device, whatever R
 (tests/test_distribute.py checks it). Metrics report the unscaled values.
 """
+
+from typing import Optional
 
 import gin
 import tensorflow as tf
@@ -34,17 +37,6 @@ METRICS = ('loss', 'contrastive_loss', 'contrastive_acc', 'entropy', 'weight_dec
            'learning_rate')
 
 
-def _clips_of(data) -> tf.Tensor:
-  """The clip batch of whatever the dataset yields: tensor, {'clips': ...} or (x, ...)."""
-  if isinstance(data, (tuple, list)):
-    data = data[0]
-  if isinstance(data, dict):
-    if 'clips' not in data:
-      raise KeyError(f"pretraining batches need a 'clips' entry; got keys {sorted(data)}")
-    data = data['clips']
-  return data
-
-
 @gin.configurable(denylist=['encoder', 'projection_head'])
 class CVRLPretrainer(tf_keras.Model):
   """Encoder + projection head with the CVRL training step."""
@@ -54,8 +46,7 @@ class CVRLPretrainer(tf_keras.Model):
                projection_head: tf_keras.layers.Layer,
                temperature: float = 0.1,
                weight_decay: float = 1e-6,
-               colour_augment_in_step: bool = False,
-               per_frame_augment: bool = False,
+               crop_size: Optional[int] = None,
                augment_seed: int = 0,
                **kwargs):
     """Args:
@@ -63,18 +54,16 @@ class CVRLPretrainer(tf_keras.Model):
       projection_head: features -> embeddings [B, d] (e.g. heads.ProjectionHead()).
       temperature: InfoNCE temperature.
       weight_decay: L2 coefficient on kernels (gradient wd * k).
-      colour_augment_in_step: apply colour jitter / grayscale / blur / solarize here
-        (augment.augment_pretrain_batch, on the accelerator) rather than in tf.data.
-      per_frame_augment: the temporally inconsistent ablation for that colour stage.
-      augment_seed: with the step and the replica id, seeds that colour stage.
+      crop_size: output size S of deferred crops; needed only when the pipeline defers
+        the resize (batches with a 'crops' key, `defer='resize'`).
+      augment_seed: with the step and the replica id, seeds the deferred augmentation.
     """
     super().__init__(**kwargs)
     self.encoder = encoder
     self.projection_head = projection_head
     self.temperature = float(temperature)
     self.weight_decay = float(weight_decay)
-    self.colour_augment_in_step = bool(colour_augment_in_step)
-    self.per_frame_augment = bool(per_frame_augment)
+    self.crop_size = crop_size
     self.augment_seed = int(augment_seed)
     self._create_trackers()
     self._decayed = None
@@ -132,20 +121,26 @@ class CVRLPretrainer(tf_keras.Model):
       self._decayed = weight_decay_lib.weight_decay_variables(self)
     return self._decayed
 
-  def _prepare(self, data, training: bool) -> tf.Tensor:
-    clips = _clips_of(data)
-    if training and self.colour_augment_in_step:
-      ctx = tf.distribute.get_replica_context()
-      replica = 0 if ctx is None else ctx.replica_id_in_sync_group
-      replicas = 1 if ctx is None else ctx.num_replicas_in_sync
-      step = tf.cast(self.optimizer.iterations, tf.int64)
-      # A different seed on every replica and step, reproducible from the step.
-      seed = tf.stack([tf.constant(self.augment_seed, tf.int64),
-                       step * replicas + tf.cast(replica, tf.int64)])
-      return augment.augment_pretrain_batch(clips, seed, self.per_frame_augment)
-    if clips.dtype == tf.uint8:
-      return tf.cast(clips, tf.float32) * (1.0 / 255.0)
-    return clips
+  def _prepare(self, data) -> tf.Tensor:
+    """Float32 clips [2b, T, S, S, 3] from whatever the dataset yields."""
+    if isinstance(data, (tuple, list)):
+      data = data[0]
+    if not isinstance(data, dict):
+      return augment.to_float(data)
+    if 'clips' not in data and 'crops' not in data:
+      raise KeyError(f"pretraining batches need 'clips' (or deferred 'crops'); got keys "
+                     f'{sorted(data)}')
+    if 'crops' in data and self.crop_size is None:
+      raise ValueError("batches carry deferred crops ('crops'): build CVRLPretrainer with "
+                       "crop_size=<the pipeline's crop_size>")
+    ctx = tf.distribute.get_replica_context()
+    replica = 0 if ctx is None else ctx.replica_id_in_sync_group
+    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+    step = tf.cast(self.optimizer.iterations, tf.int64)
+    # Different on every replica and step, reproducible from the step after a resume.
+    seed = tf.stack([tf.constant(self.augment_seed, tf.int64),
+                     step * replicas + tf.cast(replica, tf.int64)])
+    return augment.finish_batch(data, seed, self.crop_size)
 
   def _objective(self, clips, training):
     embeddings = self(clips, training=training)
@@ -165,7 +160,7 @@ class CVRLPretrainer(tf_keras.Model):
     return {name: self._trackers[name].result() for name in values}
 
   def train_step(self, data):
-    clips = self._prepare(data, training=True)
+    clips = self._prepare(data)
     learning_rate = optim.current_learning_rate(self.optimizer)
     num_replicas = losses.num_replicas_in_sync()
     with tf.GradientTape() as tape:
@@ -177,12 +172,10 @@ class CVRLPretrainer(tf_keras.Model):
 
   def test_step(self, data):
     """Contrastive metrics on held-out batches (BN in inference mode)."""
-    total, wd, out = self._objective(self._prepare(data, training=False), training=False)
+    total, wd, out = self._objective(self._prepare(data), training=False)
     return self._update_metrics(total, wd, out)
 
   def get_config(self):
     return {'temperature': self.temperature, 'weight_decay': self.weight_decay,
-            'colour_augment_in_step': self.colour_augment_in_step,
-            'per_frame_augment': self.per_frame_augment,
-            'augment_seed': self.augment_seed}
+            'crop_size': self.crop_size, 'augment_seed': self.augment_seed}
 

@@ -1,0 +1,158 @@
+"""CVRLPretrainer on one device: learning, weight decay, inputs, precision, XLA, metrics.
+
+Multi-replica behaviour (gradients equal to one device) is in test_distribute.py.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf import optim
+import strategy_worker  # tests/ is on sys.path under pytest  # pylint: disable=g-bad-import-order
+
+B = 4  # videos per batch
+
+
+def _batch(seed=0):
+  v1, v2 = strategy_worker.views(seed, B)
+  return np.concatenate([v1, v2])
+
+
+def _model(optimizer=None, jit_compile=False, **kwargs):
+  model = strategy_worker.build_model(seed=0, sync_bn=False, **kwargs)
+  model.compile(optimizer=optimizer or tf_keras.optimizers.legacy.SGD(0.0),
+                jit_compile=jit_compile)
+  model.build_for_training()
+  return model
+
+
+def _step(model, data):
+  """One train_step called eagerly (no tracing: fast), metrics of that step only."""
+  model.reset_metrics()
+  return {k: float(v) for k, v in model.train_step(data).items()}
+
+
+def _fit(model, data, steps=1, epochs=1):
+  ds = tf.data.Dataset.from_tensors(data).repeat()
+  history = model.fit(ds, steps_per_epoch=steps, epochs=epochs, verbose=0).history
+  return {k: np.array(v) for k, v in history.items()}
+
+
+def test_train_step_learns_toy_problem():
+  model = _model(optim.build_optimizer(total_steps=40, warmup_steps=2,
+                                       base_learning_rate=0.2))
+  history = _fit(model, {'clips': _batch()}, steps=3, epochs=8)
+  assert np.all(np.isfinite(history['loss']))
+  assert history['contrastive_loss'][-1] < 0.7 * history['contrastive_loss'][0], history
+  assert history['contrastive_acc'][-1] >= history['contrastive_acc'][0]
+  assert int(model.optimizer.iterations.numpy()) == 24
+  assert set(history) == {'loss', 'contrastive_loss', 'contrastive_acc', 'entropy',
+                          'weight_decay', 'learning_rate'}
+
+
+def test_weight_decay_is_numpy_over_kernels_only():
+  model = _model(weight_decay=0.01)  # lr 0: weights do not move
+  names = [v.name for v in model.decayed_variables()]
+  assert sorted(names) == ['conv/kernel:0', 'hidden/kernel:0', 'out/kernel:0']
+  want = 0.01 * sum(0.5 * np.sum(np.square(v.numpy().astype(np.float64)))
+                    for v in model.trainable_variables if 'kernel' in v.name)
+  logs = _step(model, _batch())
+  assert logs['weight_decay'] == pytest.approx(want, rel=1e-5)
+  assert logs['loss'] == pytest.approx(logs['contrastive_loss'] + want, rel=1e-5)
+
+
+def test_weight_decay_gradient_touches_kernels_only():
+  """Same step with and without decay: updates differ by lr * wd * kernel, else not."""
+  data = _batch(1)
+  moved = {}
+  for wd in (0.0, 0.5):
+    model = _model(tf_keras.optimizers.legacy.SGD(1.0), weight_decay=wd)
+    before = {v.name: v.numpy() for v in model.trainable_variables}
+    _step(model, data)
+    moved[wd] = {v.name: before[v.name] - v.numpy() for v in model.trainable_variables}
+  initial = {v.name: v.numpy() for v in _model().trainable_variables}  # same seed
+  for name, delta in moved[0.5].items():
+    extra = delta - moved[0.0][name]
+    if 'kernel' in name:
+      np.testing.assert_allclose(extra, 0.5 * initial[name], atol=1e-5, err_msg=name)
+    else:
+      np.testing.assert_allclose(extra, 0.0, atol=1e-5, err_msg=name)
+
+
+def test_input_forms_agree():
+  """Tensor, {'clips': ...}, (x,) tuples and uint8 clips give the same step."""
+  pixels = np.random.RandomState(2).randint(0, 256, size=(2 * B,) + strategy_worker.CLIP_SHAPE)
+  as_float = (pixels / 255.0).astype(np.float32)
+  model = _model()
+  losses = [_step(model, data)['loss'] for data in (
+      as_float, {'clips': as_float}, (as_float,), {'clips': pixels.astype(np.uint8)})]
+  np.testing.assert_allclose(losses, losses[0], rtol=1e-6)
+
+
+def test_learning_rate_metric_follows_schedule():
+  model = _model(optim.build_optimizer(total_steps=20, warmup_steps=4,
+                                       base_learning_rate=0.4))
+  # Step s is taken with lr(s): 0, 0.1, 0.2 during the warm-up.
+  rates = [_step(model, _batch())['learning_rate'] for _ in range(3)]
+  np.testing.assert_allclose(rates, [0.0, 0.1, 0.2], atol=1e-6)
+
+
+def test_build_for_training_creates_optimizer_slots():
+  model = _model(tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9))
+  slots = [v for v in model.optimizer.variables() if 'momentum' in v.name]
+  assert len(slots) == len(model.trainable_variables)
+  assert len(model.weights) == 12  # metric accumulators are not model weights
+
+
+def test_xla_matches_eager():
+  data = _batch(3)
+  eager_model = _model(tf_keras.optimizers.legacy.SGD(0.1))
+  eager = [_step(eager_model, data) for _ in range(2)]
+  xla = _fit(_model(tf_keras.optimizers.legacy.SGD(0.1), jit_compile=True), data,
+             steps=1, epochs=2)
+  for key in ('loss', 'contrastive_acc', 'entropy'):
+    np.testing.assert_allclose(xla[key], [e[key] for e in eager], rtol=1e-4, err_msg=key)
+
+
+def test_mixed_bfloat16_loss_is_float32():
+  float32_loss = _step(_model(), _batch())['contrastive_loss']
+  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    model = _model(tf_keras.optimizers.legacy.SGD(0.1))
+    first = _step(model, _batch())
+    logs = _fit(model, _batch(), steps=2)
+    embeddings = model(_batch(), training=False)
+  finally:
+    tf_keras.mixed_precision.set_global_policy('float32')
+  assert model.encoder.layers[0].compute_dtype == 'bfloat16'
+  assert embeddings.dtype == tf.bfloat16  # the stand-in head returns bf16 ...
+  assert first['contrastive_loss'] == pytest.approx(float32_loss, rel=0.05)  # ... loss f32
+  assert all(np.all(np.isfinite(v)) for v in logs.values())
+  assert all(v.dtype == tf.float32 for v in model.trainable_variables)
+
+
+def test_finishes_deferred_augmentation():
+  """Pipeline batches with colour / resize left to the step (augment.finish_batch)."""
+  n, (t, s, _, _) = 2 * B, strategy_worker.CLIP_SHAPE
+  rng = np.random.RandomState(4)
+  pixels = rng.randint(0, 256, size=(n, t, s, s, 3)).astype(np.uint8)
+  views = np.repeat([1, 2], B).astype(np.int32)
+  model = _model()
+  plain = _step(model, {'clips': pixels})['loss']
+  coloured = _step(model, {'clips': pixels, 'colour_view': views})['loss']
+  assert np.isfinite(coloured) and coloured != pytest.approx(plain, rel=1e-6)
+  deferred = {'crops': rng.randint(0, 256, size=(n, t, 20, 24, 3)).astype(np.uint8),
+              'crop_hw': np.tile([[17, 23]], [n, 1]).astype(np.int32),
+              'flip': rng.rand(n) < 0.5, 'colour_view': views}
+  with pytest.raises(ValueError, match='crop_size'):
+    _step(model, deferred)
+  assert np.isfinite(_step(_model(crop_size=s), deferred)['loss'])
+
+
+def test_evaluate_reports_contrastive_metrics():
+  model = _model()
+  logs = model.evaluate(tf.data.Dataset.from_tensors({'clips': _batch()}), verbose=0,
+                        return_dict=True)
+  assert {'loss', 'contrastive_acc', 'entropy', 'weight_decay'} <= set(logs)
+  assert 0.0 < logs['entropy'] <= np.log(2 * B - 1) + 1e-5
