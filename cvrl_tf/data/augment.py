@@ -258,6 +258,7 @@ def colour_blur_clip(clip: tf.Tensor, params: Params, radius: int) -> tf.Tensor:
   return clip
 
 
+@tf.autograph.experimental.do_not_convert
 def augment_batch_colour_blur(clips: tf.Tensor, view, seed: tf.Tensor,
                               per_frame: bool = False, parallel_iterations: int = 4,
                               **draw_kwargs) -> tf.Tensor:
@@ -300,6 +301,7 @@ def _bilinear_taps(out_size: int, in_size: tf.Tensor, flip: Optional[tf.Tensor])
   return lo, hi, frac
 
 
+@tf.autograph.experimental.do_not_convert
 def resize_crops(crops: tf.Tensor, crop_hw: tf.Tensor, flip: tf.Tensor,
                  size: int) -> tf.Tensor:
   """Resize + flip of top-left-aligned crops on a padded canvas, batched.
@@ -309,7 +311,7 @@ def resize_crops(crops: tf.Tensor, crop_hw: tf.Tensor, flip: tf.Tensor,
   Returns float32 [N, T, size, size, 3] in [0, 1], equal to tf.image.resize (bilinear)
   of each crop. Gathers and lerps only, so it suits XLA and accelerators.
   """
-  crops = tf.convert_to_tensor(crops)
+  crops, crop_hw, flip = (tf.convert_to_tensor(x) for x in (crops, crop_hw, flip))
   shape = tf.shape(crops)
   if crop_hw.shape.rank == 3:  # Per frame: every frame is its own clip.
     crops = tf.reshape(crops, tf.concat([[-1, 1], shape[2:]], 0))
@@ -325,6 +327,7 @@ def resize_crops(crops: tf.Tensor, crop_hw: tf.Tensor, flip: tf.Tensor,
   return tf.reshape(out, tf.concat([shape[:2], [size, size, 3]], 0))
 
 
+@tf.autograph.experimental.do_not_convert  # Explicit tf.cond / map_fn only.
 def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
                  crop_size: Optional[int] = None) -> tf.Tensor:
   """Whatever augmentation the pipeline deferred, read off the batch keys.
@@ -343,6 +346,6 @@ def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
   else:
     clips = to_float(batch['clips'])
   if 'colour_view' in batch:
-    view = batch['colour_view']
+    view = tf.convert_to_tensor(batch['colour_view'])
     clips = augment_batch_colour_blur(clips, view, seed, per_frame=view.shape.rank == 2)
   return clips

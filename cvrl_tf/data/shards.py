@@ -94,11 +94,31 @@ def read_records(files: List[str], shuffle: bool, repeat: bool, seed: Optional[i
                        deterministic=deterministic)
 
 
+def _has_frames(record: tf.Tensor):
+  """(bool, media_id): whether the record holds frames, read cheaply before the full
+  parse, whose own error for a missing frame list would not name the file."""
+  context, _ = tf.io.parse_single_sequence_example(record, context_features={
+      records.NUM_FRAMES_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
+      records.MEDIA_ID_KEY: tf.io.FixedLenFeature([], tf.string, '')})
+
+  def count():  # Only for records whose context does not vouch for frames.
+    _, seq = tf.io.parse_single_sequence_example(record, sequence_features={
+        records.FRAMES_KEY: tf.io.FixedLenSequenceFeature([], tf.string,
+                                                          allow_missing=True)})
+    return tf.size(seq[records.FRAMES_KEY]) > 0
+
+  has = tf.cond(context[records.NUM_FRAMES_KEY] > 0, lambda: tf.constant(True), count)
+  return has, context[records.MEDIA_ID_KEY]
+
+
 def parse_checked(file: tf.Tensor, index: tf.Tensor, record: tf.Tensor,
-           need_label: bool) -> Dict[str, tf.Tensor]:
+                  need_label: bool) -> Dict[str, tf.Tensor]:
   """Parses one record; a record without frames (or label) fails naming its file."""
-  ex = records.parse_sequence_example(record)
-  where = ['file', file, 'record', index, 'media_id', ex['media_id']]
+  has_frames, media_id = _has_frames(record)
+  where = ['file', file, 'record', index, 'media_id', media_id]
+  with tf.control_dependencies(
+      [tf.debugging.Assert(has_frames, ['record without frames:'] + where)]):
+    ex = records.parse_sequence_example(tf.identity(record))
   checks = [tf.debugging.Assert(ex['num_frames'] > 0, ['record without frames:'] + where)]
   if need_label:
     checks.append(tf.debugging.Assert(
