@@ -149,3 +149,16 @@ def test_class_list(tmp_path):
     sources.read_class_list(_write(tmp_path / 'd.txt', 'a\nb\na\n'))
   with pytest.raises(sources.SourceError):
     sources.read_class_list(_write(tmp_path / 'e.txt', '\n'))
+
+
+def test_check_items_rejects_duplicates_and_unknown_labels():
+  a = sources.Item('/v/a.mp4', 'x', 'a')
+  items = [a, sources.Item('/v/a.mp4', 'x', 'a'),         # listed twice
+           sources.Item('/w/a.mp4', 'x', 'a'),            # another file, same media id
+           sources.Item('/v/a.mp4', 'x', 'a2', 0.0, 1.0),  # same file, other window: ok
+           sources.Item('/v/b.mp4', 'zzz', 'b'),          # label not in the map
+           sources.Item('/v/c.mp4', None, 'c')]           # unlabeled: ok
+  kept, rejected = sources.check_items(items, {'x': 0})
+  assert [i.media_id for i in kept] == ['a', 'a2', 'c']
+  assert [(i.path, r.split()[0]) for i, r in rejected] == [
+      ('/v/a.mp4', 'listed'), ('/w/a.mp4', 'media_id'), ('/v/b.mp4', 'label')]

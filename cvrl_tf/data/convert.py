@@ -117,26 +117,13 @@ class _Converter:
     self.row_errors = [e.to_dict() for e in listing.errors]
     self.labels = (sources.read_class_list(opts.class_list) if opts.class_list else
                    sorted({i.label for i in listing.items if i.label is not None}))
-    index = {name: i for i, name in enumerate(self.labels)}
-    self.items, self.early_failures, seen = [], [], {}
-    for item in listing.items:
-      key = (item.path, item.start, item.end)
-      if key in seen:
-        reason = 'listed twice; converted once'
-      elif item.media_id in seen:
-        reason = f'media_id {item.media_id!r} already used by another video'
-      elif item.label is not None and item.label not in index:
-        reason = f'label {item.label!r} not in --class_list'
-      else:
-        seen[key] = seen[item.media_id] = True
-        self.items.append(item)
-        continue
-      self.early_failures.append(
-          {'path': item.path, 'media_id': item.media_id, 'reason': reason})
+    self.index = {name: i for i, name in enumerate(self.labels)}
+    self.items, rejected = sources.check_items(listing.items, self.index)
+    self.early_failures = [{'path': i.path, 'media_id': i.media_id, 'reason': reason}
+                           for i, reason in rejected]
     if not self.items:
       shown = '; '.join(str(e) for e in listing.errors[:5])
       raise UsageError('no videos to convert' + (f' ({shown})' if shown else ''))
-    self.index = index
     fingerprint = hashlib.sha256(_to_json(
         [[dataclasses.astuple(i) for i in self.items], self.labels]).encode()).hexdigest()
     self.settings = json.loads(json.dumps(dict(
@@ -170,12 +157,14 @@ class _Converter:
                 short_side=self.opts.short_side, quality=self.opts.jpeg_quality)
 
   def _record(self, item: sources.Item, res: dict) -> bytes:
+    """Serialized record; takes the JPEGs out of `res` so that at most two copies of a
+    video's frames (proto, bytes) are alive at once."""
     from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
     label = None if item.label is None else self.index[item.label]
-    return records.make_sequence_example(
-        res['jpegs'], item.media_id, res['fps'], res['height'], res['width'],
-        label_index=label, label_string=item.label or '').SerializeToString(
-            deterministic=True)  # map order must not depend on the process
+    example = records.make_sequence_example(
+        res.pop('jpegs'), item.media_id, res['fps'], res['height'], res['width'],
+        label_index=label, label_string=item.label or '')
+    return example.SerializeToString(deterministic=True)  # map order: not per process
 
   def _estimate_num_shards(self) -> int:
     sample = assign_shards(len(self.items), 1, self.opts.seed)[0][:_SIZE_SAMPLE]
@@ -219,9 +208,9 @@ class _Converter:
       for i in indices:
         item, res = self.items[i], next(results)
         if res['ok']:
-          writer.write(self._record(item, res))
           status['num_examples'] += 1
           status['num_frames'] += len(res['jpegs'])
+          writer.write(self._record(item, res))
         else:
           status['failures'].append(
               {'path': item.path, 'media_id': item.media_id, 'reason': res['reason']})
@@ -258,6 +247,8 @@ class _Converter:
       return done
     for e in self.row_errors:
       self._say(f'malformed row {e["source"]}:{e["line"]}: {e["reason"]}')
+    for f in self.early_failures:
+      self._say(f'FAILED {f["path"]}: {f["reason"]}')
     try:
       plan = self._load_or_make_plan()
       n = plan['num_shards']

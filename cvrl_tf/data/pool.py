@@ -37,7 +37,7 @@ class OrderedPool:
   def __init__(self, workers: int, on_crash: Callable[[Dict[str, Any]], Any],
                window: Optional[int] = None):
     self._workers = workers
-    self._window = window or 4 * workers + 16
+    self._window = window or 2 * workers + 4
     self._on_crash = on_crash
     self._ctx = multiprocessing.get_context('spawn')
     self._executor = None

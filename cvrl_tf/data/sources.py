@@ -20,7 +20,7 @@ import glob
 import math
 import os
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg',
                     '.flv', '.3gp', '.wmv', '.ogv')
@@ -65,6 +65,25 @@ class Listing:
   items: List[Item]
   errors: List[RowError]
   settings: Dict[str, object]  # what was listed and how; recorded in the manifest
+
+
+def check_items(items: Sequence[Item], label_index: Dict[str, int]
+                ) -> Tuple[List[Item], List[Tuple[Item, str]]]:
+  """Splits items into (kept, [(rejected, reason)]): a video listed twice is converted
+  once, media ids must be unique (they name records), labels must be in the label map."""
+  kept, rejected, seen = [], [], set()
+  for item in items:
+    key = (item.path, item.start, item.end)
+    if key in seen:
+      rejected.append((item, 'listed twice; converted once'))
+    elif item.media_id in seen:
+      rejected.append((item, f'media_id {item.media_id!r} already used by another video'))
+    elif item.label is not None and item.label not in label_index:
+      rejected.append((item, f'label {item.label!r} not in the class list'))
+    else:
+      seen.update((key, item.media_id))
+      kept.append(item)
+  return kept, rejected
 
 
 def _open_text(path: str):
