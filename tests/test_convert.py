@@ -234,20 +234,25 @@ def test_bad_inputs_reported_good_ones_converted(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('args', [
-    [],                                                  # no input flag
     ['--csv=a.csv', '--class_folders=/tmp'],             # two input flags
     ['--csv=list.csv'],                                  # no --output_dir
     ['--csv=list.csv', '--num_shards=2', '--shard_size_mb=5'],
     ['--csv=nope.csv'],                                  # listing file missing
+    ['--csv=list.csv', '--jpeg_quality=0'],
 ])
-def test_usage_errors_exit_2_and_write_nothing(tmp_path, args):
+def test_usage_errors_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys, args):
   (tmp_path / 'list.csv').write_text('a.mp4,x\n')
-  out = tmp_path / 'out'
-  extra = [] if args == ['--csv=list.csv'] else [f'--output_dir={out}']
-  run = _cli(*args, *extra, cwd=str(tmp_path))
-  assert run.returncode == 2, run.stderr
-  assert 'error' in run.stderr
+  monkeypatch.chdir(tmp_path)
+  extra = [] if args == ['--csv=list.csv'] else [f'--output_dir={tmp_path / "out"}']
+  assert _main(*args, *extra) == 2
+  assert 'error' in capsys.readouterr().err
   assert os.listdir(tmp_path) == ['list.csv']
+
+
+def test_usage_error_exit_status_of_the_command(tmp_path):
+  run = _cli(f'--output_dir={tmp_path / "out"}')  # no input flag
+  assert run.returncode == 2 and 'exactly one of' in run.stderr
+  assert not os.listdir(tmp_path)
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):

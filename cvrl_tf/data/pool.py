@@ -68,16 +68,23 @@ class OrderedPool:
         return
       if self._executor is None:
         self._executor = self._new(self._workers)
-      in_flight.append((kwargs, self._executor.submit(fn, **kwargs)))
+      try:
+        future = self._executor.submit(fn, **kwargs)
+      except _BrokenPool:  # a call in flight just crashed: handled at its turn
+        future = None
+      in_flight.append((kwargs, future))
 
   def _results(self, fn, calls, in_flight) -> Iterator[Any]:
     while in_flight:
       kwargs, future = in_flight.popleft()
       try:
+        if future is None:
+          raise _BrokenPool()
         result = future.result()
       except _BrokenPool:
         # Some call in flight killed its worker: rerun each alone to find which.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+          self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = None
         retry = [kwargs] + [kw for kw, _ in in_flight]
         in_flight.clear()
