@@ -32,7 +32,7 @@ CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down'
 SPLITS = {'train': 0, 'test': 1}
 _SHAPES = ('disc', 'square', 'triangle', 'cross', 'ellipse', 'pacman')
 # Object radius as a fraction of the frame side; zoom classes sweep this same range.
-_SCALE_RANGE = (0.17, 0.34)
+_SCALE_RANGE = (0.15, 0.36)
 
 
 @dataclasses.dataclass(frozen=True)
