@@ -1,12 +1,16 @@
 """Console entry points (see setup.cfg). Each delegates to the absl `main` of the module
 that owns the command, imported lazily so `--help` of one tool does not load the others."""
 
+import sys
+
 from absl import app
 from absl import flags
 
 
 def _run(module):
-  flags.adopt_module_key_flags(module)  # so --help lists the tool's own flags
+  # absl's --help lists the key flags of the module named sys.argv[0] (the script).
+  for flag in flags.FLAGS.get_key_flags_for_module(module):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(module.main)
 
 
