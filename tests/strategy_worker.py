@@ -115,7 +115,7 @@ def run_mirrored(out: str) -> None:
   np.savez(out, **results)
 
 
-def run_multi_worker(out: str, index: int, ports, steps: int, jit_compile: bool = False) -> None:
+def run_multi_worker(out: str, index: int, ports, steps: int) -> None:
   os.environ['TF_CONFIG'] = json.dumps({
       'cluster': {'worker': [f'127.0.0.1:{p}' for p in ports]},
       'task': {'type': 'worker', 'index': index}})
@@ -124,7 +124,7 @@ def run_multi_worker(out: str, index: int, ports, steps: int, jit_compile: bool 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with strategy.scope():
     model = build_model(weight_decay=1e-3)
-    model.compile(optimizer=multi_worker_optimizer(steps), jit_compile=jit_compile)
+    model.compile(optimizer=multi_worker_optimizer(steps))
     model.build_for_training()
 
   def dataset_fn(ctx):
@@ -158,13 +158,12 @@ def main(argv=None):
   parser.add_argument('--index', type=int, default=0)
   parser.add_argument('--ports', default='')
   parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--jit_compile', action='store_true')
   args = parser.parse_args(argv)
   if args.mode == 'mirrored':
     run_mirrored(args.out)
   else:
     ports = [int(p) for p in args.ports.split(',')]
-    run_multi_worker(args.out, args.index, ports, args.steps, args.jit_compile)
+    run_multi_worker(args.out, args.index, ports, args.steps)
   return 0
 
 

@@ -1,8 +1,11 @@
 """CVRLPretrainer: encoder + projection head trained with InfoNCE over the global batch.
 
 A `tf_keras.Model` whose `train_step` runs under `model.fit` with any tf.distribute
-strategy (default, mirrored, multi-worker, TPU), optional XLA (`compile(jit_compile=
-True)`) and mixed precision (the loss is always computed in float32).
+strategy (default, mirrored, multi-worker, TPU) and mixed precision (the loss is always
+computed in float32). XLA (`compile(jit_compile=True)`) works on one replica per
+process (default strategy; TPU steps are XLA anyway); tf_keras cannot XLA-compile a
+step with several replicas, so `compile` refuses it there with a clear error. Whether
+XLA pays off on CPU depends on the shapes: measure with benchmarks/bench_train_step.py.
 
 Batch: 2b clips per replica, view 1 of b videos then view 2 of the same videos: either a
 tensor [2b, T, H, W, 3] (float in [0, 1] or uint8) or a dict from data/pipeline.py, which
