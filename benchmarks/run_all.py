@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""`make bench`: runs every benchmark in turn (pass --quick for a smoke run).
+
+Each benchmark prints its own table (warm-up excluded, median and min..max of several
+repetitions); record new figures in benchmarks/README.md with the machine and its load.
+"""
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCHMARKS = ('bench_convert.py', 'bench_input.py', 'bench_train_step.py')
+
+
+def main(argv):
+  failed = []
+  for name in BENCHMARKS:
+    print(f'=== {name} {" ".join(argv)}', flush=True)
+    if subprocess.call([sys.executable, os.path.join(HERE, name)] + argv) != 0:
+      failed.append(name)
+  if failed:
+    print(f'failed: {", ".join(failed)}', file=sys.stderr)
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
