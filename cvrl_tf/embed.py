@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import sys
+import types
 from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple
 
 from absl import flags
@@ -240,20 +241,30 @@ def define_flags(flag_values=flags.FLAGS) -> None:
       (flags.DEFINE_integer, 'batch_size', 10, 'Clips per forward pass.'),
   ]
   for define, name, default, help_text in defs:
+    _DEFAULTS[name] = default
     if name not in flag_values:
       # allow_override: a module imported later may define the same name (e.g. train_cli's
       # --model_dir) without a guard; it then takes over instead of failing the import.
       define(name, default, help_text, flag_values=flag_values, allow_override=True)
 
 
+_DEFAULTS = {}
 define_flags()
+
+
+def _flag_values() -> types.SimpleNamespace:
+  """Our flags, with our defaults when not given (another module may own the name)."""
+  fv = flags.FLAGS
+  return types.SimpleNamespace(**{
+      name: fv[name].value if fv[name].present else default
+      for name, default in _DEFAULTS.items()})
 
 
 def main(argv) -> int:
   del argv
-  fv = flags.FLAGS
-  if 'verbosity' in fv and not fv['verbosity'].present:
+  if 'verbosity' in flags.FLAGS and not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # SavedModel INFO lines drown the output.
+  fv = _flag_values()
   try:
     if not fv.input or not fv.output or not fv.hub_model:
       raise UsageError('--input, --output and --hub_model are required')

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+import types
 import uuid
 from typing import Any, Dict, Optional
 
@@ -400,21 +401,31 @@ def define_flags(flag_values=flags.FLAGS) -> None:
       (flags.DEFINE_bool, 'overwrite', False, 'Replace an existing export_dir.'),
   ]
   for define, name, default, help_text in defs:
+    _DEFAULTS[name] = default
     if name not in flag_values:
       # allow_override: a module imported later may define the same name (e.g. train_cli's
       # --model_dir) without a guard; it then takes over instead of failing the import.
       define(name, default, help_text, flag_values=flag_values, allow_override=True)
 
 
+_DEFAULTS = {}
 define_flags()
+
+
+def _flag_values() -> types.SimpleNamespace:
+  """Our flags, with our defaults when not given (another module may own the name)."""
+  fv = flags.FLAGS
+  return types.SimpleNamespace(**{
+      name: fv[name].value if fv[name].present else default
+      for name, default in _DEFAULTS.items()})
 
 
 def main(argv) -> int:
   """`cvrl_export --model_dir=... --export_dir=...`; exit code 1 with a message on error."""
   del argv
-  fv = flags.FLAGS
-  if 'verbosity' in fv and not fv['verbosity'].present:
+  if 'verbosity' in flags.FLAGS and not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # SavedModel INFO lines drown the output.
+  fv = _flag_values()
   if not fv.model_dir or not fv.export_dir:
     print('cvrl_export: --model_dir and --export_dir are required.', file=sys.stderr)
     return 1

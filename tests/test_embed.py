@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
+import tf_keras
 
 from cvrl_tf import embed
 from cvrl_tf import export
 from cvrl_tf.data import video_io
-from cvrl_tf.models import backbone_io
 
 # Frame i of a "coded" video is flat grey 10 + 9 i: a clip's frame means tell its indices.
 CODE_BASE, CODE_STEP = 10, 9
@@ -44,11 +44,14 @@ def _smooth(num_frames, seed):
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
+  tf_keras.utils.set_random_seed(0)
   root = tmp_path_factory.mktemp('embed')
-  spec = backbone_io.current_spec(name='r3d18', width_multiplier=0.25)
-  encoder = backbone_io.build_from_spec(spec)
+  # Any hub video encoder works; a small space-time conv one keeps the test fast.
+  clips = tf_keras.Input([None, None, None, 3])
+  features = tf_keras.layers.Conv3D(16, (2, 3, 3), strides=(1, 2, 2), activation='relu')(clips)
+  encoder = tf_keras.Model(clips, tf_keras.layers.GlobalAveragePooling3D()(features))
   metadata = export.build_metadata(
-      spec, 'pretrain.num_frames = 4\npretrain.frame_stride = 2\npretrain.crop_size = 32\n')
+      None, 'pretrain.num_frames = 4\npretrain.frame_stride = 2\npretrain.crop_size = 32\n')
   hub_dir = export.export_encoder(encoder, str(root / 'hub'), metadata, verify=False)
   videos = root / 'videos'
   _write(str(videos / 'a.mp4'), _coded(20))
@@ -100,7 +103,7 @@ def test_folder_with_a_corrupt_file(setup, capsys):
   assert [r['num_frames_decoded'] for r in rows] == ['20', '12', '0', '5']
   assert rows[2]['error'] and not rows[0]['error']
   embeddings = np.load(prefix + '.npy')
-  assert embeddings.shape == (3, 128) and embeddings.dtype == np.float32
+  assert embeddings.shape == (3, 16) and embeddings.dtype == np.float32
   for row in (0, 1, 3):
     expected = _reference_embedding(setup['encoder'], rows[row]['path'], 3, 4, 2, 32)
     np.testing.assert_allclose(embeddings[int(rows[row]['row'])], expected,
@@ -136,7 +139,7 @@ def test_single_file_csv_and_usage_errors(setup, tmp_path, capsys):
   assert _run_main([f'--input={listing}', f'--output={prefix}', '--short_side=32',
                     f'--hub_model={setup["hub_dir"]}', '--num_clips=2', '--num_frames=2',
                     '--frame_stride=1']) == 1  # the malformed row counts as a failure
-  assert np.load(prefix + '.npy').shape == (2, 128)
+  assert np.load(prefix + '.npy').shape == (2, 16)
   capsys.readouterr()
   empty = tmp_path / 'empty'
   empty.mkdir()
@@ -164,3 +167,11 @@ def test_embed_batch_accepts_dict_outputs(setup):
       return {'embedding': tf.reduce_mean(x, axis=[1, 2, 3])}
   clips = np.ones([2, 2, 4, 4, 3], np.float32)
   np.testing.assert_allclose(embed.embed_batch(DictModel(), clips), np.ones([2, 3]))
+
+
+def test_own_flag_defaults_when_another_module_owns_the_name():
+  from cvrl_tf.data import synthetic  # pylint: disable=g-import-not-at-top,unused-import
+  with flagsaver.flagsaver():
+    flags.FLAGS(['cvrl_embed'])  # synthetic's --fps defaults to 25 when it owns the flag
+    assert embed._flag_values().fps == 0.0
+    assert embed._flag_values().num_clips == 10

@@ -61,6 +61,7 @@ class _StandInPretrainer(tf_keras.Model):
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   """A finished pretraining model dir, its in-memory encoder/head, and its export."""
+  tf_keras.utils.set_random_seed(0)
   root = tmp_path_factory.mktemp('export')
   model_dir = str(root / 'model')
   spec = backbone_io.current_spec(**TINY)
@@ -178,6 +179,7 @@ def _bf16_encoder(spec):
 
 
 def test_bf16_model_exports_float32(tmp_path):
+  tf_keras.utils.set_random_seed(1)
   spec = backbone_io.current_spec(**TINY)
   bf16, reference = _bf16_encoder(spec)
   path = export.export_encoder(bf16, str(tmp_path / 'hub'), export.build_metadata(spec),
