@@ -15,12 +15,23 @@ from absl import flags
 from cvrl_tf import config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string('gin_file', [], 'gin config file(s), parsed in order.')
-flags.DEFINE_multi_string('gin_bindings', [], 'gin bindings, e.g. "pretrain.train_steps=10".')
-flags.DEFINE_multi_string('gin_search_path', [], 'folders searched for gin files/includes.')
-flags.DEFINE_string('model_dir', None, 'where checkpoints, summaries and results go; '
-                    're-running with the same dir resumes.')
 
+
+def _define_flags():
+  """Skips names another imported module already defined (e.g. export's --model_dir)."""
+  specs = [
+      ('multi_string', 'gin_file', [], 'gin config file(s), parsed in order.'),
+      ('multi_string', 'gin_bindings', [], 'gin bindings, e.g. "pretrain.train_steps=10".'),
+      ('multi_string', 'gin_search_path', [], 'folders searched for gin files/includes.'),
+      ('string', 'model_dir', None, 'where checkpoints, summaries and results go; '
+       're-running with the same dir resumes.'),
+  ]
+  for kind, name, default, help_text in specs:
+    if name not in FLAGS:
+      getattr(flags, f'DEFINE_{kind}')(name, default, help_text)
+
+
+_define_flags()
 
 def main(argv):
   if len(argv) > 1:
