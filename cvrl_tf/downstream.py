@@ -1,0 +1,451 @@
+"""Downstream protocols: linear evaluation, fine-tuning / semi-supervised, test, k-NN.
+
+Each is a gin-configurable `fn(model_dir, ...)`, run by `cvrl_train` through
+`run.experiment = @linear_eval` (or @finetune, @evaluate, @knn_eval); see gin/*.gin.
+
+Encoder (`encoder_source`):
+  'model_dir'  the `backbone/` of a pretraining run (`pretrain_dir`); its architecture
+               comes from backbone.json, and `build_backbone` bindings that contradict it
+               are an error rather than silently ignored.
+  'hub'        an exported SavedModel or TF Hub handle (`hub_handle`) via hub.KerasLayer.
+  'random'     random initialization from the `build_backbone` bindings (the baseline).
+
+Protocols (paper settings in gin/):
+  linear_eval  frozen encoder (BN in inference mode), L2-normalized features, one Dense
+               layer, softmax cross-entropy, no weight decay, SGD momentum + warm-up +
+               cosine. Optional feature cache (feature_cache.py); online by default.
+  finetune     everything trains; dropout before the Dense layer; weight decay on kernels
+               added in the train step (models/classifier.py). `label_fraction` (0.01,
+               0.1) makes it the semi-supervised protocol: a deterministic per-class
+               subset (the kept videos are listed in label_subset.json).
+  evaluate     the multi-view test of a trained classifier model_dir (latest checkpoint).
+  knn_eval     cosine k-NN on frozen features, multi-view features for both the memory
+               (train) and the test videos; no training.
+
+model_dir after a run: checkpoints/ summaries/ operative_config.gin classifier.json
+(how to rebuild the model) [label_subset.json] [feature_cache/] and, with test_files,
+eval_results.json, confusion_matrix.png, eval_predictions.csv (knn_eval:
+knn_results.json). Re-running the same command resumes training; a finished run skips to
+the test, and a test already done for the same checkpoint and settings is not redone.
+"""
+
+import contextlib
+import json
+import math
+import os
+import sys
+from typing import Optional, Sequence, Union
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf import config
+from cvrl_tf import distribute
+from cvrl_tf import evaluation
+from cvrl_tf import feature_cache
+from cvrl_tf import multiview
+from cvrl_tf import optim
+from cvrl_tf import train_loop
+from cvrl_tf.data import pipeline
+from cvrl_tf.data import records
+from cvrl_tf.data import shards
+from cvrl_tf.models import classifier as classifier_lib
+from cvrl_tf.models import encoder_source as encoder_source_lib
+from cvrl_tf.models.encoder_source import normalized
+
+FilePatterns = Union[str, Sequence[str]]
+CLASSIFIER_FILE = 'classifier.json'
+SUBSET_FILE = 'label_subset.json'
+KNN_FILE = 'knn_results.json'
+MEMORY_SCOPE = 'knn_memory'  # gin scope of build_eval_dataset for the k-NN memory.
+say = multiview.say
+effective_args = multiview.effective_args
+
+
+# ------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _precision(policy: Optional[str]):
+  """Sets the global dtype policy for one protocol, then restores the previous one."""
+  previous = tf_keras.mixed_precision.global_policy()
+  tf_keras.mixed_precision.set_global_policy(policy or 'float32')
+  try:
+    yield
+  finally:
+    tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def labelled_subset(train_files: FilePatterns, label_fraction: Optional[float],
+                    label_seed: int = 0) -> dict:
+  """The videos the classification pipeline trains on: all, or the per-class fraction
+  `shards.label_subset_keys` picks (the pipeline picks the same with the same seed)."""
+  if label_fraction is None:
+    return {'label_fraction': None, 'num_videos': multiview.count_videos(train_files)}
+  keys = shards.label_subset_keys(shards.list_files(train_files), label_fraction,
+                                  label_seed)
+  return {'label_fraction': label_fraction, 'label_seed': label_seed,
+          'num_videos': len(keys), 'keys': keys}
+
+
+def _write_classifier_info(model_dir: str, info: dict) -> None:
+  """classifier.json; a model_dir holding a different classifier is refused."""
+  path = os.path.join(model_dir, CLASSIFIER_FILE)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      stored = json.load(f)
+    keys = ('protocol', 'encoder_source', 'pretrain_dir', 'hub_handle', 'num_classes',
+            'freeze_encoder', 'backbone_spec')
+    diff = [k for k in keys if normalized(stored.get(k)) != normalized(info.get(k))]
+    if diff:
+      raise ValueError(f'{model_dir} already holds a different classifier (differs in '
+                       f'{diff}); use a new model_dir.')
+  tf.io.gfile.makedirs(model_dir)
+  evaluation.write_json(path, info)
+
+
+def read_classifier_info(model_dir: str) -> dict:
+  path = os.path.join(model_dir, CLASSIFIER_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f'{path} is missing: {model_dir!r} is not the model_dir of a '
+                            f'linear_eval or finetune run.')
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def _stream(progress_stream):
+  """'stderr' -> the current sys.stderr (looked up per call, not at import); None: quiet."""
+  return sys.stderr if progress_stream == 'stderr' else progress_stream
+
+
+def _resolve_num_classes(num_classes, label_map_file) -> int:
+  if num_classes:
+    return int(num_classes)
+  if label_map_file:
+    return len(records.read_label_map(label_map_file))
+  raise ValueError('set num_classes (or label_map_file, whose line count is used)')
+
+
+# ------------------------------------------------------------------------- training
+def _train_classifier(model_dir, protocol, *, train_files, test_files, num_classes,
+                      label_map_file, encoder_source, pretrain_dir, hub_handle,
+                      freeze, l2_normalize, dropout_rate, weight_decay, use_sync_bn,
+                      global_batch_size, train_epochs, train_steps, warmup_epochs,
+                      num_train_examples, learning_rate, momentum, optimizer,
+                      label_fraction, label_seed, mixed_precision, jit_compile,
+                      checkpoint_every, keep_checkpoints, log_every, seed,
+                      eval_batch_size, progress_stream, cache_dir=None,
+                      cache_passes=None):
+  """Shared by linear_eval and finetune: build, train (resumable), then test."""
+  progress_stream = _stream(progress_stream)
+  strategy = distribute.get_strategy()
+  num_classes = _resolve_num_classes(num_classes, label_map_file)
+  chief = train_loop.is_chief(strategy)
+  with _precision(mixed_precision):
+    subset = labelled_subset(train_files, label_fraction, label_seed)
+    num_videos = num_train_examples or subset['num_videos']
+    steps_per_epoch = max(1, num_videos // global_batch_size)
+    total_steps = train_steps or max(1, math.ceil(train_epochs * num_videos /
+                                                  global_batch_size))
+    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
+    crop_size = effective_args(pipeline.build_classification_dataset)['crop_size']
+    with strategy.scope():
+      encoder, info = encoder_source_lib.build_encoder(
+          encoder_source, pretrain_dir, hub_handle, trainable=not freeze,
+          use_sync_bn=use_sync_bn)
+      model = classifier_lib.VideoClassifier(
+          encoder, num_classes, freeze_encoder=freeze, l2_normalize=l2_normalize,
+          dropout_rate=dropout_rate, weight_decay=weight_decay, crop_size=crop_size,
+          augment_seed=seed or 0, name='video_classifier')
+      model.compile(optimizer=optim.build_optimizer(
+          total_steps=total_steps, warmup_steps=warmup_steps,
+          global_batch_size=global_batch_size, name=optimizer,
+          base_learning_rate=learning_rate, momentum=momentum, linear_scaling=False),
+                    jit_compile=jit_compile)
+      model.build_for_training()
+    info.update(protocol=protocol, num_classes=num_classes, freeze_encoder=freeze,
+                l2_normalize=l2_normalize, dropout_rate=dropout_rate,
+                mixed_precision=mixed_precision, train_files=normalized(train_files))
+    if chief:
+      _write_classifier_info(model_dir, info)
+      if label_fraction is not None:
+        evaluation.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
+      config.save_operative_config(model_dir)
+    say(progress_stream,
+         f'{protocol}: {num_videos} videos'
+         f'{f" ({label_fraction:.0%} of the labels per class)" if label_fraction else ""}, '
+         f'{num_classes} classes, global batch {global_batch_size} on '
+         f'{strategy.num_replicas_in_sync} replica(s), {total_steps} steps '
+         f'({warmup_steps} warm-up), LR {learning_rate}, encoder '
+         f'{info["encoder_source"]} ({"frozen" if freeze else "trained"}), '
+         f'{encoder.count_params():,} encoder parameters')
+
+    def clip_stream(start_step, data_seed_base=seed):
+      data_seed = None if data_seed_base is None else data_seed_base + start_step
+      return strategy.distribute_datasets_from_function(
+          lambda ctx: pipeline.build_classification_dataset(
+              train_files, global_batch_size, label_fraction=label_fraction,
+              label_seed=label_seed, seed=data_seed, input_context=ctx))
+
+    make_dataset, example_name = clip_stream, 'clips'
+    if cache_dir is not None:
+      if multiview.is_multi_worker(strategy):
+        raise NotImplementedError('cache_features=True runs on one worker (default, '
+                                  'mirrored or TPU strategy); use the online path.')
+      signature = {k: info.get(k) for k in (
+          'encoder_source', 'pretrain_dir', 'hub_handle', 'backbone_checkpoint',
+          'backbone_spec', 'train_files', 'mixed_precision')}
+      signature.update(pipeline=effective_args(pipeline.build_classification_dataset),
+                       label_fraction=label_fraction, label_seed=label_seed,
+                       global_batch_size=global_batch_size, seed=seed)
+      make_dataset = feature_cache.cached_stream(
+          model, strategy, cache_dir, signature,
+          cache_passes or max(1, math.ceil(train_epochs)),
+          max(1, math.ceil(num_videos / global_batch_size)), global_batch_size, seed,
+          clip_stream, progress_stream)
+      example_name = 'features'
+    else:
+      make_dataset(0)  # Fails fast on bad data before training starts.
+    logs = train_loop.fit_resumable(
+        model, make_dataset, model_dir, total_steps, strategy,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        log_every=log_every, examples_per_step=global_batch_size,
+        example_name=example_name, progress_stream=progress_stream)
+    results = None
+    if test_files:
+      results = multiview.multiview_test(
+          model, strategy, model_dir, test_files, eval_batch_size,
+          int(model.optimizer.iterations.numpy()), label_map_file, protocol,
+          progress_stream)
+  return {'train': logs, 'test': results}
+
+
+@gin.configurable(denylist=['model_dir'])
+def linear_eval(model_dir: str,
+                train_files: FilePatterns = gin.REQUIRED,
+                test_files: Optional[FilePatterns] = None,
+                num_classes: Optional[int] = None,
+                label_map_file: Optional[str] = None,
+                encoder_source: str = 'model_dir',
+                pretrain_dir: Optional[str] = None,
+                hub_handle: Optional[str] = None,
+                global_batch_size: int = 1024,
+                train_epochs: float = 100,
+                train_steps: Optional[int] = None,
+                warmup_epochs: float = 5,
+                num_train_examples: Optional[int] = None,
+                learning_rate: float = 32.0,
+                momentum: float = 0.9,
+                optimizer: str = 'sgd',
+                label_fraction: Optional[float] = None,
+                label_seed: int = 0,
+                cache_features: bool = False,
+                cache_passes: Optional[int] = None,
+                cache_dir: Optional[str] = None,
+                eval_batch_size: int = 32,
+                mixed_precision: Optional[str] = None,
+                jit_compile: bool = False,
+                checkpoint_every: int = 1000,
+                keep_checkpoints: int = 3,
+                log_every: int = 100,
+                seed: Optional[int] = None,
+                progress_stream='stderr') -> dict:
+  """Linear classifier on the frozen encoder (CVRL: LR 32, 100 epochs, batch 1024).
+
+  Args:
+    train_files / test_files: TFRecord patterns; with test_files the multi-view test
+      runs at the end.
+    num_classes: classes of the Dense layer (default: lines of label_map_file).
+    label_map_file: class names for the results (default: found next to the shards).
+    encoder_source, pretrain_dir, hub_handle: see the module docstring.
+    global_batch_size / train_epochs / train_steps / warmup_epochs: schedule; train_steps
+      wins; warm-up then cosine decay to 0 (released config: 5 warm-up epochs).
+    num_train_examples: videos per epoch (counted from the shards when None).
+    learning_rate, momentum, optimizer: peak LR (no batch scaling), 'sgd' or 'lars'.
+    label_fraction, label_seed: train on a per-class fraction of the labels.
+    cache_features: train the Dense layer on cached encoder outputs (feature_cache.py):
+      `cache_passes` augmented passes (default: one per epoch, exactly the online
+      distribution; fewer reuse augmentations) in `cache_dir` (default
+      <model_dir>/feature_cache; share it between runs of the same encoder and data).
+    eval_batch_size: views per global batch in the test.
+    mixed_precision: None or 'mixed_bfloat16'.
+    seed: makes the input stream deterministic (seed + step on resume).
+  Returns {'train': last logged metrics, 'test': eval results or None}.
+  """
+  if cache_features:
+    cache_dir = cache_dir or os.path.join(model_dir, 'feature_cache')
+  return _train_classifier(
+      model_dir, 'linear_eval', train_files=train_files, test_files=test_files,
+      num_classes=num_classes, label_map_file=label_map_file,
+      encoder_source=encoder_source, pretrain_dir=pretrain_dir, hub_handle=hub_handle,
+      freeze=True, l2_normalize=True, dropout_rate=0.0, weight_decay=0.0,
+      use_sync_bn=False, global_batch_size=global_batch_size, train_epochs=train_epochs,
+      train_steps=train_steps, warmup_epochs=warmup_epochs,
+      num_train_examples=num_train_examples, learning_rate=learning_rate,
+      momentum=momentum, optimizer=optimizer, label_fraction=label_fraction,
+      label_seed=label_seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
+      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+      log_every=log_every, seed=seed, eval_batch_size=eval_batch_size,
+      progress_stream=progress_stream,
+      cache_dir=cache_dir if cache_features else None, cache_passes=cache_passes)
+
+
+@gin.configurable(denylist=['model_dir'])
+def finetune(model_dir: str,
+             train_files: FilePatterns = gin.REQUIRED,
+             test_files: Optional[FilePatterns] = None,
+             num_classes: Optional[int] = None,
+             label_map_file: Optional[str] = None,
+             encoder_source: str = 'model_dir',
+             pretrain_dir: Optional[str] = None,
+             hub_handle: Optional[str] = None,
+             global_batch_size: int = 128,
+             train_epochs: float = 50,
+             train_steps: Optional[int] = None,
+             warmup_epochs: float = 2,
+             num_train_examples: Optional[int] = None,
+             learning_rate: float = 0.1,
+             momentum: float = 0.9,
+             optimizer: str = 'sgd',
+             weight_decay: float = 1e-4,
+             dropout_rate: float = 0.5,
+             l2_normalize: bool = False,
+             use_sync_bn: bool = False,
+             label_fraction: Optional[float] = None,
+             label_seed: int = 0,
+             eval_batch_size: int = 32,
+             mixed_precision: Optional[str] = None,
+             jit_compile: bool = False,
+             checkpoint_every: int = 1000,
+             keep_checkpoints: int = 3,
+             log_every: int = 100,
+             seed: Optional[int] = None,
+             progress_stream='stderr') -> dict:
+  """Fine-tunes encoder + Dense layer; with label_fraction, the semi-supervised protocol.
+
+  Args as linear_eval, plus:
+    weight_decay: wd of wd * sum(0.5 ||k||^2) over all conv/dense kernels (encoder and
+      head; not BN or biases), added to the loss in the train step.
+    dropout_rate: dropout on the features before the Dense layer.
+    l2_normalize: normalize features before dropout/Dense (off for fine-tuning).
+    use_sync_bn: batch statistics across replicas (small per-replica batches).
+  """
+  return _train_classifier(
+      model_dir, 'finetune', train_files=train_files, test_files=test_files,
+      num_classes=num_classes, label_map_file=label_map_file,
+      encoder_source=encoder_source, pretrain_dir=pretrain_dir, hub_handle=hub_handle,
+      freeze=False, l2_normalize=l2_normalize, dropout_rate=dropout_rate,
+      weight_decay=weight_decay, use_sync_bn=use_sync_bn,
+      global_batch_size=global_batch_size, train_epochs=train_epochs,
+      train_steps=train_steps, warmup_epochs=warmup_epochs,
+      num_train_examples=num_train_examples, learning_rate=learning_rate,
+      momentum=momentum, optimizer=optimizer, label_fraction=label_fraction,
+      label_seed=label_seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
+      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+      log_every=log_every, seed=seed, eval_batch_size=eval_batch_size,
+      progress_stream=progress_stream)
+
+
+# ------------------------------------------------------------------------- test only
+@gin.configurable(denylist=['model_dir'])
+def evaluate(model_dir: str,
+             test_files: FilePatterns = gin.REQUIRED,
+             label_map_file: Optional[str] = None,
+             checkpoint: Optional[str] = None,
+             eval_batch_size: int = 32,
+             progress_stream='stderr') -> Optional[dict]:
+  """Multi-view test of the classifier trained in model_dir (linear_eval / finetune).
+
+  checkpoint: a checkpoint prefix; default the latest in <model_dir>/checkpoints.
+  """
+  progress_stream = _stream(progress_stream)
+  info = read_classifier_info(model_dir)
+  strategy = distribute.get_strategy()
+  prefix = checkpoint or tf.train.latest_checkpoint(
+      os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
+  if not prefix:
+    raise FileNotFoundError(f'no checkpoint in {model_dir}/{train_loop.CHECKPOINT_SUBDIR}: '
+                            f'the training run has not saved one yet.')
+  with _precision(info.get('mixed_precision')):
+    with strategy.scope():
+      model = classifier_lib.VideoClassifier(
+          encoder_source_lib.rebuild_encoder(info, trainable=False), info['num_classes'],
+          freeze_encoder=info['freeze_encoder'], l2_normalize=info['l2_normalize'],
+          dropout_rate=info['dropout_rate'], name='video_classifier')
+      model.build_for_training()
+      try:
+        tf.train.Checkpoint(model=model).read(
+            prefix).expect_partial().assert_existing_objects_matched()
+      except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise ValueError(f'checkpoint {prefix} does not match the classifier described '
+                         f'in {model_dir}/{CLASSIFIER_FILE}: {e}') from e
+    step = int(tf.train.load_checkpoint(prefix).get_tensor(
+        'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
+    say(progress_stream, f'evaluate: {prefix} (step {step})')
+    return multiview.multiview_test(model, strategy, model_dir, test_files, eval_batch_size,
+                                    step, label_map_file, info['protocol'],
+                                    progress_stream)
+
+
+@gin.configurable(denylist=['model_dir'])
+def knn_eval(model_dir: str,
+             train_files: FilePatterns = gin.REQUIRED,
+             test_files: FilePatterns = gin.REQUIRED,
+             encoder_source: str = 'model_dir',
+             pretrain_dir: Optional[str] = None,
+             hub_handle: Optional[str] = None,
+             ks: Sequence[int] = (1, 5, 20),
+             vote: str = 'weighted',
+             temperature: float = 0.07,
+             num_classes: Optional[int] = None,
+             label_map_file: Optional[str] = None,
+             eval_batch_size: int = 32,
+             mixed_precision: Optional[str] = None,
+             progress_stream='stderr') -> Optional[dict]:
+  """Cosine k-NN on frozen features: train videos are the memory, test videos queries.
+
+  Both sides are multi-view: mean of the L2-normalized view features, re-normalized.
+  Views come from build_eval_dataset; bindings in the gin scope `knn_memory/` apply to
+  the memory only (e.g. fewer clips for a large train set). vote / temperature: see
+  evaluation.py. Writes knn_results.json (top-1 and mean class accuracy per k).
+  """
+  progress_stream = _stream(progress_stream)
+  strategy = distribute.get_strategy()
+  with _precision(mixed_precision):
+    with strategy.scope():
+      encoder, info = encoder_source_lib.build_encoder(
+          encoder_source, pretrain_dir, hub_handle, trainable=False)
+    features = lambda clips: tf.math.l2_normalize(
+        tf.cast(encoder(clips, training=False), tf.float32), axis=-1)
+    memory = multiview.run_views(strategy, train_files, eval_batch_size, features, MEMORY_SCOPE,
+                       progress_stream, 'k-NN memory (train)')
+    queries = multiview.run_views(strategy, test_files, eval_batch_size, features, None,
+                        progress_stream, 'k-NN queries (test)')
+  if memory is None:
+    return None
+  num_classes = num_classes or (_resolve_num_classes(None, label_map_file)
+                                if label_map_file else
+                                int(max(memory['label'].max(), queries['label'].max())) + 1)
+  predictions = evaluation.knn_classify(memory['scores'], memory['label'],
+                                        queries['scores'], ks, num_classes, vote,
+                                        temperature)
+  per_k = {}
+  for k, pred in predictions.items():
+    scores = np.eye(num_classes, dtype=np.float32)[pred]
+    m = evaluation.classification_metrics(scores, queries['label'], num_classes, ks=(1,))
+    per_k[str(k)] = {'top1': m['top1'], 'mean_class_accuracy': m['mean_class_accuracy']}
+  names = evaluation.class_names(num_classes, label_map_file, shards.list_files(test_files))
+  results = {**info, 'protocol': 'knn_eval', 'vote': vote, 'temperature': temperature,
+             'ks': list(ks), 'results': per_k, 'num_memory_videos': len(memory['label']),
+             'num_test_videos': len(queries['label']), 'class_names': names,
+             'views': {'memory': effective_args(pipeline.build_eval_dataset, MEMORY_SCOPE),
+                       'test': effective_args(pipeline.build_eval_dataset)},
+             'train_files': normalized(train_files), 'test_files': normalized(test_files)}
+  if train_loop.is_chief(strategy):
+    tf.io.gfile.makedirs(model_dir)
+    config.save_operative_config(model_dir)
+    evaluation.write_json(os.path.join(model_dir, KNN_FILE), results)
+  say(progress_stream, 'k-NN top-1: ' + ', '.join(
+      f'k={k}: {v["top1"]:.4f}' for k, v in per_k.items()) +
+       f' -> {os.path.join(model_dir, KNN_FILE)}')
+  return results

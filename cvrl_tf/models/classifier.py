@@ -1,0 +1,176 @@
+"""VideoClassifier: encoder + LinearClassifier, for linear eval, fine-tuning and testing.
+
+One model for every downstream protocol, so a trained classifier's checkpoint always has
+the same layout (`model/encoder`, `model/head`) and `evaluate` can restore any of them:
+  linear eval   freeze_encoder=True: the encoder is not trainable AND is always called
+                with training=False, so BN uses (and never updates) its moving statistics
+                and dropout-free features are identical in training and test. Features
+                are L2-normalized (l2_normalize=True), weight_decay=0.
+  fine-tuning   freeze_encoder=False: everything trains, BN in training mode; dropout
+                before the Dense layer; weight decay on conv/dense kernels.
+
+Objective per replica: mean softmax cross-entropy over the local batch
+  + weight_decay * sum(0.5 * ||k||^2) over *trainable* conv/dense kernels
+    (models/weight_decay.py; added in `train_step`, not as keras regularizers, so a
+    frozen encoder carries no hidden loss and the decay is the same as pretraining's)
+  + model.losses (regularizers a user put on layers, if any),
+divided by the number of replicas because the optimizer sums replica gradients: the
+update equals that of the global-batch mean on one device.
+
+Batches: the classification pipeline's dicts ({'clips' or deferred 'crops', ..., 'label'};
+`augment.finish_batch` completes whatever was deferred), or {'features', 'label'} from a
+feature cache (linear eval only: the head trains on precomputed encoder outputs).
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf import optim
+from cvrl_tf.data import augment
+from cvrl_tf.models import heads
+from cvrl_tf.models import weight_decay as weight_decay_lib
+
+METRICS = ('loss', 'cross_entropy', 'weight_decay', 'accuracy', 'learning_rate')
+
+
+class VideoClassifier(tf_keras.Model):
+  """clips [B, T, H, W, 3] -> float32 logits [B, num_classes]."""
+
+  def __init__(self,
+               encoder: tf_keras.layers.Layer,
+               num_classes: int,
+               freeze_encoder: bool = False,
+               l2_normalize: bool = False,
+               dropout_rate: float = 0.0,
+               weight_decay: float = 0.0,
+               crop_size: Optional[int] = None,
+               augment_seed: int = 0,
+               **kwargs):
+    """Args:
+      encoder: clips -> [B, D] features (R3D backbone or hub.KerasLayer).
+      num_classes: outputs of the Dense layer.
+      freeze_encoder: linear evaluation (see the module docstring).
+      l2_normalize, dropout_rate: of the LinearClassifier head.
+      weight_decay: coefficient wd of wd * sum(0.5 ||k||^2) on trainable kernels.
+      crop_size: size of deferred crops (pipelines with defer='resize').
+      augment_seed: with step and replica, seeds augmentation deferred to the step.
+    """
+    super().__init__(**kwargs)
+    self.encoder = encoder
+    self.head = heads.LinearClassifier(num_classes, l2_normalize=l2_normalize,
+                                       dropout_rate=dropout_rate, name='classifier')
+    self.num_classes = int(num_classes)
+    self.freeze_encoder = bool(freeze_encoder)
+    self.weight_decay = float(weight_decay)
+    self.crop_size = crop_size
+    self.augment_seed = int(augment_seed)
+    if self.freeze_encoder:
+      encoder.trainable = False
+    self._create_trackers()
+    self._decayed = None
+
+  @tf.__internal__.tracking.no_automatic_dependency_tracking
+  def _create_trackers(self):
+    # Untracked: running means are not weights and do not belong in checkpoints.
+    self._trackers = {name: tf_keras.metrics.Mean(name) for name in METRICS}
+
+  @property
+  def metrics(self):
+    return list(self._trackers.values())
+
+  def features(self, clips, training=None):
+    """Encoder output [B, D]; always inference mode (and no gradient) when frozen."""
+    if self.freeze_encoder:
+      return tf.stop_gradient(self.encoder(clips, training=False))
+    return self.encoder(clips, training=training)
+
+  def call(self, clips, training=None):
+    return self.head(self.features(clips, training=training), training=training)
+
+  def probabilities(self, clips):
+    """Softmax over classes in inference mode: what the multi-view test averages."""
+    return tf.nn.softmax(self(clips, training=False), axis=-1)
+
+  def build_for_training(self, clip_shape=(None, None, None, 3)):
+    """Creates every variable (model, then optimizer slots) before a checkpoint restore,
+    so the restore is complete and checked instead of deferred to the first step."""
+    if not self.built:
+      self.build(tf.TensorShape([None, *clip_shape]))
+    optimizer = getattr(self, 'optimizer', None)
+    if optimizer is not None:
+      inner = getattr(optimizer, 'inner_optimizer', optimizer)
+      if isinstance(inner, tf_keras.optimizers.legacy.Optimizer):
+        inner._create_all_weights(self.trainable_variables)  # pylint: disable=protected-access
+      else:
+        inner.build(self.trainable_variables)
+
+  def decayed_variables(self):
+    """Trainable conv/dense kernels (a Python layer walk, done once)."""
+    if self._decayed is None:
+      self._set_decayed(weight_decay_lib.weight_decay_variables(self))
+    return self._decayed
+
+  @tf.__internal__.tracking.no_automatic_dependency_tracking
+  def _set_decayed(self, variables):
+    # Untracked: a tracked list would become the kernels' first checkpoint path
+    # ('model/_decayed/N' instead of 'model/encoder/...').
+    self._decayed = variables
+
+  def _logits(self, data, training):
+    if 'features' in data:
+      return self.head(data['features'], training=training)
+    if 'clips' not in data and 'crops' not in data:
+      raise KeyError(f"classification batches need 'clips', deferred 'crops' or cached "
+                     f"'features'; got keys {sorted(data)}")
+    ctx = tf.distribute.get_replica_context()
+    replica = 0 if ctx is None else ctx.replica_id_in_sync_group
+    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+    step = tf.cast(self.optimizer.iterations, tf.int64)
+    seed = tf.stack([tf.constant(self.augment_seed, tf.int64),
+                     step * replicas + tf.cast(replica, tf.int64)])
+    clips = augment.finish_batch(data, seed, self.crop_size)
+    return self(clips, training=training)
+
+  def _objective(self, data, training):
+    labels = tf.cast(data['label'], tf.int32)
+    check = tf.debugging.assert_less(
+        labels, self.num_classes,
+        message=f'a label is >= num_classes={self.num_classes}: set num_classes to the '
+                f'number of classes of the training data')
+    with tf.control_dependencies([check]):
+      logits = self._logits(data, training)
+    cross_entropy = tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    wd = weight_decay_lib.l2_weight_decay(self.decayed_variables(), self.weight_decay)
+    total = cross_entropy + wd
+    if self.losses:
+      total += tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
+    accuracy = tf.reduce_mean(tf.cast(
+        tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
+    return total, {'cross_entropy': cross_entropy, 'weight_decay': wd,
+                   'accuracy': accuracy}
+
+  def _update(self, values):
+    for name, value in values.items():
+      self._trackers[name].update_state(value)
+    return {name: self._trackers[name].result() for name in values}
+
+  def train_step(self, data):
+    learning_rate = optim.current_learning_rate(self.optimizer)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      total, parts = self._objective(data, training=True)
+      scaled = total / tf.cast(replicas, tf.float32)
+    self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
+    return self._update(dict(loss=total, learning_rate=learning_rate, **parts))
+
+  def test_step(self, data):
+    total, parts = self._objective(data, training=False)
+    return self._update(dict(loss=total, **parts))
+
+  def get_config(self):
+    return {'num_classes': self.num_classes, 'freeze_encoder': self.freeze_encoder,
+            'weight_decay': self.weight_decay, 'crop_size': self.crop_size,
+            'augment_seed': self.augment_seed}

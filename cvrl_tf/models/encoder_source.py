@@ -1,0 +1,97 @@
+"""Where a downstream encoder comes from: a pretraining run, a SavedModel / TF Hub, or
+random initialization, with errors that say what is wrong with the source.
+
+  'model_dir'  the `backbone/` of a pretraining run (`pretrain_dir`): architecture from
+               its backbone.json, weights from its latest ckpt. `build_backbone` bindings
+               that contradict the stored architecture are an error (a config asking for
+               R3D-50 must not silently evaluate an R3D-18).
+  'hub'        an exported SavedModel dir or TF Hub handle (`hub_handle`), as
+               hub.KerasLayer(handle, trainable=...).
+  'random'     `build_backbone` from the gin bindings, randomly initialized: the baseline.
+Every encoder maps float32 clips [B, T, H, W, 3] in [0, 1] to pooled features [B, D].
+"""
+
+import json
+import os
+from typing import Optional, Tuple
+
+import gin
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf.models import backbone_io
+from cvrl_tf.models import r3d
+
+ENCODER_SOURCES = ('model_dir', 'hub', 'random')
+# build_backbone arguments that do not change the stored weights' layout.
+_NON_ARCHITECTURE = ('use_sync_bn', 'output', 'model_name', 'input_shape',
+                     'kernel_initializer')
+
+
+def normalized(value):
+  """JSON round trip: tuples become lists, so stored and bound values compare equal."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def check_architecture(spec: dict, pretrain_dir: str) -> None:
+  """Explicit build_backbone bindings must agree with the stored architecture."""
+  bound = gin.get_bindings(r3d.build_backbone)
+  diff = {k: (v, spec.get(k)) for k, v in bound.items()
+          if k not in _NON_ARCHITECTURE and k in spec and
+          normalized(v) != normalized(spec[k])}
+  if diff:
+    detail = ', '.join(f'{k}: bound {a!r} but stored {b!r}' for k, (a, b) in diff.items())
+    raise ValueError(
+        f'the encoder in {pretrain_dir}/backbone is not the architecture the gin config '
+        f'asks for ({detail}). Remove those build_backbone bindings (the stored '
+        f'backbone.json defines the architecture) or point pretrain_dir to the right run.')
+
+
+def hub_layer(hub_handle: Optional[str], trainable: bool) -> tf_keras.layers.Layer:
+  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+  if not hub_handle:
+    raise ValueError("encoder_source='hub' needs hub_handle (an exported SavedModel dir "
+                     'or a TF Hub handle)')
+  try:
+    path = hub.resolve(hub_handle)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'cannot resolve hub_handle {hub_handle!r}: {e}') from e
+  if not tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
+    raise FileNotFoundError(f'hub_handle {hub_handle!r} is not a SavedModel (no '
+                            f'saved_model.pb in {path}); export one with cvrl_export.')
+  return hub.KerasLayer(path, trainable=trainable, name='encoder')
+
+
+def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
+                  hub_handle: Optional[str] = None, trainable: bool = True,
+                  use_sync_bn: bool = False) -> Tuple[tf_keras.layers.Layer, dict]:
+  """(encoder, description): the description rebuilds it (`rebuild_encoder`)."""
+  if encoder_source not in ENCODER_SOURCES:
+    raise ValueError(f'encoder_source must be one of {ENCODER_SOURCES}, got '
+                     f'{encoder_source!r}')
+  info = {'encoder_source': encoder_source}
+  if encoder_source == 'hub':
+    info['hub_handle'] = hub_handle
+    return hub_layer(hub_handle, trainable), info
+  overrides = dict(output='pooled', use_sync_bn=use_sync_bn)
+  if encoder_source == 'model_dir':
+    if not pretrain_dir:
+      raise ValueError("encoder_source='model_dir' needs pretrain_dir (the model_dir of a "
+                       "pretraining run); use encoder_source='random' for the baseline")
+    spec = backbone_io.read_spec(pretrain_dir)
+    check_architecture(spec, pretrain_dir)
+    encoder = backbone_io.load_backbone(pretrain_dir, **overrides)
+    info.update(pretrain_dir=pretrain_dir,
+                backbone_checkpoint=backbone_io.latest_backbone(pretrain_dir))
+  else:
+    spec = backbone_io.current_spec(**overrides)
+    encoder = backbone_io.build_from_spec(spec)
+  info['backbone_spec'] = normalized({**spec, **overrides})
+  return encoder, info
+
+
+def rebuild_encoder(info: dict, trainable: bool) -> tf_keras.layers.Layer:
+  """The encoder `info` describes, freshly initialized (a checkpoint restores it)."""
+  if info['encoder_source'] == 'hub':
+    return hub_layer(info['hub_handle'], trainable)
+  return backbone_io.build_from_spec(info['backbone_spec'])

@@ -1,0 +1,150 @@
+"""The multi-view test over a tf.distribute strategy: views in, per-video results out.
+
+`run_views` feeds every view of every video (build_eval_dataset: num_clips evenly spaced
+clips x num_crops crops, CVRL 10 x 3 at 256 px) through a per-replica function and
+averages its outputs per video (evaluation.collect_views), with a progress line (videos
+done / total, videos/s). `multiview_test` does it with a classifier's softmax and writes
+eval_results.json, confusion_matrix.png, eval_predictions.csv and TensorBoard scalars.
+
+Batches are padded to full per-replica size (and to a whole number of steps) so every
+replica runs every step with static shapes; padding views carry video_index -1 and are
+dropped. Multi-worker: the chief evaluates alone over its local devices (the others get
+None), so no worker waits on another's last batch.
+"""
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import sys
+from typing import Optional, Sequence, Union
+
+import gin
+import tensorflow as tf
+
+from cvrl_tf import evaluation
+from cvrl_tf import train_loop
+from cvrl_tf.data import pipeline
+from cvrl_tf.data import shards
+from cvrl_tf.models.encoder_source import normalized
+
+FilePatterns = Union[str, Sequence[str]]
+RESULTS_FILE = 'eval_results.json'
+
+
+def effective_args(fn, scope: Optional[str] = None) -> dict:
+  """Arguments a gin-configurable runs with: its defaults, then the (scoped) bindings."""
+  target = getattr(fn, '__wrapped__', fn)
+  args = {k: p.default for k, p in inspect.signature(target).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+  name = fn.__name__ if scope is None else f'{scope}/{fn.__name__}'
+  args.update(gin.get_bindings(name))
+  return normalized({k: v for k, v in args.items() if k != 'input_context'})
+
+
+def say(stream, text):
+  if stream is not None:
+    print(text, file=stream, flush=True)
+
+
+def count_videos(file_pattern) -> int:
+  from cvrl_tf import experiments  # pylint: disable=g-import-not-at-top
+  return experiments.count_videos(file_pattern)
+
+
+def is_multi_worker(strategy) -> bool:
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+      strategy.extended._num_workers > 1)  # pylint: disable=protected-access
+
+
+def _eval_input(strategy, files, batch_size: int, scope: Optional[str] = None):
+  """Flat eval views, padded for the replicas; a plain dataset when strategy is None."""
+  def build(ctx):
+    with gin.config_scope(scope) if scope else contextlib.nullcontext():
+      ds = pipeline.build_eval_dataset(files, batch_size, input_context=ctx)
+    if ctx is None:
+      return evaluation.pad_for_replicas(ds, batch_size, 1)
+    per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    return evaluation.pad_for_replicas(ds, ctx.get_per_replica_batch_size(batch_size),
+                                       per_pipeline)
+  if strategy is None:
+    return build(None)
+  return strategy.distribute_datasets_from_function(build)
+
+
+def run_views(strategy, files, batch_size, output_fn, scope=None, progress_stream=None,
+              what='test'):
+  """Per-video mean of output_fn over every view of `files` (evaluation.collect_views).
+
+  Multi-worker: the chief evaluates alone over its local devices (the others return
+  None), so no worker waits on another's last batch.
+  """
+  if is_multi_worker(strategy):
+    if not train_loop.is_chief(strategy):
+      return None
+    strategy = None
+  args = effective_args(pipeline.build_eval_dataset, scope)
+  views = args['num_clips'] * args['num_crops']
+  total = count_videos(files)
+  say(progress_stream, f'{what}: {total} videos x {args["num_clips"]} clips x '
+       f'{args["num_crops"]} crops ({args["clip_len"]} frames, {args["crop_size"]} px)')
+  return evaluation.collect_views(_eval_input(strategy, files, batch_size, scope),
+                                  output_fn, total, views, strategy, progress_stream)
+
+
+def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
+                   eval_batch_size: int, step: Optional[int] = None,
+                   label_map_file: Optional[str] = None,
+                   protocol: str = '', progress_stream=sys.stderr) -> Optional[dict]:
+  """Softmax averaged over each video's views; writes eval_results.json, the confusion
+  matrix PNG, per-video predictions and TensorBoard scalars. Returns the results."""
+  settings = {'test_files': normalized(test_files),
+              'views': effective_args(pipeline.build_eval_dataset)}
+  path = os.path.join(model_dir, RESULTS_FILE)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      previous = json.load(f)
+    if previous.get('checkpoint_step') == step and previous.get('settings') == settings:
+      say(progress_stream, f'already evaluated at step {step}: {path} '
+           f'(top1={previous["top1"]:.4f}); delete it to test again.')
+      return previous
+  videos = run_views(strategy, test_files, eval_batch_size, model.probabilities,
+                     progress_stream=progress_stream)
+  if videos is None:
+    return None
+  names = evaluation.class_names(model.num_classes, label_map_file,
+                                 shards.list_files(test_files))
+  metrics = evaluation.classification_metrics(videos['scores'], videos['label'],
+                                              model.num_classes)
+  png = evaluation.plot_confusion_matrix(
+      metrics['confusion'], names, os.path.join(model_dir, 'confusion_matrix.png'),
+      f'{protocol} step {step}: top-1 {metrics["top1"]:.3f} ({metrics["num_videos"]} '
+      f'videos)')
+  csv = evaluation.write_predictions_csv(
+      os.path.join(model_dir, 'eval_predictions.csv'), videos, names)
+  results = {
+      'protocol': protocol, 'checkpoint_step': step, 'settings': settings,
+      'num_videos': metrics['num_videos'], 'views_per_video': int(videos['num_views'][0]),
+      'top1': metrics['top1'], 'top5': metrics.get('top5'),
+      'mean_class_accuracy': metrics['mean_class_accuracy'],
+      'per_class': {name: {'accuracy': None if math.isnan(acc) else float(acc),
+                           'num_videos': int(n)}
+                    for name, acc, n in zip(names, metrics['per_class_accuracy'],
+                                            metrics['per_class_count'])},
+      'confusion_matrix': metrics['confusion'], 'class_names': names,
+      'confusion_matrix_png': os.path.basename(png),
+      'predictions_csv': os.path.basename(csv)}
+  evaluation.write_json(path, results)
+  writer = tf.summary.create_file_writer(
+      os.path.join(model_dir, train_loop.SUMMARY_SUBDIR, 'eval'))
+  with writer.as_default(step=step or 0):
+    for key in ('top1', 'top5', 'mean_class_accuracy'):
+      if results[key] is not None:
+        tf.summary.scalar(f'multiview/{key}', results[key])
+  writer.close()
+  say(progress_stream, f'{protocol} multi-view test at step {step}: top1='
+       f'{results["top1"]:.4f} top5={results["top5"] or float("nan"):.4f} mean class='
+       f'{results["mean_class_accuracy"]:.4f} -> {path}')
+  return results
+

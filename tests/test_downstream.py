@@ -1,0 +1,231 @@
+"""Downstream protocols end to end on tiny records: linear eval (online and cached),
+fine-tuning / semi-supervised subsets, the multi-view test, k-NN, and source errors.
+
+A toy set whose classes differ in colour (3 classes, 40x48 frames) and a randomly
+initialized R3D-18 x0.25 "pretraining run" written with backbone_io: a frozen random
+encoder already separates colours, so a linear classifier on it must reach high accuracy.
+"""
+
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from cvrl_tf import downstream
+from cvrl_tf import evaluation
+from cvrl_tf import multiview
+from cvrl_tf.data import records
+from cvrl_tf.models import backbone_io
+from cvrl_tf.models import r3d
+
+H, W, FRAMES, CLASSES = 40, 48, 8, ('red', 'green', 'blue')
+NUM_CLIPS, NUM_CROPS = 2, 3
+GIN = f"""
+build_classification_dataset.clip_len = 4
+build_classification_dataset.stride = 1
+build_classification_dataset.crop_size = 32
+build_classification_dataset.shuffle_buffer = 32
+build_classification_dataset.cycle_length = 2
+build_eval_dataset.clip_len = 4
+build_eval_dataset.stride = 1
+build_eval_dataset.num_clips = {NUM_CLIPS}
+build_eval_dataset.num_crops = {NUM_CROPS}
+build_eval_dataset.min_resize = 36
+build_eval_dataset.crop_size = 32
+"""
+TRAIN = dict(global_batch_size=8, warmup_epochs=0, checkpoint_every=10, log_every=10,
+             eval_batch_size=12, seed=0)
+
+
+def _frames(label, rng):
+  out = []
+  for _ in range(FRAMES):
+    frame = rng.integers(0, 90, size=(H, W, 3))
+    frame[..., label] += 150
+    out.append(tf.io.encode_jpeg(frame.astype(np.uint8), quality=90).numpy())
+  return out
+
+
+def _write(path, videos, rng):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for name, label in videos:
+      writer.write(records.make_sequence_example(
+          _frames(label, rng), name, 25.0, H, W, label, CLASSES[label]).SerializeToString())
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp('downstream')
+  rng = np.random.default_rng(0)
+  train = [(f'train{i}', i % 3) for i in range(24)]
+  for shard in range(2):
+    _write(root / f'train-{shard:05d}-of-00002.tfrecord', train[shard::2], rng)
+  _write(root / 'test-00000-of-00001.tfrecord', [(f'test{i}', i % 3) for i in range(9)],
+         rng)
+  records.write_label_map(str(root / 'train_label_map.txt'), CLASSES)
+  pretrain = root / 'pretrain'
+  spec = dict(name='r3d18', width_multiplier=0.25)
+  tf_keras.utils.set_random_seed(0)
+  encoder = r3d.build_backbone(**spec)
+  backbone_io.save_backbone(encoder, backbone_io.current_spec(**spec), str(pretrain), 7)
+  return {'root': root, 'train': str(root / 'train-*.tfrecord'),
+          'test': str(root / 'test-*.tfrecord'), 'pretrain': str(pretrain)}
+
+
+@pytest.fixture(autouse=True)
+def gin_config():
+  gin.clear_config()
+  gin.parse_config(GIN)
+  yield
+  gin.clear_config()
+
+
+def _ckpt_values(prefix, scope):
+  reader = tf.train.load_checkpoint(prefix)
+  return {name[len(scope):]: reader.get_tensor(name)
+          for name, _ in tf.train.list_variables(prefix)
+          if name.startswith(scope) and 'OPTIMIZER_SLOT' not in name}
+
+
+@pytest.fixture(scope='module')
+def linear_run(data, tmp_path_factory):
+  gin.clear_config()
+  gin.parse_config(GIN)
+  model_dir = str(tmp_path_factory.mktemp('linear'))
+  out = downstream.linear_eval(model_dir, train_files=data['train'],
+                               test_files=data['test'], num_classes=3,
+                               pretrain_dir=data['pretrain'], train_steps=60,
+                               learning_rate=32.0, **TRAIN)
+  return model_dir, out
+
+
+def test_linear_eval_learns_with_a_bit_identical_frozen_encoder(data, linear_run):
+  model_dir, out = linear_run
+  assert out['test']['top1'] >= 0.85, out['test']
+  assert out['test']['views_per_video'] == NUM_CLIPS * NUM_CROPS
+  assert out['test']['num_videos'] == 9
+  # Every encoder variable, BN moving statistics included, equals the pretrained one.
+  pretrained = _ckpt_values(backbone_io.latest_backbone(data['pretrain']), 'encoder/')
+  trained = _ckpt_values(tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints')),
+                         'model/encoder/')
+  assert len(trained) == len(pretrained) and any('moving_mean' in k for k in trained)
+  for name, value in pretrained.items():
+    np.testing.assert_array_equal(trained[name], value, err_msg=name)
+  for name in ('eval_results.json', 'confusion_matrix.png', 'eval_predictions.csv',
+               'classifier.json', 'operative_config.gin'):
+    assert os.path.exists(os.path.join(model_dir, name)), name
+  results = json.load(open(os.path.join(model_dir, 'eval_results.json')))
+  assert results['class_names'] == list(CLASSES)  # From the label map beside the shards.
+  assert set(results['per_class']) == set(CLASSES)
+  assert np.sum(results['confusion_matrix']) == 9
+  assert results['checkpoint_step'] == 60
+
+
+def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, capfd):
+  model_dir, out = linear_run
+  again = downstream.linear_eval(model_dir, train_files=data['train'],
+                                 test_files=data['test'], num_classes=3,
+                                 pretrain_dir=data['pretrain'], train_steps=60,
+                                 learning_rate=32.0, **TRAIN)
+  assert 'already evaluated at step 60' in capfd.readouterr().err
+  assert again['test']['top1'] == out['test']['top1']
+  os.remove(os.path.join(model_dir, 'eval_results.json'))
+  before = open(os.path.join(model_dir, 'eval_predictions.csv')).read()
+  results = downstream.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
+  assert results['top1'] == out['test']['top1']
+  assert open(os.path.join(model_dir, 'eval_predictions.csv')).read() == before
+  assert 'videos/s' in capfd.readouterr().err  # Progress of the evaluation loop.
+  with pytest.raises(ValueError, match='different classifier'):
+    downstream.finetune(model_dir, train_files=data['train'], num_classes=3,
+                        pretrain_dir=data['pretrain'], train_steps=1, **TRAIN)
+
+
+def test_multiview_averages_exactly_k_times_3_views_per_video(data):
+  """A stub encoder (mean colour of each view) against a per-view NumPy recomputation."""
+  stub = lambda clips: tf.reduce_mean(clips, axis=[1, 2, 3])
+  videos = multiview.run_views(tf.distribute.get_strategy(), data['test'], 5, stub)
+  assert list(videos['num_views']) == [NUM_CLIPS * NUM_CROPS] * 9
+  from cvrl_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+  per_view = {}
+  for batch in pipeline.build_eval_dataset(data['test'], 7).as_numpy_iterator():
+    for clip, media, view in zip(batch['clips'], batch['media_id'], batch['view_index']):
+      per_view.setdefault(media.decode(), {})[int(view)] = clip.mean(axis=(0, 1, 2))
+  for media, score, label in zip(videos['media_id'], videos['scores'], videos['label']):
+    assert sorted(per_view[media]) == list(range(NUM_CLIPS * NUM_CROPS))
+    np.testing.assert_allclose(score, np.mean(list(per_view[media].values()), axis=0),
+                               rtol=1e-5)
+    assert score.argmax() == label  # The dominant colour is the class.
+
+
+def test_finetune_semi_supervised_subset_and_changed_encoder(data, tmp_path):
+  out = downstream.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
+                            pretrain_dir=data['pretrain'], train_steps=3,
+                            label_fraction=0.25, learning_rate=0.05, **TRAIN)
+  assert out['test'] is None
+  subset = json.load(open(tmp_path / 'label_subset.json'))
+  # 8 videos per class: max(1, floor(0.25 * 8 + 0.5)) = 2 kept per class.
+  labels = []
+  for key in subset['keys']:
+    path, index = key.split('\n')
+    record = list(tf.data.TFRecordDataset(path).skip(int(index)).take(1))[0]
+    labels.append(int(records.parse_sequence_example(record)['label']))
+  assert subset['num_videos'] == 6 and np.bincount(labels).tolist() == [2, 2, 2]
+  pretrained = _ckpt_values(backbone_io.latest_backbone(data['pretrain']), 'encoder/')
+  tuned = _ckpt_values(tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')),
+                       'model/encoder/')
+  changed = [k for k in pretrained if not np.array_equal(pretrained[k], tuned[k])]
+  assert any('moving_mean' in k for k in changed)
+  assert any('kernel' in k for k in changed)
+
+
+def test_cached_linear_eval_reuses_its_cache(data, tmp_path, capfd):
+  cache = str(tmp_path / 'cache')
+  common = dict(train_files=data['train'], num_classes=3, pretrain_dir=data['pretrain'],
+                train_steps=60, learning_rate=32.0, cache_features=True, cache_passes=2,
+                cache_dir=cache, **TRAIN)
+  downstream.linear_eval(str(tmp_path / 'a'), **common)
+  err = capfd.readouterr().err
+  assert 'feature cache: pass 2/2, 24 clips' in err
+  assert os.path.getsize(os.path.join(cache, 'pass-00001.features')) == 24 * 128 * 4
+  out = downstream.linear_eval(str(tmp_path / 'b'), test_files=data['test'], **common)
+  assert 'feature cache: pass' not in capfd.readouterr().err  # Reused.
+  assert out['test']['top1'] >= 0.85
+  with pytest.raises(ValueError, match='other settings'):
+    gin.bind_parameter('build_classification_dataset.crop_size', 24)
+    downstream.linear_eval(str(tmp_path / 'c'), **common)
+
+
+def test_knn_eval_writes_results(data, tmp_path):
+  gin.parse_config('knn_memory/build_eval_dataset.num_clips = 1')
+  out = downstream.knn_eval(str(tmp_path), train_files=data['train'],
+                            test_files=data['test'], pretrain_dir=data['pretrain'],
+                            ks=(1, 5), eval_batch_size=12)
+  assert out['results']['1']['top1'] >= 0.85 and out['num_memory_videos'] == 24
+  assert out['views']['memory']['num_clips'] == 1 and out['views']['test']['num_clips'] == 2
+  saved = json.load(open(tmp_path / 'knn_results.json'))
+  assert saved['results'] == out['results'] and saved['class_names'] == list(CLASSES)
+
+
+def test_encoder_source_errors_name_the_problem(data, tmp_path):
+  common = dict(train_files=data['train'], num_classes=3, train_steps=1)
+  with pytest.raises(FileNotFoundError, match='no backbone found'):
+    downstream.linear_eval(str(tmp_path / 'a'), pretrain_dir=str(tmp_path / 'nope'),
+                           **common)
+  with pytest.raises(ValueError, match='needs pretrain_dir'):
+    downstream.linear_eval(str(tmp_path / 'b'), **common)
+  with pytest.raises(ValueError, match="name: bound 'r3d50' but stored 'r3d18'"):
+    gin.bind_parameter('build_backbone.name', 'r3d50')
+    downstream.linear_eval(str(tmp_path / 'c'), pretrain_dir=data['pretrain'], **common)
+  with pytest.raises(FileNotFoundError, match='not a SavedModel'):
+    downstream.knn_eval(str(tmp_path / 'd'), train_files=data['train'],
+                        test_files=data['test'], encoder_source='hub',
+                        hub_handle=str(tmp_path))
+  with pytest.raises(ValueError, match='encoder_source must be one of'):
+    downstream.knn_eval(str(tmp_path / 'e'), train_files=data['train'],
+                        test_files=data['test'], encoder_source='imagenet')
+  with pytest.raises(FileNotFoundError, match='not the model_dir of a linear_eval'):
+    downstream.evaluate(str(tmp_path), test_files=data['test'])
