@@ -162,7 +162,8 @@ def test_ops_match_numpy_on_hand_cases():
   np.testing.assert_allclose(augment.adjust_contrast(clip, 0.4),
                              (clip - mean) * 0.4 + mean, atol=1e-6)
   gray = clip @ np.array([0.2989, 0.5870, 0.1140], np.float32)
-  np.testing.assert_allclose(augment.to_grayscale(clip), np.stack([gray] * 3, -1), atol=1e-6)
+  np.testing.assert_allclose(augment.to_grayscale(clip), np.stack([gray] * 3, -1),
+                             atol=1e-6)
   np.testing.assert_allclose(augment.solarize(clip), np.where(clip < 0.5, clip, 1 - clip))
 
   kernel = augment.gaussian_kernel(1.3, 5).numpy()

@@ -47,7 +47,8 @@ def sample_crop_windows(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, nu
   fh, fw = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
   area = tf.random.stateless_uniform([num, max_attempts], s_area, *area_range) * fh * fw
   log_lo, log_hi = math.log(aspect_range[0]), math.log(aspect_range[1])
-  aspect = tf.exp(tf.random.stateless_uniform([num, max_attempts], s_aspect, log_lo, log_hi))
+  aspect = tf.exp(
+      tf.random.stateless_uniform([num, max_attempts], s_aspect, log_lo, log_hi))
   cand_w = tf.round(tf.sqrt(area * aspect))
   cand_h = tf.round(tf.sqrt(area / aspect))
   fits = (cand_w <= fw) & (cand_h <= fh) & (cand_w >= 1) & (cand_h >= 1)
@@ -182,7 +183,7 @@ def adjust_contrast(x: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   """Contrast about the per-channel mean of the *whole clip* [T, H, W, 3], so every
   frame gets the same affine map (tf.image's per-frame mean would not)."""
   mean = tf.reduce_mean(x, axis=[-4, -3, -2], keepdims=True)
-  return (x - mean) * factor + mean
+  return x * factor + mean * (1.0 - factor)  # = (x - mean) * factor + mean.
 
 
 def to_grayscale(x: tf.Tensor) -> tf.Tensor:
@@ -191,6 +192,8 @@ def to_grayscale(x: tf.Tensor) -> tf.Tensor:
 
 
 def solarize(x: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+  if threshold == 0.5:
+    return tf.minimum(x, 1.0 - x)  # The same, in two cheap ops.
   return tf.where(x < threshold, x, 1.0 - x)
 
 
@@ -225,7 +228,7 @@ def gaussian_blur(x: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
   if radius < 1:
     return x
   kernel = gaussian_kernel(sigma, radius)
-  y = tf.transpose(x, [0, 1, 3, 2])  # [T, H, C, W]
+  y = tf.reshape(tf.transpose(x, [0, 1, 3, 2]), [-1, w])  # [T * H * C, W]: one GEMM.
   y = tf.matmul(y, _blur_matrix(kernel, w, radius), transpose_b=True)
   y = tf.reshape(y, [-1, h, c * w])
   y = tf.matmul(_blur_matrix(kernel, h, radius), y)  # Broadcast over T.
@@ -337,8 +340,14 @@ def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
     'clips'                      clips done up to colour -> float32
     'crops', 'crop_hw', 'flip'   resize + flip here (needs crop_size)
     'colour_view' [N] or [N, T]  colour / blur here, per clip (or per frame) view
+    'view1', 'view2'             deferred pretraining views: each finished, then
+                                 concatenated (view 1 then view 2)
   Returns float32 [N, T, S, S, 3] in [0, 1], the model input.
   """
+  if 'view1' in batch:
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    return tf.concat([finish_batch(batch['view1'], seeds[0], crop_size),
+                      finish_batch(batch['view2'], seeds[1], crop_size)], axis=0)
   if 'crops' in batch:
     if crop_size is None:
       raise ValueError('this batch has deferred crops: pass crop_size to finish_batch')

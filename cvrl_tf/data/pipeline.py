@@ -3,7 +3,7 @@
 Elements (T = clip_len, S = crop_size; B is per replica when an `input_context` is given,
 i.e. input_context.get_per_replica_batch_size(batch_size)):
   build_pretrain_dataset        N = 2B clips: view 1 of the B videos, then view 2 of the
-                                same videos in the same order.
+                                same videos in the same order (after finish_batch).
   build_classification_dataset  N = B clips, plus 'label' int64 [B].
   build_eval_dataset            flat views: {'clips': float32 [B, T, S, S, 3],
                                 'label': int64 [B], 'video_index': int64 [B],
@@ -13,12 +13,15 @@ i.e. input_context.get_per_replica_batch_size(batch_size)):
 
 Training elements depend on `defer`, the augmentation left to the train step, which
 always calls `clips = augment.finish_batch(batch, seed, crop_size)` (float32
-[N, T, S, S, 3]):
+[N, T, S, S, 3]; for pretraining view 1 then view 2):
   'none'    {'clips': [N, T, S, S, 3]} fully augmented (float32 [0, 1] or uint8).
   'colour'  the same before colour / blur, plus 'colour_view' int32 [N] (1 or 2).
   'resize'  {'crops': uint8 [N, T, Hc, Wc, 3] (decoded crops, top-left on a zero canvas
             of size `canvas`), 'crop_hw': int32 [N, 2], 'flip': bool [N],
-            'colour_view'}; per-frame ablation: crop_hw [N, T, 2], flip / colour_view [N, T].
+            'colour_view'}; per-frame ablation: crop_hw [N, T, 2], flip and
+            colour_view [N, T].
+  Deferred pretraining batches hold the views apart, {'view1': {...}, 'view2': {...}}
+  with N = B each: finish_batch concatenates them, on the accelerator.
 Per video only the frames of the sampled clips are decoded, inside the crop window that
 all frames of a clip share. On CPU the bilinear resize costs half a JPEG decode, hence
 'resize' (see benchmarks/bench_input.py).
@@ -50,7 +53,8 @@ def _clamp_windows(windows: tf.Tensor, canvas: Sequence[int]) -> tf.Tensor:
 
 
 def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, crop_size: int, per_frame: bool,
-                 defer: str, dtype: tf.DType, canvas: Sequence[int]) -> Dict[str, tf.Tensor]:
+                 defer: str, dtype: tf.DType,
+                 canvas: Sequence[int]) -> Dict[str, tf.Tensor]:
   """string [T] JPEGs -> random resized crop + flip of one clip, as a dict (see module
   docstring): one window and flip per clip, or per frame for the ablation.
 
@@ -206,7 +210,10 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
 
   ds = ds.map(_graph_fn(video_to_views), AUTOTUNE, deterministic=deterministic)
   ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
-  ds = ds.map(lambda v1, v2: {k: tf.concat([v1[k], v2[k]], axis=0) for k in v1})
+  if defer == 'none':
+    ds = ds.map(lambda v1, v2: {'clips': tf.concat([v1['clips'], v2['clips']], axis=0)})
+  else:  # finish_batch concatenates, on the accelerator: one copy less on the host.
+    ds = ds.map(lambda v1, v2: {'view1': v1, 'view2': v2})
   return _finish(ds, deterministic)
 
 

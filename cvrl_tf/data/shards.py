@@ -62,12 +62,15 @@ def list_files(file_pattern: FilePatterns, validate: bool = True) -> List[str]:
       raise ValueError(f'file pattern {pattern!r} matches no file')
     files.extend(matched)
   files = sorted(set(files))
+  # A list, not a generator: every file is checked, not only up to the first good one.
   if validate and not any([check_tfrecord_file(f) for f in files]):
     raise ValueError(f'all {len(files)} files of {patterns} are empty: {files[:3]}...')
   return files
 
 
 def shard_files(files: List[str], input_context: Optional[tf.distribute.InputContext]):
+  """-> (this input pipeline's files, pipeline id, number of pipelines): whole files per
+  pipeline, so no record is read by two pipelines."""
   if input_context is None or input_context.num_input_pipelines == 1:
     return files, 0, 1
   n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -78,14 +81,16 @@ def shard_files(files: List[str], input_context: Optional[tf.distribute.InputCon
 
 
 def read_records(files: List[str], shuffle: bool, repeat: bool, seed: Optional[int],
-          cycle_length: int, deterministic: bool) -> tf.data.Dataset:
-  """-> (file string, index-in-file int64, serialized record) triples."""
+                 cycle_length: int, deterministic: bool) -> tf.data.Dataset:
+  """-> (file string, index-in-file int64, serialized record) triples, files read in
+  parallel (interleaved), optionally shuffled at file level and repeated."""
   ds = tf.data.Dataset.from_tensor_slices(files)
   if shuffle:
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
 
+  @tf.autograph.experimental.do_not_convert
   def per_file(f):
     return tf.data.TFRecordDataset(f).enumerate().map(lambda i, r: (f, i, r))
 
@@ -164,6 +169,10 @@ def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> L
 
 
 def filter_keys(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset:
+  """Keeps the (file, index, record) triples of read_records whose key is in `keys`.
+
+  Still reads every record (a 1% subset costs a full pass per epoch); for big sets,
+  write the subset to its own shards once."""
   table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys)),
                                           tf.ones([len(keys)], tf.int32)), 0)
