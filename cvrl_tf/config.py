@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 def register_configurables() -> None:
   # pylint: disable=g-import-not-at-top,unused-import
   # Importing these registers every configurable (they import the rest).
+  from cvrl_tf import downstream  # noqa: F401
   from cvrl_tf import experiments  # noqa: F401
 
 
