@@ -384,7 +384,7 @@ def evaluate(model_dir: str,
     say(progress_stream, f'evaluate: {prefix} (step {step})')
     return multiview.multiview_test(model, strategy, model_dir, test_files, eval_batch_size,
                                     step, label_map_file, info['protocol'],
-                                    progress_stream)
+                                    progress_stream, reuse=False)
 
 
 @gin.configurable(denylist=['model_dir'])

@@ -96,13 +96,18 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
 def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
                    eval_batch_size: int, step: Optional[int] = None,
                    label_map_file: Optional[str] = None,
-                   protocol: str = '', progress_stream=sys.stderr) -> Optional[dict]:
+                   protocol: str = '', progress_stream=sys.stderr,
+                   reuse: bool = True) -> Optional[dict]:
   """Softmax averaged over each video's views; writes eval_results.json, the confusion
-  matrix PNG, per-video predictions and TensorBoard scalars. Returns the results."""
+  matrix PNG, per-video predictions and TensorBoard scalars. Returns the results.
+
+  reuse: return the stored results instead when they are for the same checkpoint step
+  and settings (a re-run of a finished linear_eval / finetune command).
+  """
   settings = {'test_files': normalized(test_files),
               'views': effective_args(pipeline.build_eval_dataset)}
   path = os.path.join(model_dir, RESULTS_FILE)
-  if tf.io.gfile.exists(path):
+  if reuse and tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       previous = json.load(f)
     if previous.get('checkpoint_step') == step and previous.get('settings') == settings:
