@@ -21,6 +21,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py --out=$(DEMO_OUT)
 
+# The demo plus two pretraining ablations (per-frame augmentation, uniform intervals).
+demo-ablations: $(STAMP)
+	$(PY) tools/demo.py --out=$(DEMO_OUT) --ablations
+
 demo-clean:
 	rm -rf $(DEMO_OUT)
 

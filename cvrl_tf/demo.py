@@ -1,0 +1,340 @@
+"""`make demo`: the whole CVRL pipeline on the embedded synthetic dataset, step by step.
+
+Every step runs the command a user would type (console scripts of this venv, gin files
+under gin/demo/), as a subprocess whose progress output is passed through:
+
+  1. cvrl_synth                          -> OUT/videos (8 motion classes, train/test CSVs)
+  2. cvrl_convert (train, test)          -> OUT/records
+  3. cvrl_train gin/demo/pretrain.gin    -> OUT/runs/cvrl
+  4. cvrl_train gin/demo/linear_eval.gin -> OUT/runs/cvrl_linear, random_linear
+  5. cvrl_train gin/demo/knn_eval.gin    -> OUT/runs/cvrl_knn, random_knn
+  6. cvrl_export                         -> OUT/export (TF Hub SavedModel)
+  7. cvrl_embed (hub.KerasLayer)         -> OUT/embeddings/test.npy
+  8. results.md + plots                  -> OUT/results.md, OUT/*.png
+
+--ablations adds pretraining + linear (and k-NN) evaluation with per-frame augmentation
+and with uniform interval sampling. A step whose outputs exist is skipped, so re-running
+reuses everything already done (`make demo-clean` starts over); an interrupted
+pretraining resumes from its last checkpoint. --quick is a seconds-long smoke run of the
+same steps (tiny dataset and model, a few steps) used by the tests.
+"""
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from cvrl_tf import demo_report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join('gin', 'demo')
+TIMINGS_FILE = 'timings.json'
+NUM_CLASSES = 8  # of the synthetic dataset (cvrl_tf/data/synthetic.py)
+
+
+class DemoError(RuntimeError):
+  """A step failed; the message names the command to re-run by hand."""
+
+
+# Pretraining variants: (run name, table label, extra bindings).
+MAIN_RUN = ('cvrl', 'CVRL (pretrained)', [])
+ABLATIONS = [
+    ('cvrl_per_frame', 'CVRL, per-frame augmentation',
+     ['build_pretrain_dataset.per_frame_augment=True']),
+    ('cvrl_uniform', 'CVRL, uniform interval sampling',
+     ["build_pretrain_dataset.interval_family='uniform'"]),
+]
+
+
+def quick_settings() -> dict:
+  """Scaled-down settings of every step (tests): 2 videos per class, 32 px, 4 frames."""
+  return {
+      'synth': ['--num_train=2', '--num_test=2', '--size=32', '--seconds=1'],
+      'shards': {'train': 2, 'test': 1},
+      'convert': ['--workers=0'],  # a pool costs more than 32 tiny videos.
+      'pretrain': ['pretrain.train_steps=2', 'pretrain.global_batch_size=8',
+                   'pretrain.warmup_epochs=0',
+                   'pretrain.checkpoint_every=1', 'pretrain.log_every=1',
+                   'build_pretrain_dataset.clip_len=4', 'build_pretrain_dataset.crop_size=32',
+                   'build_pretrain_dataset.shuffle_buffer=16'],
+      'classify': ['{fn}.train_steps=2', '{fn}.global_batch_size=8', '{fn}.warmup_epochs=0',
+                   '{fn}.log_every=1', '{fn}.checkpoint_every=1',
+                   'build_classification_dataset.clip_len=4',
+                   'build_classification_dataset.crop_size=32'],
+      'views': ['build_eval_dataset.clip_len=4', 'build_eval_dataset.num_clips=1',
+                'build_eval_dataset.num_crops=1', 'build_eval_dataset.min_resize=32',
+                'build_eval_dataset.crop_size=32'],
+      'embed': ['--num_clips=2', '--short_side=32', '--batch_size=4'],
+  }
+
+
+def default_settings() -> dict:
+  return {'synth': [], 'shards': {'train': 4, 'test': 2}, 'convert': [], 'pretrain': [],
+          'classify': [], 'views': [], 'embed': ['--num_clips=4', '--short_side=64']}
+
+
+def tool_command(name: str) -> List[str]:
+  """The console script of this interpreter's venv, else the tools/ script."""
+  script = os.path.join(os.path.dirname(sys.executable), name)
+  if os.path.exists(script):
+    return [script]
+  return [sys.executable, os.path.join(REPO, 'tools', f'{name}.py')]
+
+
+def format_seconds(seconds: float) -> str:
+  minutes, secs = divmod(int(round(seconds)), 60)
+  return f'{minutes}:{secs:02d}'
+
+
+class Demo:
+  """Runs the steps in order, skipping those already done; records their durations."""
+
+  def __init__(self, out: str, quick: bool = False, ablations: bool = False,
+               gin_dir: str = GIN_DIR, stream=sys.stdout):
+    self.out = os.path.abspath(out)
+    self.gin_dir = gin_dir
+    self.quick = quick
+    self.ablations = ablations
+    self.settings = quick_settings() if quick else default_settings()
+    self.stream = stream
+    self.t0 = time.perf_counter()
+    self.step_number = 0
+    os.makedirs(self.out, exist_ok=True)
+    self.timings = demo_report.read_json(self.path(TIMINGS_FILE)) or {}
+
+  # ----------------------------------------------------------------------- helpers
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.out, *parts)
+
+  def say(self, text: str) -> None:
+    print(text, file=self.stream, flush=True)
+
+  def header(self, title: str) -> None:
+    self.step_number += 1
+    elapsed = format_seconds(time.perf_counter() - self.t0)
+    self.say(f'\n=== [{elapsed} elapsed] step {self.step_number}: {title}')
+
+  def run(self, key: str, cmd: Sequence[str]) -> float:
+    """Runs cmd with its output passed through; adds its duration to timings[key]."""
+    self.say('$ ' + ' '.join(shlex.quote(c) for c in cmd))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
+    start = time.perf_counter()
+    code = subprocess.call(list(cmd), cwd=REPO, env=env)
+    seconds = time.perf_counter() - start
+    if code != 0:
+      raise DemoError(f'step failed (exit {code}): ' + ' '.join(shlex.quote(c) for c in cmd))
+    self.timings[key] = self.timings.get(key, 0.0) + seconds
+    with open(self.path(TIMINGS_FILE) + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(self.timings, f, indent=1)
+    os.replace(self.path(TIMINGS_FILE) + '.tmp', self.path(TIMINGS_FILE))
+    self.say(f'--- done in {format_seconds(seconds)}')
+    return seconds
+
+  def skip(self, what: str) -> None:
+    self.say(f'--- already done ({what}); `make demo-clean` to redo')
+
+  def train(self, gin_files: Sequence[str], model_dir: str,
+            bindings: Sequence[str]) -> List[str]:
+    cmd = tool_command('cvrl_train')
+    cmd += [f'--gin_file={os.path.join(self.gin_dir, g)}' for g in gin_files]
+    cmd += [f'--model_dir={model_dir}']
+    cmd += [f'--gin_bindings={b}' for b in bindings]
+    return cmd
+
+  def records(self, split: str) -> str:
+    return self.path('records', f'{split}-*.tfrecord')
+
+  # ----------------------------------------------------------------------- steps
+  def make_dataset(self) -> None:
+    self.header('synthetic dataset (cvrl_synth)')
+    videos = self.path('videos')
+    if all(os.path.exists(os.path.join(videos, f))
+           for f in ('train.csv', 'test.csv', 'classes.txt')):
+      return self.skip(videos)
+    self.run('synth', tool_command('cvrl_synth') + [f'--output_dir={videos}'] +
+             self.settings['synth'])
+
+  def convert(self) -> None:
+    for split in ('train', 'test'):
+      self.header(f'{split} videos -> TFRecord shards (cvrl_convert)')
+      manifest = self.path('records', f'{split}_manifest.json')
+      if os.path.exists(manifest):
+        self.skip(manifest)
+        continue
+      self.run(f'convert_{split}', tool_command('cvrl_convert') + [
+          f'--csv={self.path("videos", split + ".csv")}',
+          f'--class_list={self.path("videos", "classes.txt")}',
+          f'--output_dir={self.path("records")}', f'--prefix={split}',
+          f'--num_shards={self.settings["shards"][split]}', '--short_side=0'] +
+               self.settings['convert'])
+
+  def pretrain(self, name: str, label: str, extra: Sequence[str]) -> None:
+    self.header(f'CVRL pretraining: {label} (cvrl_train {self.gin_dir}/pretrain.gin)')
+    model_dir = self.path('runs', name)
+    if os.path.exists(os.path.join(model_dir, 'backbone', 'backbone.json')):
+      return self.skip(model_dir)
+    bindings = [f"pretrain.train_files='{self.records('train')}'"]
+    self.run(f'pretrain_{name}', self.train(
+        ['pretrain.gin'], model_dir, bindings + self.settings['pretrain'] + list(extra)))
+
+  def _downstream(self, protocol: str, encoder: str, model_dir: str,
+                  done_file: str) -> None:
+    """protocol: 'linear_eval' or 'knn_eval'; encoder: a pretraining run name or
+    'random' (the same architecture, randomly initialized)."""
+    if os.path.exists(os.path.join(model_dir, done_file)):
+      return self.skip(os.path.join(model_dir, done_file))
+    gin_files = [f'{protocol}.gin']
+    bindings = [f"{protocol}.train_files='{self.records('train')}'",
+                f"{protocol}.test_files='{self.records('test')}'",
+                f"{protocol}.label_map_file="
+                f"'{self.path('records', 'train_label_map.txt')}'"]
+    if encoder == 'random':
+      gin_files.insert(0, 'encoder.gin')
+      bindings.append(f"{protocol}.encoder_source='random'")
+    else:
+      bindings += [f"{protocol}.encoder_source='model_dir'",
+                   f"{protocol}.pretrain_dir='{self.path('runs', encoder)}'"]
+    if protocol == 'linear_eval':
+      bindings += [b.format(fn=protocol) for b in self.settings['classify']]
+    bindings += self.settings['views']
+    if protocol == 'knn_eval':
+      bindings += ['knn_memory/' + b for b in self.settings['views']]
+    self.run(f'{protocol}_{encoder}', self.train(gin_files, model_dir, bindings))
+
+  def linear_eval(self, encoder: str, label: str) -> None:
+    self.header(f'linear evaluation: {label} (cvrl_train {self.gin_dir}/linear_eval.gin)')
+    self._downstream('linear_eval', encoder, self.path('runs', f'{encoder}_linear'),
+                     'eval_results.json')
+
+  def knn_eval(self, encoder: str, label: str) -> None:
+    self.header(f'k-NN evaluation: {label} (cvrl_train {self.gin_dir}/knn_eval.gin)')
+    self._downstream('knn_eval', encoder, self.path('runs', f'{encoder}_knn'),
+                     'knn_results.json')
+
+  def export(self) -> None:
+    self.header('export the encoder as a TF Hub SavedModel (cvrl_export)')
+    export_dir = self.path('export')
+    if os.path.exists(os.path.join(export_dir, 'saved_model.pb')):
+      return self.skip(export_dir)
+    self.run('export', tool_command('cvrl_export') + [
+        f'--model_dir={self.path("runs", MAIN_RUN[0])}', f'--export_dir={export_dir}'])
+
+  def embed(self) -> None:
+    self.header('embed the test videos with hub.KerasLayer (cvrl_embed)')
+    prefix = self.path('embeddings', 'test')
+    if os.path.exists(prefix + '.npy'):
+      return self.skip(prefix + '.npy')
+    # Frames and stride of the pretraining clips (the export does not carry them yet).
+    clip_len = self._pretrain_setting('build_pretrain_dataset.clip_len') or 8
+    stride = self._pretrain_setting('build_pretrain_dataset.stride') or 2
+    self.run('embed', tool_command('cvrl_embed') + [
+        f'--input={self.path("videos", "test.csv")}', f'--output={prefix}',
+        f'--hub_model={self.path("export")}', f'--num_frames={clip_len}',
+        f'--frame_stride={stride}'] + self.settings['embed'])
+
+  # ----------------------------------------------------------------------- report
+  def report(self, variants: Sequence[tuple]) -> str:
+    self.header('results: table and plots')
+    rows = []
+    for name, label, _ in variants:
+      rows.append({'method': label,
+                   'linear': demo_report.linear_top1(self.path('runs', f'{name}_linear')),
+                   'knn': demo_report.knn_top1(self.path('runs', f'{name}_knn'))[0],
+                   'pretrain_seconds': self.timings.get(f'pretrain_{name}')})
+    rows.insert(1, {'method': 'random init (same encoder)',
+                    'linear': demo_report.linear_top1(self.path('runs', 'random_linear')),
+                    'knn': demo_report.knn_top1(self.path('runs', 'random_knn'))[0]})
+    table = demo_report.format_table(rows, NUM_CLASSES)
+    _, k = demo_report.knn_top1(self.path('runs', f'{MAIN_RUN[0]}_knn'))
+    total = sum(v for key, v in self.timings.items())
+    notes = [
+        f'Test split of the synthetic motion dataset ({NUM_CLASSES} classes, chance '
+        f'{100 / NUM_CLASSES:.1f}%). Linear: frozen encoder + one Dense layer '
+        f'(gin/demo/linear_eval.gin), multi-view test. kNN: cosine k-NN'
+        + (f', k={k}' if k else '') + ' (gin/demo/knn_eval.gin).',
+        f'Pretraining time: wall clock of cvrl_train (gin/demo/pretrain.gin). All steps: '
+        f'{format_seconds(total)} (sum of the commands actually run, over all '
+        f'invocations of the demo; load average at the end: '
+        f'{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores).']
+    text = '# CVRL demo results\n\n' + table + '\n\n' + '\n\n'.join(notes) + '\n'
+    with open(self.path('results.md'), 'w', encoding='utf-8') as f:
+      f.write(text)
+    self.say(table)
+
+    curves = {}
+    for name, label, _ in variants:
+      summaries = self.path('runs', name, 'summaries')
+      if os.path.isdir(summaries):
+        curves[label] = demo_report.read_scalars(summaries, 'loss')
+    batch = self._pretrain_setting('pretrain.global_batch_size')
+    demo_report.plot_loss_curves(
+        curves, self.path('pretrain_loss.png'),
+        None if batch is None else math.log(2 * batch - 1))
+    demo_report.plot_accuracy_bars(rows, NUM_CLASSES, self.path('accuracy.png'))
+    embeddings, labels = demo_report.read_embeddings(self.path('embeddings', 'test'))
+    demo_report.plot_embeddings(
+        embeddings, labels, self.path('embeddings_pca.png'),
+        f'Test videos, exported CVRL encoder ({embeddings.shape[1]}-d), PCA')
+    self.say(f'wrote {self.path("results.md")}, pretrain_loss.png, accuracy.png, '
+             f'embeddings_pca.png in {self.out}')
+    return text
+
+  def _pretrain_setting(self, name: str) -> Optional[int]:
+    """An integer binding of the main pretraining run, from its operative config."""
+    path = self.path('runs', MAIN_RUN[0], 'operative_config.gin')
+    if not os.path.exists(path):
+      return None
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        key, _, value = line.partition('=')
+        if key.strip() == name:
+          return int(value)
+    return None
+
+  # ----------------------------------------------------------------------- all
+  def run_all(self) -> str:
+    variants = [MAIN_RUN] + (ABLATIONS if self.ablations else [])
+    self.say(f'CVRL demo -> {self.out}' + (' (quick)' if self.quick else '') +
+             (' with ablations' if self.ablations else ''))
+    self.make_dataset()
+    self.convert()
+    self.pretrain(*MAIN_RUN)
+    self.linear_eval(MAIN_RUN[0], MAIN_RUN[1])
+    self.linear_eval('random', 'random init (same encoder)')
+    self.knn_eval(MAIN_RUN[0], MAIN_RUN[1])
+    self.knn_eval('random', 'random init (same encoder)')
+    self.export()
+    self.embed()
+    for variant in ABLATIONS if self.ablations else []:
+      self.pretrain(*variant)
+      self.linear_eval(variant[0], variant[1])
+      self.knn_eval(variant[0], variant[1])
+    text = self.report(variants)
+    self.say(f'\n=== demo finished in {format_seconds(time.perf_counter() - self.t0)}')
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', default='demo_out', help='output folder (default demo_out)')
+  parser.add_argument('--ablations', action='store_true',
+                      help='also pretrain with per-frame augmentation and with uniform '
+                      'interval sampling, and evaluate them')
+  parser.add_argument('--quick', action='store_true',
+                      help='tiny smoke run (tests): 2 videos per class, 32 px, 4 frames')
+  parser.add_argument('--gin_dir', default=GIN_DIR,
+                      help=f'folder of pretrain.gin, linear_eval.gin, knn_eval.gin and '
+                      f'encoder.gin (default {GIN_DIR}, relative to the repo)')
+  args = parser.parse_args(argv)
+  try:
+    Demo(args.out, quick=args.quick, ablations=args.ablations,
+         gin_dir=args.gin_dir).run_all()
+  except DemoError as e:
+    print(f'demo: {e}', file=sys.stderr)
+    return 1
+  return 0

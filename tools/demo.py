@@ -1,0 +1,15 @@
+#!/usr/bin/env python
+"""`make demo`: the CVRL pipeline end to end on the embedded synthetic dataset.
+
+  python tools/demo.py --out=demo_out [--ablations] [--quick]
+
+Library code: cvrl_tf/demo.py (steps) and cvrl_tf/demo_report.py (table, plots).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from cvrl_tf import demo  # noqa: E402
+
+if __name__ == '__main__':
+  sys.exit(demo.main())
