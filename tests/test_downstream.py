@@ -22,6 +22,7 @@ from cvrl_tf.data import records
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
 
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 H, W, FRAMES, CLASSES = 40, 48, 8, ('red', 'green', 'blue')
 NUM_CLIPS, NUM_CROPS = 2, 3
 GIN = f"""
@@ -232,3 +233,26 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
                         test_files=data['test'], encoder_source='imagenet')
   with pytest.raises(FileNotFoundError, match='not the model_dir of a linear_eval'):
     downstream.evaluate(str(tmp_path), test_files=data['test'])
+
+
+@pytest.mark.parametrize('path, protocol, expected', [
+    ('linear_eval_k400.gin', 'linear_eval', dict(learning_rate=32.0, train_epochs=100,
+                                                 global_batch_size=1024, num_classes=400)),
+    ('linear_eval_k600.gin', 'linear_eval', dict(learning_rate=32.0, num_classes=600)),
+    ('finetune_ucf101.gin', 'finetune', dict(num_classes=101, dropout_rate=0.5)),
+    ('finetune_hmdb51.gin', 'finetune', dict(num_classes=51, dropout_rate=0.5)),
+    ('semi_supervised_k400_1pct.gin', 'finetune', dict(label_fraction=0.01)),
+    ('semi_supervised_k400_10pct.gin', 'finetune', dict(label_fraction=0.1)),
+    ('demo/linear_eval.gin', 'linear_eval', dict(num_classes=8, cache_features=True)),
+    ('demo/knn_eval.gin', 'knn_eval', dict(ks=(5, 1, 20))),
+])
+def test_protocol_gin_files(path, protocol, expected):
+  from cvrl_tf import config  # pylint: disable=g-import-not-at-top
+  config.parse([os.path.join(GIN_DIR, path)], [])
+  assert gin.query_parameter('run.experiment').selector == protocol
+  for key, value in expected.items():
+    assert gin.query_parameter(f'{protocol}.{key}') == value, key
+  if not path.startswith('demo/'):  # The paper's test: 10 clips x 3 crops of 256 px.
+    assert [gin.query_parameter(f'build_eval_dataset.{k}') for k in
+            ('num_clips', 'num_crops', 'min_resize', 'crop_size', 'clip_len')] == [
+                10, 3, 256, 256, 32]
