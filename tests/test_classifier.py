@@ -107,3 +107,21 @@ def test_probabilities_and_label_out_of_range():
     model.train_step({'clips': clips, 'label': tf.fill([8], 3)})
   with pytest.raises(KeyError, match="'clips'"):
     model.train_step({'frames': clips, 'label': tf.zeros([8], tf.int64)})
+
+
+class _RawEncoder(tf_keras.layers.Layer):
+  """Like a hub.KerasLayer: variables without Keras conv layers around them."""
+
+  def build(self, input_shape):
+    self.kernel = self.add_weight(name='conv/kernel', shape=(3, 8))
+    self.gamma = self.add_weight(name='bn/gamma', shape=(8,), initializer='ones')
+
+  def call(self, clips, training=None):
+    return tf.matmul(tf.reduce_mean(clips, axis=[1, 2, 3]), self.kernel) * self.gamma
+
+
+def test_weight_decay_finds_kernels_of_non_keras_encoders():
+  model = classifier.VideoClassifier(_RawEncoder(), 3, weight_decay=1e-4)
+  model.build(tf.TensorShape([None, *CLIPS]))
+  decayed = {v.ref() for v in model.decayed_variables()}
+  assert decayed == {model.encoder.kernel.ref(), model.head.dense.kernel.ref()}

@@ -22,6 +22,7 @@ Batches: the classification pipeline's dicts ({'clips' or deferred 'crops', ...,
 feature cache (linear eval only: the head trains on precomputed encoder outputs).
 """
 
+import re
 from typing import Optional
 
 import tensorflow as tf
@@ -107,9 +108,18 @@ class VideoClassifier(tf_keras.Model):
         inner.build(self.trainable_variables)
 
   def decayed_variables(self):
-    """Trainable conv/dense kernels (a Python layer walk, done once)."""
+    """Trainable conv/dense kernels (a Python layer walk, done once).
+
+    A hub.KerasLayer encoder has no Keras conv layers to walk: its trainable variables
+    named '.../kernel' (what the R3D export keeps) are decayed instead.
+    """
     if self._decayed is None:
-      self._set_decayed(weight_decay_lib.weight_decay_variables(self))
+      variables = weight_decay_lib.weight_decay_variables(self)
+      known = {v.ref() for v in variables}
+      if not any(v.ref() in known for v in self.encoder.trainable_variables):
+        variables += [v for v in self.encoder.trainable_variables
+                      if re.search(r'(^|/)(depthwise_|pointwise_)?kernel(:\d+)?$', v.name)]
+      self._set_decayed(variables)
     return self._decayed
 
   @tf.__internal__.tracking.no_automatic_dependency_tracking
