@@ -265,16 +265,14 @@ def knn_classify(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndar
 # ------------------------------------------------------------------------- outputs
 def class_names(num_classes: int, label_map_file: Optional[str] = None,
                 files: Optional[Sequence[str]] = None, max_records: int = 5000):
-  """Names of the classes: from the label map given, else a `*_label_map.txt` next to
-  the shards (cvrl_convert writes one), else `clip/label/string` of the first records,
-  else 'class_<i>'."""
+  """Names of the classes: from the label map given, else the label map cvrl_convert
+  wrote beside the shards, else `clip/label/string` of the first records (up to
+  max_records), else 'class_<i>'."""
   names = None
   if label_map_file:
     names = records.read_label_map(label_map_file)
   elif files:
-    found = tf.io.gfile.glob(os.path.join(os.path.dirname(files[0]), '*_label_map.txt'))
-    if len(found) == 1:
-      names = records.read_label_map(found[0])
+    names = _label_map_beside(files[0])
   if names is None and files:
     names = _names_from_records(files, num_classes, max_records)
   names = list(names or [])
@@ -283,6 +281,18 @@ def class_names(num_classes: int, label_map_file: Optional[str] = None,
                      f'classifier has num_classes={num_classes}')
   return [names[i] if i < len(names) and names[i] else f'class_{i}'
           for i in range(num_classes)]
+
+
+def _label_map_beside(shard: str):
+  """The converter's `<prefix>_label_map.txt` of this shard's prefix, else the only (or
+  the identical) label map(s) in its folder."""
+  folder, base = os.path.dirname(shard), os.path.basename(shard)
+  own = os.path.join(folder, base.split('-')[0] + '_label_map.txt')
+  if tf.io.gfile.exists(own):
+    return records.read_label_map(own)
+  maps = [records.read_label_map(p) for p in
+          tf.io.gfile.glob(os.path.join(folder, '*_label_map.txt'))]
+  return maps[0] if maps and all(m == maps[0] for m in maps) else None
 
 
 def _names_from_records(files, num_classes, max_records):

@@ -170,3 +170,18 @@ def test_outputs_png_json_csv_and_class_names(tmp_path):
   assert evaluation.class_names(3) == ['class_0', 'class_1', 'class_2']
   with pytest.raises(ValueError, match='num_classes=3'):
     evaluation.class_names(3, str(label_map))
+
+
+def test_class_names_found_beside_the_shards_or_in_the_records(tmp_path):
+  from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+  jpeg = tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy()
+  shard = str(tmp_path / 'test-00000-of-00001.tfrecord')
+  with tf.io.TFRecordWriter(shard) as writer:
+    for label, name in [(1, 'jump'), (0, 'run'), (1, 'jump')]:
+      writer.write(records.make_sequence_example([jpeg], name, 25.0, 8, 8, label,
+                                                 name).SerializeToString())
+  assert evaluation.class_names(3, files=[shard]) == ['run', 'jump', 'class_2']
+  records.write_label_map(str(tmp_path / 'train_label_map.txt'), ['a', 'b'])
+  assert evaluation.class_names(2, files=[shard]) == ['a', 'b']  # The only map there.
+  records.write_label_map(str(tmp_path / 'test_label_map.txt'), ['x', 'y'])
+  assert evaluation.class_names(2, files=[shard]) == ['x', 'y']  # The shard's own map.
