@@ -62,7 +62,7 @@ def quick_settings() -> dict:
                    'build_pretrain_dataset.clip_len=4', 'build_pretrain_dataset.crop_size=32',
                    'build_pretrain_dataset.shuffle_buffer=16'],
       'classify': ['{fn}.train_steps=2', '{fn}.global_batch_size=8', '{fn}.warmup_epochs=0',
-                   '{fn}.log_every=1', '{fn}.checkpoint_every=1',
+                   '{fn}.log_every=1', '{fn}.checkpoint_every=1', '{fn}.cache_passes=1',
                    'build_classification_dataset.clip_len=4',
                    'build_classification_dataset.crop_size=32'],
       'views': ['build_eval_dataset.clip_len=4', 'build_eval_dataset.num_clips=1',

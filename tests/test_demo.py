@@ -1,0 +1,126 @@
+"""Tests for `make demo`: the report helpers, and a scaled-down demo end to end.
+
+The end-to-end test runs `tools/demo.py --quick` (2 videos per class, 32 px, 4 frames,
+2 training steps) through the same console scripts and gin files as `make demo`, then
+checks every artifact exists and parses, and that a second run redoes nothing.
+"""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvrl_tf import demo
+from cvrl_tf import demo_report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+# ------------------------------------------------------------------------- helpers
+def test_pca_2d_recovers_the_main_axis():
+  rng = np.random.default_rng(0)
+  t = rng.normal(size=200)
+  t -= t.mean()
+  x = np.stack([3 * t, -3 * t, 0.01 * rng.normal(size=200)], axis=1) + 5.0
+  proj = demo_report.pca_2d(x)
+  assert proj.shape == (200, 2)
+  np.testing.assert_allclose(proj.mean(axis=0), 0.0, atol=1e-9)
+  # All the variance is on PC 1, which is +-t * 3 sqrt(2).
+  np.testing.assert_allclose(np.abs(proj[:, 0]), np.abs(t) * 3 * np.sqrt(2), rtol=1e-3)
+  assert np.var(proj[:, 1]) < 1e-3
+
+
+def test_pca_2d_of_one_dimensional_data_pads():
+  assert demo_report.pca_2d(np.arange(5.0)[:, None]).shape == (5, 2)
+
+
+def test_format_table_has_every_row_and_chance():
+  table = demo_report.format_table(
+      [{'method': 'CVRL', 'linear': 0.75, 'knn': 0.5, 'pretrain_seconds': 90},
+       {'method': 'random', 'linear': 0.25, 'knn': None}], num_classes=8)
+  lines = table.splitlines()
+  assert lines[0].startswith('| method | linear top-1')
+  assert lines[2] == '| CVRL | 75.0 | 50.0 | 1.5 min |'
+  assert lines[3] == '| random | 25.0 | - | - |'
+  assert lines[4] == '| chance | 12.5 | 12.5 | - |'
+
+
+def test_read_scalars_merges_event_files_later_write_wins(tmp_path):
+  for values in ([(1, 4.0), (2, 3.0)], [(2, 2.5), (3, 2.0)]):  # a resumed run
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+      for step, value in values:
+        tf.summary.scalar('loss', value, step=step)
+        tf.summary.scalar('other', -1.0, step=step)
+    writer.close()
+  steps, values = demo_report.read_scalars(str(tmp_path), 'loss')
+  np.testing.assert_array_equal(steps, [1, 2, 3])
+  np.testing.assert_allclose(values, [4.0, 2.5, 2.0])
+
+
+def test_plots_are_png(tmp_path):
+  rows = [{'method': 'CVRL', 'linear': 0.6, 'knn': 0.4}, {'method': 'random'}]
+  paths = [
+      demo_report.plot_loss_curves({'a': (np.arange(3), np.ones(3))},
+                                   str(tmp_path / 'loss.png'), chance_loss=4.1),
+      demo_report.plot_accuracy_bars(rows, 8, str(tmp_path / 'acc.png')),
+      demo_report.plot_embeddings(np.random.default_rng(0).normal(size=(6, 4)),
+                                  ['a', 'b'] * 3, str(tmp_path / 'pca.png'), 'x')]
+  for path in paths:
+    with open(path, 'rb') as f:
+      assert f.read(8) == PNG_SIGNATURE
+
+
+def test_quick_settings_bind_the_protocol_name():
+  bindings = [b.format(fn='linear_eval') for b in demo.quick_settings()['classify']]
+  assert 'linear_eval.train_steps=2' in bindings
+
+
+# ------------------------------------------------------------------------- end to end
+@pytest.mark.skipif(
+    not all(os.path.exists(os.path.join(REPO, 'gin', 'demo', f))
+            for f in ('linear_eval.gin', 'knn_eval.gin')),
+    reason='gin/demo/linear_eval.gin and knn_eval.gin (downstream protocols) not there')
+def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
+  out = tmp_path / 'demo'
+  cmd = [sys.executable, os.path.join(REPO, 'tools', 'demo.py'), f'--out={out}', '--quick']
+  first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+  # Results table: CVRL, random init and chance rows with numbers.
+  results = (out / 'results.md').read_text()
+  rows = [l for l in results.splitlines() if l.startswith('| ')]
+  assert [r.split('|')[1].strip() for r in rows[1:]] == [
+      'CVRL (pretrained)', 'random init (same encoder)', 'chance']
+  for row in rows[2:4]:
+    linear, knn = (float(c) for c in row.split('|')[2:4])
+    assert 0 <= linear <= 100 and 0 <= knn <= 100
+
+  for name in ('pretrain_loss.png', 'accuracy.png', 'embeddings_pca.png'):
+    with open(out / name, 'rb') as f:
+      assert f.read(8) == PNG_SIGNATURE, name
+
+  # The export loads as a Keras layer and maps clips to pooled features.
+  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+  layer = hub.KerasLayer(str(out / 'export'), trainable=False)
+  features = layer(tf.zeros([1, 4, 32, 32, 3]))
+  assert len(features.shape) == 2 and features.shape[0] == 1
+
+  # Embeddings of the 16 test videos (8 classes x 2), same width as the export.
+  embeddings = np.load(out / 'embeddings' / 'test.npy')
+  with open(out / 'embeddings' / 'test_index.csv', newline='') as f:
+    index = list(csv.DictReader(f))
+  assert embeddings.shape == (16, features.shape[1])
+  assert np.all(np.isfinite(embeddings))
+  assert len(index) == 16 and all(r['status'] == 'ok' for r in index)
+
+  # Second run: every step is skipped, the report is rewritten.
+  second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+  assert second.stdout.count('already done') == 10
+  assert '$ ' not in second.stdout  # no command was run
