@@ -198,9 +198,9 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
       signature.update(pipeline=effective_args(pipeline.build_classification_dataset),
                        label_fraction=label_fraction, label_seed=label_seed,
                        global_batch_size=global_batch_size, seed=seed)
+      epochs = total_steps * global_batch_size / num_videos  # train_steps may rule.
       make_dataset = feature_cache.cached_stream(
-          model, strategy, cache_dir, signature,
-          cache_passes or max(1, math.ceil(train_epochs)),
+          model, strategy, cache_dir, signature, cache_passes or max(1, math.ceil(epochs)),
           max(1, math.ceil(num_videos / global_batch_size)), global_batch_size, seed,
           clip_stream, progress_stream)
       example_name = 'features'

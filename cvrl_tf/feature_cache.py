@@ -159,10 +159,11 @@ def cached_stream(model, strategy: tf.distribute.Strategy, cache_dir: str,
                   signature: Dict[str, Any], num_passes: int, steps_per_pass: int,
                   global_batch_size: int, seed, clip_stream: Callable[..., object],
                   progress_stream=sys.stderr) -> Callable[[int], object]:
-  """Fills the cache with `model.features` of `clip_stream(0, pass_seed)` batches and
-  returns `make_dataset(start_step)` over it (the contract of train_loop.fit_resumable).
+  """`make_dataset(start_step)` over cached features (train_loop.fit_resumable's
+  contract); its first call fills the missing passes with `model.features` of
+  `clip_stream(0, pass_seed)` batches, so a finished run extracts nothing.
   """
-  cache = FeatureCache(cache_dir, signature)
+  cache = FeatureCache(cache_dir, signature)  # Refuses a cache of other settings now.
 
   def encode(batch):
     # Whatever the pipeline deferred (defer='resize'/'colour') is finished here; a fresh
@@ -172,8 +173,11 @@ def cached_stream(model, strategy: tf.distribute.Strategy, cache_dir: str,
     return tf.cast(model.features(clips, training=False), tf.float32)
 
   pass_seed = lambda p: None if seed is None else seed * 1000 + p
-  cache.extract(encode, lambda p: clip_stream(0, pass_seed(p)), num_passes,
-                steps_per_pass, strategy, progress_stream)
-  return lambda start_step: strategy.distribute_datasets_from_function(
-      lambda ctx: cache.dataset(num_passes, global_batch_size,
-                                None if seed is None else seed + start_step, ctx))
+
+  def make_dataset(start_step):
+    cache.extract(encode, lambda p: clip_stream(0, pass_seed(p)), num_passes,
+                  steps_per_pass, strategy, progress_stream)
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: cache.dataset(num_passes, global_batch_size,
+                                  None if seed is None else seed + start_step, ctx))
+  return make_dataset
