@@ -18,13 +18,15 @@ hits all of them alike (warm-up excluded; median and min..max printed):
   step:colour      the same for a defer=colour batch
 Rates are clips/s (one video = two clips); decode_only is converted at clip_len frames
 per clip. Besides wall-clock rates, clips per CPU-second of this process are reported:
-on a machine shared with other jobs they are the steadier figure. Peak RSS is per
-variant (VmHWM reset through /proc/self/clear_refs).
+on a machine shared with other jobs they are the steadier figure. Peak RSS is measured
+per variant in a fresh process (warm-up + a few batches); 'idle' is TensorFlow imported
+and the records listed, nothing run.
 """
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,20 +99,24 @@ def train_step_stand_in(dataset: tf.data.Dataset, crop_size: int):
   return ({'fn': step, 'batch': batch, 'step': i} for i in range(10**9))
 
 
-def reset_peak_rss() -> bool:
-  try:
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')
-    return True
-  except OSError:
-    return False
-
-
 def peak_rss_mb() -> float:
+  """Peak resident set of this process (VmHWM), MB."""
   with open('/proc/self/status') as f:
     for line in f:
       if line.startswith('VmHWM:'):
         return int(line.split()[1]) / 1024.0
+  return float('nan')
+
+
+def isolated_peak_rss(variant: str, argv: list, records_dir: str) -> float:
+  """Runs one variant in a fresh process (a few batches) and returns its peak RSS, so no
+  variant inherits the memory another one left in the allocator."""
+  cmd = [sys.executable, os.path.abspath(__file__), *argv, '--records_dir', records_dir,
+         '--rss_variant', variant]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+  for line in out.splitlines():
+    if line.startswith('PEAK_RSS_MB'):
+      return float(line.split()[1])
   return float('nan')
 
 
@@ -151,21 +157,28 @@ def main(argv=None):
   parser.add_argument('--variants', default='decode_only,defer=resize,resize/c456,'
                       'defer=colour/u8,defer=none,step:resize+col,step:colour',
                       help='also available: defer=colour/f32')
+  parser.add_argument('--records_dir', default=None, help='reuse records written before')
+  parser.add_argument('--rss_variant', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
   height, width = 256, 340
   if args.quick:
     args.num_videos, args.batch_size, args.reps, args.batches = 4, 2, 1, 2
     args.min_seconds, args.clip_len, args.crop_size = 0.0, 4, 64
     height, width = 72, 96
 
-  tmp = tempfile.TemporaryDirectory(prefix='bench_input_')
-  t0 = time.perf_counter()
-  pattern = write_records(tmp.name, args.num_videos, max(1, args.num_videos // 5),
-                          height, width)
-  size_mb = sum(os.path.getsize(os.path.join(tmp.name, f))
-                for f in os.listdir(tmp.name)) / 2**20
-  print(f'wrote {args.num_videos} videos ({size_mb:.1f} MB) at {height}x{width} in '
-        f'{time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs; tf {tf.__version__}')
+  tmp = None
+  if args.records_dir:
+    pattern = os.path.join(args.records_dir, '*.tfrecord')
+  else:
+    tmp = tempfile.TemporaryDirectory(prefix='bench_input_')
+    t0 = time.perf_counter()
+    pattern = write_records(tmp.name, args.num_videos, max(1, args.num_videos // 5),
+                            height, width)
+    size_mb = sum(os.path.getsize(os.path.join(tmp.name, f))
+                  for f in os.listdir(tmp.name)) / 2**20
+    print(f'wrote {args.num_videos} videos ({size_mb:.1f} MB) at {height}x{width} in '
+          f'{time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs; tf {tf.__version__}')
 
   common = dict(clip_len=args.clip_len, stride=args.stride, crop_size=args.crop_size,
                 seed=0)
@@ -185,32 +198,38 @@ def main(argv=None):
       'step:colour': lambda: train_step_stand_in(
           pretrain(defer='colour', output_dtype='uint8'), args.crop_size),
   }
+  slow = ('defer=none', 'step:resize+col', 'step:colour')
+  if args.rss_variant:  # Child process of isolated_peak_rss.
+    if args.rss_variant != 'idle':
+      time_batches(makers[args.rss_variant], warmup=2, batches=2 if args.rss_variant in slow
+                   else args.batches, min_seconds=0.0)
+    print(f'PEAK_RSS_MB {peak_rss_mb():.0f}')
+    return
+
   variants = args.variants.split(',')
   clips_per_batch = 2 * args.batch_size
   rates = {v: [] for v in variants}
   cpu_rates = {v: [] for v in variants}
-  peaks = {v: 0.0 for v in variants}
-  can_reset = reset_peak_rss()
   load_before = os.getloadavg()[0]
   for rep in range(args.reps):
     for v in variants:
-      reset_peak_rss()
-      slow = v in ('defer=none', 'step:resize+col', 'step:colour')
-      batches = max(2, args.batches // 4) if slow else args.batches
+      batches = max(2, args.batches // 4) if v in slow else args.batches
       wall, cpu = time_batches(makers[v], warmup=2, batches=batches,
                                min_seconds=args.min_seconds)
       rates[v].append(clips_per_batch / wall)
       cpu_rates[v].append(clips_per_batch / cpu)
-      peaks[v] = max(peaks[v], peak_rss_mb())
       print(f'  rep {rep} {v:17s} {rates[v][-1]:8.1f} clips/s  '
             f'{cpu_rates[v][-1]:8.1f} clips/CPU-s', flush=True)
+  load_after = os.getloadavg()[0]
+  records_dir = os.path.dirname(pattern)
+  peaks = {v: isolated_peak_rss(v, argv, records_dir) for v in ['idle'] + variants}
 
   print(f'\nclip {args.clip_len}x{args.crop_size}x{args.crop_size}, stride {args.stride}, '
         f'batch {args.batch_size} videos = {clips_per_batch} clips, {args.reps} reps, '
-        f'load average before/after {load_before:.1f}/{os.getloadavg()[0]:.1f}')
+        f'load average before/after {load_before:.1f}/{load_after:.1f}')
   print(f'{"variant":17s} {"clips/s":>8s} {"min..max":>15s} {"vs dec":>6s}   '
         f'{"clips/CPU-s":>11s} {"min..max":>15s} {"vs dec":>6s}   '
-        f'{"peak RSS MB" if can_reset else "peak RSS MB (process)"}')
+        f'peak RSS MB (idle {peaks["idle"]:.0f})')
   def stats(values, base_values):
     med = statistics.median(values)
     rel = (f'{med / statistics.median(base_values):6.2f}' if base_values else ' ' * 6)
@@ -218,7 +237,8 @@ def main(argv=None):
   for v in variants:
     print(f'{v:17s} {stats(rates[v], rates.get("decode_only"))}   '
           f'   {stats(cpu_rates[v], cpu_rates.get("decode_only"))}   {peaks[v]:8.0f}')
-  tmp.cleanup()
+  if tmp:
+    tmp.cleanup()
 
 
 if __name__ == '__main__':

@@ -5,12 +5,15 @@ are drawn once per clip (`draw_*` functions, stateless, explicit [2] seeds) and 
 applied to every frame, so a static scene stays static. The per-frame ablation reuses the
 same code by treating each frame as a clip of length 1.
 
-Two stages, so the expensive one can run where it is cheapest:
+Two stages, so the expensive parts can run where they are cheapest:
   geometry  random resized crop + flip: windows from `sample_crop_windows`, applied while
-            decoding (`tf.image.decode_and_crop_jpeg`, see pipeline.py).
+            decoding (`tf.image.decode_and_crop_jpeg`, see pipeline.py); the resize
+            and flip either there (`resize_and_flip`) or batched in the train step
+            (`resize_crops`).
   colour    jitter (p 0.8, random order of brightness / contrast / saturation / hue),
             grayscale (p 0.2), Gaussian blur, solarize: `augment_batch_colour_blur`, usable
             per clip inside tf.data or on a [B, T, H, W, 3] batch inside the train step.
+`finish_batch` runs in the train step whatever the pipeline deferred.
 """
 
 import math

@@ -156,7 +156,7 @@ def _check_defer(defer: str) -> None:
     raise ValueError(f'defer must be one of {DEFER_MODES}, got {defer!r}')
 
 
-@gin.configurable(denylist=['file_pattern', 'input_context'])
+@gin.configurable(denylist=['input_context'])
 def build_pretrain_dataset(file_pattern: FilePatterns,
                            batch_size: int,
                            clip_len: int = 16,
@@ -217,7 +217,7 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
   return _finish(ds, deterministic)
 
 
-@gin.configurable(denylist=['file_pattern', 'input_context'])
+@gin.configurable(denylist=['input_context'])
 def build_classification_dataset(file_pattern: FilePatterns,
                                  batch_size: int,
                                  clip_len: int = 32,
@@ -270,7 +270,7 @@ def build_classification_dataset(file_pattern: FilePatterns,
   return _finish(ds, deterministic)
 
 
-@gin.configurable(denylist=['file_pattern', 'input_context'])
+@gin.configurable(denylist=['input_context'])
 def build_eval_dataset(file_pattern: FilePatterns,
                        batch_size: int,
                        clip_len: int = 32,
