@@ -254,9 +254,10 @@ class Demo:
     notes = [
         f'Test split of the synthetic motion dataset ({NUM_CLASSES} classes, chance '
         f'{100 / NUM_CLASSES:.1f}%). Linear: frozen encoder + one Dense layer '
-        f'(gin/demo/linear_eval.gin), multi-view test. kNN: cosine k-NN'
-        + (f', k={k}' if k else '') + ' (gin/demo/knn_eval.gin).',
-        f'Pretraining time: wall clock of cvrl_train (gin/demo/pretrain.gin). All steps: '
+        f'({self.gin_dir}/linear_eval.gin), multi-view test. kNN: cosine k-NN'
+        + (f', k={k}' if k else '') + f' ({self.gin_dir}/knn_eval.gin).',
+        f'Pretraining time: wall clock of cvrl_train ({self.gin_dir}/pretrain.gin). '
+        f'All steps: '
         f'{format_seconds(total)} (sum of the commands actually run, over all '
         f'invocations of the demo; load average at the end: '
         f'{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores).']
