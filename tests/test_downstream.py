@@ -245,6 +245,7 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
     ('semi_supervised_k400_10pct.gin', 'finetune', dict(label_fraction=0.1)),
     ('demo/linear_eval.gin', 'linear_eval', dict(num_classes=8, cache_features=True)),
     ('demo/knn_eval.gin', 'knn_eval', dict(ks=(5, 1, 20))),
+    ('demo/finetune.gin', 'finetune', dict(num_classes=8, dropout_rate=0.5)),
 ])
 def test_protocol_gin_files(path, protocol, expected):
   from cvrl_tf import config  # pylint: disable=g-import-not-at-top
