@@ -114,7 +114,7 @@ def read_classifier_info(model_dir: str) -> dict:
 
 
 def _stream(progress_stream):
-  """'stderr' -> the current sys.stderr (looked up per call, not at import); None: quiet."""
+  """'stderr': the current sys.stderr (looked up per call, not at import); None: quiet."""
   return sys.stderr if progress_stream == 'stderr' else progress_stream
 
 
@@ -171,14 +171,13 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
       if label_fraction is not None:
         evaluation.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
       config.save_operative_config(model_dir)
+    fraction = f' ({label_fraction:.0%} of each class)' if label_fraction else ''
     say(progress_stream,
-         f'{protocol}: {num_videos} videos'
-         f'{f" ({label_fraction:.0%} of the labels per class)" if label_fraction else ""}, '
-         f'{num_classes} classes, global batch {global_batch_size} on '
-         f'{strategy.num_replicas_in_sync} replica(s), {total_steps} steps '
-         f'({warmup_steps} warm-up), LR {learning_rate}, encoder '
-         f'{info["encoder_source"]} ({"frozen" if freeze else "trained"}), '
-         f'{encoder.count_params():,} encoder parameters')
+        f'{protocol}: {num_videos} videos{fraction}, {num_classes} classes, global batch '
+        f'{global_batch_size} on {strategy.num_replicas_in_sync} replica(s), '
+        f'{total_steps} steps ({warmup_steps} warm-up), LR {learning_rate}, encoder '
+        f'{info["encoder_source"]} ({"frozen" if freeze else "trained"}), '
+        f'{encoder.count_params():,} encoder parameters')
 
     def clip_stream(start_step, data_seed_base=seed):
       data_seed = None if data_seed_base is None else data_seed_base + start_step
@@ -199,8 +198,9 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
                        label_fraction=label_fraction, label_seed=label_seed,
                        global_batch_size=global_batch_size, seed=seed)
       epochs = total_steps * global_batch_size / num_videos  # train_steps may rule.
+      passes = cache_passes or max(1, math.ceil(epochs))
       make_dataset = feature_cache.cached_stream(
-          model, strategy, cache_dir, signature, cache_passes or max(1, math.ceil(epochs)),
+          model, strategy, cache_dir, signature, passes,
           max(1, math.ceil(num_videos / global_batch_size)), global_batch_size, seed,
           clip_stream, progress_stream)
       example_name = 'features'
@@ -364,8 +364,8 @@ def evaluate(model_dir: str,
   prefix = checkpoint or tf.train.latest_checkpoint(
       os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
   if not prefix:
-    raise FileNotFoundError(f'no checkpoint in {model_dir}/{train_loop.CHECKPOINT_SUBDIR}: '
-                            f'the training run has not saved one yet.')
+    raise FileNotFoundError(f'no checkpoint in {model_dir}/checkpoints: the training '
+                            f'run has not saved one yet.')
   with _precision(info.get('mixed_precision')):
     with strategy.scope():
       model = classifier_lib.VideoClassifier(
@@ -382,9 +382,9 @@ def evaluate(model_dir: str,
     step = int(tf.train.load_checkpoint(prefix).get_tensor(
         'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
     say(progress_stream, f'evaluate: {prefix} (step {step})')
-    return multiview.multiview_test(model, strategy, model_dir, test_files, eval_batch_size,
-                                    step, label_map_file, info['protocol'],
-                                    progress_stream, reuse=False)
+    return multiview.multiview_test(model, strategy, model_dir, test_files,
+                                    eval_batch_size, step, label_map_file,
+                                    info['protocol'], progress_stream, reuse=False)
 
 
 @gin.configurable(denylist=['model_dir'])
@@ -417,15 +417,15 @@ def knn_eval(model_dir: str,
           encoder_source, pretrain_dir, hub_handle, trainable=False)
     features = lambda clips: tf.math.l2_normalize(
         tf.cast(encoder(clips, training=False), tf.float32), axis=-1)
-    memory = multiview.run_views(strategy, train_files, eval_batch_size, features, MEMORY_SCOPE,
-                       progress_stream, 'k-NN memory (train)')
+    memory = multiview.run_views(strategy, train_files, eval_batch_size, features,
+                                 MEMORY_SCOPE, progress_stream, 'k-NN memory (train)')
     queries = multiview.run_views(strategy, test_files, eval_batch_size, features, None,
-                        progress_stream, 'k-NN queries (test)')
+                                  progress_stream, 'k-NN queries (test)')
   if memory is None:
     return None
-  num_classes = num_classes or (_resolve_num_classes(None, label_map_file)
-                                if label_map_file else
-                                int(max(memory['label'].max(), queries['label'].max())) + 1)
+  if not num_classes:
+    num_classes = (_resolve_num_classes(None, label_map_file) if label_map_file else
+                   int(max(memory['label'].max(), queries['label'].max())) + 1)
   predictions = evaluation.knn_classify(memory['scores'], memory['label'],
                                         queries['scores'], ks, num_classes, vote,
                                         temperature)
@@ -434,18 +434,19 @@ def knn_eval(model_dir: str,
     scores = np.eye(num_classes, dtype=np.float32)[pred]
     m = evaluation.classification_metrics(scores, queries['label'], num_classes, ks=(1,))
     per_k[str(k)] = {'top1': m['top1'], 'mean_class_accuracy': m['mean_class_accuracy']}
-  names = evaluation.class_names(num_classes, label_map_file, shards.list_files(test_files))
+  names = evaluation.class_names(num_classes, label_map_file,
+                                 shards.list_files(test_files))
+  views = {'memory': effective_args(pipeline.build_eval_dataset, MEMORY_SCOPE),
+           'test': effective_args(pipeline.build_eval_dataset)}
   results = {**info, 'protocol': 'knn_eval', 'vote': vote, 'temperature': temperature,
              'ks': list(ks), 'results': per_k, 'num_memory_videos': len(memory['label']),
              'num_test_videos': len(queries['label']), 'class_names': names,
-             'views': {'memory': effective_args(pipeline.build_eval_dataset, MEMORY_SCOPE),
-                       'test': effective_args(pipeline.build_eval_dataset)},
-             'train_files': normalized(train_files), 'test_files': normalized(test_files)}
+             'views': views, 'train_files': normalized(train_files),
+             'test_files': normalized(test_files)}
   if train_loop.is_chief(strategy):
     tf.io.gfile.makedirs(model_dir)
     config.save_operative_config(model_dir)
     evaluation.write_json(os.path.join(model_dir, KNN_FILE), results)
-  say(progress_stream, 'k-NN top-1: ' + ', '.join(
-      f'k={k}: {v["top1"]:.4f}' for k, v in per_k.items()) +
-       f' -> {os.path.join(model_dir, KNN_FILE)}')
+  top1 = ', '.join(f'k={k}: {v["top1"]:.4f}' for k, v in per_k.items())
+  say(progress_stream, f'k-NN top-1: {top1} -> {os.path.join(model_dir, KNN_FILE)}')
   return results

@@ -88,7 +88,7 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
   views = args['num_clips'] * args['num_crops']
   total = count_videos(files)
   say(progress_stream, f'{what}: {total} videos x {args["num_clips"]} clips x '
-       f'{args["num_crops"]} crops ({args["clip_len"]} frames, {args["crop_size"]} px)')
+      f'{args["num_crops"]} crops ({args["clip_len"]} frames, {args["crop_size"]} px)')
   return evaluation.collect_views(_eval_input(strategy, files, batch_size, scope),
                                   output_fn, total, views, strategy, progress_stream)
 
@@ -112,7 +112,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
       previous = json.load(f)
     if previous.get('checkpoint_step') == step and previous.get('settings') == settings:
       say(progress_stream, f'already evaluated at step {step}: {path} '
-           f'(top1={previous["top1"]:.4f}); delete it to test again.')
+          f'(top1={previous["top1"]:.4f}); delete it to test again.')
       return previous
   videos = run_views(strategy, test_files, eval_batch_size, model.probabilities,
                      progress_stream=progress_stream)
@@ -148,8 +148,9 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
       if results[key] is not None:
         tf.summary.scalar(f'multiview/{key}', results[key])
   writer.close()
+  top5 = 'n/a' if results['top5'] is None else f'{results["top5"]:.4f}'
   say(progress_stream, f'{protocol} multi-view test at step {step}: top1='
-       f'{results["top1"]:.4f} top5={results["top5"] or float("nan"):.4f} mean class='
-       f'{results["mean_class_accuracy"]:.4f} -> {path}')
+      f'{results["top1"]:.4f} top5={top5} mean class='
+      f'{results["mean_class_accuracy"]:.4f} -> {path}')
   return results
 
