@@ -219,6 +219,12 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
   with pytest.raises(FileNotFoundError, match='no backbone found'):
     downstream.linear_eval(str(tmp_path / 'a'), pretrain_dir=str(tmp_path / 'nope'),
                            **common)
+  unfinished = tmp_path / 'unfinished' / 'backbone'
+  unfinished.mkdir(parents=True)
+  (unfinished / 'backbone.json').write_text(json.dumps({'name': 'r3d18'}))
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    downstream.linear_eval(str(tmp_path / 'u'), pretrain_dir=str(unfinished.parent),
+                           **common)
   with pytest.raises(ValueError, match='needs pretrain_dir'):
     downstream.linear_eval(str(tmp_path / 'b'), **common)
   with pytest.raises(ValueError, match="name: bound 'r3d50' but stored 'r3d18'"):
