@@ -9,8 +9,8 @@ from absl import flags
 
 def _run(module):
   # absl's --help lists the key flags of the module named sys.argv[0] (the script).
-  for flag in flags.FLAGS.get_key_flags_for_module(module):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  for name in module.TOOL_FLAGS.defaults:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   app.run(module.main)
 
 

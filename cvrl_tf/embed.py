@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import sys
-import types
 from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple
 
 from absl import flags
@@ -32,6 +31,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import tool_flags
 from cvrl_tf.data import augment
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import sampling
@@ -224,40 +224,22 @@ def resolve_settings(metadata: Optional[dict], num_frames: Optional[int],
 
 
 # --------------------------------------------------------------------------- CLI
-def define_flags(flag_values=flags.FLAGS) -> None:
-  """Defines the flags of `cvrl_embed` (skipping names another module already owns)."""
-  defs = [
-      (flags.DEFINE_string, 'input', None, 'A video file, a folder of videos (recursive; '
-       'label = first sub-folder) or a CSV of path[,label] rows.'),
-      (flags.DEFINE_string, 'output', None, 'Writes OUTPUT.npy and OUTPUT_index.csv.'),
-      (flags.DEFINE_string, 'hub_model', None, 'Export dir (cvrl_export) or TF Hub handle.'),
-      (flags.DEFINE_integer, 'num_clips', 10, 'Clips per video, evenly spaced in time.'),
-      (flags.DEFINE_integer, 'num_frames', None, 'Frames per clip (default: training).'),
-      (flags.DEFINE_integer, 'frame_stride', None, 'Frame stride (default: training).'),
-      (flags.DEFINE_integer, 'short_side', 256, 'Resize the short side to this.'),
-      (flags.DEFINE_integer, 'crop_size', None, 'Centre crop size (default: short_side).'),
-      (flags.DEFINE_float, 'fps', 0.0, 'Resample videos to this frame rate; 0 keeps the '
-       'source rate (as cvrl_convert does by default).'),
-      (flags.DEFINE_integer, 'batch_size', 10, 'Clips per forward pass.'),
-  ]
-  for define, name, default, help_text in defs:
-    _DEFAULTS[name] = default
-    if name not in flag_values:
-      # allow_override: a module imported later may define the same name (e.g. train_cli's
-      # --model_dir) without a guard; it then takes over instead of failing the import.
-      define(name, default, help_text, flag_values=flag_values, allow_override=True)
-
-
-_DEFAULTS = {}
-define_flags()
-
-
-def _flag_values() -> types.SimpleNamespace:
-  """Our flags, with our defaults when not given (another module may own the name)."""
-  fv = flags.FLAGS
-  return types.SimpleNamespace(**{
-      name: fv[name].value if fv[name].present else default
-      for name, default in _DEFAULTS.items()})
+_FLAGS = [  # (kind, name, default, help); see tool_flags
+    ('string', 'input', None, 'A video file, a folder of videos (recursive; '
+     'label = first sub-folder) or a CSV of path[,label] rows.'),
+    ('string', 'output', None, 'Writes OUTPUT.npy and OUTPUT_index.csv.'),
+    ('string', 'hub_model', None, 'Export dir (cvrl_export) or TF Hub handle.'),
+    ('integer', 'num_clips', 10, 'Clips per video, evenly spaced in time.'),
+    ('integer', 'num_frames', None, 'Frames per clip (default: training).'),
+    ('integer', 'frame_stride', None, 'Frame stride (default: training).'),
+    ('integer', 'short_side', 256, 'Resize the short side to this.'),
+    ('integer', 'crop_size', None, 'Centre crop size (default: short_side).'),
+    ('float', 'fps', 0.0, 'Resample videos to this frame rate; 0 keeps the '
+     'source rate (as cvrl_convert does by default).'),
+    ('integer', 'batch_size', 10, 'Clips per forward pass.'),
+]
+TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
+_flag_values = TOOL_FLAGS.values
 
 
 def main(argv) -> int:

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import sys
-import types
 import uuid
 from typing import Any, Dict, Optional
 
@@ -36,6 +35,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import config
+from cvrl_tf import tool_flags
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 
@@ -391,33 +391,15 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
 
 
 # --------------------------------------------------------------------------- CLI
-def define_flags(flag_values=flags.FLAGS) -> None:
-  """Defines the flags of `cvrl_export` (skipping names another module already owns)."""
-  defs = [
-      (flags.DEFINE_string, 'model_dir', None, 'Pretraining model dir (holds backbone/).'),
-      (flags.DEFINE_string, 'export_dir', None, 'Where to write the SavedModel.'),
-      (flags.DEFINE_bool, 'with_projection_head', False,
-       'Also export the projection head (signature "projection").'),
-      (flags.DEFINE_bool, 'overwrite', False, 'Replace an existing export_dir.'),
-  ]
-  for define, name, default, help_text in defs:
-    _DEFAULTS[name] = default
-    if name not in flag_values:
-      # allow_override: a module imported later may define the same name (e.g. train_cli's
-      # --model_dir) without a guard; it then takes over instead of failing the import.
-      define(name, default, help_text, flag_values=flag_values, allow_override=True)
-
-
-_DEFAULTS = {}
-define_flags()
-
-
-def _flag_values() -> types.SimpleNamespace:
-  """Our flags, with our defaults when not given (another module may own the name)."""
-  fv = flags.FLAGS
-  return types.SimpleNamespace(**{
-      name: fv[name].value if fv[name].present else default
-      for name, default in _DEFAULTS.items()})
+_FLAGS = [  # (kind, name, default, help); see tool_flags
+    ('string', 'model_dir', None, 'Pretraining model dir (holds backbone/).'),
+    ('string', 'export_dir', None, 'Where to write the SavedModel.'),
+    ('bool', 'with_projection_head', False,
+     'Also export the projection head (signature "projection").'),
+    ('bool', 'overwrite', False, 'Replace an existing export_dir.'),
+]
+TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
+_flag_values = TOOL_FLAGS.values
 
 
 def main(argv) -> int:

@@ -10,32 +10,23 @@ on the command line override the files. Bad files or bindings fail before any wo
 import sys
 
 from absl import app
-from absl import flags
 
 from cvrl_tf import config
+from cvrl_tf import tool_flags
 
-FLAGS = flags.FLAGS
+TOOL_FLAGS = tool_flags.ToolFlags([
+    ('multi_string', 'gin_file', [], 'gin config file(s), parsed in order.'),
+    ('multi_string', 'gin_bindings', [], 'gin bindings, e.g. "pretrain.train_steps=10".'),
+    ('multi_string', 'gin_search_path', [], 'folders searched for gin files/includes.'),
+    ('string', 'model_dir', None, 'where checkpoints, summaries and results go; '
+     're-running with the same dir resumes.'),
+])
 
-
-def _define_flags():
-  """Skips names another imported module already defined (e.g. export's --model_dir)."""
-  specs = [
-      ('multi_string', 'gin_file', [], 'gin config file(s), parsed in order.'),
-      ('multi_string', 'gin_bindings', [], 'gin bindings, e.g. "pretrain.train_steps=10".'),
-      ('multi_string', 'gin_search_path', [], 'folders searched for gin files/includes.'),
-      ('string', 'model_dir', None, 'where checkpoints, summaries and results go; '
-       're-running with the same dir resumes.'),
-  ]
-  for kind, name, default, help_text in specs:
-    if name not in FLAGS:
-      getattr(flags, f'DEFINE_{kind}')(name, default, help_text)
-
-
-_define_flags()
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  FLAGS = TOOL_FLAGS.values()  # pylint: disable=invalid-name
   if not FLAGS.model_dir:
     raise app.UsageError('--model_dir is required.')
   if not FLAGS.gin_file and not FLAGS.gin_bindings:

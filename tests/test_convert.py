@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 from PIL import Image
 import pytest
@@ -201,10 +202,10 @@ def _main(*args):
   """cvrl_convert's absl main in this process, flags parsed as from a command line (a
   subprocess would pay the TensorFlow import again)."""
   try:
-    convert.FLAGS(['cvrl_convert', *args])
+    flags.FLAGS(['cvrl_convert', *args])
     return convert.main(['cvrl_convert'])
   finally:
-    convert.FLAGS.unparse_flags()
+    flags.FLAGS.unparse_flags()
 
 
 def test_bad_inputs_reported_good_ones_converted(data, tmp_path, capsys):

@@ -23,8 +23,7 @@ import sys
 import time
 from typing import Dict, Iterator, List, Optional, TextIO
 
-from absl import flags
-
+from cvrl_tf import tool_flags
 from cvrl_tf.data import pool
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import sources
@@ -356,24 +355,8 @@ _FLAGS = [  # (kind, name, default, help)
     ('integer', 'workers', None, 'Decoding processes (default: all cores; 0 = none).'),
     ('integer', 'seed', 0, 'Seed of the shuffle of videos across shards.'),
 ]
-_DEFAULTS = {name: default for _, name, default, _ in _FLAGS}
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  """Flags are defined at import (absl needs them before app.run), skipping names that
-  another imported module (e.g. synthetic) already defined: importing both never raises
-  DuplicateFlagError, and `_flag` keeps this command's own defaults in that case."""
-  for kind, name, default, help_text in _FLAGS:
-    if name not in FLAGS:
-      getattr(flags, f'DEFINE_{kind}')(name, default, help_text)
-
-
-def _flag(name: str):
-  return FLAGS[name].value if FLAGS[name].present else _DEFAULTS[name]
-
-
-_define_flags()
+TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
+_flag = TOOL_FLAGS.value
 
 
 def listing_from_flags() -> sources.Listing:
@@ -382,7 +365,7 @@ def listing_from_flags() -> sources.Listing:
     raise UsageError('give exactly one of --kinetics_csv, --class_folders, --csv'
                      + (f' (got {", ".join(inputs)})' if inputs else ''))
   kind = inputs[0]
-  if kind != 'kinetics_csv' and (_flag('trim') or FLAGS['filename_pattern'].present):
+  if kind != 'kinetics_csv' and (_flag('trim') or TOOL_FLAGS.given('filename_pattern')):
     raise UsageError('--trim and --filename_pattern go with --kinetics_csv')
   if kind != 'class_folders' and _flag('split_file'):
     raise UsageError('--split_file goes with --class_folders')
@@ -404,7 +387,7 @@ def main(argv):
   try:
     if len(argv) > 1:
       raise UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-    if FLAGS['num_shards'].present and FLAGS['shard_size_mb'].present:
+    if TOOL_FLAGS.given('num_shards') and TOOL_FLAGS.given('shard_size_mb'):
       raise UsageError('give --num_shards or --shard_size_mb, not both')
     opts = Options(**{k: _flag(k) for k in (
         'output_dir', 'prefix', 'num_shards', 'shard_size_mb', 'fps', 'short_side',

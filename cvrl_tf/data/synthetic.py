@@ -20,9 +20,9 @@ import os
 import sys
 from typing import Dict, Optional, TextIO
 
-from absl import flags
 import numpy as np
 
+from cvrl_tf import tool_flags
 from cvrl_tf.data import pool as pool_lib
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import video_io
@@ -265,27 +265,13 @@ _FLAGS = [  # (kind, name, default, help)
     ('integer', 'seed', 0, 'Seed: same seed, same dataset.'),
     ('integer', 'workers', None, 'Processes (default: all cores; 0 = none).'),
 ]
-_DEFAULTS = {name: default for _, name, default, _ in _FLAGS}
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  """Skips names another imported module already owns (see convert._define_flags)."""
-  for kind, name, default, help_text in _FLAGS:
-    if name not in FLAGS:
-      getattr(flags, f'DEFINE_{kind}')(name, default, help_text)
-
-
-def _flag(name: str):
-  return FLAGS[name].value if FLAGS[name].present else _DEFAULTS[name]
-
-
-_define_flags()
+TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
+_flag = TOOL_FLAGS.value
 
 
 def main(argv):
   """absl entry point: exit 0 on success, 2 on a usage error."""
-  v = {name: _flag(name) for name in _DEFAULTS}
+  v = vars(TOOL_FLAGS.values())
   if len(argv) > 1 or not v['output_dir']:
     print('cvrl_synth: error: usage: cvrl_synth --output_dir=DIR [--num_train=N '
           '--num_test=N --size=PX --seconds=S --fps=F --seed=S]', file=sys.stderr)
