@@ -156,3 +156,19 @@ def current_learning_rate(optimizer) -> tf.Tensor:
   if isinstance(lr, schedules):
     lr = lr(opt.iterations)
   return tf.cast(tf.convert_to_tensor(lr), tf.float32)
+
+
+def build_model_and_slots(model, clip_shape=(None, None, None, 3)) -> None:
+  """Creates every variable of a compiled model now: its weights, then the optimizer's
+  slots. Call under the strategy scope before restoring a checkpoint, so the restore is
+  complete and checked instead of deferred to the first step."""
+  if not model.built:
+    model.build(tf.TensorShape([None, *clip_shape]))
+  optimizer = getattr(model, 'optimizer', None)
+  if optimizer is None:
+    return
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)
+  if isinstance(inner, tf_keras.optimizers.legacy.Optimizer):
+    inner._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
+  else:
+    inner.build(model.trainable_variables)

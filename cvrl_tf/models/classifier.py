@@ -97,15 +97,7 @@ class VideoClassifier(tf_keras.Model):
   def build_for_training(self, clip_shape=(None, None, None, 3)):
     """Creates every variable (model, then optimizer slots) before a checkpoint restore,
     so the restore is complete and checked instead of deferred to the first step."""
-    if not self.built:
-      self.build(tf.TensorShape([None, *clip_shape]))
-    optimizer = getattr(self, 'optimizer', None)
-    if optimizer is not None:
-      inner = getattr(optimizer, 'inner_optimizer', optimizer)
-      if isinstance(inner, tf_keras.optimizers.legacy.Optimizer):
-        inner._create_all_weights(self.trainable_variables)  # pylint: disable=protected-access
-      else:
-        inner.build(self.trainable_variables)
+    optim.build_model_and_slots(self, clip_shape)
 
   def decayed_variables(self):
     """Trainable conv/dense kernels (a Python layer walk, done once).

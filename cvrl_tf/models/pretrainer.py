@@ -108,21 +108,19 @@ class CVRLPretrainer(tf_keras.Model):
     Call under the strategy scope after `compile`, before restoring a checkpoint, so
     the restore is complete and checked instead of deferred to the first step.
     """
-    if not self.built:
-      self.build(tf.TensorShape([None, *clip_shape]))
-    optimizer = getattr(self, 'optimizer', None)
-    if optimizer is not None:
-      inner = getattr(optimizer, 'inner_optimizer', optimizer)
-      if isinstance(inner, tf_keras.optimizers.legacy.Optimizer):
-        inner._create_all_weights(self.trainable_variables)  # pylint: disable=protected-access
-      else:
-        inner.build(self.trainable_variables)
+    optim.build_model_and_slots(self, clip_shape)
 
   def decayed_variables(self):
     """Conv/dense kernels that get weight decay (collected once: a Python layer walk)."""
     if self._decayed is None:
-      self._decayed = weight_decay_lib.weight_decay_variables(self)
+      self._set_decayed(weight_decay_lib.weight_decay_variables(self))
     return self._decayed
+
+  @tf.__internal__.tracking.no_automatic_dependency_tracking
+  def _set_decayed(self, variables):
+    # Untracked: a tracked list would become the kernels' first checkpoint path
+    # ('model/_decayed/N' instead of 'model/encoder/...').
+    self._decayed = variables
 
   def _prepare(self, data) -> tf.Tensor:
     """Float32 clips [2b, T, S, S, 3] from whatever the dataset yields."""
