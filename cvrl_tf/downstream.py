@@ -81,7 +81,7 @@ def labelled_subset(train_files: FilePatterns, label_fraction: Optional[float],
   """The videos the classification pipeline trains on: all, or the per-class fraction
   `shards.label_subset_keys` picks (the pipeline picks the same with the same seed)."""
   if label_fraction is None:
-    return {'label_fraction': None, 'num_videos': multiview.count_videos(train_files)}
+    return {'label_fraction': None, 'num_videos': shards.count_videos(train_files)}
   keys = shards.label_subset_keys(shards.list_files(train_files), label_fraction,
                                   label_seed)
   return {'label_fraction': label_fraction, 'label_seed': label_seed,

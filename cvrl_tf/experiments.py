@@ -5,14 +5,11 @@ Reading order for a newcomer: gin/pretrain.gin -> `pretrain` below -> data/pipel
 -> losses.py (InfoNCE over the global batch).
 """
 
-import json
 import math
-import os
 import sys
 from typing import Optional, Sequence, Union
 
 import gin
-import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import config
@@ -34,24 +31,6 @@ FilePatterns = Union[str, Sequence[str]]
 def run(model_dir: str, experiment=gin.REQUIRED):
   """Runs the protocol bound in gin, e.g. `run.experiment = @pretrain`."""
   return experiment(model_dir=model_dir)
-
-
-def count_videos(file_pattern: FilePatterns) -> int:
-  """Number of videos behind a file pattern: from the converter's manifests when every
-  shard is listed in one (instant), else by counting records (one pass over the files)."""
-  files = shards.list_files(file_pattern)
-  per_shard = {}
-  for folder in sorted({os.path.dirname(f) for f in files}):
-    for manifest in tf.io.gfile.glob(os.path.join(folder, '*_manifest.json')):
-      with tf.io.gfile.GFile(manifest) as f:
-        data = json.load(f)
-      for shard in data.get('shards', []):
-        name = shard.get('file') or shard.get('name') or shard.get('path')
-        if name is not None and 'num_examples' in shard:
-          per_shard[os.path.join(folder, os.path.basename(name))] = int(shard['num_examples'])
-  if all(f in per_shard for f in files):
-    return sum(per_shard[f] for f in files)
-  return int(tf.data.TFRecordDataset(files).reduce(0, lambda n, _: n + 1))
 
 
 def steps_for(epochs: float, num_examples: int, global_batch_size: int) -> int:
@@ -96,7 +75,7 @@ def pretrain(model_dir: str,
   strategy = distribute.get_strategy()
   set_mixed_precision(mixed_precision)
   if num_train_examples is None:
-    num_train_examples = count_videos(train_files)
+    num_train_examples = shards.count_videos(train_files)
   steps_per_epoch = max(1, num_train_examples // global_batch_size)
   total_steps = train_steps or steps_for(train_epochs, num_train_examples, global_batch_size)
   warmup_steps = int(round(warmup_epochs * steps_per_epoch))

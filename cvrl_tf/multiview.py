@@ -48,11 +48,6 @@ def say(stream, text):
     print(text, file=stream, flush=True)
 
 
-def count_videos(file_pattern) -> int:
-  from cvrl_tf import experiments  # pylint: disable=g-import-not-at-top
-  return experiments.count_videos(file_pattern)
-
-
 def is_multi_worker(strategy) -> bool:
   return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
       strategy.extended._num_workers > 1)  # pylint: disable=protected-access
@@ -86,7 +81,7 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
     strategy = None
   args = effective_args(pipeline.build_eval_dataset, scope)
   views = args['num_clips'] * args['num_crops']
-  total = count_videos(files)
+  total = shards.count_videos(files)
   say(progress_stream, f'{what}: {total} videos x {args["num_clips"]} clips x '
       f'{args["num_crops"]} crops ({args["clip_len"]} frames, {args["crop_size"]} px)')
   return evaluation.collect_views(_eval_input(strategy, files, batch_size, scope),

@@ -5,6 +5,8 @@ with an error naming them, and label subsets can be selected by position.
 """
 
 import hashlib
+import json
+import os
 import struct
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -178,3 +180,21 @@ def filter_keys(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset:
                                           tf.ones([len(keys)], tf.int32)), 0)
   key = lambda f, i: tf.strings.join([f, tf.strings.as_string(i)], separator=_SEP)
   return ds.filter(lambda f, i, r: table.lookup(key(f, i)) > 0)
+
+
+def count_videos(file_pattern: FilePatterns) -> int:
+  """Number of videos behind a file pattern: from the converter's manifests when every
+  shard is listed in one (instant), else by counting records (one pass over the files)."""
+  files = list_files(file_pattern)
+  per_shard = {}
+  for folder in sorted({os.path.dirname(f) for f in files}):
+    for manifest in tf.io.gfile.glob(os.path.join(folder, '*_manifest.json')):
+      with tf.io.gfile.GFile(manifest) as f:
+        data = json.load(f)
+      for shard in data.get('shards', []):
+        if 'file' in shard and 'num_examples' in shard:
+          per_shard[os.path.join(folder, os.path.basename(shard['file']))] = int(
+              shard['num_examples'])
+  if all(f in per_shard for f in files):
+    return sum(per_shard[f] for f in files)
+  return int(tf.data.TFRecordDataset(files).reduce(0, lambda n, _: n + 1))
