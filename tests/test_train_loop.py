@@ -80,13 +80,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         model, lambda s: _data(s, scale=1e6), str(tmp_path), total_steps=200,
         strategy=tf.distribute.get_strategy(), checkpoint_every=1, log_every=1,
         progress_stream=None)
+  # The first step's loss is finite, so a checkpoint exists; it holds finite weights.
   latest = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
-  if latest is not None:  # every saved checkpoint holds finite weights
-    reader = tf.train.load_checkpoint(latest)
-    for name in reader.get_variable_to_shape_map():
-      value = reader.get_tensor(name)
-      if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
-        assert np.all(np.isfinite(value)), name
+  assert latest is not None
+  reader = tf.train.load_checkpoint(latest)
+  for name in reader.get_variable_to_shape_map():
+    value = reader.get_tensor(name)
+    if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
+      assert np.all(np.isfinite(value)), name
 
 
 def test_format_duration():
