@@ -87,7 +87,8 @@ def pretrain(model_dir: str,
   with strategy.scope():
     encoder = r3d.build_backbone()
     head = heads.ProjectionHead()
-    model = pretrainer_lib.CVRLPretrainer(encoder, head)
+    # crop_size: what the train step resizes to when the pipeline defers the resize.
+    model = pretrainer_lib.CVRLPretrainer(encoder, head, crop_size=_clip_shape()[1])
     model.compile(optimizer=optim.build_optimizer(
         total_steps=total_steps, warmup_steps=warmup_steps,
         global_batch_size=global_batch_size), jit_compile=jit_compile)

@@ -148,6 +148,12 @@ def test_finishes_deferred_augmentation():
   with pytest.raises(ValueError, match='crop_size'):
     _step(model, deferred)
   assert np.isfinite(_step(_model(crop_size=s), deferred)['loss'])
+  # build_pretrain_dataset(defer='resize'/'colour') keeps the two views apart.
+  two_views = {'view1': {k: x[:B] for k, x in deferred.items()},
+               'view2': {k: x[B:] for k, x in deferred.items()}}
+  with pytest.raises(ValueError, match='crop_size'):
+    _step(model, two_views)
+  assert np.isfinite(_step(_model(crop_size=s), two_views)['loss'])
 
 
 def test_evaluate_reports_contrastive_metrics():

@@ -51,8 +51,10 @@ def _run(args, **kw):
 
 def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, shards):
   model_dir = tmp_path / 'run'
+  # The fast input path: resize / flip / colour deferred to the train step.
   result = _run(_cmd(model_dir, shards, 'pretrain.train_steps=3',
-                     'pretrain.checkpoint_every=2'))
+                     'pretrain.checkpoint_every=2', "build_pretrain_dataset.defer='resize'",
+                     'build_pretrain_dataset.canvas=(40, 48)'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 3/3' in result.stderr
   assert tf.train.latest_checkpoint(str(model_dir / 'checkpoints')).endswith('ckpt-3')

@@ -128,10 +128,12 @@ class CVRLPretrainer(tf_keras.Model):
       data = data[0]
     if not isinstance(data, dict):
       return augment.to_float(data)
-    if 'clips' not in data and 'crops' not in data:
-      raise KeyError(f"pretraining batches need 'clips' (or deferred 'crops'); got keys "
-                     f'{sorted(data)}')
-    if 'crops' in data and self.crop_size is None:
+    # Deferred pretraining batches keep the views apart: {'view1': {...}, 'view2': {...}}.
+    views = [data['view1'], data['view2']] if 'view1' in data else [data]
+    if not all('clips' in v or 'crops' in v for v in views):
+      raise KeyError(f"pretraining batches need 'clips' (or deferred 'crops' / 'view1'); "
+                     f'got keys {sorted(data)}')
+    if any('crops' in v for v in views) and self.crop_size is None:
       raise ValueError("batches carry deferred crops ('crops'): build CVRLPretrainer with "
                        "crop_size=<the pipeline's crop_size>")
     ctx = tf.distribute.get_replica_context()
