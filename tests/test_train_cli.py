@@ -78,7 +78,9 @@ def test_sigkill_then_rerun_resumes_from_latest_checkpoint(tmp_path, shards):
   deadline = time.time() + 240
   try:
     while time.time() < deadline:
-      if tf.io.gfile.glob(str(model_dir / 'checkpoints' / 'ckpt-4.index')):
+      # The manager's index file is updated after the checkpoint files: wait for it.
+      latest = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
+      if latest and int(latest.rsplit('-', 1)[1]) >= 4:
         break
       assert proc.poll() is None, 'training exited before the kill'
       time.sleep(0.2)
