@@ -9,11 +9,21 @@
 
 Logical CPU devices and TPU initialisation must happen before TensorFlow initialises its
 devices, i.e. before the first op runs: call `get_strategy` first thing in a program.
+
+One strategy per process: `get_strategy` builds a distributed strategy once and returns
+that same object to every later call with the same settings, so protocols run back to
+back in one process (pretrain, then linear eval, then k-NN; or a test calling a protocol
+twice) share it. A second MirroredStrategy would reuse the first one's collective
+instance keys and its synchronized BatchNorm / gradient all-reduces would meet the wrong
+tensors, and logical devices are fixed once TensorFlow has initialised, so asking for
+different settings after one has been built raises StrategyError naming both. 'default'
+(no distribution) is always available.
 """
 
 import json
 import os
-from typing import Optional
+import threading
+from typing import Dict, Optional, Tuple
 
 import gin
 import tensorflow as tf
@@ -85,21 +95,76 @@ def _tpu(tpu_address: Optional[str]) -> tf.distribute.Strategy:
   return tf.distribute.TPUStrategy(resolver)
 
 
+# The distributed strategy this process has built, by its settings (at most one entry).
+_BUILT: Dict[Tuple, tf.distribute.Strategy] = {}
+_LOCK = threading.Lock()
+
+
+def _settings(name: str, num_cpu_devices: Optional[int],
+              tpu_address: Optional[str]) -> Tuple:
+  """What identifies a strategy: the arguments that matter for `name`, normalised."""
+  if name == 'mirrored':
+    return (name, num_cpu_devices or None)  # 0 / None: all GPUs, else the CPU.
+  if name == 'multi_worker':
+    raw = os.environ.get('TF_CONFIG')
+    try:
+      raw = json.dumps(json.loads(raw), sort_keys=True) if raw else raw
+    except ValueError:
+      pass  # _multi_worker reports it.
+    return (name, raw)
+  return (name, '' if tpu_address in (None, 'local') else tpu_address)
+
+
+def _describe(settings: Tuple) -> str:
+  name, detail = settings
+  if name == 'mirrored':
+    return (f"'mirrored' with num_cpu_devices={detail}" if detail else
+            "'mirrored' on all GPUs (num_cpu_devices=None)")
+  if name == 'multi_worker':
+    return f"'multi_worker' with TF_CONFIG={detail}"
+  return f"'tpu' at {detail!r}" if detail else "'tpu' on the local TPU VM"
+
+
+def _build(settings: Tuple) -> tf.distribute.Strategy:
+  name, detail = settings
+  if name == 'mirrored':
+    return _mirrored(detail)
+  if name == 'multi_worker':
+    return _multi_worker()
+  return _tpu(detail)
+
+
 @gin.configurable
 def get_strategy(name: str = 'default',
                  num_cpu_devices: Optional[int] = None,
                  tpu_address: Optional[str] = None) -> tf.distribute.Strategy:
-  """The strategy called `name` (see the module docstring)."""
+  """The strategy called `name` (see the module docstring): built on the first call,
+  the same object on every later call with the same settings.
+
+  Raises StrategyError when another distributed strategy has already been built in
+  this process (the message names both), or when this one cannot be built here.
+  """
   name = name.lower()
   if name == 'default':
     return tf.distribute.get_strategy()
-  if name == 'mirrored':
-    return _mirrored(num_cpu_devices)
-  if name == 'multi_worker':
-    return _multi_worker()
-  if name == 'tpu':
-    return _tpu(tpu_address)
-  raise ValueError(f'unknown strategy {name!r}; choose one of {STRATEGIES}')
+  if name not in STRATEGIES:
+    raise ValueError(f'unknown strategy {name!r}; choose one of {STRATEGIES}')
+  settings = _settings(name, num_cpu_devices, tpu_address)
+  with _LOCK:
+    if settings in _BUILT:
+      return _BUILT[settings]
+    if _BUILT:
+      built = _describe(next(iter(_BUILT)))
+      raise StrategyError(
+          f'get_strategy asked for {_describe(settings)}, but this process already built '
+          f'{built}. A process has one distributed strategy: a second one would clash '
+          f"with the first one's collective ops (synchronized BatchNorm, gradient "
+          f'all-reduce), and logical devices are fixed once TensorFlow has initialised. '
+          f'Use the same get_strategy settings for every protocol in this process, or run '
+          f'this one in a fresh process.')
+    strategy = _build(settings)
+    _BUILT[settings] = strategy
+    return strategy
 
 
 def per_replica_batch_size(global_batch_size: int, num_replicas: int) -> int:
