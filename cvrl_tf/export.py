@@ -44,7 +44,12 @@ MODEL_CARD = 'README.md'
 PROJECTION_SIGNATURE = 'projection'
 CHECKPOINT_SUBDIR = 'checkpoints'  # Full training checkpoints (train_loop.py).
 FORMAT_VERSION = 1
-TRAINING_KEYS = ('num_frames', 'frame_stride', 'crop_size')
+# Metadata key -> the binding of the pretraining operative config that holds it.
+TRAINING_BINDINGS = {'num_frames': 'build_pretrain_dataset.clip_len',
+                     'frame_stride': 'build_pretrain_dataset.stride',
+                     'target_fps': 'build_pretrain_dataset.target_fps',
+                     'crop_size': 'build_pretrain_dataset.crop_size'}
+TRAINING_KEYS = tuple(TRAINING_BINDINGS)
 INPUT_CONVENTION = {
     'dtype': 'float32',
     'layout': '[B, T, H, W, 3]',
@@ -80,9 +85,10 @@ def _gin_value(gin_text: Optional[str], binding: str, default=None):
   return value
 
 
-def parse_training_settings(gin_text: Optional[str], scope: str = 'pretrain') -> Dict:
-  """`pretrain.num_frames = 16` style bindings -> {'num_frames': 16, ...}, missing -> None."""
-  return {k: _gin_value(gin_text, f'{scope}.{k}') for k in TRAINING_KEYS}
+def parse_training_settings(gin_text: Optional[str]) -> Dict:
+  """Operative-config bindings (`build_pretrain_dataset.clip_len = 16`, ...) ->
+  {'num_frames': 16, ...} (TRAINING_BINDINGS); missing -> None."""
+  return {k: _gin_value(gin_text, b) for k, b in TRAINING_BINDINGS.items()}
 
 
 def read_gin_text(model_dir: str) -> Optional[str]:
@@ -127,7 +133,7 @@ written by `cvrl_export`.
 
 Input: float32 clips [batch, frames, height, width, 3], RGB in [0, 1] (uint8 / 255, no
 mean/std normalization); frames, height and width are free. Trained on {num_frames}
-frames, stride {frame_stride} (stored frames), {crop_size} px crops.
+frames, stride {frame_stride} ({stride_unit}), {crop_size} px crops.
 
 Output: `hub.KerasLayer` / `__call__` -> float32 [batch, {dim}] pooled embedding; signature
 `serving_default` -> {{"embedding": [batch, {dim}]}}.{head}
@@ -150,13 +156,16 @@ own when fine-tuning). `assets/{metadata_file}`: architecture, training settings
 def _model_card(metadata: Dict[str, Any]) -> str:
   training = {k: 'unknown' if v is None else v
               for k, v in (metadata.get('training') or {}).items()}
+  fps = training.pop('target_fps', 'unknown')
+  stride_unit = 'stored frames' if fps == 'unknown' else f'frames at {fps} fps'
   head = metadata.get('projection_dim')
   return _CARD.format(
       architecture=metadata.get('architecture'), width=metadata.get('width_multiplier'),
       dim=metadata.get('embedding_dim'), metadata_file=METADATA_FILE,
       head=(f'\nSignature `{PROJECTION_SIGNATURE}` -> {{"embedding", "projection"}}: the '
             f'pretraining projection head ({head}-d, not normalized).' if head else ''),
-      **{k: training.get(k, 'unknown') for k in TRAINING_KEYS})
+      stride_unit=stride_unit,
+      **{k: training.get(k, 'unknown') for k in TRAINING_KEYS if k != 'target_fps'})
 
 
 # --------------------------------------------------------------------------- float32

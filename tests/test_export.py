@@ -19,12 +19,13 @@ from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 
 TINY = dict(name='r3d18', width_multiplier=0.25)
-GIN = """# Parameters for pretrain:
+GIN = """# Parameters for build_pretrain_dataset:
 # ==============================================================================
-pretrain.crop_size = 32
-pretrain.frame_stride = 2  # stored frames
-train/pretrain.num_frames = 4
-linear_eval.num_frames = 32
+build_pretrain_dataset.crop_size = 32
+build_pretrain_dataset.stride = 2  # stored frames
+build_pretrain_dataset.target_fps = None
+train/build_pretrain_dataset.clip_len = 4
+build_classification_dataset.clip_len = 32
 ProjectionHead.bn_epsilon = 0.001
 """
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -119,7 +120,8 @@ def test_signatures_match_encoder_and_head(run):
 
 def test_metadata_and_model_card(run):
   metadata = export.read_metadata(run['export_dir'])
-  assert metadata['training'] == {'num_frames': 4, 'frame_stride': 2, 'crop_size': 32}
+  assert metadata['training'] == {'num_frames': 4, 'frame_stride': 2, 'target_fps': None,
+                                  'crop_size': 32}
   assert metadata['input']['range'] == [0.0, 1.0]
   assert metadata['input']['layout'] == '[B, T, H, W, 3]'
   assert metadata['architecture'] == 'r3d18'
@@ -135,9 +137,10 @@ def test_metadata_and_model_card(run):
 
 def test_parse_training_settings_is_lenient():
   assert export.parse_training_settings(None) == dict.fromkeys(export.TRAINING_KEYS)
-  text = "pretrain.num_frames = 16\n# pretrain.crop_size = 99\npretrain.crop_size=224\n"
+  text = ("build_pretrain_dataset.clip_len = 16\n# build_pretrain_dataset.crop_size = 99\n"
+          "build_pretrain_dataset.crop_size=224\n")
   assert export.parse_training_settings(text) == {
-      'num_frames': 16, 'frame_stride': None, 'crop_size': 224}
+      'num_frames': 16, 'frame_stride': None, 'target_fps': None, 'crop_size': 224}
 
 
 def test_fine_tuning_through_keras_layer(run):
