@@ -60,6 +60,23 @@ def test_colour_params_probabilities_and_ranges():
     np.testing.assert_array_equal(np.sort(p['jitter_order'], axis=1), [[0, 1, 2, 3]] * n)
 
 
+def test_colour_strength_and_probabilities_from_gin():
+  import gin  # pylint: disable=import-outside-toplevel
+  try:
+    gin.parse_config(["colour_augment.strength = 0.5",
+                      "colour_augment.probs = {'blur': (0.0, 0.0, 0.0)}"])
+    p = {k: v.numpy() for k, v in augment.draw_colour_params(SEED, 2000, 1).items()}
+  finally:
+    gin.clear_config()
+  on = p['jitter']
+  for key in ('brightness', 'contrast', 'saturation'):  # 1 -/+ 0.8 * 0.5
+    assert p[key][on].min() >= 0.6 and p[key][on].max() <= 1.4
+    assert p[key][on].min() < 0.65 and p[key][on].max() > 1.35
+  assert np.abs(p['hue'][on]).max() <= 0.1
+  assert (p['blur_sigma'] == 0).all()  # view 1 normally blurs every clip
+  assert abs(p['grayscale'].mean() - 0.2) < 0.04  # not overridden
+
+
 def test_consistent_augmentation_keeps_a_still_scene_still():
   clips = _static_clips(6)
   for view in (1, 2):

@@ -60,6 +60,21 @@ def test_projection_head_uses_batch_stats_when_training():
   assert not np.allclose(bn.moving_mean.numpy(), 0)  # statistics updated
 
 
+def test_projection_head_output_bn_centres_the_batch():
+  """SimCLR v2's variant: no output bias, a BN without offset -> zero-mean, unit-variance
+  embedding dimensions over the batch in training (what keeps them from collapsing)."""
+  head = heads.ProjectionHead(num_hidden_layers=1, hidden_dim=16, output_dim=8,
+                              output_bn=True)
+  x = tf.random.normal((64, 12), seed=2) * 3 + 7
+  out = head(x, training=True).numpy()
+  assert not head.output_layer.use_bias and not head.output_bn.center
+  np.testing.assert_allclose(out.mean(0), 0, atol=1e-4)
+  np.testing.assert_allclose(out.var(0), 1, rtol=1e-2)  # eps 1e-5 against var ~ O(1)
+  # 1 hidden kernel + 4 BN vectors, output kernel + gamma + 2 moving statistics.
+  assert len(head.weights) == 1 + 4 + 1 + 3
+  assert heads.ProjectionHead.from_config(head.get_config()).output_bn is not None
+
+
 def test_projection_head_bf16(bf16_policy):
   head = heads.ProjectionHead(hidden_dim=32, output_dim=16)
   assert head.hidden_layers[0].compute_dtype == 'bfloat16'

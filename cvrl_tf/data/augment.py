@@ -19,6 +19,7 @@ Two stages, so the expensive parts can run where they are cheapest:
 import math
 from typing import Dict, Optional, Sequence, Tuple
 
+import gin
 import tensorflow as tf
 
 CROP_AREA_RANGE = (0.3, 1.0)
@@ -142,9 +143,14 @@ def eval_crops(frames: tf.Tensor, size: int, num_crops: int = 3) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------------ colour and blur
+@gin.configurable('colour_augment', allowlist=['strength', 'probs'])
 def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
                        probs: Optional[Dict[str, Sequence[float]]] = None) -> Params:
   """One parameter set per clip, each entry with leading dim [num].
+
+  gin: `colour_augment.strength` (1.0: CVRL / SimCLR on ImageNet; 0.5: SimCLR's CIFAR
+  setting) and `colour_augment.probs` (e.g. {'blur': (0.0, 0.0, 0.0)} turns blur off)
+  apply wherever colour is drawn, in tf.data or in the train step.
 
   view: int or int tensor [num], per clip: 1 or 2 selects the probabilities of that view
   (VIEW_PROBS), 0 draws identity parameters (no colour op). `probs` overrides entries

@@ -8,6 +8,10 @@ ProjectionHead (pretraining only, dropped afterwards):
   CVRL: 3 x 2048 then 128, BN momentum 0.997, eps 1e-5. The last Dense has a bias and no
   BN. The output is *not* L2-normalized: the contrastive loss normalizes (and owns the
   temperature), so the head stays a plain MLP.
+  `output_bn=True` is SimCLR v2's variant: the last Dense has no bias and is followed by a
+  BN without offset (center=False). Batch-centring the embeddings removes the component
+  every clip shares, which is how small-batch runs collapse (all embeddings one direction,
+  loss log(2B - 1), see gin/demo/pretrain.gin); the CVRL recipe leaves it off.
 
 LinearClassifier (linear evaluation and fine-tuning):
   [L2-normalize] -> [Dropout] -> Dense(num_classes) -> logits
@@ -32,12 +36,14 @@ class ProjectionHead(tf_keras.layers.Layer):
                bn_momentum: float = 0.997,
                bn_epsilon: float = 1e-5,
                use_sync_bn: bool = False,
+               output_bn: bool = False,
                kernel_initializer='glorot_uniform',
                **kwargs):
     super().__init__(**kwargs)
     self._config = dict(
         num_hidden_layers=num_hidden_layers, hidden_dim=hidden_dim, output_dim=output_dim,
         bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, use_sync_bn=use_sync_bn,
+        output_bn=output_bn,
         kernel_initializer=tf_keras.initializers.serialize(
             tf_keras.initializers.get(kernel_initializer)))
     dtype = self.dtype_policy
@@ -53,7 +59,13 @@ class ProjectionHead(tf_keras.layers.Layer):
           tf_keras.layers.ReLU(dtype=dtype, name=f'relu_{i}'),
       ]
     self.output_layer = tf_keras.layers.Dense(
-        output_dim, kernel_initializer=self._init(), dtype=dtype, name='output')
+        output_dim, use_bias=not output_bn, kernel_initializer=self._init(), dtype=dtype,
+        name='output')
+    self.output_bn = None
+    if output_bn:
+      self.output_bn = tf_keras.layers.BatchNormalization(
+          momentum=bn_momentum, epsilon=bn_epsilon, center=False,
+          synchronized=use_sync_bn, dtype=dtype, name='output_bn')
 
   def _init(self):
     # A fresh initializer per layer: a shared seeded one would repeat the same values.
@@ -62,7 +74,9 @@ class ProjectionHead(tf_keras.layers.Layer):
   def build(self, input_shape):
     # Create every variable now, so `head.build(shape)` is enough to restore a checkpoint.
     shape = tf.TensorShape(input_shape)
-    for layer in self.hidden_layers + [self.output_layer]:
+    for layer in self.hidden_layers + [self.output_layer, self.output_bn]:
+      if layer is None:
+        continue
       layer.build(shape)
       shape = layer.compute_output_shape(shape)
     super().build(input_shape)
@@ -74,7 +88,10 @@ class ProjectionHead(tf_keras.layers.Layer):
         x = layer(x, training=training)
       else:
         x = layer(x)
-    return tf.cast(self.output_layer(x), tf.float32)
+    x = self.output_layer(x)
+    if self.output_bn is not None:
+      x = self.output_bn(x, training=training)
+    return tf.cast(x, tf.float32)
 
   def compute_output_shape(self, input_shape):
     return tf.TensorShape(input_shape)[:-1].concatenate([self._config['output_dim']])
