@@ -91,6 +91,24 @@ def test_pretrain_elements(data, defer):
     np.testing.assert_array_equal(batch['view2']['colour_view'], [2, 2, 2])
 
 
+@pytest.mark.parametrize('per_frame', [False, True])
+def test_no_canvas_pads_to_the_batch_and_gives_the_same_clips(data, per_frame):
+  """canvas=None pads deferred crops only to the largest crop of the batch; the finished
+  clips equal those of a fixed canvas (same windows: both fit every frame)."""
+  build = lambda canvas: _first(pipeline.build_pretrain_dataset(
+      data['timed'], 3, seed=5, deterministic=True, defer='resize', canvas=canvas,
+      per_frame_augment=per_frame, **CLIP))
+  dynamic, fixed = build(None), build((H, W))
+  for view in ('view1', 'view2'):
+    crop_hw = dynamic[view]['crop_hw'].reshape(-1, 2)
+    assert dynamic[view]['crops'].shape[2:4] == (
+        (H, W) if per_frame else tuple(crop_hw.max(axis=0)))
+    np.testing.assert_array_equal(crop_hw.reshape(-1), fixed[view]['crop_hw'].reshape(-1))
+  seed = tf.constant([4, 2])
+  np.testing.assert_array_equal(augment.finish_batch(dynamic, seed, 32).numpy(),
+                                augment.finish_batch(fixed, seed, 32).numpy())
+
+
 def test_pretrain_determinism(data):
   build = lambda seed: _first(pipeline.build_pretrain_dataset(
       data['timed'], 3, seed=seed, deterministic=True, defer='colour', **CLIP))

@@ -16,8 +16,9 @@ always calls `clips = augment.finish_batch(batch, seed, crop_size)` (float32
 [N, T, S, S, 3]; for pretraining view 1 then view 2):
   'none'    {'clips': [N, T, S, S, 3]} fully augmented (float32 [0, 1] or uint8).
   'colour'  the same before colour / blur, plus 'colour_view' int32 [N] (1 or 2).
-  'resize'  {'crops': uint8 [N, T, Hc, Wc, 3] (decoded crops, top-left on a zero canvas
-            of size `canvas`), 'crop_hw': int32 [N, 2], 'flip': bool [N],
+  'resize'  {'crops': uint8 [N, T, Hc, Wc, 3] (decoded crops, top-left on a zero canvas:
+            `canvas` = (Hc, Wc) fixed, or None = the largest crop of the batch),
+            'crop_hw': int32 [N, 2], 'flip': bool [N],
             'colour_view'}; per-frame ablation: crop_hw [N, T, 2], flip and
             colour_view [N, T].
   Deferred pretraining batches hold the views apart, {'view1': {...}, 'view2': {...}}
@@ -45,8 +46,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 DEFER_MODES = ('none', 'colour', 'resize')
 
 
-def _clamp_windows(windows: tf.Tensor, canvas: Sequence[int]) -> tf.Tensor:
+def _clamp_windows(windows: tf.Tensor, canvas: Optional[Sequence[int]]) -> tf.Tensor:
   """Shrinks (y, x, h, w) windows [K, 4] about their centre to fit the canvas."""
+  if canvas is None:  # The batch pads to its largest crop: any window fits.
+    return windows
   y, x, h, w = tf.unstack(windows, axis=1)
   new_h, new_w = tf.minimum(h, canvas[0]), tf.minimum(w, canvas[1])
   return tf.stack([y + (h - new_h) // 2, x + (w - new_w) // 2, new_h, new_w], axis=1)
@@ -54,7 +57,7 @@ def _clamp_windows(windows: tf.Tensor, canvas: Sequence[int]) -> tf.Tensor:
 
 def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, crop_size: int, per_frame: bool,
                  defer: str, dtype: tf.DType,
-                 canvas: Sequence[int]) -> Dict[str, tf.Tensor]:
+                 canvas: Optional[Sequence[int]]) -> Dict[str, tf.Tensor]:
   """string [T] JPEGs -> random resized crop + flip of one clip, as a dict (see module
   docstring): one window and flip per clip, or per frame for the ablation.
 
@@ -72,10 +75,13 @@ def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, crop_size: int, per_frame: b
   if defer == 'resize':
     windows = _clamp_windows(windows, canvas)
     if per_frame:  # Crop sizes differ per frame: pad each onto the canvas here.
-      pad = lambda c: tf.pad(c, [[0, canvas[0] - tf.shape(c)[0]],
-                                 [0, canvas[1] - tf.shape(c)[1]], [0, 0]])
+      room = hw[:2] if canvas is None else canvas  # No canvas: the frame size.
+      pad = lambda c: tf.pad(c, [[0, room[0] - tf.shape(c)[0]],
+                                 [0, room[1] - tf.shape(c)[1]], [0, 0]])
+      spec = tf.TensorSpec([None, None, 3] if canvas is None else list(canvas) + [3],
+                           tf.uint8)
       crops = tf.map_fn(lambda a: pad(decode(a[0], a[1])), (jpegs, windows),
-                        fn_output_signature=tf.TensorSpec(list(canvas) + [3], tf.uint8))
+                        fn_output_signature=spec)
       return {'crops': crops, 'crop_hw': windows[:, 2:], 'flip': flips}
     crops = tf.map_fn(lambda j: decode(j, windows[0]), jpegs,
                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
@@ -103,8 +109,10 @@ def _augmented_clip(jpegs, seeds, crop_size, per_frame, defer, dtype, canvas, vi
   return out
 
 
-def _batch(ds: tf.data.Dataset, batch_size: int, canvas: Sequence[int]) -> tf.data.Dataset:
-  """Batches dicts (or pairs of dicts); deferred crops are padded onto the canvas."""
+def _batch(ds: tf.data.Dataset, batch_size: int,
+           canvas: Optional[Sequence[int]]) -> tf.data.Dataset:
+  """Batches dicts (or pairs of dicts); deferred crops are padded onto the canvas (None:
+  onto the largest crop of the batch)."""
   def padded(spec):
     if isinstance(spec, dict):
       return {k: padded(v) for k, v in spec.items()}
@@ -114,7 +122,8 @@ def _batch(ds: tf.data.Dataset, batch_size: int, canvas: Sequence[int]) -> tf.da
   shapes = padded(ds.element_spec)
   for view in (shapes if isinstance(shapes, tuple) else (shapes,)):
     if 'crops' in view:
-      view['crops'] = tf.TensorShape([view['crops'][0], canvas[0], canvas[1], 3])
+      hc, wc = (None, None) if canvas is None else canvas
+      view['crops'] = tf.TensorShape([view['crops'][0], hc, wc, 3])
   return ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=True)
 
 
@@ -168,7 +177,7 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
                            per_frame_augment: bool = False,
                            defer: str = 'none',
                            output_dtype: Union[str, tf.DType] = 'float32',
-                           canvas: Sequence[int] = (256, 456),
+                           canvas: Optional[Sequence[int]] = (256, 456),
                            shuffle_buffer: int = 128,
                            cycle_length: int = 16,
                            seed: Optional[int] = None,
@@ -185,7 +194,9 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
     (module docstring). 'resize' is the fastest input pipeline by far.
   output_dtype: of 'clips': 'float32' ([0, 1]) or 'uint8' ([0, 255]; 4x less memory).
   canvas: (Hc, Wc) of deferred crops, >= the stored frame size (256x456 fits 16:9 at
-    short side 256); larger crops are shrunk about their centre to fit.
+    short side 256; larger crops are shrunk about their centre to fit), for static
+    shapes (TPU / XLA); None pads each batch to its largest crop only (least copying,
+    any frame size; shapes vary by batch).
   shuffle_buffer: in videos; each holds its serialized record (a few MB) in memory.
   """
   _check_defer(defer)
@@ -227,7 +238,7 @@ def build_classification_dataset(file_pattern: FilePatterns,
                                  colour_augment: bool = False,
                                  defer: str = 'none',
                                  output_dtype: Union[str, tf.DType] = 'float32',
-                                 canvas: Sequence[int] = (256, 456),
+                                 canvas: Optional[Sequence[int]] = (256, 456),
                                  label_fraction: Optional[float] = None,
                                  label_seed: int = 0,
                                  shuffle_buffer: int = 128,
