@@ -77,6 +77,16 @@ def test_colour_strength_and_probabilities_from_gin():
   assert abs(p['grayscale'].mean() - 0.2) < 0.04  # not overridden
 
 
+def test_flip_probability_from_gin():
+  import gin  # pylint: disable=import-outside-toplevel
+  assert abs(augment.sample_flips(SEED, 4000).numpy().mean() - 0.5) < 0.03
+  try:
+    gin.parse_config(['random_flip.prob = 0.0'])
+    assert not augment.sample_flips(SEED, 4000).numpy().any()
+  finally:
+    gin.clear_config()
+
+
 def test_consistent_augmentation_keeps_a_still_scene_still():
   clips = _static_clips(6)
   for view in (1, 2):

@@ -72,8 +72,13 @@ def sample_crop_windows(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, nu
   return tf.cast(tf.stack([y, x, box_h, box_w], axis=-1), tf.int32)
 
 
+@gin.configurable('random_flip', allowlist=['prob'])
 def sample_flips(seed: tf.Tensor, num: int = 1, prob: float = 0.5) -> tf.Tensor:
-  """Horizontal flip decisions -> bool [num]."""
+  """Horizontal flip decisions -> bool [num].
+
+  gin `random_flip.prob = 0.0` turns flips off, for data whose classes are mirror images
+  of each other (left / right, clockwise / counter-clockwise motion; the demo's set).
+  """
   return tf.random.stateless_uniform([num], seed) < prob
 
 
