@@ -1,11 +1,15 @@
 """Embedded demo dataset: classes that only motion tells apart (the `cvrl_synth` command).
 
-Each video shows one large textured object doing one of 8 motions (translate left / right /
-up / down, rotate clockwise / counter-clockwise, zoom in / out). Shape, colours, texture,
-background, position, angle and size are drawn per video from the same distributions for
-every class, so a single frame carries no class information: a model has to look at
-motion, which is what contrastive video pretraining should learn. Nuisance is real:
-camera shake, brightness flicker, pixel noise and small distractor objects on random walks.
+Each video shows a large textured object doing one of 8 motions (translate left / right /
+up / down, rotate clockwise / counter-clockwise, zoom in / out), cut into shots of 8-16
+frames. The motion and its speed are drawn once per video; at every cut the scene is
+drawn anew: background, object shape, colours, texture, position, angle, size and
+distractors, from the same distributions for every class. So a single frame carries no
+class information, and what two clips of one video have in common is only how things
+move: a model has to learn motion, which is what contrastive video pretraining should
+learn. (With one shot per video, `shot_max=0`, instance discrimination is solved by
+appearance alone and says nothing about the classes.) Nuisance is real: camera shake,
+brightness flicker, pixel noise and small distractor objects on random walks.
 
 Drawing is vectorised NumPy over (time, height, width); every video has its own RNG seeded
 by (seed, split, index), so the set is deterministic and can be generated in parallel.
@@ -45,6 +49,11 @@ class Config:
   shake: float = 0.8  # camera jitter std in px at 64 px
   noise: float = 0.03  # pixel noise std (intensity in [0, 1])
   max_distractors: int = 3
+  # Shot lengths in frames: the scene is redrawn at every cut, the motion goes on
+  # (shot_max 0: the whole video is one shot).
+  shot_min: int = 8
+  shot_max: int = 16
+  zoom_frames: float = 49.0  # frames a zoom takes to sweep the whole scale range
 
   @property
   def num_frames(self) -> int:
@@ -116,8 +125,24 @@ def _col(values) -> np.ndarray:
   return np.asarray(values, np.float32)[:, None, None]
 
 
+def _shots(rng: np.random.Generator, n: int, cfg: Config):
+  """(first, end) frame ranges of the shots: lengths uniform in [shot_min, shot_max]."""
+  if cfg.shot_max <= 0:
+    return [(0, n)]
+  bounds, t = [], 0
+  while t < n:
+    length = int(rng.integers(cfg.shot_min, cfg.shot_max + 1))
+    bounds.append((t, min(n, t + length)))
+    t += length
+  return bounds
+
+
 def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.ndarray:
   """One video of class CLASSES[label] as uint8 [T, size, size, 3].
+
+  The video is a sequence of shots: the motion (class, speed, spin, zoom rate) is drawn
+  once per video, everything else (scene, object, its position, distractors) anew per
+  shot, so that what two clips of one video have in common is how things move.
 
   Drawing is channel-first [3, T, H, W] float32 (broadcasting an RGB triple along a last
   axis of 3 is 10x slower in NumPy), and scalars stay Python floats, which do not promote
@@ -125,34 +150,54 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.n
   """
   n, size = cfg.num_frames, float(cfg.size)
   px = size / 64.0  # motions are specified for 64 px frames
-  t = np.arange(n, dtype=np.float64)
   shake = rng.normal(0, cfg.shake * px, (n + 2, 2))
   shake = (shake[:-2] + shake[1:-1] + shake[2:]) / math.sqrt(3)  # smooth, same spread
   grid = np.arange(cfg.size, dtype=np.float32) + 0.5
   x = grid[None, None, :] + _col(shake[:, 0])  # world coordinates, [T, 1, W]
   y = grid[None, :, None] + _col(shake[:, 1])  # [T, H, 1]
+  # The video's motion; drawn whatever the class, so one seed gives the same shots
+  # (appearance) under any of the 8 motions.
+  motion = dict(zip(('speed', 'spin', 'rate'), rng.uniform(size=3)))
+  img = np.concatenate(
+      [_render_shot(CLASSES[label], rng, x[t0:t1], y[t0:t1], motion, cfg)
+       for t0, t1 in _shots(rng, n, cfg)], axis=1)
+
+  # Brightness flicker and (luma) sensor noise.
+  flicker = 1.0 + np.convolve(rng.normal(0, 0.03, n + 4), np.ones(5) / 5, 'valid')
+  img *= _col(flicker)
+  img += rng.standard_normal(img.shape[1:], dtype=np.float32) * cfg.noise
+  img = np.clip(img, 0.0, 1.0, out=img) * 255.0 + 0.5
+  return np.ascontiguousarray(np.moveaxis(img.astype(np.uint8), 0, -1))
+
+
+def _render_shot(name: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
+                 motion: Dict[str, float], cfg: Config) -> np.ndarray:
+  """One shot, float32 [3, m, size, size]: a new scene, object and distractors, moving
+  by the video's motion (x, y: the shot's world coordinates, [m, 1, W] and [m, H, 1])."""
+  m, size = x.shape[0], float(cfg.size)
+  px = size / 64.0
+  t = np.arange(m, dtype=np.float64)
   img, bg_colour = _background(rng, x, y, size)
 
-  # Main object. Every random draw happens whatever the class (motion parameters are
-  # drawn for all motions), so one seed gives one appearance under any of the 8 motions.
-  name = CLASSES[label]
-  speed_u, spin_u, rate_u, start_u = rng.uniform(size=4)
+  # Main object. Every random draw happens whatever the class.
+  start_u = rng.uniform()
   lo, hi = (f * size for f in _SCALE_RANGE)
   centre = rng.uniform(0.3, 0.7, 2) * size
-  angle = np.full(n, rng.uniform(0, 2 * math.pi))
-  scale = np.full(n, rng.uniform(lo, hi))
-  cx, cy = np.full(n, centre[0]), np.full(n, centre[1])
+  angle = np.full(m, rng.uniform(0, 2 * math.pi))
+  scale = np.full(m, rng.uniform(lo, hi))
+  cx, cy = np.full(m, centre[0]), np.full(m, centre[1])
   if name.startswith('translate'):
-    step = cfg.speed * px * (0.7 + 0.6 * speed_u) * t
+    step = cfg.speed * px * (0.7 + 0.6 * motion['speed']) * t
     direction = name.split('_')[1]
     cx = cx + {'left': -step, 'right': step}.get(direction, 0.0)
     cy = cy + {'up': -step, 'down': step}.get(direction, 0.0)
   if name.startswith('rotate'):
-    spin = math.radians(cfg.spin * (0.7 + 0.6 * spin_u))
+    spin = math.radians(cfg.spin * (0.7 + 0.6 * motion['spin']))
     angle = angle + (spin if name == 'rotate_cw' else -spin) * t  # y down: + is clockwise
   if name.startswith('zoom'):
-    rate = math.log(hi / lo) / max(1, n - 1) * (0.8 + 0.2 * rate_u)
-    start = lo + (hi * math.exp(-rate * (n - 1)) - lo) * start_u
+    # The scale sweeps [lo, hi] in zoom_frames frames; a shot starts anywhere it fits.
+    rate = math.log(hi / lo) / cfg.zoom_frames * (0.8 + 0.2 * motion['rate'])
+    start = lo + (max(lo, hi * math.exp(-rate * (m - 1))) - lo) * start_u
     scale = start * np.exp(rate * t)
     if name == 'zoom_out':
       scale = scale[::-1]
@@ -177,9 +222,9 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.n
   palette = np.stack([_colour(rng) for _ in range(count)])
   top, cover = np.zeros(img.shape[1:], np.intp), np.zeros(img.shape[1:], np.float32)
   for k in range(count):
-    kicks = rng.normal(0, 0.6 * px, (n, 2))
-    vel = np.zeros((n, 2))
-    for i in range(1, n):
+    kicks = rng.normal(0, 0.6 * px, (m, 2))
+    vel = np.zeros((m, 2))
+    for i in range(1, m):
       vel[i] = 0.85 * vel[i - 1] + kicks[i]
     pos = rng.uniform(0, size, 2) + np.cumsum(vel, axis=0)
     radius = rng.uniform(0.05, 0.09) * size
@@ -188,13 +233,7 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.n
     top[a > 0] = k
     np.maximum(cover, a, out=cover)
   img += (palette.T[:, top] - img) * cover
-
-  # Brightness flicker and (luma) sensor noise.
-  flicker = 1.0 + np.convolve(rng.normal(0, 0.03, n + 4), np.ones(5) / 5, 'valid')
-  img *= _col(flicker)
-  img += rng.standard_normal(img.shape[1:], dtype=np.float32) * cfg.noise
-  img = np.clip(img, 0.0, 1.0, out=img) * 255.0 + 0.5
-  return np.ascontiguousarray(np.moveaxis(img.astype(np.uint8), 0, -1))
+  return img
 
 
 def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -207,7 +246,10 @@ def write_video(path: str, split: str, index: int, label: int, seed: int,
   cfg = Config(**cfg_dict)
   frames = render(label, video_rng(seed, split, index), cfg)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with video_io.VideoWriter(path + '.tmp.mp4', cfg.fps, cfg.size, cfg.size) as writer:
+  # MPEG-4 part 2 at a fixed quantizer: x264 (PyAV 18) gave different bytes for the same
+  # frames from run to run on a loaded machine, even single-threaded.
+  with video_io.VideoWriter(path + '.tmp.mp4', cfg.fps, cfg.size, cfg.size,
+                            codec='mpeg4') as writer:
     for frame in frames:
       writer.write(frame)
   os.replace(path + '.tmp.mp4', path)
