@@ -1,7 +1,7 @@
 """Converter throughput and memory, against PyAV decoding alone on the same files.
 
   python benchmarks/bench_convert.py            # 12 videos of 4 s, 5 repetitions
-  python benchmarks/bench_convert.py --quick    # smoke run (4 videos of 2 s, 2 reps)
+  python benchmarks/bench_convert.py --quick    # smoke run (2 videos of 1 s, 1 rep)
 
 Writes Kinetics-like sources (480x360 H.264, 25 fps, moving texture + noise) to a temp
 dir, then measures, alternating variants within each repetition so that load drift hits
@@ -17,6 +17,9 @@ Also:
                frames would take if they were held: RSS grows only by the JPEG bytes
                (a record holds every frame), not by decoded frames; full mode also
                measures the whole converter in one process
+--quick (seconds, for the test suite) shrinks every part: 1 s videos, one repetition
+after the warm-up, 1 s vs 3 s for the memory probe, and no TensorFlow import timing
+(~10 s a run).
 Besides wall-clock rates, videos per CPU-second (this process + its workers) are
 printed: on a machine shared with other jobs they are the steadier figure.
 """
@@ -115,7 +118,7 @@ def bench_throughput(paths, reps, tmp):
   return stats
 
 
-def bench_jpeg(frame, reps=200):
+def bench_jpeg(frame, reps=200, import_runs=3, modules=('PIL.Image', 'tensorflow')):
   from PIL import Image  # pylint: disable=import-outside-toplevel,unused-import
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   timings = {}
@@ -132,9 +135,9 @@ def bench_jpeg(frame, reps=200):
   print(f'\njpeg q90 of one {frame.shape[1]}x{frame.shape[0]} frame, ms per frame:')
   for name, runs in timings.items():
     print(_summary(name, runs, 'ms'))
-  for module in ('PIL.Image', 'tensorflow'):
+  for module in modules:
     runs = []
-    for _ in range(3):
+    for _ in range(import_runs):
       t0 = time.perf_counter()
       subprocess.run([sys.executable, '-c', f'import {module}'], check=True,
                      capture_output=True)
@@ -169,7 +172,7 @@ with open('/proc/self/status') as f:
 """
 
 
-def bench_memory(tmp, lengths, whole_converter):
+def bench_memory(tmp, lengths, whole_converter, probe_runs=2):
   print('\npeak RSS of a fresh process: decode + resize to 256 + JPEG of one video')
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for seconds in lengths:
@@ -177,7 +180,7 @@ def bench_memory(tmp, lengths, whole_converter):
     write_video(path, seconds, seed=seconds, width=320, height=240)
     runs = [json.loads(subprocess.run([sys.executable, '-c', _MEMORY_PROBE, path, root],
                                       check=True, capture_output=True, text=True).stdout)
-            for _ in range(2)]
+            for _ in range(probe_runs)]
     held = runs[0]['frames'] * 256 * 341 * 3 / 2**20
     print(f'{seconds:3d} s video: {runs[0]["frames"]:5d} frames, peak RSS '
           f'{min(r["rss_mb"] for r in runs):6.1f} MB (after imports '
@@ -196,8 +199,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true', help='smoke run')
   args = parser.parse_args()
-  num, seconds, reps = (4, 2.0, 2) if args.quick else (12, 4.0, 5)
-  lengths = (5, 30) if args.quick else (10, 60)
+  num, seconds, reps = (2, 1.0, 1) if args.quick else (12, 4.0, 5)
+  lengths = (1, 3) if args.quick else (10, 60)
   print(f'cores: {pool_lib.default_workers()}, load average at start: '
         f'{os.getloadavg()[0]:.2f}')
   with tempfile.TemporaryDirectory() as tmp:
@@ -207,8 +210,12 @@ def main():
       write_video(paths[-1], seconds, seed=i)
     bench_throughput(paths, reps, tmp)
     frame = video_io.read_frames(paths[0], short_side=256)[0]
-    bench_jpeg(frame, 40 if args.quick else 200)
-    bench_memory(tmp, lengths, whole_converter=not args.quick)
+    if args.quick:
+      bench_jpeg(frame, 20, import_runs=1, modules=('PIL.Image',))
+      bench_memory(tmp, lengths, whole_converter=False, probe_runs=1)
+    else:
+      bench_jpeg(frame, 200)
+      bench_memory(tmp, lengths, whole_converter=True)
   print(f'load average at end: {os.getloadavg()[0]:.2f}')
 
 

@@ -1,7 +1,7 @@
 """Input pipeline throughput at the CVRL pretraining setting, against JPEG decoding alone.
 
   python benchmarks/bench_input.py            # 20 records, 5 repetitions (~10 minutes)
-  python benchmarks/bench_input.py --quick    # smoke run
+  python benchmarks/bench_input.py --quick    # smoke run (seconds; no peak RSS column)
 
 Writes synthetic records (256x340 frames, 60-100 per video) to a temp dir, then measures
 on the same cores and records, alternating variants within each repetition so load drift
@@ -20,7 +20,8 @@ Rates are clips/s (one video = two clips); decode_only is converted at clip_len 
 per clip. Besides wall-clock rates, clips per CPU-second of this process are reported:
 on a machine shared with other jobs they are the steadier figure. Peak RSS is measured
 per variant in a fresh process (warm-up + a few batches); 'idle' is TensorFlow imported
-and the records listed, nothing run.
+and the records listed, nothing run. --quick (and --no_rss) leave it out: one fresh
+process per variant costs a TensorFlow import (~10 s) each.
 """
 
 import argparse
@@ -158,6 +159,8 @@ def main(argv=None):
                       'defer=colour/u8,defer=none,step:resize+col,step:colour',
                       help='also available: defer=colour/f32')
   parser.add_argument('--records_dir', default=None, help='reuse records written before')
+  parser.add_argument('--no_rss', action='store_true',
+                      help='skip the peak RSS column (a fresh process per variant)')
   parser.add_argument('--rss_variant', default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -166,6 +169,7 @@ def main(argv=None):
     args.num_videos, args.batch_size, args.reps, args.batches = 4, 2, 1, 2
     args.min_seconds, args.clip_len, args.crop_size = 0.0, 4, 64
     height, width = 72, 96
+    args.no_rss = True
 
   tmp = None
   if args.records_dir:
@@ -222,21 +226,26 @@ def main(argv=None):
             f'{cpu_rates[v][-1]:8.1f} clips/CPU-s', flush=True)
   load_after = os.getloadavg()[0]
   records_dir = os.path.dirname(pattern)
-  peaks = {v: isolated_peak_rss(v, argv, records_dir) for v in ['idle'] + variants}
+  if args.no_rss:
+    peaks = {v: float('nan') for v in ['idle'] + variants}
+  else:
+    peaks = {v: isolated_peak_rss(v, argv, records_dir) for v in ['idle'] + variants}
 
   print(f'\nclip {args.clip_len}x{args.crop_size}x{args.crop_size}, stride {args.stride}, '
         f'batch {args.batch_size} videos = {clips_per_batch} clips, {args.reps} reps, '
         f'load average before/after {load_before:.1f}/{load_after:.1f}')
   print(f'{"variant":17s} {"clips/s":>8s} {"min..max":>15s} {"vs dec":>6s}   '
         f'{"clips/CPU-s":>11s} {"min..max":>15s} {"vs dec":>6s}   '
-        f'peak RSS MB (idle {peaks["idle"]:.0f})')
+        + ('peak RSS: not measured (--quick / --no_rss)' if args.no_rss else
+           f'peak RSS MB (idle {peaks["idle"]:.0f})'))
   def stats(values, base_values):
     med = statistics.median(values)
     rel = (f'{med / statistics.median(base_values):6.2f}' if base_values else ' ' * 6)
     return f'{med:8.1f} {min(values):7.1f}..{max(values):<6.1f} {rel}'
   for v in variants:
     print(f'{v:17s} {stats(rates[v], rates.get("decode_only"))}   '
-          f'   {stats(cpu_rates[v], cpu_rates.get("decode_only"))}   {peaks[v]:8.0f}')
+          f'   {stats(cpu_rates[v], cpu_rates.get("decode_only"))}   '
+          + ('       -' if args.no_rss else f'{peaks[v]:8.0f}'))
   if tmp:
     tmp.cleanup()
 

@@ -1,22 +1,27 @@
-"""Pretraining train-step throughput and FLOP utilisation on this machine.
+"""Pretraining train-step throughput and FLOP utilisation: R3D-18/50, fp32/bf16, XLA off/on.
 
-  python benchmarks/bench_train_step.py                 # R3D-50, 2 videos x 8x112x112
-  python benchmarks/bench_train_step.py --quick         # smoke run (tiny R3D-18, seconds)
-  python benchmarks/bench_train_step.py --frames=16 --size=224 --batch=4 --jit_compile
+  python benchmarks/bench_train_step.py         # R3D-18 and R3D-50, 4 videos x 8x112x112
+  python benchmarks/bench_train_step.py --quick # smoke run (R3D-18 0.25x, 4x32x32, seconds)
+  python benchmarks/bench_train_step.py --backbones=r3d50 --dtypes=bfloat16 --xla=on
 
-Measures `CVRLPretrainer.train_step` under `model.fit` (default strategy) on an in-memory
-batch, so the input pipeline is excluded (see bench_input.py for that side):
-  clips/s       2 x videos per step / median step time (warm-up and tracing excluded)
-  model FLOP/s  3 x forward FLOPs per clip (encoder + head, models/flops.py; backward
+One table row per backbone x dtype x XLA. Each row times `CVRLPretrainer.train_step`
+under `model.fit` (default strategy) on one in-memory batch, so the input pipeline is
+excluded (bench_input.py measures that side, bench_e2e.py both together):
+  step s        median (min..max) over --reps timed steps, end of step to end of step;
+                --warmup steps (tracing, XLA compilation) excluded
+  clips/s       2 x videos per step / step time (and per CPU-second of this process)
+  GFLOP/s       3 x forward FLOPs per clip (encoder + head, models/flops.py; backward
                 ~ 2 x forward) x clips/s
-  peak FLOP/s   a large Conv3D (forward, same dtype) timed on the same cores, before and
-                after the model; the better of the two
-  utilisation   model FLOP/s / peak FLOP/s
-Both rates are also given per CPU-second of this process, the steadier figure when the
-machine is shared with other jobs.
+  % peak        GFLOP/s / peak, the peak being a large 'same' 3x3x3 Conv3D (forward,
+                same dtype) timed on the same cores before and after all rows, the
+                better of the two (also per CPU-second)
+dtype 'bfloat16' is the tf_keras 'mixed_bfloat16' policy (bf16 compute, fp32 variables;
+the loss stays fp32). --quick compiles XLA at -O0 so its rows take seconds: its XLA
+figures say nothing about XLA's speed.
 """
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -26,57 +31,47 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,g-bad-import-order
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+import common
 from cvrl_tf import optim
 from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer
 from cvrl_tf.models import r3d
 
-
-def _cpu_seconds() -> float:
-  t = os.times()
-  return t.user + t.system
-
-
-class _StepTimer(tf_keras.callbacks.Callback):
-  """Wall and CPU time of every training batch."""
-
-  def __init__(self):
-    super().__init__()
-    self.wall, self.cpu = [], []
-
-  def on_train_batch_begin(self, batch, logs=None):
-    self._t, self._c = time.perf_counter(), _cpu_seconds()
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.wall.append(time.perf_counter() - self._t)
-    self.cpu.append(_cpu_seconds() - self._c)
+POLICIES = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16'}
+QUICK_XLA_FLAG = '--xla_backend_optimization_level=0'
 
 
 def conv_peak(dtype: str, repeats: int, shape=(2, 8, 28, 28, 128), filters: int = 128):
   """(FLOP/s wall, FLOP/s per CPU-second) of a 3x3x3 'same' Conv3D, a dense-math ceiling."""
-  x = tf.random.uniform(shape, dtype=dtype)
-  k = tf.random.uniform((3, 3, 3, shape[-1], filters), dtype=dtype) * 0.01
+  x = tf.cast(tf.random.uniform(shape), dtype)
+  k = tf.cast(tf.random.uniform((3, 3, 3, shape[-1], filters)) * 0.01, dtype)
   conv = tf.function(lambda a: tf.nn.conv3d(a, k, [1] * 5, 'SAME'))
   flop = 2 * np.prod(shape[:-1]) * 27 * shape[-1] * filters
   conv(x).numpy()  # trace + warm-up
   walls, cpus = [], []
   for _ in range(repeats):
-    t, c = time.perf_counter(), _cpu_seconds()
+    t, c = time.perf_counter(), common.cpu_seconds()
     conv(x).numpy()
     walls.append(time.perf_counter() - t)
-    cpus.append(_cpu_seconds() - c)
+    cpus.append(common.cpu_seconds() - c)
   return flop / statistics.median(walls), flop / max(statistics.median(cpus), 1e-9)
 
 
-def build(args):
-  encoder = r3d.build_backbone(args.backbone, width_multiplier=args.width_multiplier)
-  head = heads.ProjectionHead(hidden_dim=args.head_dim)
-  model = pretrainer.CVRLPretrainer(encoder, head)
+def build(backbone: str = 'r3d50', width_multiplier: float = 1.0, head_dim: int = 2048,
+          jit_compile: bool = False, crop_size=None, use_sync_bn: bool = False):
+  """A compiled CVRLPretrainer with every variable created (under the current policy and
+  strategy scope)."""
+  encoder = r3d.build_backbone(backbone, width_multiplier=width_multiplier,
+                               use_sync_bn=use_sync_bn)
+  head = heads.ProjectionHead(hidden_dim=head_dim, use_sync_bn=use_sync_bn)
+  model = pretrainer.CVRLPretrainer(encoder, head, crop_size=crop_size)
   model.compile(optimizer=optim.build_optimizer(total_steps=10_000, warmup_steps=10),
-                jit_compile=args.jit_compile)
+                jit_compile=jit_compile)
   model.build_for_training()
   return model
 
@@ -93,59 +88,88 @@ def model_flops(model, clip_shape) -> int:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true', help='tiny smoke run')
-  parser.add_argument('--backbone', default='r3d50')
+  parser.add_argument('--backbones', default='r3d18,r3d50')
+  parser.add_argument('--dtypes', default='float32,bfloat16', help='float32, bfloat16')
+  parser.add_argument('--xla', default='off,on', help='off, on')
   parser.add_argument('--width_multiplier', type=float, default=1.0)
   parser.add_argument('--head_dim', type=int, default=2048)
-  parser.add_argument('--batch', type=int, default=2, help='videos per step (2 clips each)')
+  parser.add_argument('--batch', type=int, default=4, help='videos per step (2 clips each)')
   parser.add_argument('--frames', type=int, default=8)
   parser.add_argument('--size', type=int, default=112)
-  parser.add_argument('--steps', type=int, default=5, help='timed steps')
+  parser.add_argument('--reps', type=int, default=5, help='timed steps per row')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps (tracing)')
-  parser.add_argument('--mixed_precision', default=None, help="e.g. 'mixed_bfloat16'")
-  parser.add_argument('--jit_compile', action='store_true')
   args = parser.parse_args(argv)
+  peak_shape, peak_filters, peak_repeats = (2, 8, 28, 28, 128), 128, 10
   if args.quick:
-    args.backbone, args.width_multiplier, args.head_dim = 'r3d18', 0.25, 64
-    args.batch, args.frames, args.size, args.steps, args.warmup = 2, 4, 32, 3, 1
+    args.backbones, args.width_multiplier, args.head_dim = 'r3d18', 0.25, 64
+    args.batch, args.frames, args.size, args.reps, args.warmup = 2, 4, 32, 2, 1
+    peak_shape, peak_filters, peak_repeats = (1, 4, 14, 14, 32), 32, 2
+    # XLA reads its flags at the first compilation, which is still to come.
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {QUICK_XLA_FLAG}'.strip()
 
-  tf_keras.mixed_precision.set_global_policy(args.mixed_precision or 'float32')
-  dtype = tf_keras.mixed_precision.global_policy().compute_dtype
+  backbones = args.backbones.split(',')
+  dtypes = args.dtypes.split(',')
+  xlas = [{'off': False, 'on': True}[x] for x in args.xla.split(',')]
   clip_shape = (args.frames, args.size, args.size, 3)
   clips = 2 * args.batch
-  peak_repeats = 3 if args.quick else 10
-  peak_before = conv_peak(dtype, peak_repeats)
+  load_before = common.load_average()
+  peaks = {d: [conv_peak(d, peak_repeats, peak_shape, peak_filters)] for d in dtypes}
 
-  model = build(args)
-  fwd = model_flops(model, clip_shape)
   data = np.random.RandomState(0).rand(clips, *clip_shape).astype(np.float32)
   ds = tf.data.Dataset.from_tensors({'clips': data}).repeat()
-  timer = _StepTimer()
-  model.fit(ds, steps_per_epoch=args.warmup + args.steps, epochs=1, verbose=0,
-            callbacks=[timer])
-  wall = statistics.median(timer.wall[args.warmup:])
-  cpu = statistics.median(timer.cpu[args.warmup:])
-  peak_after = conv_peak(dtype, peak_repeats)
-  peak_wall = max(peak_before[0], peak_after[0])
-  peak_cpu = max(peak_before[1], peak_after[1])
+  results, fwd_flops, failed = [], {}, []
+  for backbone in backbones:
+    for dtype in dtypes:
+      for xla in xlas:
+        tf_keras.mixed_precision.set_global_policy(POLICIES[dtype])
+        try:
+          model = build(backbone, args.width_multiplier, args.head_dim, xla)
+          if backbone not in fwd_flops:
+            fwd_flops[backbone] = model_flops(model, clip_shape)
+          walls, cpus = common.fit_step_times(model, ds, args.warmup, args.reps)
+          results.append((backbone, model.encoder.name, dtype, xla, walls, cpus))
+          print(f'  {model.encoder.name:12s} {dtype:8s} XLA {"on " if xla else "off"}  '
+                f'step {common.median_range(walls, ".3f")} s', flush=True)
+          del model
+        except Exception as e:  # pylint: disable=broad-except
+          failed.append(f'{backbone} {dtype} XLA {xla}: {type(e).__name__}: {e}'[:500])
+          results.append((backbone, backbone, dtype, xla, None, None))
+        tf_keras.backend.clear_session()
+        gc.collect()
+  tf_keras.mixed_precision.set_global_policy('float32')
+  for d in dtypes:
+    peaks[d].append(conv_peak(d, peak_repeats, peak_shape, peak_filters))
+  peak = {d: (max(p[0] for p in v), max(p[1] for p in v)) for d, v in peaks.items()}
 
-  train_flop_per_clip = 3 * fwd
-  rate = clips / wall
-  rate_cpu = clips / max(cpu, 1e-9)
-  print(f'{model.encoder.name} + head {args.head_dim}, {clips} clips of '
-        f'{"x".join(map(str, clip_shape[:3]))}, dtype {dtype}, XLA {args.jit_compile}, '
-        f'{os.cpu_count()} CPU(s) visible')
-  print(f'  forward            {fwd / 1e9:9.3f} GFLOP/clip (train step ~3x: '
-        f'{train_flop_per_clip / 1e9:.3f})')
-  print(f'  step time          {wall:9.3f} s median over {args.steps} '
-        f'(min {min(timer.wall[args.warmup:]):.3f}, CPU {cpu:.3f} s)')
-  print(f'  throughput         {rate:9.2f} clips/s  ({rate_cpu:.2f} clips per CPU-s)')
-  print(f'  model              {train_flop_per_clip * rate / 1e9:9.2f} GFLOP/s  '
-        f'({train_flop_per_clip * rate_cpu / 1e9:.2f} per CPU-s)')
-  print(f'  Conv3D peak        {peak_wall / 1e9:9.2f} GFLOP/s  '
-        f'({peak_cpu / 1e9:.2f} per CPU-s)')
-  print(f'  utilisation        {100 * train_flop_per_clip * rate / peak_wall:8.1f} %  '
-        f'({100 * train_flop_per_clip * rate_cpu / peak_cpu:.1f} % per CPU-s)')
-  return 0
+  print(f'\n{clips} clips ({args.batch} videos x 2 views) of '
+        f'{"x".join(map(str, clip_shape[:3]))}, head {args.head_dim}, '
+        f'{os.cpu_count()} CPU(s), tf {tf.__version__}, load average before/after '
+        f'{load_before:.1f}/{common.load_average():.1f}')
+  for backbone, f in fwd_flops.items():
+    print(f'  {backbone}: forward {f / 1e9:.3f} GFLOP/clip, train step ~3x = '
+          f'{3 * f / 1e9:.3f} GFLOP/clip')
+  for d, (p_wall, p_cpu) in peak.items():
+    print(f'  Conv3D peak {d}: {p_wall / 1e9:.2f} GFLOP/s ({p_cpu / 1e9:.2f} per CPU-s)')
+  print(f'  {args.reps} timed steps per row (warm-up {args.warmup} excluded): '
+        'median (min..max)\n')
+  rows = []
+  for backbone, name, dtype, xla, walls, cpus in results:
+    if walls is None:
+      rows.append([name, dtype, 'on' if xla else 'off', 'FAILED'] + ['-'] * 6)
+      continue
+    train_flop = 3 * fwd_flops[backbone]
+    rate, rate_cpu = clips / statistics.median(walls), clips / max(
+        statistics.median(cpus), 1e-9)
+    rows.append([name, dtype, 'on' if xla else 'off'] + common.rate_cells(
+        clips, walls, cpus) + [
+            f'{train_flop * rate / 1e9:.2f}',
+            f'{100 * train_flop * rate / peak[dtype][0]:.1f}',
+            f'{100 * train_flop * rate_cpu / peak[dtype][1]:.1f}'])
+  common.print_table(['model', 'dtype', 'XLA', 'step s', 'CPU-s/step', 'clips/s',
+                      'clips/CPU-s', 'GFLOP/s', '% peak', '% peak/CPU-s'], rows)
+  for f in failed:
+    print(f'failed: {f}', file=sys.stderr)
+  return 1 if failed else 0
 
 
 if __name__ == '__main__':

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ('bench_convert.py', 'bench_input.py', 'bench_train_step.py')
+BENCHMARKS = ('bench_convert.py', 'bench_input.py', 'bench_train_step.py',
+              'bench_e2e.py', 'bench_gather.py')
 
 
 def main(argv):

@@ -1,0 +1,168 @@
+"""Every benchmark runs with --quick and prints its table (its timings are not checked).
+
+The scripts run as subprocesses, two at a time (one per core of the target machine; more
+at once only makes TensorFlow's thread pools spin against each other), the slowest
+first, all scheduled when this module's fixture is first used; each test then waits for
+its own. Each imports TensorFlow (~10 CPU-seconds), so the module takes about a minute.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.join(ROOT, 'benchmarks')
+TIMEOUT_S = 600  # Per run, from its start.
+PARALLEL = 2
+SLOWEST_FIRST = ('bench_train_step.py', 'bench_gather.py', 'bench_input.py',
+                 'bench_e2e.py', 'bench_convert.py')
+
+sys.path.insert(0, BENCH_DIR)
+import run_all  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class _Run:
+  """`python benchmarks/NAME --quick` with its output in a file."""
+
+  def __init__(self, name, tmp_path):
+    self.name = name
+    self.log = tmp_path / f'{name}.log'
+    self.proc = None
+    self.deadline = None
+    self.finished = threading.Event()
+
+  def start(self):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
+    with open(self.log, 'w') as log:
+      self.proc = subprocess.Popen(
+          [sys.executable, os.path.join(BENCH_DIR, self.name), '--quick'], stdout=log,
+          stderr=subprocess.STDOUT, env=env, cwd=str(self.log.parent))
+    self.deadline = time.monotonic() + TIMEOUT_S
+
+  def output(self) -> str:
+    """The whole output once the run has finished; fails the test if it did not pass."""
+    self.finished.wait()
+    assert self.proc is not None, f'{self.name} never started'
+    assert self.proc.returncode == 0, (
+        f'{self.name} --quick exited with {self.proc.returncode} (-9: killed after '
+        f'{TIMEOUT_S} s); tail:\n{self.tail()}')
+    return self.log.read_text()
+
+  def kill(self):
+    if self.proc is not None and self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait(timeout=30)
+
+  def tail(self, n=4000):
+    return self.log.read_text()[-n:]
+
+
+def _schedule(runs, stop: threading.Event):
+  """Keeps PARALLEL runs going, in order; kills those past their deadline."""
+  pending, running = list(runs), []
+  while (pending or running) and not stop.is_set():
+    for run in list(running):
+      if run.proc.poll() is None and time.monotonic() > run.deadline:
+        run.kill()
+      if run.proc.poll() is not None:
+        running.remove(run)
+        run.finished.set()
+    while pending and len(running) < PARALLEL:
+      run = pending.pop(0)
+      run.start()
+      running.append(run)
+    time.sleep(0.2)
+  for run in list(running) + pending:
+    run.kill()
+    run.finished.set()
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('bench')
+  names = [n for n in SLOWEST_FIRST if n in run_all.BENCHMARKS]
+  names += [n for n in run_all.BENCHMARKS if n not in names]
+  started = {name: _Run(name, tmp) for name in names}
+  stop = threading.Event()
+  scheduler = threading.Thread(target=_schedule,
+                               args=([started[n] for n in names], stop), daemon=True)
+  scheduler.start()
+  yield started
+  stop.set()
+  scheduler.join(timeout=60)
+
+
+def _table_rows(out: str, header_start: str):
+  """Rows of the common.print_table table whose header line starts with header_start:
+  lists of cells (split on 2+ spaces), up to the first blank line."""
+  lines = out.splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith(header_start))
+  assert set(lines[start + 1].replace(' ', '')) == {'-'}, lines[start + 1]
+  rows = []
+  for line in lines[start + 2:]:
+    if not line.strip():
+      break
+    rows.append(re.split(r'\s{2,}', line.strip()))
+  return rows
+
+
+def test_run_all_lists_every_benchmark():
+  scripts = sorted(f for f in os.listdir(BENCH_DIR)
+                   if f.startswith('bench_') and f.endswith('.py'))
+  assert sorted(run_all.BENCHMARKS) == scripts
+
+
+def test_convert_quick(runs):
+  out = runs['bench_convert.py'].output()
+  for w in (1, 2):
+    for kind in ('decode_only', 'convert'):
+      assert re.search(rf'^{kind} W={w}\s+[\d.]+ videos/s', out, re.M), out
+  assert re.search(r'^pillow\s+[\d.]+ ms', out, re.M), out
+  assert re.search(r'3 s video:\s+75 frames, peak RSS', out), out
+
+
+def test_input_quick(runs):
+  out = runs['bench_input.py'].output()
+  lines = out.splitlines()
+  header = next(i for i, l in enumerate(lines) if l.startswith('variant '))
+  names = [l.split()[0] for l in lines[header + 1:] if l.strip()]
+  assert names == ['decode_only', 'defer=resize', 'resize/c456', 'defer=colour/u8',
+                   'defer=none', 'step:resize+col', 'step:colour'], out
+  for line in lines[header + 1:header + 1 + len(names)]:
+    assert float(line.split()[1]) > 0, line
+
+
+def test_train_step_quick_covers_bf16_and_xla(runs):
+  out = runs['bench_train_step.py'].output()
+  rows = _table_rows(out, 'model ')
+  combos = {(r[0], r[1], r[2]) for r in rows}
+  assert combos == {('r3d18_0.25x', d, x) for d in ('float32', 'bfloat16')
+                    for x in ('off', 'on')}, out
+  for row in rows:
+    assert len(row) == 10 and 'FAILED' not in row, row
+    assert float(row[3].split()[0]) > 0 and float(row[-2]) > 0, row
+  assert 'Conv3D peak bfloat16' in out and 'Conv3D peak float32' in out, out
+
+
+def test_e2e_quick(runs):
+  out = runs['bench_e2e.py'].output()
+  rows = _table_rows(out, 'variant ')
+  assert [r[0] for r in rows] == ['pipeline alone', 'step alone (cached batch)',
+                                  'end to end'], out
+  for row in rows:
+    assert float(row[3].split()[0]) > 0, row
+  assert re.search(r'^input pipeline is the bottleneck: (YES|no) ', out, re.M), out
+
+
+def test_gather_quick(runs):
+  out = runs['bench_gather.py'].output()
+  rows = _table_rows(out, 'measured ')
+  assert [(r[0], r[1]) for r in rows] == [('train step', '1'), ('train step', '2'),
+                                          ('collectives', '1'), ('collectives', '2')], out
+  assert [r[2] for r in rows] == ['2', '1', '2', '1'], out  # videos per replica
+  assert re.search(r'^replication overhead: 2 replicas take [+-][\d.]+ s', out, re.M), out
