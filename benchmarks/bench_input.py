@@ -11,6 +11,7 @@ hits all of them alike (warm-up excluded; median and min..max printed):
                    blur deferred to the train step (augment.finish_batch); canvas
                    fitted to the records (256x340)
   resize/c456      the same with the default canvas 256x456 (room for 16:9 videos)
+  resize/cNone     the same with canvas=None: each batch padded to its largest crop
   defer=colour/u8  crop, flip, resize in tf.data, uint8 out; colour and blur deferred
   defer=none       everything in tf.data (float32 out)
   step:resize+col  augment.finish_batch on one defer=resize batch, on this CPU: the work
@@ -156,6 +157,7 @@ def main(argv=None):
   parser.add_argument('--batches', type=int, default=8, help='timed batches per run')
   parser.add_argument('--min_seconds', type=float, default=4.0)
   parser.add_argument('--variants', default='decode_only,defer=resize,resize/c456,'
+                      'resize/cNone,'
                       'defer=colour/u8,defer=none,step:resize+col,step:colour',
                       help='also available: defer=colour/f32')
   parser.add_argument('--records_dir', default=None, help='reuse records written before')
@@ -194,6 +196,7 @@ def main(argv=None):
           pattern, args.batch_size, args.clip_len, args.stride, 0)),
       'defer=resize': lambda: iter(pretrain(defer='resize', canvas=fitted)),
       'resize/c456': lambda: iter(pretrain(defer='resize', canvas=(256, 456))),
+      'resize/cNone': lambda: iter(pretrain(defer='resize', canvas=None)),
       'defer=colour/u8': lambda: iter(pretrain(defer='colour', output_dtype='uint8')),
       'defer=colour/f32': lambda: iter(pretrain(defer='colour')),
       'defer=none': lambda: iter(pretrain(defer='none')),

@@ -131,7 +131,8 @@ def test_input_quick(runs):
   lines = out.splitlines()
   header = next(i for i, l in enumerate(lines) if l.startswith('variant '))
   names = [l.split()[0] for l in lines[header + 1:] if l.strip()]
-  assert names == ['decode_only', 'defer=resize', 'resize/c456', 'defer=colour/u8',
+  assert names == ['decode_only', 'defer=resize', 'resize/c456', 'resize/cNone',
+                   'defer=colour/u8',
                    'defer=none', 'step:resize+col', 'step:colour'], out
   for line in lines[header + 1:header + 1 + len(names)]:
     assert float(line.split()[1]) > 0, line
