@@ -150,8 +150,12 @@ def test_mirrored_gradients_equal_single_device(jobs):
   r = jobs('mirrored')
   names = list(r['names'])
   assert len(names) == 8
+  # rtol 1e-4 of the largest entry: float32 sums over two half batches round differently
+  # (seen: 3.9e-5 on one of 648 conv-kernel entries of scale 3.6); a wrong replica
+  # scaling would be off by a factor of 2.
   for i, name in enumerate(names):
-    _assert_close(r[f'mirrored/grad_{i}'], r[f'single/grad_{i}'], f'gradient of {name}')
+    _assert_close(r[f'mirrored/grad_{i}'], r[f'single/grad_{i}'], f'gradient of {name}',
+                  rtol=1e-4)
   single, mirrored = (json.loads(str(r[f'{t}/logs'])) for t in ('single', 'mirrored'))
   assert set(single) == set(mirrored)
   for key in single:
