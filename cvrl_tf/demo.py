@@ -10,7 +10,9 @@ under gin/demo/), as a subprocess whose progress output is passed through:
   5. cvrl_train gin/demo/knn_eval.gin    -> OUT/runs/cvrl_knn, random_knn
   6. cvrl_export                         -> OUT/export (TF Hub SavedModel)
   7. cvrl_embed (hub.KerasLayer)         -> OUT/embeddings/test.npy
-  8. results.md + plots                  -> OUT/results.md, OUT/*.png
+  8. cvrl_train gin/demo/supervised.gin  -> OUT/runs/supervised (reference: the same
+                                            encoder trained from scratch with labels)
+  9. results.md + plots                  -> OUT/results.md, OUT/*.png
 
 --ablations adds pretraining + linear (and k-NN) evaluation with per-frame augmentation
 and with uniform interval sampling. A step whose outputs exist is skipped, so re-running
@@ -42,6 +44,7 @@ class DemoError(RuntimeError):
 
 # Pretraining variants: (run name, table label, extra bindings).
 MAIN_RUN = ('cvrl', 'CVRL (pretrained)', [])
+SUPERVISED_RUN = 'supervised'
 ABLATIONS = [
     ('cvrl_per_frame', 'CVRL, per-frame augmentation',
      ['build_pretrain_dataset.per_frame_augment=True']),
@@ -69,12 +72,18 @@ def quick_settings() -> dict:
                 'build_eval_dataset.num_crops=1', 'build_eval_dataset.min_resize=32',
                 'build_eval_dataset.crop_size=32'],
       'embed': ['--num_clips=2', '--short_side=32', '--batch_size=4'],
+      'supervised': ['finetune.train_steps=2', 'finetune.global_batch_size=8',
+                     'finetune.warmup_epochs=0', 'finetune.log_every=1',
+                     'finetune.checkpoint_every=1', 'finetune.eval_batch_size=8',
+                     'build_classification_dataset.clip_len=4',
+                     'build_classification_dataset.crop_size=32'],
   }
 
 
 def default_settings() -> dict:
   return {'synth': [], 'shards': {'train': 4, 'test': 2}, 'convert': [], 'pretrain': [],
-          'classify': [], 'views': [], 'embed': ['--num_clips=4', '--short_side=64']}
+          'classify': [], 'views': [], 'embed': ['--num_clips=4', '--short_side=64'],
+          'supervised': []}
 
 
 def tool_command(name: str) -> List[str]:
@@ -236,6 +245,19 @@ class Demo:
         f'--hub_model={self.path("export")}', f'--num_frames={clip_len}',
         f'--frame_stride={stride}'] + self.settings['embed'])
 
+  def supervised(self) -> None:
+    self.header(f'supervised reference: the same encoder from scratch, with labels '
+                f'(cvrl_train {self.gin_dir}/supervised.gin)')
+    model_dir = self.path('runs', SUPERVISED_RUN)
+    if os.path.exists(os.path.join(model_dir, 'eval_results.json')):
+      return self.skip(os.path.join(model_dir, 'eval_results.json'))
+    bindings = [f"finetune.train_files='{self.records('train')}'",
+                f"finetune.test_files='{self.records('test')}'",
+                f"finetune.label_map_file='{self.path('records', 'train_label_map.txt')}'"]
+    self.run(SUPERVISED_RUN, self.train(
+        ['encoder.gin', 'supervised.gin'], model_dir,
+        bindings + self.settings['supervised'] + self.settings['views']))
+
   # ----------------------------------------------------------------------- report
   def report(self, variants: Sequence[tuple]) -> str:
     self.header('results: table and plots')
@@ -248,6 +270,9 @@ class Demo:
     rows.insert(1, {'method': 'random init (same encoder)',
                     'linear': demo_report.linear_top1(self.path('runs', 'random_linear')),
                     'knn': demo_report.knn_top1(self.path('runs', 'random_knn'))[0]})
+    rows.append({'method': 'supervised from scratch (labels, all weights; reference)',
+                 'linear': demo_report.linear_top1(self.path('runs', SUPERVISED_RUN)),
+                 'pretrain_seconds': self.timings.get(SUPERVISED_RUN)})
     table = demo_report.format_table(rows, NUM_CLASSES)
     _, k = demo_report.knn_top1(self.path('runs', f'{MAIN_RUN[0]}_knn'))
     total = sum(v for key, v in self.timings.items())
@@ -255,7 +280,9 @@ class Demo:
         f'Test split of the synthetic motion dataset ({NUM_CLASSES} classes, chance '
         f'{100 / NUM_CLASSES:.1f}%). Linear: frozen encoder + one Dense layer '
         f'({self.gin_dir}/linear_eval.gin), multi-view test. kNN: cosine k-NN'
-        + (f', k={k}' if k else '') + f' ({self.gin_dir}/knn_eval.gin).',
+        + (f', k={k}' if k else '') + f' ({self.gin_dir}/knn_eval.gin). The supervised '
+        f'row trains the whole encoder with the labels ({self.gin_dir}/supervised.gin; '
+        f'its time column is its training time): what labels reach on this data.',
         f'Pretraining time: wall clock of cvrl_train ({self.gin_dir}/pretrain.gin). '
         f'All steps: '
         f'{format_seconds(total)} (sum of the commands actually run, over all '
@@ -310,6 +337,7 @@ class Demo:
     self.knn_eval('random', 'random init (same encoder)')
     self.export()
     self.embed()
+    self.supervised()
     for variant in ABLATIONS if self.ablations else []:
       self.pretrain(*variant)
       self.linear_eval(variant[0], variant[1])

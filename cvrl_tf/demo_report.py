@@ -71,9 +71,9 @@ def read_embeddings(prefix: str) -> Tuple[np.ndarray, List[str]]:
 
 # ------------------------------------------------------------------------- table
 def format_table(rows: Sequence[dict], num_classes: int) -> str:
-  """Markdown table: method, linear top-1, kNN top-1, pretraining time."""
+  """Markdown table: method, linear top-1, kNN top-1, training time."""
   pct = lambda v: '-' if v is None else f'{100 * v:.1f}'
-  lines = ['| method | linear top-1 (%) | kNN top-1 (%) | pretraining time |',
+  lines = ['| method | linear top-1 (%) | kNN top-1 (%) | training time |',
            '|---|---:|---:|---:|']
   for r in rows:
     seconds = r.get('pretrain_seconds')
@@ -111,7 +111,7 @@ def plot_accuracy_bars(rows: Sequence[dict], num_classes: int, path: str) -> str
   x = np.arange(len(names))
   width = 0.38
   fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names) + 2), 4))
-  for offset, key, label in ((-width / 2, 'linear', 'linear top-1'),
+  for offset, key, label in ((-width / 2, 'linear', 'linear top-1 (supervised: own)'),
                              (width / 2, 'knn', 'kNN top-1')):
     values = [100 * (r.get(key) or 0.0) for r in rows]
     bars = ax.bar(x + offset, values, width, label=label)
@@ -126,7 +126,7 @@ def plot_accuracy_bars(rows: Sequence[dict], num_classes: int, path: str) -> str
   ax.set_xticklabels(names, rotation=15, ha='right')
   ax.set_ylabel('test top-1 (%)')
   ax.set_ylim(0, 105)
-  ax.set_title('Frozen-encoder accuracy on the test split')
+  ax.set_title('Accuracy on the test split (frozen encoder, except the supervised row)')
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -6,6 +6,7 @@ checks every artifact exists and parses, and that a second run redoes nothing.
 """
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -92,14 +93,17 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
   first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
-  # Results table: CVRL, random init and chance rows with numbers.
+  # Results table: CVRL, random init, the supervised reference and chance, with numbers.
   results = (out / 'results.md').read_text()
   rows = [l for l in results.splitlines() if l.startswith('| ')]
   assert [r.split('|')[1].strip() for r in rows[1:]] == [
-      'CVRL (pretrained)', 'random init (same encoder)', 'chance']
-  for row in rows[2:4]:
+      'CVRL (pretrained)', 'random init (same encoder)',
+      'supervised from scratch (labels, all weights; reference)', 'chance']
+  for row in rows[1:3]:
     linear, knn = (float(c) for c in row.split('|')[2:4])
     assert 0 <= linear <= 100 and 0 <= knn <= 100
+  supervised = json.loads((out / 'runs' / 'supervised' / 'eval_results.json').read_text())
+  assert float(rows[3].split('|')[2]) == pytest.approx(100 * supervised['top1'], abs=0.05)
 
   for name in ('pretrain_loss.png', 'accuracy.png', 'embeddings_pca.png'):
     with open(out / name, 'rb') as f:
@@ -122,5 +126,5 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
   # Second run: every step is skipped, the report is rewritten.
   second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-  assert second.stdout.count('already done') == 10
+  assert second.stdout.count('already done') == 11
   assert '$ ' not in second.stdout  # no command was run

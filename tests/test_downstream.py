@@ -261,6 +261,8 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
     ('demo/linear_eval.gin', 'linear_eval', dict(num_classes=8, cache_features=True)),
     ('demo/knn_eval.gin', 'knn_eval', dict(ks=(5, 1, 20))),
     ('demo/finetune.gin', 'finetune', dict(num_classes=8, dropout_rate=0.5)),
+    ('demo/supervised.gin', 'finetune', dict(encoder_source='random', train_steps=1000,
+                                             dropout_rate=0.0, num_classes=8)),
 ])
 def test_protocol_gin_files(path, protocol, expected):
   from cvrl_tf import config  # pylint: disable=g-import-not-at-top
