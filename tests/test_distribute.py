@@ -163,8 +163,8 @@ def test_mirrored_gradients_equal_single_device(jobs):
   # The whole state after the step, BN moving statistics (sync BN) included.
   weights = [k for k in r if k.startswith('single/weight_')]
   assert len(weights) == 12
-  for key in weights:
-    _assert_close(r[key.replace('single', 'mirrored')], r[key], key)
+  for key in weights:  # Weights after one step carry the gradients' rounding.
+    _assert_close(r[key.replace('single', 'mirrored')], r[key], key, rtol=1e-4)
 
 
 def test_mirrored_xla_is_refused_clearly(jobs):
