@@ -82,12 +82,7 @@ def time_calls(fn, warmup: int, calls: int):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true', help='tiny smoke run')
-  parser.add_argument('--backbone', default='r3d18')
-  parser.add_argument('--width_multiplier', type=float, default=1.0)
-  parser.add_argument('--head_dim', type=int, default=2048)
-  parser.add_argument('--dtype', default='float32', choices=sorted(
-      bench_train_step.POLICIES))
+  bench_train_step.add_model_flags(parser)
   parser.add_argument('--no_sync_bn', action='store_true',
                       help='plain BN (CVRL pretraining uses sync BN)')
   parser.add_argument('--batch', type=int, default=4,

@@ -76,6 +76,15 @@ def build(backbone: str = 'r3d50', width_multiplier: float = 1.0, head_dim: int 
   return model
 
 
+def add_model_flags(parser) -> None:
+  """The flags of the one-model benchmarks (bench_e2e.py, bench_gather.py)."""
+  parser.add_argument('--quick', action='store_true', help='tiny smoke run')
+  parser.add_argument('--backbone', default='r3d18')
+  parser.add_argument('--width_multiplier', type=float, default=1.0)
+  parser.add_argument('--head_dim', type=int, default=2048)
+  parser.add_argument('--dtype', default='float32', choices=sorted(POLICIES))
+
+
 def model_flops(model, clip_shape) -> int:
   """Forward FLOPs per clip of encoder + projection head."""
   encoder_flops = flops.count_flops(model.encoder, clip_shape)
