@@ -17,8 +17,15 @@ hits all of them alike (warm-up excluded; median and min..max printed):
   step:resize+col  augment.finish_batch on one defer=resize batch, on this CPU: the work
                    the train step takes over (cheap on an accelerator)
   step:colour      the same for a defer=colour batch
-Rates are clips/s (one video = two clips); decode_only is converted at clip_len frames
-per clip. Besides wall-clock rates, clips per CPU-second of this process are reported:
+  classify         build_classification_dataset as linear evaluation uses it (one clip per
+                   video, crop + flip in tf.data): B clips per batch
+  classify/resize  the same with defer='resize', canvas=None (resize + flip in the step)
+  eval             build_eval_dataset, the paper's multi-view test (10 clips x 3 crops of
+                   256 per video; --quick: 2 x 3 of 64): B views per batch, the 3 crops
+                   of a clip share its decoded frames
+Rates are clips/s (a pretraining video = two clips, an eval view = one clip); decode_only
+is converted at clip_len frames per clip, so 'vs dec' compares frames delivered with frames
+decoded. Besides wall-clock rates, clips per CPU-second of this process are reported:
 on a machine shared with other jobs they are the steadier figure. Peak RSS is measured
 per variant in a fresh process (warm-up + a few batches); 'idle' is TensorFlow imported
 and the records listed, nothing run. --quick (and --no_rss) leave it out: one fresh
@@ -158,7 +165,8 @@ def main(argv=None):
   parser.add_argument('--min_seconds', type=float, default=4.0)
   parser.add_argument('--variants', default='decode_only,defer=resize,resize/c456,'
                       'resize/cNone,'
-                      'defer=colour/u8,defer=none,step:resize+col,step:colour',
+                      'defer=colour/u8,defer=none,step:resize+col,step:colour,'
+                      'classify,classify/resize,eval',
                       help='also available: defer=colour/f32')
   parser.add_argument('--records_dir', default=None, help='reuse records written before')
   parser.add_argument('--no_rss', action='store_true',
@@ -204,7 +212,18 @@ def main(argv=None):
           pretrain(defer='resize', canvas=fitted), args.crop_size),
       'step:colour': lambda: train_step_stand_in(
           pretrain(defer='colour', output_dtype='uint8'), args.crop_size),
+      'classify': lambda: iter(pipeline.build_classification_dataset(
+          pattern, args.batch_size, **common)),
+      'classify/resize': lambda: iter(pipeline.build_classification_dataset(
+          pattern, args.batch_size, defer='resize', canvas=None, **common)),
+      'eval': lambda: iter(pipeline.build_eval_dataset(
+          pattern, args.batch_size, args.clip_len, args.stride,
+          num_clips=2 if args.quick else 10, num_crops=3, min_resize=min(height, 256),
+          crop_size=args.crop_size if args.quick else 256).repeat()),
   }
+  # Clips per batch: two views per video in pretraining, one clip or view otherwise.
+  clips_in = {'classify': args.batch_size, 'classify/resize': args.batch_size,
+              'eval': args.batch_size}
   slow = ('defer=none', 'step:resize+col', 'step:colour')
   if args.rss_variant:  # Child process of isolated_peak_rss.
     if args.rss_variant != 'idle':
@@ -223,8 +242,8 @@ def main(argv=None):
       batches = max(2, args.batches // 4) if v in slow else args.batches
       wall, cpu = time_batches(makers[v], warmup=2, batches=batches,
                                min_seconds=args.min_seconds)
-      rates[v].append(clips_per_batch / wall)
-      cpu_rates[v].append(clips_per_batch / cpu)
+      rates[v].append(clips_in.get(v, clips_per_batch) / wall)
+      cpu_rates[v].append(clips_in.get(v, clips_per_batch) / cpu)
       print(f'  rep {rep} {v:17s} {rates[v][-1]:8.1f} clips/s  '
             f'{cpu_rates[v][-1]:8.1f} clips/CPU-s', flush=True)
   load_after = os.getloadavg()[0]

@@ -132,8 +132,8 @@ def test_input_quick(runs):
   header = next(i for i, l in enumerate(lines) if l.startswith('variant '))
   names = [l.split()[0] for l in lines[header + 1:] if l.strip()]
   assert names == ['decode_only', 'defer=resize', 'resize/c456', 'resize/cNone',
-                   'defer=colour/u8',
-                   'defer=none', 'step:resize+col', 'step:colour'], out
+                   'defer=colour/u8', 'defer=none', 'step:resize+col', 'step:colour',
+                   'classify', 'classify/resize', 'eval'], out
   for line in lines[header + 1:header + 1 + len(names)]:
     assert float(line.split()[1]) > 0, line
 

@@ -274,3 +274,28 @@ def test_protocol_gin_files(path, protocol, expected):
     assert [gin.query_parameter(f'build_eval_dataset.{k}') for k in
             ('num_clips', 'num_crops', 'min_resize', 'crop_size', 'clip_len')] == [
                 10, 3, 256, 256, 32]
+
+
+@pytest.mark.parametrize('cache_features', [False, True])
+def test_linear_eval_with_deferred_resize_learns(data, tmp_path, cache_features):
+  """The paper gin files defer resize + flip to the step (defer='resize', canvas=None):
+  the classifier's step (online) and the feature cache finish those batches."""
+  gin.bind_parameter('build_classification_dataset.defer', 'resize')
+  gin.bind_parameter('build_classification_dataset.canvas', None)
+  gin.bind_parameter('build_classification_dataset.deterministic', True)
+  out = downstream.linear_eval(str(tmp_path), train_files=data['train'],
+                               test_files=data['test'], num_classes=3,
+                               pretrain_dir=data['pretrain'], train_steps=60,
+                               learning_rate=32.0, cache_features=cache_features,
+                               cache_passes=2, cache_dir=str(tmp_path / 'cache'), **TRAIN)
+  assert out['train']['accuracy'] >= 0.9
+  assert out['test']['top1'] >= 0.8
+
+
+def test_finetune_with_deferred_resize_runs(data, tmp_path):
+  gin.bind_parameter('build_classification_dataset.defer', 'resize')
+  gin.bind_parameter('build_classification_dataset.canvas', None)
+  out = downstream.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
+                            pretrain_dir=data['pretrain'], train_steps=3,
+                            learning_rate=0.05, **TRAIN)
+  assert np.isfinite(out['train']['loss'])
