@@ -150,12 +150,12 @@ def main(argv=None) -> int:
   table = []
   for replicas, kind in rows:
     w = walls[(replicas, kind)]
-    cells = common.rate_cells(clips, w, cpus[(replicas, kind)])
-    if kind == 'collectives':  # Milliseconds; no clips go through the collectives.
+    if kind == 'train step':
+      cells = common.rate_cells(clips, w, cpus[(replicas, kind)])
+    else:  # Seconds to 4 decimals; no clips go through the collectives.
       cells = [common.median_range(w, '.4f'),
                f'{statistics.median(cpus[(replicas, kind)]):.4f}', '-', '-']
-    extra = statistics.median(w) - step[1] if kind == 'train step' else statistics.median(
-        w) - statistics.median(walls[(1, kind)])
+    extra = statistics.median(w) - statistics.median(walls[(1, kind)])
     table.append([kind, str(replicas), str(args.batch // replicas)] + cells +
                  [f'{extra:+.4f}'])
   common.print_table(['measured', 'replicas', 'videos/replica', 's', 'CPU-s', 'clips/s',

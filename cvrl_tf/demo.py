@@ -157,6 +157,12 @@ class Demo:
   def records(self, split: str) -> str:
     return self.path('records', f'{split}-*.tfrecord')
 
+  def data_bindings(self, protocol: str) -> List[str]:
+    """The demo's train / test records and label map for a downstream protocol."""
+    return [f"{protocol}.train_files='{self.records('train')}'",
+            f"{protocol}.test_files='{self.records('test')}'",
+            f"{protocol}.label_map_file='{self.path('records', 'train_label_map.txt')}'"]
+
   # ----------------------------------------------------------------------- steps
   def make_dataset(self) -> None:
     self.header('synthetic dataset (cvrl_synth)')
@@ -197,10 +203,7 @@ class Demo:
     if os.path.exists(os.path.join(model_dir, done_file)):
       return self.skip(os.path.join(model_dir, done_file))
     gin_files = [f'{protocol}.gin']
-    bindings = [f"{protocol}.train_files='{self.records('train')}'",
-                f"{protocol}.test_files='{self.records('test')}'",
-                f"{protocol}.label_map_file="
-                f"'{self.path('records', 'train_label_map.txt')}'"]
+    bindings = self.data_bindings(protocol)
     if encoder == 'random':
       gin_files.insert(0, 'encoder.gin')
       bindings.append(f"{protocol}.encoder_source='random'")
@@ -251,12 +254,9 @@ class Demo:
     model_dir = self.path('runs', SUPERVISED_RUN)
     if os.path.exists(os.path.join(model_dir, 'eval_results.json')):
       return self.skip(os.path.join(model_dir, 'eval_results.json'))
-    bindings = [f"finetune.train_files='{self.records('train')}'",
-                f"finetune.test_files='{self.records('test')}'",
-                f"finetune.label_map_file='{self.path('records', 'train_label_map.txt')}'"]
     self.run(SUPERVISED_RUN, self.train(
-        ['encoder.gin', 'supervised.gin'], model_dir,
-        bindings + self.settings['supervised'] + self.settings['views']))
+        ['encoder.gin', 'supervised.gin'], model_dir, self.data_bindings('finetune') +
+        self.settings['supervised'] + self.settings['views']))
 
   # ----------------------------------------------------------------------- report
   def report(self, variants: Sequence[tuple]) -> str:
@@ -266,13 +266,13 @@ class Demo:
       rows.append({'method': label,
                    'linear': demo_report.linear_top1(self.path('runs', f'{name}_linear')),
                    'knn': demo_report.knn_top1(self.path('runs', f'{name}_knn'))[0],
-                   'pretrain_seconds': self.timings.get(f'pretrain_{name}')})
+                   'train_seconds': self.timings.get(f'pretrain_{name}')})
     rows.insert(1, {'method': 'random init (same encoder)',
                     'linear': demo_report.linear_top1(self.path('runs', 'random_linear')),
                     'knn': demo_report.knn_top1(self.path('runs', 'random_knn'))[0]})
     rows.append({'method': 'supervised from scratch (labels, all weights; reference)',
                  'linear': demo_report.linear_top1(self.path('runs', SUPERVISED_RUN)),
-                 'pretrain_seconds': self.timings.get(SUPERVISED_RUN)})
+                 'train_seconds': self.timings.get(SUPERVISED_RUN)})
     table = demo_report.format_table(rows, NUM_CLASSES)
     _, k = demo_report.knn_top1(self.path('runs', f'{MAIN_RUN[0]}_knn'))
     total = sum(v for key, v in self.timings.items())

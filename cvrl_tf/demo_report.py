@@ -76,7 +76,7 @@ def format_table(rows: Sequence[dict], num_classes: int) -> str:
   lines = ['| method | linear top-1 (%) | kNN top-1 (%) | training time |',
            '|---|---:|---:|---:|']
   for r in rows:
-    seconds = r.get('pretrain_seconds')
+    seconds = r.get('train_seconds')
     time_text = '-' if seconds is None else f'{seconds / 60:.1f} min'
     lines.append(f'| {r["method"]} | {pct(r.get("linear"))} | {pct(r.get("knn"))} | '
                  f'{time_text} |')
@@ -111,7 +111,7 @@ def plot_accuracy_bars(rows: Sequence[dict], num_classes: int, path: str) -> str
   x = np.arange(len(names))
   width = 0.38
   fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(names) + 2), 4))
-  for offset, key, label in ((-width / 2, 'linear', 'linear top-1 (supervised: own)'),
+  for offset, key, label in ((-width / 2, 'linear', 'linear top-1 (supervised row: its top-1)'),
                              (width / 2, 'knn', 'kNN top-1')):
     values = [100 * (r.get(key) or 0.0) for r in rows]
     bars = ax.bar(x + offset, values, width, label=label)

@@ -42,7 +42,7 @@ def test_pca_2d_of_one_dimensional_data_pads():
 
 def test_format_table_has_every_row_and_chance():
   table = demo_report.format_table(
-      [{'method': 'CVRL', 'linear': 0.75, 'knn': 0.5, 'pretrain_seconds': 90},
+      [{'method': 'CVRL', 'linear': 0.75, 'knn': 0.5, 'train_seconds': 90},
        {'method': 'random', 'linear': 0.25, 'knn': None}], num_classes=8)
   lines = table.splitlines()
   assert lines[0].startswith('| method | linear top-1')
