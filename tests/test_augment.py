@@ -77,6 +77,25 @@ def test_colour_strength_and_probabilities_from_gin():
   assert abs(p['grayscale'].mean() - 0.2) < 0.04  # not overridden
 
 
+def test_jitter_ops_from_gin_keep_the_other_draws():
+  """jitter_ops=('saturation', 'hue'): brightness and contrast stay identity, and every
+  other parameter is the draw of the full jitter (same seed, same values)."""
+  import gin  # pylint: disable=import-outside-toplevel
+  full = {k: v.numpy() for k, v in augment.draw_colour_params(SEED, 500, 1).items()}
+  try:
+    gin.parse_config(["colour_augment.jitter_ops = ('saturation', 'hue')"])
+    some = {k: v.numpy() for k, v in augment.draw_colour_params(SEED, 500, 1).items()}
+  finally:
+    gin.clear_config()
+  np.testing.assert_array_equal(some['brightness'], 1.0)
+  np.testing.assert_array_equal(some['contrast'], 1.0)
+  for key in set(full) - {'brightness', 'contrast'}:
+    np.testing.assert_array_equal(some[key], full[key], err_msg=key)
+  assert full['jitter'].any() and (full['brightness'][full['jitter']] != 1.0).all()
+  with pytest.raises(ValueError, match='jitter_ops.*gamma'):
+    augment.draw_colour_params(SEED, 2, 1, jitter_ops=('gamma',))
+
+
 def test_flip_probability_from_gin():
   import gin  # pylint: disable=import-outside-toplevel
   assert abs(augment.sample_flips(SEED, 4000).numpy().mean() - 0.5) < 0.03

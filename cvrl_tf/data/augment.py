@@ -148,14 +148,19 @@ def eval_crops(frames: tf.Tensor, size: int, num_crops: int = 3) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------------ colour and blur
-@gin.configurable('colour_augment', allowlist=['strength', 'probs'])
+JITTER_OPS = ('brightness', 'contrast', 'saturation', 'hue')
+
+
+@gin.configurable('colour_augment', allowlist=['strength', 'probs', 'jitter_ops'])
 def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
-                       probs: Optional[Dict[str, Sequence[float]]] = None) -> Params:
+                       probs: Optional[Dict[str, Sequence[float]]] = None,
+                       jitter_ops: Sequence[str] = JITTER_OPS) -> Params:
   """One parameter set per clip, each entry with leading dim [num].
 
   gin: `colour_augment.strength` (1.0: CVRL / SimCLR on ImageNet; 0.5: SimCLR's CIFAR
-  setting) and `colour_augment.probs` (e.g. {'blur': (0.0, 0.0, 0.0)} turns blur off)
-  apply wherever colour is drawn, in tf.data or in the train step.
+  setting), `colour_augment.probs` (e.g. {'blur': (0.0, 0.0, 0.0)} turns blur off) and
+  `colour_augment.jitter_ops` (the jitter ops drawn, a subset of JITTER_OPS; the others
+  stay identity) apply wherever colour is drawn, in tf.data or in the train step.
 
   view: int or int tensor [num], per clip: 1 or 2 selects the probabilities of that view
   (VIEW_PROBS), 0 draws identity parameters (no colour op). `probs` overrides entries
@@ -166,6 +171,10 @@ def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
   hue float shift (0 = identity, |.| <= 0.2 strength); grayscale, solarize bool;
   blur_sigma float (0 = no blur).
   """
+  unknown = set(jitter_ops) - set(JITTER_OPS)
+  if unknown:
+    raise ValueError(f'colour_augment.jitter_ops: unknown {sorted(unknown)}; '
+                     f'choose from {JITTER_OPS}')
   table = dict(VIEW_PROBS, **(probs or {}))
   view = tf.broadcast_to(tf.cast(view, tf.int32), [num])
   p = {k: tf.gather(tf.constant(v, tf.float32), view) for k, v in table.items()}
@@ -174,15 +183,18 @@ def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
       shape, s[i], lo, hi)
   jitter = unif(0) < p['jitter']
   lo, hi = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
-  factor = lambda i: tf.where(jitter, unif(i, lo, hi), 1.0)
+  # Every draw happens whatever jitter_ops, so the other parameters do not change.
+  drawn = lambda op, values, identity: tf.where(
+      jitter, values, identity) if op in jitter_ops else tf.fill([num], identity)
+  factor = lambda op, i: drawn(op, unif(i, lo, hi), 1.0)
   hue_delta = 0.2 * strength
   return {
       'jitter': jitter,
       'jitter_order': tf.argsort(unif(1, shape=(num, 4)), axis=1, stable=True),
-      'brightness': factor(2),
-      'contrast': factor(3),
-      'saturation': factor(4),
-      'hue': tf.where(jitter, unif(5, -hue_delta, hue_delta), 0.0),
+      'brightness': factor('brightness', 2),
+      'contrast': factor('contrast', 3),
+      'saturation': factor('saturation', 4),
+      'hue': drawn('hue', unif(5, -hue_delta, hue_delta), 0.0),
       'grayscale': unif(6) < p['grayscale'],
       'solarize': unif(7) < p['solarize'],
       'blur_sigma': tf.where(unif(8) < p['blur'], unif(9, *BLUR_SIGMA_RANGE), 0.0),
