@@ -138,8 +138,9 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.n
   gx = np.exp(inv * np.square(grid - positions[..., 0:1].astype(np.float32)))  # [T, N, W]
   gy = np.exp(inv * np.square(grid - positions[..., 1:2].astype(np.float32)))  # [T, N, H]
   gy = np.ascontiguousarray(np.swapaxes(gy, 1, 2))  # [T, H, N]
-  colours = colours.astype(np.float32)
-  img = np.stack([np.matmul(gy, gx * colours[..., c:c + 1]) for c in range(3)], axis=-1)
+  weighted = gx[..., None] * colours.astype(np.float32)[:, :, None, :]  # [T, N, W, 3]
+  img = np.matmul(gy, weighted.reshape(n, -1, cfg.size * 3))  # one GEMM per frame
+  img = img.reshape(n, cfg.size, cfg.size, 3)
   img += _BACKGROUND
   img += rng.standard_normal(img.shape[:3] + (1,), dtype=np.float32) * cfg.noise
   return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
