@@ -187,10 +187,22 @@ def test_default_output_and_options():
                             output='feature_map', use_sync_bn=True)
   assert fmap(tf.zeros((1, 8, 32, 32, 3)), training=False).shape == (1, 8, 1, 1, 128)
   bns = [l for l in fmap.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
-  assert bns and all(l.synchronized for l in bns)
+  # Sync BN is plain BN on one replica, so the (faster, fused) plain BN is built.
+  assert bns and not any(l.synchronized for l in bns) and all(l.fused for l in bns)
   assert all(l.momentum == 0.9 and l.epsilon == 1e-5 for l in bns)
-  # Sync BN is plain BN on one replica: a training step runs.
   assert fmap(tf.zeros((2, 8, 32, 32, 3)), training=True).shape == (2, 8, 1, 1, 128)
+
+
+def test_sync_bn_with_several_replicas(monkeypatch):
+  class TwoReplicas:
+    num_replicas_in_sync = 2
+  monkeypatch.setattr(tf.distribute, 'get_strategy', TwoReplicas)
+  model = r3d.build_backbone('r3d18', width_multiplier=0.25, use_sync_bn=True)
+  bns = [l for l in model.layers if isinstance(l, tf_keras.layers.BatchNormalization)]
+  assert bns and all(l.synchronized for l in bns)
+  plain = r3d.build_backbone('r3d18', width_multiplier=0.25, use_sync_bn=False)
+  assert not any(l.synchronized for l in plain.layers
+                 if isinstance(l, tf_keras.layers.BatchNormalization))
 
 
 def test_cvrl_bottleneck_layout(small50):

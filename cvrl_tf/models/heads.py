@@ -24,6 +24,8 @@ import gin
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf.models import video_layers
+
 
 @gin.configurable
 class ProjectionHead(tf_keras.layers.Layer):
@@ -47,6 +49,7 @@ class ProjectionHead(tf_keras.layers.Layer):
         kernel_initializer=tf_keras.initializers.serialize(
             tf_keras.initializers.get(kernel_initializer)))
     dtype = self.dtype_policy
+    sync = video_layers.synchronize_batch_norm(use_sync_bn)
     self.hidden_layers = []
     for i in range(num_hidden_layers):
       # No bias: the BN right after has its own offset (beta).
@@ -54,8 +57,8 @@ class ProjectionHead(tf_keras.layers.Layer):
           tf_keras.layers.Dense(hidden_dim, use_bias=False, kernel_initializer=self._init(),
                                 dtype=dtype, name=f'dense_{i}'),
           tf_keras.layers.BatchNormalization(
-              momentum=bn_momentum, epsilon=bn_epsilon, synchronized=use_sync_bn,
-              dtype=dtype, name=f'bn_{i}'),
+              momentum=bn_momentum, epsilon=bn_epsilon, synchronized=sync, dtype=dtype,
+              name=f'bn_{i}'),
           tf_keras.layers.ReLU(dtype=dtype, name=f'relu_{i}'),
       ]
     self.output_layer = tf_keras.layers.Dense(
@@ -65,7 +68,7 @@ class ProjectionHead(tf_keras.layers.Layer):
     if output_bn:
       self.output_bn = tf_keras.layers.BatchNormalization(
           momentum=bn_momentum, epsilon=bn_epsilon, center=False,
-          synchronized=use_sync_bn, dtype=dtype, name='output_bn')
+          synchronized=sync, dtype=dtype, name='output_bn')
 
   def _init(self):
     # A fresh initializer per layer: a shared seeded one would repeat the same values.

@@ -42,6 +42,8 @@ from typing import Optional, Sequence, Tuple
 import gin
 import tf_keras
 
+from cvrl_tf.models import video_layers
+
 # depth -> (block type, blocks per stage res2..res5)
 LAYOUTS = {
     18: ('basic', (2, 2, 2, 2)),
@@ -143,7 +145,8 @@ def build_backbone(name: str = 'r3d50',
     spatial_strides: spatial stride of the first block of res2..res5.
     bn_momentum, bn_epsilon: every BN of the encoder.
     use_sync_bn: batch statistics over all replicas (pretraining with small per-core
-      batches); identical to plain BN on one replica.
+      batches); identical to plain BN on one replica, where the faster plain BN is used
+      (video_layers.synchronize_batch_norm: build under the strategy's scope).
     kernel_initializer: of every conv. No regularizers here: weight decay is added by the
       training step (see weight_decay.py) so a frozen encoder carries no hidden losses.
     input_shape: [T, H, W, 3]; None dims stay dynamic so an exported encoder takes any
@@ -168,8 +171,8 @@ def build_backbone(name: str = 'r3d50',
       tf_keras.layers.Conv3D, padding='same', use_bias=False,
       kernel_initializer=kernel_initializer)
   bn = functools.partial(
-      tf_keras.layers.BatchNormalization, momentum=bn_momentum, epsilon=bn_epsilon,
-      synchronized=use_sync_bn)
+      video_layers.BatchNormalization, momentum=bn_momentum, epsilon=bn_epsilon,
+      synchronized=video_layers.synchronize_batch_norm(use_sync_bn))
   block_fn = _bottleneck_block if block_type == 'bottleneck' else _basic_block
 
   inputs = tf_keras.Input(shape=tuple(input_shape), name='clips')
