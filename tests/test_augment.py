@@ -92,6 +92,9 @@ def test_jitter_ops_from_gin_keep_the_other_draws():
   for key in set(full) - {'brightness', 'contrast'}:
     np.testing.assert_array_equal(some[key], full[key], err_msg=key)
   assert full['jitter'].any() and (full['brightness'][full['jitter']] != 1.0).all()
+  only_hue = augment.draw_colour_params(SEED, 50, 1, jitter_ops='hue')  # gin's ('hue')
+  np.testing.assert_array_equal(only_hue['saturation'].numpy(), 1.0)
+  assert (only_hue['hue'].numpy() != 0).any()
   with pytest.raises(ValueError, match='jitter_ops.*gamma'):
     augment.draw_colour_params(SEED, 2, 1, jitter_ops=('gamma',))
 

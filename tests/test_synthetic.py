@@ -48,6 +48,32 @@ def test_frames_look_alike_across_classes():
       assert abs(value / mean - 1) < 0.12, (name, region)
 
 
+def test_dots_in_frame_are_as_many_for_every_class():
+  """Counted from the tracks: the mean number of dots inside the frame is the class-free
+  density (cfg.dots) for every class, zooms included (their crowding is corrected)."""
+  for k, name in enumerate(synthetic.CLASSES):
+    counts = []
+    for i in range(20):
+      pos, _ = synthetic.dot_tracks(k, synthetic.video_rng(5, 'train', 8 * i + k), STILL)
+      counts.append(((pos >= 0) & (pos < STILL.size)).all(-1).sum(-1).mean())
+    assert abs(np.mean(counts) / STILL.dots - 1) < 0.03, (name, np.mean(counts))
+
+
+def test_same_bytes_whatever_the_blas_threads():
+  """The renderer's sums are float64, so the BLAS thread count (workers use 1) cannot
+  change a rounded pixel, at a size where float32 GEMMs did."""
+  code = ('import hashlib; from cvrl_tf.data import synthetic as s; '
+          'v = s.render(6, s.video_rng(0, "train", 6), s.Config(size=224, seconds=2.0)); '
+          'print(hashlib.sha1(v.tobytes()).hexdigest())')
+  digests = set()
+  for threads in ('1', '2'):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         env=env, check=True)
+    digests.add(out.stdout.strip())
+  assert len(digests) == 1, digests
+
+
 def _block_flow(a, b, patch=12, step=8, reach=6):
   """Independent motion estimate from frame a to frame b (grey float [H, W]): the integer
   shift minimising the patch SSD, on a grid of textured patches -> centres, shifts."""

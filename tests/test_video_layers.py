@@ -10,8 +10,8 @@ from cvrl_tf.models import video_layers
 
 def _pair(**kwargs):
   """(tf_keras BN, our BN) built on 5-D input with the same random variables."""
-  ours, ref = video_layers.BatchNormalization(**kwargs), tf_keras.layers.BatchNormalization(
-      **kwargs)
+  ours = video_layers.BatchNormalization(**kwargs)
+  ref = tf_keras.layers.BatchNormalization(**kwargs)
   for layer in (ours, ref):
     layer.build((None, 3, 5, 6, 4))
   rng = np.random.default_rng(0)
@@ -35,7 +35,8 @@ def _run(layer, x, training):
 
 def test_batch_norm_folds_5d_and_matches_tf_keras():
   ours, ref = _pair(momentum=0.9, epsilon=1e-5)
-  assert ours._fold_time and not getattr(ref, '_fold_time', False)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  assert ours._fold_time and not getattr(ref, '_fold_time', False)
   x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, (2, 3, 5, 6, 4)), tf.float32)
   for training in (True, False):
     y_ours, g_ours, w_ours = _run(ours, x, training)
@@ -65,14 +66,19 @@ def test_batch_norm_bfloat16_policy_and_dynamic_shapes():
   finally:
     tf_keras.mixed_precision.set_global_policy('float32')
   # T, H, W unknown when traced: the fold works on the runtime shape.
-  ours, _ = _pair()
-  fn = tf.function(lambda a: ours(a, training=False),
-                   input_signature=[tf.TensorSpec((None, None, None, None, 4))])
-  out = fn(tf.ones((1, 2, 3, 4, 4)))
-  assert out.shape == (1, 2, 3, 4, 4)
+  ours, ref = _pair()
+  spec = [tf.TensorSpec((None, None, None, None, 4))]
+  x = tf.constant(np.random.default_rng(3).normal(0, 1, (2, 2, 3, 5, 4)), tf.float32)
+  for training in (True, False):
+    fn = tf.function(lambda a, t=training: ours(a, training=t), input_signature=spec)
+    np.testing.assert_allclose(fn(x).numpy(), ref(x, training=training).numpy(),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('kwargs,shape', [(dict(synchronized=True), (None, 3, 5, 6, 4)),
+                                          (dict(renorm=True), (None, 3, 5, 6, 4)),
+                                          (dict(axis=1), (None, 4, 3, 5, 6)),
+                                          (dict(fused=False), (None, 3, 5, 6, 4)),
                                           ({}, (None, 5, 6, 4))])
 def test_batch_norm_leaves_other_cases_alone(kwargs, shape):
   layer = video_layers.BatchNormalization(**kwargs)

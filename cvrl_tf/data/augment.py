@@ -171,6 +171,8 @@ def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
   hue float shift (0 = identity, |.| <= 0.2 strength); grayscale, solarize bool;
   blur_sigma float (0 = no blur).
   """
+  if isinstance(jitter_ops, str):  # gin: ('hue') is a string, not a tuple
+    jitter_ops = (jitter_ops,)
   unknown = set(jitter_ops) - set(JITTER_OPS)
   if unknown:
     raise ValueError(f'colour_augment.jitter_ops: unknown {sorted(unknown)}; '

@@ -42,11 +42,14 @@ class OrderedPool:
     self._ctx = multiprocessing.get_context('spawn')
     self._executor = None
     if workers:
-      # One worker per core already fills the machine: NumPy's BLAS threads inside each
-      # worker would oversubscribe it (cvrl_synth, 256 videos, 2 workers on 2 cores:
-      # 36.7 s with them, 7.5 s without). Spawned workers read this at start; this
-      # process's BLAS is loaded already and TensorFlow does not use OpenBLAS.
-      os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+      # Workers share the cores: NumPy's BLAS threads inside each worker would
+      # oversubscribe them (cvrl_synth, 256 videos, 2 workers on 2 cores: 36.7 s with
+      # 2 BLAS threads each, 7.4 s with 1). Spawned workers (and any process this one
+      # starts later) read these at start; a user's own setting wins. TensorFlow uses
+      # neither library.
+      threads = str(max(1, default_workers() // workers))
+      for name in ('OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+        os.environ.setdefault(name, threads)
 
   def _new(self, workers: int):
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=self._ctx)

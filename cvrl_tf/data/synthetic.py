@@ -106,7 +106,9 @@ def dot_tracks(label: int, rng: np.random.Generator, cfg: Config = Config()):
   the flow carries it there from its birth and on to its death. So the dots of any
   frame have the same spatial statistics for every class: no crowding in a contraction,
   no thinning in an expansion, and dots flow in from outside the frame as well as out.
-  Translated dots wrap around the square.
+  Translated dots wrap around the square. A zoom scales a dot's neighbourhood by
+  exp(rate * dt), so over a life its expected density is mean(exp(2 rate dt)) times the
+  uniform one (~1.03): zoom videos use that many fewer slots (of the same draws).
   """
   n, size, name, life = cfg.num_frames, float(cfg.size), CLASSES[label], cfg.dot_lifetime
   lo, side = -0.5 * size, 2.0 * size
@@ -120,10 +122,17 @@ def dot_tracks(label: int, rng: np.random.Generator, cfg: Config = Config()):
   clock = np.arange(n)[:, None] + phase[None, :]  # [T, N]
   which, age = clock // life, clock % life
   slot = np.arange(slots)[None, :]
-  positions = _flow(name, mid[slot, which], age - (life - 1) / 2.0, p, cfg)
+  dt = age - (life - 1) / 2.0
+  positions = _flow(name, mid[slot, which], dt, p, cfg)
+  colours = colour[slot, which]
   if name.startswith('translate'):
     positions = lo + (positions - lo) % side
-  return positions, colour[slot, which]
+  if name.startswith('zoom'):
+    rate = cfg.zoom * p['zoom']
+    crowding = np.mean(np.exp(2.0 * rate * (np.arange(life) - (life - 1) / 2.0)))
+    keep = max(1, int(round(slots / crowding)))
+    positions, colours = positions[:, :keep], colours[:, :keep]
+  return positions, colours
 
 
 def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.ndarray:
@@ -133,14 +142,16 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config()) -> np.n
   shake = rng.normal(0, cfg.shake * px, (n + 2, 2))
   shake = (shake[:-2] + shake[1:-1] + shake[2:]) / math.sqrt(3)  # smooth, same spread
   positions = positions + shake[:, None, :]
-  grid = np.arange(cfg.size, dtype=np.float32) + 0.5
+  grid = np.arange(cfg.size) + 0.5
   inv = -0.5 / (cfg.dot_sigma * px)**2
-  gx = np.exp(inv * np.square(grid - positions[..., 0:1].astype(np.float32)))  # [T, N, W]
-  gy = np.exp(inv * np.square(grid - positions[..., 1:2].astype(np.float32)))  # [T, N, H]
-  gy = np.ascontiguousarray(np.swapaxes(gy, 1, 2))  # [T, H, N]
-  weighted = gx[..., None] * colours.astype(np.float32)[:, :, None, :]  # [T, N, W, 3]
-  img = np.matmul(gy, weighted.reshape(n, -1, cfg.size * 3))  # one GEMM per frame
-  img = img.reshape(n, cfg.size, cfg.size, 3)
+  img = np.empty((n, cfg.size, cfg.size, 3), np.float32)
+  # Frame by frame (memory stays O(N x size)), in float64: a float32 GEMM's rounding
+  # depends on the BLAS thread count, which would change the uint8 bytes of the video.
+  for t in range(n):
+    gx = np.exp(inv * np.square(grid - positions[t, :, 0:1]))  # [N, W]
+    gy = np.exp(inv * np.square(grid - positions[t, :, 1:2]))  # [N, H]
+    weighted = (gx[:, :, None] * colours[t][:, None, :]).reshape(len(gx), -1)  # [N, W*3]
+    img[t] = (gy.T @ weighted).reshape(cfg.size, cfg.size, 3)
   img += _BACKGROUND
   img += rng.standard_normal(img.shape[:3] + (1,), dtype=np.float32) * cfg.noise
   return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
