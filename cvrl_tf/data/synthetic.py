@@ -119,19 +119,17 @@ def dot_tracks(label: int, rng: np.random.Generator, cfg: Config = Config()):
   phase = rng.integers(0, life, slots)
   mid = lo + rng.uniform(0, side, (slots, lives, 2))
   colour = _dot_colours(rng, (slots, lives))
-  clock = np.arange(n)[:, None] + phase[None, :]  # [T, N]
+  slot = np.arange(slots)
+  if name.startswith('zoom'):  # the slots that cancel the crowding (see above)
+    from_mid = np.arange(life) - (life - 1) / 2.0  # a life's frames, from its middle
+    crowding = np.mean(np.exp(2.0 * cfg.zoom * p['zoom'] * from_mid))
+    slot = slot[:max(1, int(round(slots / crowding)))]
+  clock = np.arange(n)[:, None] + phase[None, slot]  # [T, N]
   which, age = clock // life, clock % life
-  slot = np.arange(slots)[None, :]
-  dt = age - (life - 1) / 2.0
-  positions = _flow(name, mid[slot, which], dt, p, cfg)
+  positions = _flow(name, mid[slot, which], age - (life - 1) / 2.0, p, cfg)
   colours = colour[slot, which]
   if name.startswith('translate'):
     positions = lo + (positions - lo) % side
-  if name.startswith('zoom'):
-    rate = cfg.zoom * p['zoom']
-    crowding = np.mean(np.exp(2.0 * rate * (np.arange(life) - (life - 1) / 2.0)))
-    keep = max(1, int(round(slots / crowding)))
-    positions, colours = positions[:, :keep], colours[:, :keep]
   return positions, colours
 
 
