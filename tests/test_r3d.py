@@ -178,6 +178,24 @@ def test_mixed_bfloat16_outputs_float32(bf16_policy):
   assert np.isfinite(out['pooled'].numpy()).all()
 
 
+def test_bfloat16_r3d50_takes_gemm_kernel_gradients_for_time_only_kernels(bf16_policy):
+  model = r3d.build_backbone('r3d50', width_multiplier=0.25)
+  by_route = {True: set(), False: set()}
+  for layer in model.layers:
+    if isinstance(layer, tf_keras.layers.Conv3D):
+      by_route[layer.uses_matmul_kernel_gradient()].add(layer.name)
+  # conv_a ([1 or 3, 1, 1]), conv_c ([1, 1, 1]) and res2's stride-1 projection.
+  assert {'res2_block1_conv_a', 'res4_block1_conv_a', 'res5_block3_conv_c',
+          'res2_block1_proj'} <= by_route[True]
+  # Spatial kernels and strided projections keep the usual kernel.
+  assert {'stem_conv', 'res2_block1_conv_b', 'res3_block1_proj'} <= by_route[False]
+  assert len(by_route[True]) == 2 * 16 + 1 and len(by_route[False]) == 1 + 16 + 3
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(model(tf.random.uniform((2, 4, 32, 32, 3)), training=True))
+  grads = tape.gradient(loss, model.trainable_variables)
+  assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
+
+
 def test_default_output_and_options():
   pooled = r3d.build_backbone('r3d18', width_multiplier=0.25)
   assert pooled.name == 'r3d18_0.25x'

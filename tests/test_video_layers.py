@@ -94,3 +94,95 @@ def test_batch_norm_config_round_trip_in_a_functional_model():
   layer = rebuilt.get_layer('bn')
   assert isinstance(layer, video_layers.BatchNormalization) and layer.momentum == 0.8
   assert [w.shape for w in rebuilt.weights] == [w.shape for w in model.weights]
+
+
+def _numpy_kernel_gradient(x, dy, kt, padding):
+  """dL/dkernel of a stride-1 [kt, 1, 1] conv by explicit loops over taps and frames."""
+  front = (kt - 1) // 2 if padding == 'same' else 0
+  grad = np.zeros((kt, 1, 1, x.shape[-1], dy.shape[-1]), np.float64)
+  for a in range(kt):
+    for t in range(dy.shape[1]):
+      source = t + a - front
+      if 0 <= source < x.shape[1]:
+        grad[a, 0, 0] += np.einsum('nhwc,nhwd->cd', x[:, source], dy[:, t])
+  return grad
+
+
+def _conv_pair(kernel_size, padding, strides=1, **kwargs):
+  """(our Conv3D, tf_keras Conv3D) with the same random kernel."""
+  ours = video_layers.Conv3D(6, kernel_size, strides, padding=padding, use_bias=False,
+                             **kwargs)
+  ref = tf_keras.layers.Conv3D(6, kernel_size, strides, padding=padding, use_bias=False)
+  for layer in (ours, ref):
+    layer.build((None, None, None, None, 4))
+  ref.set_weights(ours.get_weights())
+  return ours, ref
+
+
+def _conv_grads(layer, x, call=None):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = (call or layer)(x)
+    weights = tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y))
+    loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights / tf.cast(tf.size(y), tf.float32))
+  grads = tape.gradient(loss, [x, layer.kernel])
+  return [y.numpy()] + [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize('kt', [1, 2, 3, 5])
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+def test_conv3d_matmul_kernel_gradient_matches_tf_keras_and_numpy(kt, padding):
+  ours, ref = _conv_pair((kt, 1, 1), padding, kernel_gradient='matmul')
+  assert ours.uses_matmul_kernel_gradient()
+  x = tf.constant(np.random.default_rng(kt).normal(0, 1, (2, 6, 3, 5, 4)), tf.float32)
+  for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):  # output, dx, dkernel
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # Independent reference for the kernel gradient itself, from an arbitrary dy.
+  dy = np.random.default_rng(10 + kt).normal(0, 1, ours(x).shape)
+  got = video_layers.temporal_kernel_gradient(x, tf.constant(dy, tf.float32),
+                                              ours.kernel.shape, padding.upper())
+  np.testing.assert_allclose(got.numpy(), _numpy_kernel_gradient(x.numpy(), dy, kt, padding),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_conv3d_matmul_kernel_gradient_with_dynamic_shapes_and_short_clips():
+  ours, ref = _conv_pair((3, 1, 1), 'same', kernel_gradient='matmul')
+  spec = [tf.TensorSpec((None, None, None, None, 4))]
+  fn = tf.function(ours.__call__, input_signature=spec)
+  for frames in (1, 2, 7):  # fewer frames than taps: the outer taps see no frame pair
+    x = tf.constant(np.random.default_rng(frames).normal(0, 1, (2, frames, 3, 2, 4)),
+                    tf.float32)
+    for a, b in zip(_conv_grads(ours, x, fn), _conv_grads(ref, x)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv3d_auto_uses_matmul_only_for_bfloat16_time_only_kernels():
+  assert not _conv_pair((3, 1, 1), 'same')[0].uses_matmul_kernel_gradient()  # float32
+  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    for kernel, strides, expected in [((3, 1, 1), 1, True), ((1, 1, 1), 1, True),
+                                      ((1, 3, 3), 1, False), ((1, 1, 1), (1, 2, 2), False),
+                                      ((3, 3, 3), 1, False)]:
+      ours, ref = _conv_pair(kernel, 'same', strides)
+      assert ours.uses_matmul_kernel_gradient() == expected, (kernel, strides)
+    assert not _conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0] \
+        .uses_matmul_kernel_gradient()
+    # bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding.
+    ours, ref = _conv_pair((3, 1, 1), 'same')
+    x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 3, 5, 4)), tf.float32)
+    for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                 rtol=3e-2, atol=3e-2 * np.abs(b).max())
+  finally:
+    tf_keras.mixed_precision.set_global_policy('float32')
+
+
+def test_conv3d_config_round_trip_and_bad_value():
+  inputs = tf_keras.Input((None, None, None, 4))
+  outputs = video_layers.Conv3D(8, (3, 1, 1), padding='same', kernel_gradient='matmul',
+                                name='conv')(inputs)
+  model = tf_keras.Model(inputs, outputs)
+  layer = tf_keras.Model.from_config(model.get_config()).get_layer('conv')
+  assert isinstance(layer, video_layers.Conv3D) and layer.kernel_gradient == 'matmul'
+  with pytest.raises(ValueError, match='kernel_gradient'):
+    video_layers.Conv3D(8, 1, kernel_gradient='gemm')

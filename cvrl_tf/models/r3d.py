@@ -168,7 +168,7 @@ def build_backbone(name: str = 'r3d50',
     model_name = f'r3d{depth}' + ('' if width_multiplier == 1 else f'_{width_multiplier:g}x')
 
   conv = functools.partial(
-      tf_keras.layers.Conv3D, padding='same', use_bias=False,
+      video_layers.Conv3D, padding='same', use_bias=False,
       kernel_initializer=kernel_initializer)
   bn = functools.partial(
       video_layers.BatchNormalization, momentum=bn_momentum, epsilon=bn_epsilon,
