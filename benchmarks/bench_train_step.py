@@ -15,6 +15,11 @@ excluded (bench_input.py measures that side, bench_e2e.py both together):
   % peak        GFLOP/s / peak, the peak being the best rate of two large 'same'
                 3x3x3 Conv3Ds (128 and 256 channels, forward, same dtype) timed on the
                 same cores before and after all rows (also per CPU-second)
+A second table gives each model's convolution ceiling: every Conv3D of the encoder timed
+alone (forward + the gradients the step needs, through the layer's own route, on an input
+of its in-model shape, median of --reps; repeated layers timed once and counted), summed
+per step. No step can beat it while it uses these kernels, so it bounds the % of peak a
+step of that model can reach here (--no-conv_ceiling skips it).
 dtype 'bfloat16' is the tf_keras 'mixed_bfloat16' policy (bf16 compute, fp32 variables;
 the loss stays fp32). --quick compiles XLA at -O0 so its rows take seconds: its XLA
 figures say nothing about XLA's speed.
@@ -62,6 +67,48 @@ def conv_peak(dtype: str, repeats: int, shape=(2, 8, 28, 28, 128), filters: int 
   return flop / statistics.median(walls), flop / max(statistics.median(cpus), 1e-9)
 
 
+def conv_ceiling(encoder, batch_shape, repeats: int):
+  """(seconds per step, layers, distinct shapes) of the encoder's convolutions alone.
+
+  Each Conv3D runs forward and backward on its own (dkernel, plus dinput except for the
+  layer reading the clips, whose input gradient the step never computes), on random
+  inputs of the shape it sees in the model at `batch_shape`: tf.function, 2 warm-up
+  calls, median of `repeats`. Layers with the same config and input shape are timed once.
+  """
+  convs = [l for l in encoder.layers if isinstance(l, tf_keras.layers.Conv3D)]
+  probe = tf_keras.Model(encoder.inputs, [l.input for l in convs])
+  shapes = [tuple(t.shape) for t in probe(tf.zeros(batch_shape))]
+  groups = {}
+  for layer, shape in zip(convs, shapes):
+    config = {k: v for k, v in layer.get_config().items() if k != 'name'}
+    groups.setdefault((repr(sorted(config.items())), shape), []).append(layer)
+  total = 0.0
+  for (_, shape), layers in groups.items():
+    layer = layers[0]
+    reads_clips = layer.input is encoder.inputs[0]
+    x = tf.cast(tf.random.uniform(shape), 'float32' if reads_clips else layer.compute_dtype)
+    dy = tf.cast(tf.random.normal(layer.compute_output_shape(shape)), layer.compute_dtype)
+
+    @tf.function
+    def forward_backward(layer=layer, x=x, dy=dy, reads_clips=reads_clips):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+      sources = [layer.kernel] if reads_clips else [x, layer.kernel]
+      # y is returned too: the gradients do not need it, so it would be pruned.
+      return [y] + tape.gradient(y, sources, output_gradients=dy)
+
+    for _ in range(2):
+      [out.numpy() for out in forward_backward()]  # pylint: disable=expression-not-assigned
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      [out.numpy() for out in forward_backward()]  # pylint: disable=expression-not-assigned
+      times.append(time.perf_counter() - t)
+    total += len(layers) * statistics.median(times)
+  return total, len(convs), len(groups)
+
+
 def build(backbone: str = 'r3d50', width_multiplier: float = 1.0, head_dim: int = 2048,
           jit_compile: bool = False, crop_size=None, use_sync_bn: bool = False):
   """A compiled CVRLPretrainer with every variable created (under the current policy and
@@ -107,6 +154,8 @@ def main(argv=None) -> int:
   parser.add_argument('--size', type=int, default=112)
   parser.add_argument('--reps', type=int, default=5, help='timed steps per row')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps (tracing)')
+  parser.add_argument('--conv_ceiling', action=argparse.BooleanOptionalAction,
+                      default=True, help='time each model\'s convolutions alone')
   args = parser.parse_args(argv)
   # Two sizes: on this kind of CPU the wider one runs ~10% faster in float32.
   peak_convs, peak_repeats = [((2, 8, 28, 28, 128), 128), ((2, 8, 28, 28, 256), 256)], 10
@@ -128,7 +177,7 @@ def main(argv=None) -> int:
 
   data = np.random.RandomState(0).rand(clips, *clip_shape).astype(np.float32)
   ds = tf.data.Dataset.from_tensors({'clips': data}).repeat()
-  results, fwd_flops, failed = [], {}, []
+  results, fwd_flops, failed, ceilings = [], {}, [], []
   for backbone in backbones:
     for dtype in dtypes:
       for xla in xlas:
@@ -141,6 +190,13 @@ def main(argv=None) -> int:
           results.append((backbone, model.encoder.name, dtype, xla, walls, cpus))
           print(f'  {model.encoder.name:12s} {dtype:8s} XLA {"on " if xla else "off"}  '
                 f'step {common.median_range(walls, ".3f")} s', flush=True)
+          if args.conv_ceiling and not xla:
+            seconds, layers, distinct = conv_ceiling(model.encoder, (clips,) + clip_shape,
+                                                     args.reps)
+            ceilings.append((backbone, model.encoder.name, dtype, seconds, layers, distinct,
+                             statistics.median(walls)))
+            print(f'  {model.encoder.name:12s} {dtype:8s} convolutions alone '
+                  f'{seconds:.3f} s per step', flush=True)
           del model
         except Exception as e:  # pylint: disable=broad-except
           failed.append(f'{backbone} {dtype} XLA {xla}: {type(e).__name__}: {e}'[:500])
@@ -178,6 +234,17 @@ def main(argv=None) -> int:
             f'{100 * train_flop * rate_cpu / peak[dtype][1]:.1f}'])
   common.print_table(['model', 'dtype', 'XLA', 'step s', 'CPU-s/step', 'clips/s',
                       'clips/CPU-s', 'GFLOP/s', '% peak', '% peak/CPU-s'], rows)
+  if ceilings:
+    print('\nConvolution ceiling: the encoder\'s Conv3Ds alone, one at a time (forward + '
+          'gradients), summed per step; % peak with the same FLOP count as above.\n')
+    rows = []
+    for backbone, name, dtype, seconds, layers, distinct, step in ceilings:
+      rate = 3 * fwd_flops[backbone] * clips / seconds
+      rows.append([name, dtype, f'{layers} ({distinct})', f'{seconds:.3f}',
+                   f'{rate / 1e9:.2f}', f'{100 * rate / peak[dtype][0]:.1f}',
+                   f'{step / seconds:.2f}'])
+    common.print_table(['model', 'dtype', 'convs (distinct)', 'convs alone s/step',
+                        'GFLOP/s', 'ceiling % peak', 'step / convs'], rows)
   for f in failed:
     print(f'failed: {f}', file=sys.stderr)
   return 1 if failed else 0

@@ -148,6 +148,12 @@ def test_train_step_quick_covers_bf16_and_xla(runs):
     assert len(row) == 10 and 'FAILED' not in row, row
     assert float(row[3].split()[0]) > 0 and float(row[-2]) > 0, row
   assert 'Conv3D peak bfloat16' in out and 'Conv3D peak float32' in out, out
+  # Convolution ceiling: R3D-18 has 20 convs (stem, 8 blocks x 2, 3 projections).
+  ceiling = _table_rows(out.split('Convolution ceiling')[1], 'model ')
+  assert [(r[0], r[1], r[2]) for r in ceiling] == [
+      ('r3d18_0.25x', d, '20 (13)') for d in ('float32', 'bfloat16')], out
+  for row in ceiling:
+    assert float(row[3]) > 0 and float(row[5]) > 0 and float(row[6]) > 0, row
 
 
 def test_e2e_quick(runs):

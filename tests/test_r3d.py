@@ -190,6 +190,9 @@ def test_bfloat16_r3d50_takes_gemm_kernel_gradients_for_time_only_kernels(bf16_p
   # Spatial kernels and strided projections keep the usual kernel.
   assert {'stem_conv', 'res2_block1_conv_b', 'res3_block1_proj'} <= by_route[False]
   assert len(by_route[True]) == 2 * 16 + 1 and len(by_route[False]) == 1 + 16 + 3
+  usual = r3d.build_backbone('r3d50', width_multiplier=0.25, kernel_gradient='conv')
+  assert not any(layer.uses_matmul_kernel_gradient() for layer in usual.layers
+                 if isinstance(layer, tf_keras.layers.Conv3D))
   with tf.GradientTape() as tape:
     loss = tf.reduce_sum(model(tf.random.uniform((2, 4, 32, 32, 3)), training=True))
   grads = tape.gradient(loss, model.trainable_variables)

@@ -130,6 +130,7 @@ def build_backbone(name: str = 'r3d50',
                    bn_epsilon: float = 1e-5,
                    use_sync_bn: bool = False,
                    kernel_initializer='he_normal',
+                   kernel_gradient: str = 'auto',
                    input_shape: Sequence[Optional[int]] = (None, None, None, 3),
                    output: str = 'pooled',
                    model_name: Optional[str] = None) -> tf_keras.Model:
@@ -149,6 +150,9 @@ def build_backbone(name: str = 'r3d50',
       (video_layers.synchronize_batch_norm: build under the strategy's scope).
     kernel_initializer: of every conv. No regularizers here: weight decay is added by the
       training step (see weight_decay.py) so a frozen encoder carries no hidden losses.
+    kernel_gradient: how convs spanning time only ([kt, 1, 1]) get their kernel gradient:
+      'auto' (matrix products in bfloat16, the usual kernel otherwise), 'matmul' or
+      'conv' (video_layers.Conv3D). Same numbers up to rounding; only speed differs.
     input_shape: [T, H, W, 3]; None dims stay dynamic so an exported encoder takes any
       clip the strides allow.
     output: 'pooled', 'feature_map' or 'endpoints' (see module docstring).
@@ -169,7 +173,7 @@ def build_backbone(name: str = 'r3d50',
 
   conv = functools.partial(
       video_layers.Conv3D, padding='same', use_bias=False,
-      kernel_initializer=kernel_initializer)
+      kernel_initializer=kernel_initializer, kernel_gradient=kernel_gradient)
   bn = functools.partial(
       video_layers.BatchNormalization, momentum=bn_momentum, epsilon=bn_epsilon,
       synchronized=video_layers.synchronize_batch_norm(use_sync_bn))
