@@ -10,16 +10,19 @@ excluded (bench_input.py measures that side, bench_e2e.py both together):
   step s        median (min..max) over --reps timed steps, end of step to end of step;
                 --warmup steps (tracing, XLA compilation) excluded
   clips/s       2 x videos per step / step time (and per CPU-second of this process)
-  GFLOP/s       3 x forward FLOPs per clip (encoder + head, models/flops.py; backward
-                ~ 2 x forward) x clips/s
+  GFLOP/s       train-step FLOPs per clip x clips/s: forward + input gradients + kernel
+                gradients, each the layer's forward FLOPs (models/flops.py; encoder +
+                head), less the first conv's input gradient, which nothing needs:
+                3 x forward - stem forward
   % peak        GFLOP/s / peak, the peak being the best rate of two large 'same'
                 3x3x3 Conv3Ds (128 and 256 channels, forward, same dtype) timed on the
                 same cores before and after all rows (also per CPU-second)
 A second table gives each model's convolution ceiling: every Conv3D of the encoder timed
 alone (forward + the gradients the step needs, through the layer's own route, on an input
 of its in-model shape, median of --reps; repeated layers timed once and counted), summed
-per step. No step can beat it while it uses these kernels, so it bounds the % of peak a
-step of that model can reach here (--no-conv_ceiling skips it).
+per step. A step made of these kernels beats it only by running ops side by side, so it
+tells how close to the peak a step of that model can get here (--no-conv_ceiling skips
+it; XLA rows have none).
 dtype 'bfloat16' is the tf_keras 'mixed_bfloat16' policy (bf16 compute, fp32 variables;
 the loss stays fp32). --quick compiles XLA at -O0 so its rows take seconds: its XLA
 figures say nothing about XLA's speed.
@@ -132,13 +135,20 @@ def add_model_flags(parser) -> None:
   parser.add_argument('--dtype', default='float32', choices=sorted(POLICIES))
 
 
-def model_flops(model, clip_shape) -> int:
-  """Forward FLOPs per clip of encoder + projection head."""
-  encoder_flops = flops.count_flops(model.encoder, clip_shape)
+def model_flops(model, clip_shape):
+  """(forward, train step) FLOPs per clip of encoder + projection head.
+
+  Train step: 3 x forward (forward, input gradient, kernel gradient of every layer) less
+  the input gradient of the layer that reads the clips, which is never computed.
+  """
+  rows = flops.flops_table(model.encoder, clip_shape)
+  first = next(l.name for l in model.encoder.layers
+               if isinstance(l, tf_keras.layers.Conv3D) and l.input is model.encoder.inputs[0])
   dim = model.encoder.output_shape[-1]
   head_flops = flops.count_flops(
       tf_keras.Sequential([tf_keras.Input((dim,)), model.projection_head]), (dim,))
-  return encoder_flops + head_flops
+  forward = sum(r.flops for r in rows) + head_flops
+  return forward, 3 * forward - sum(r.flops for r in rows if r.layer == first)
 
 
 def main(argv=None) -> int:
@@ -213,8 +223,8 @@ def main(argv=None) -> int:
         f'{os.cpu_count()} CPU(s), tf {tf.__version__}, load average before/after '
         f'{load_before:.1f}/{common.load_average():.1f}')
   for backbone, f in fwd_flops.items():
-    print(f'  {backbone}: forward {f / 1e9:.3f} GFLOP/clip, train step ~3x = '
-          f'{3 * f / 1e9:.3f} GFLOP/clip')
+    print(f'  {backbone}: forward {f[0] / 1e9:.3f} GFLOP/clip, train step (3x forward '
+          f'- stem forward) {f[1] / 1e9:.3f} GFLOP/clip')
   for d, (p_wall, p_cpu) in peak.items():
     print(f'  Conv3D peak {d}: {p_wall / 1e9:.2f} GFLOP/s ({p_cpu / 1e9:.2f} per CPU-s)')
   print(f'  {args.reps} timed steps per row (warm-up {args.warmup} excluded): '
@@ -224,7 +234,7 @@ def main(argv=None) -> int:
     if walls is None:
       rows.append([name, dtype, 'on' if xla else 'off', 'FAILED'] + ['-'] * 6)
       continue
-    train_flop = 3 * fwd_flops[backbone]
+    train_flop = fwd_flops[backbone][1]
     rate, rate_cpu = clips / statistics.median(walls), clips / max(
         statistics.median(cpus), 1e-9)
     rows.append([name, dtype, 'on' if xla else 'off'] + common.rate_cells(
@@ -239,7 +249,7 @@ def main(argv=None) -> int:
           'gradients), summed per step; % peak with the same FLOP count as above.\n')
     rows = []
     for backbone, name, dtype, seconds, layers, distinct, step in ceilings:
-      rate = 3 * fwd_flops[backbone] * clips / seconds
+      rate = fwd_flops[backbone][1] * clips / seconds
       rows.append([name, dtype, f'{layers} ({distinct})', f'{seconds:.3f}',
                    f'{rate / 1e9:.2f}', f'{100 * rate / peak[dtype][0]:.1f}',
                    f'{step / seconds:.2f}'])

@@ -59,7 +59,7 @@ INPUT_CONVENTION = {
 }
 _HEAD_PREFIX = 'model/projection_head/'
 # The export is the pooled representation; sync BN would put collectives in the graph.
-_EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False)
+_EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False, kernel_gradient='auto')
 
 
 # --------------------------------------------------------------------------- metadata

@@ -9,16 +9,6 @@ import tf_keras
 from cvrl_tf.models import heads
 
 
-@pytest.fixture
-def bf16_policy():
-  previous = tf_keras.mixed_precision.global_policy()
-  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
-    yield
-  finally:
-    tf_keras.mixed_precision.set_global_policy(previous)
-
-
 def test_projection_head_cvrl_structure():
   head = heads.ProjectionHead()
   out = head(tf.random.normal((4, 2048)), training=True)

@@ -158,16 +158,6 @@ def test_temporal_receptive_field_of_model(small50, frame):
     assert {t for t, d in enumerate(diff) if d > 0} == expected[stage], stage
 
 
-@pytest.fixture
-def bf16_policy():
-  previous = tf_keras.mixed_precision.global_policy()
-  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
-    yield
-  finally:
-    tf_keras.mixed_precision.set_global_policy(previous)
-
-
 def test_mixed_bfloat16_outputs_float32(bf16_policy):
   model = r3d.build_backbone('r3d18', width_multiplier=0.25, output='endpoints')
   assert model.get_layer('stem_conv').compute_dtype == 'bfloat16'

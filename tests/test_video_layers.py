@@ -156,25 +156,68 @@ def test_conv3d_matmul_kernel_gradient_with_dynamic_shapes_and_short_clips():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_conv3d_auto_uses_matmul_only_for_bfloat16_time_only_kernels():
-  assert not _conv_pair((3, 1, 1), 'same')[0].uses_matmul_kernel_gradient()  # float32
-  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
-    for kernel, strides, expected in [((3, 1, 1), 1, True), ((1, 1, 1), 1, True),
-                                      ((1, 3, 3), 1, False), ((1, 1, 1), (1, 2, 2), False),
-                                      ((3, 3, 3), 1, False)]:
-      ours, ref = _conv_pair(kernel, 'same', strides)
-      assert ours.uses_matmul_kernel_gradient() == expected, (kernel, strides)
-    assert not _conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0] \
-        .uses_matmul_kernel_gradient()
-    # bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding.
-    ours, ref = _conv_pair((3, 1, 1), 'same')
-    x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 3, 5, 4)), tf.float32)
-    for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):
-      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
-                                 rtol=3e-2, atol=3e-2 * np.abs(b).max())
-  finally:
-    tf_keras.mixed_precision.set_global_policy('float32')
+@pytest.fixture
+def counted_route(monkeypatch):
+  """Counts calls of temporal_kernel_gradient (made when a gradient is built)."""
+  calls = []
+  original = video_layers.temporal_kernel_gradient
+
+  def counting(*args, **kwargs):
+    calls.append(args[2])
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(video_layers, 'temporal_kernel_gradient', counting)
+  return calls
+
+
+def test_conv3d_routes_really_taken(counted_route):
+  x = tf.constant(np.random.default_rng(5).normal(0, 1, (1, 3, 2, 2, 4)), tf.float32)
+  _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0], x)
+  _conv_grads(_conv_pair((3, 1, 1), 'same')[0], x)  # 'auto' in float32: usual kernel
+  assert not counted_route
+  _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='matmul')[0], x)
+  assert [tuple(s) for s in counted_route] == [(3, 1, 1, 4, 6)]
+
+
+def test_conv3d_auto_uses_matmul_only_for_bfloat16_time_only_kernels(bf16_policy,
+                                                                      counted_route):
+  for kernel, strides, expected in [((3, 1, 1), 1, True), ((1, 1, 1), 1, True),
+                                    ((1, 3, 3), 1, False), ((1, 1, 1), (1, 2, 2), False),
+                                    ((3, 3, 3), 1, False)]:
+    ours, _ = _conv_pair(kernel, 'same', strides)
+    assert ours.uses_matmul_kernel_gradient() == expected, (kernel, strides)
+  assert not _conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0] \
+      .uses_matmul_kernel_gradient()
+  # bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding.
+  ours, ref = _conv_pair((3, 1, 1), 'same')
+  x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 3, 5, 4)), tf.float32)
+  for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=3e-2, atol=3e-2 * np.abs(b).max())
+  assert len(counted_route) == 1
+
+
+def test_conv3d_matmul_kernel_gradient_under_xla(counted_route):
+  ours, ref = _conv_pair((3, 1, 1), 'valid', kernel_gradient='matmul')
+  x = tf.constant(np.random.default_rng(6).normal(0, 1, (2, 5, 3, 2, 4)), tf.float32)
+
+  @tf.function(jit_compile=True)
+  def grads(layer, inputs):
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      loss = tf.reduce_sum(tf.square(layer(inputs)))
+    return tape.gradient(loss, [inputs, layer.kernel])
+
+  for a, b in zip(grads(ours, x), grads(ref, x)):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+  assert counted_route
+
+
+def test_temporal_kernel_gradient_rejects_other_padding():
+  x = tf.zeros((1, 3, 2, 2, 4))
+  with pytest.raises(ValueError, match="'SAME' or 'VALID'"):
+    video_layers.temporal_kernel_gradient(x, tf.zeros((1, 3, 2, 2, 6)), (3, 1, 1, 4, 6),
+                                          'same')
 
 
 def test_conv3d_config_round_trip_and_bad_value():

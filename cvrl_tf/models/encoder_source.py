@@ -25,7 +25,7 @@ from cvrl_tf.models import r3d
 ENCODER_SOURCES = ('model_dir', 'hub', 'random')
 # build_backbone arguments that do not change the stored weights' layout.
 _NON_ARCHITECTURE = ('use_sync_bn', 'output', 'model_name', 'input_shape',
-                     'kernel_initializer')
+                     'kernel_initializer', 'kernel_gradient')
 
 
 def normalized(value):
@@ -73,7 +73,10 @@ def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
   if encoder_source == 'hub':
     info['hub_handle'] = hub_handle
     return hub_layer(hub_handle, trainable), info
-  overrides = dict(output='pooled', use_sync_bn=use_sync_bn)
+  # How this run computes (not what was stored): sync BN, and the kernel-gradient route.
+  overrides = dict(output='pooled', use_sync_bn=use_sync_bn,
+                   kernel_gradient=gin.get_bindings(r3d.build_backbone).get(
+                       'kernel_gradient', 'auto'))
   if encoder_source == 'model_dir':
     if not pretrain_dir:
       raise ValueError("encoder_source='model_dir' needs pretrain_dir (the model_dir of a "

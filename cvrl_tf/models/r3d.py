@@ -150,9 +150,8 @@ def build_backbone(name: str = 'r3d50',
       (video_layers.synchronize_batch_norm: build under the strategy's scope).
     kernel_initializer: of every conv. No regularizers here: weight decay is added by the
       training step (see weight_decay.py) so a frozen encoder carries no hidden losses.
-    kernel_gradient: how convs spanning time only ([kt, 1, 1]) get their kernel gradient:
-      'auto' (matrix products in bfloat16, the usual kernel otherwise), 'matmul' or
-      'conv' (video_layers.Conv3D). Same numbers up to rounding; only speed differs.
+    kernel_gradient: route of the kernel gradient of convs spanning time only
+      ([kt, 1, 1]); see video_layers.Conv3D. Same numbers up to rounding, only speed.
     input_shape: [T, H, W, 3]; None dims stay dynamic so an exported encoder takes any
       clip the strides allow.
     output: 'pooled', 'feature_map' or 'endpoints' (see module docstring).
