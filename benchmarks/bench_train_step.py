@@ -14,9 +14,10 @@ excluded (bench_input.py measures that side, bench_e2e.py both together):
                 gradients, each the layer's forward FLOPs (models/flops.py; encoder +
                 head), less the first conv's input gradient, which nothing needs:
                 3 x forward - stem forward
-  % peak        GFLOP/s / peak, the peak being the best rate of two large 'same'
-                3x3x3 Conv3Ds (128 and 256 channels, forward, same dtype) timed on the
-                same cores before and after all rows (also per CPU-second)
+  % peak        GFLOP/s / peak, the peak being the rate of the faster of two large
+                'same' 3x3x3 Conv3Ds (128 and 256 channels, forward, same dtype): median
+                of its calls before and after all rows, on the same cores (also per
+                CPU-second)
 A second table gives each model's convolution ceiling: every Conv3D of the encoder timed
 alone (forward + the gradients the step needs, through the layer's own route, on an input
 of its in-model shape, median of --reps; repeated layers timed once and counted), summed
@@ -55,7 +56,7 @@ QUICK_XLA_FLAG = '--xla_backend_optimization_level=0'
 
 
 def conv_peak(dtype: str, repeats: int, shape=(2, 8, 28, 28, 128), filters: int = 128):
-  """(FLOP/s wall, FLOP/s per CPU-second) of a 3x3x3 'same' Conv3D, a dense-math ceiling."""
+  """([FLOP/s wall], [FLOP/s per CPU-second]) of each call of a 3x3x3 'same' Conv3D."""
   x = tf.cast(tf.random.uniform(shape), dtype)
   k = tf.cast(tf.random.uniform((3, 3, 3, shape[-1], filters)) * 0.01, dtype)
   conv = tf.function(lambda a: tf.nn.conv3d(a, k, [1] * 5, 'SAME'))
@@ -67,7 +68,20 @@ def conv_peak(dtype: str, repeats: int, shape=(2, 8, 28, 28, 128), filters: int 
     conv(x).numpy()
     walls.append(time.perf_counter() - t)
     cpus.append(common.cpu_seconds() - c)
-  return flop / statistics.median(walls), flop / max(statistics.median(cpus), 1e-9)
+  return [flop / w for w in walls], [flop / max(c, 1e-9) for c in cpus]
+
+
+def pooled_peak(samples):
+  """(FLOP/s wall, per CPU-s): the best convolution's median over all its calls.
+
+  samples: {conv: [conv_peak(...) results]}. Pooling the calls made before and after the
+  rows and taking the median keeps one fast or slow stretch of the machine from moving
+  the peak (a max over a few medians moved it by 17% between two runs).
+  """
+  pooled = [([r for s in runs for r in s[0]], [r for s in runs for r in s[1]])
+            for runs in samples.values()]
+  return (max(statistics.median(w) for w, _ in pooled),
+          max(statistics.median(c) for _, c in pooled))
 
 
 def conv_ceiling(encoder, batch_shape, repeats: int):
@@ -182,7 +196,7 @@ def main(argv=None) -> int:
   clip_shape = (args.frames, args.size, args.size, 3)
   clips = 2 * args.batch
   load_before = common.load_average()
-  peaks = {d: [conv_peak(d, peak_repeats, shape, f) for shape, f in peak_convs]
+  peaks = {d: {f: [conv_peak(d, peak_repeats, shape, f)] for shape, f in peak_convs}
            for d in dtypes}
 
   data = np.random.RandomState(0).rand(clips, *clip_shape).astype(np.float32)
@@ -215,8 +229,9 @@ def main(argv=None) -> int:
         gc.collect()
   tf_keras.mixed_precision.set_global_policy('float32')
   for d in dtypes:
-    peaks[d] += [conv_peak(d, peak_repeats, shape, f) for shape, f in peak_convs]
-  peak = {d: (max(p[0] for p in v), max(p[1] for p in v)) for d, v in peaks.items()}
+    for shape, f in peak_convs:
+      peaks[d][f].append(conv_peak(d, peak_repeats, shape, f))
+  peak = {d: pooled_peak(v) for d, v in peaks.items()}
 
   print(f'\n{clips} clips ({args.batch} videos x 2 views) of '
         f'{"x".join(map(str, clip_shape[:3]))}, head {args.head_dim}, '
