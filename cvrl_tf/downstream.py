@@ -29,7 +29,6 @@ knn_results.json). Re-running the same command resumes training; a finished run 
 the test, and a test already done for the same checkpoint and settings is not redone.
 """
 
-import contextlib
 import json
 import math
 import os
@@ -39,7 +38,6 @@ from typing import Optional, Sequence, Union
 import gin
 import numpy as np
 import tensorflow as tf
-import tf_keras
 
 from cvrl_tf import config
 from cvrl_tf import distribute
@@ -47,6 +45,7 @@ from cvrl_tf import evaluation
 from cvrl_tf import feature_cache
 from cvrl_tf import multiview
 from cvrl_tf import optim
+from cvrl_tf import precision
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import records
@@ -65,17 +64,6 @@ effective_args = multiview.effective_args
 
 
 # ------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def _precision(policy: Optional[str]):
-  """Sets the global dtype policy for one protocol, then restores the previous one."""
-  previous = tf_keras.mixed_precision.global_policy()
-  tf_keras.mixed_precision.set_global_policy(policy or 'float32')
-  try:
-    yield
-  finally:
-    tf_keras.mixed_precision.set_global_policy(previous)
-
-
 def labelled_subset(train_files: FilePatterns, label_fraction: Optional[float],
                     label_seed: int = 0) -> dict:
   """The videos the classification pipeline trains on: all, or the per-class fraction
@@ -141,7 +129,7 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
   strategy = distribute.get_strategy()
   num_classes = _resolve_num_classes(num_classes, label_map_file)
   chief = train_loop.is_chief(strategy)
-  with _precision(mixed_precision):
+  with precision.dtype_policy(mixed_precision):
     subset = labelled_subset(train_files, label_fraction, label_seed)
     num_videos = num_train_examples or subset['num_videos']
     steps_per_epoch = max(1, num_videos // global_batch_size)
@@ -366,7 +354,7 @@ def evaluate(model_dir: str,
   if not prefix:
     raise FileNotFoundError(f'no checkpoint in {model_dir}/checkpoints: the training '
                             f'run has not saved one yet.')
-  with _precision(info.get('mixed_precision')):
+  with precision.dtype_policy(info.get('mixed_precision')):
     with strategy.scope():
       model = classifier_lib.VideoClassifier(
           encoder_source_lib.rebuild_encoder(info, trainable=False), info['num_classes'],
@@ -411,7 +399,7 @@ def knn_eval(model_dir: str,
   """
   progress_stream = _stream(progress_stream)
   strategy = distribute.get_strategy()
-  with _precision(mixed_precision):
+  with precision.dtype_policy(mixed_precision):
     with strategy.scope():
       encoder, info = encoder_source_lib.build_encoder(
           encoder_source, pretrain_dir, hub_handle, trainable=False)

@@ -19,7 +19,6 @@ reloaded and checked, then renamed into place.
 """
 
 import ast
-import contextlib
 import datetime
 import json
 import os
@@ -35,6 +34,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import config
+from cvrl_tf import precision
 from cvrl_tf import tool_flags
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
@@ -169,16 +169,6 @@ def _model_card(metadata: Dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- float32
-@contextlib.contextmanager
-def _float32_policy():
-  previous = tf_keras.mixed_precision.global_policy()
-  tf_keras.mixed_precision.set_global_policy('float32')
-  try:
-    yield
-  finally:
-    tf_keras.mixed_precision.set_global_policy(previous)
-
-
 def _computes_float32(model: tf_keras.layers.Layer) -> bool:
   layers = model.submodules if hasattr(model, 'submodules') else ()
   return all(getattr(l, 'compute_dtype', 'float32') in ('float32', None)
@@ -195,7 +185,7 @@ def float32_encoder(encoder: tf_keras.Model,
   """
   if _computes_float32(encoder):
     return encoder
-  with _float32_policy():
+  with precision.dtype_policy('float32'):
     if spec:
       rebuilt = backbone_io.build_from_spec(spec, **_EXPORT_OVERRIDES)
     else:
@@ -247,7 +237,7 @@ def load_projection_head(model_dir: str, input_dim: int,
   hidden_dims = [hidden[i][1] for i in sorted(hidden)]
   if len(set(hidden_dims)) > 1:
     raise ValueError(f'projection head hidden widths differ: {hidden_dims}')
-  with _float32_policy():
+  with precision.dtype_policy('float32'):
     head = heads.ProjectionHead(
         num_hidden_layers=len(hidden_dims),
         hidden_dim=hidden_dims[0] if hidden_dims else 1,
@@ -388,7 +378,7 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
   if not tf.io.gfile.isdir(model_dir):
     raise FileNotFoundError(f'--model_dir {model_dir!r} does not exist.')
   spec = backbone_io.read_spec(model_dir)
-  with _float32_policy():
+  with precision.dtype_policy('float32'):
     encoder = backbone_io.load_backbone(model_dir, **_EXPORT_OVERRIDES)
   gin_text = read_gin_text(model_dir)
   head = None

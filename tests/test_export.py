@@ -15,6 +15,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from cvrl_tf import export
+from cvrl_tf import precision
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 
@@ -168,12 +169,8 @@ def test_fine_tuning_through_keras_layer(run):
 
 
 def _bf16_encoder(spec):
-  previous = tf_keras.mixed_precision.global_policy()
-  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
+  with precision.dtype_policy('mixed_bfloat16'):
     bf16 = backbone_io.build_from_spec(spec)
-  finally:
-    tf_keras.mixed_precision.set_global_policy(previous)
   _randomize_bn(bf16, 2)
   assert bf16.get_layer('stem_conv').compute_dtype == 'bfloat16'
   reference = backbone_io.build_from_spec(spec)  # float32, same weights

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import optim
+from cvrl_tf import precision
 import strategy_worker  # tests/ is on sys.path under pytest  # pylint: disable=g-bad-import-order
 
 B = 4  # videos per batch
@@ -117,14 +118,11 @@ def test_xla_matches_eager():
 
 def test_mixed_bfloat16_loss_is_float32():
   float32_loss = _step(_model(), _batch())['contrastive_loss']
-  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
+  with precision.dtype_policy('mixed_bfloat16'):
     model = _model(tf_keras.optimizers.legacy.SGD(0.1))
     first = _step(model, _batch())
     logs = _fit(model, _batch(), steps=2)
     embeddings = model(_batch(), training=False)
-  finally:
-    tf_keras.mixed_precision.set_global_policy('float32')
   assert model.encoder.layers[0].compute_dtype == 'bfloat16'
   assert embeddings.dtype == tf.bfloat16  # the stand-in head returns bf16 ...
   assert first['contrastive_loss'] == pytest.approx(float32_loss, rel=0.05)  # ... loss f32

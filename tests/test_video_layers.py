@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import precision
 from cvrl_tf.models import video_layers
 
 
@@ -55,16 +56,13 @@ def test_batch_norm_folds_5d_and_matches_tf_keras():
 
 
 def test_batch_norm_bfloat16_policy_and_dynamic_shapes():
-  tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
+  with precision.dtype_policy('mixed_bfloat16'):
     ours, ref = _pair()
     x = tf.constant(np.random.default_rng(2).normal(0, 1, (2, 3, 5, 6, 4)), tf.float32)
     y_ours, y_ref = ours(x, training=True), ref(x, training=True)
     assert y_ours.dtype == tf.bfloat16
     np.testing.assert_allclose(tf.cast(y_ours, tf.float32).numpy(),
                                tf.cast(y_ref, tf.float32).numpy(), rtol=2e-2, atol=2e-2)
-  finally:
-    tf_keras.mixed_precision.set_global_policy('float32')
   # T, H, W unknown when traced: the fold works on the runtime shape.
   ours, ref = _pair()
   spec = [tf.TensorSpec((None, None, None, None, 4))]
