@@ -25,7 +25,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -68,16 +67,6 @@ def collectives_fn(strategy, variable_shapes, embedding_shape):
     return strategy.run(replica_fn, args=values)
 
   return lambda: run(values)
-
-
-def time_calls(fn, warmup: int, calls: int):
-  """(wall, CPU) seconds per call of fn after `warmup` calls (each call blocks)."""
-  for _ in range(max(1, warmup)):
-    fn()
-  t, c = time.perf_counter(), common.cpu_seconds()
-  for _ in range(calls):
-    fn()
-  return (time.perf_counter() - t) / calls, (common.cpu_seconds() - c) / calls
 
 
 def main(argv=None) -> int:
@@ -128,9 +117,9 @@ def main(argv=None) -> int:
       run = runs[replicas]
       if kind == 'train step':
         w, c = common.fit_step_times(run['model'], run['data'], args.warmup, args.steps)
-        wall, cpu = sum(w) / len(w), sum(c) / len(c)
-      else:
-        wall, cpu = time_calls(run['collectives'], args.warmup, args.steps)
+      else:  # each call blocks until the collectives are done
+        w, c = common.time_calls(run['collectives'], args.steps, max(1, args.warmup))
+      wall, cpu = sum(w) / len(w), sum(c) / len(c)
       walls[(replicas, kind)].append(wall)
       cpus[(replicas, kind)].append(cpu)
       print(f'  rep {rep} {kind:11s} {replicas} replica(s) {wall:8.4f} s', flush=True)

@@ -34,7 +34,6 @@ import gc
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -61,13 +60,7 @@ def conv_peak(dtype: str, repeats: int, shape=(2, 8, 28, 28, 128), filters: int 
   k = tf.cast(tf.random.uniform((3, 3, 3, shape[-1], filters)) * 0.01, dtype)
   conv = tf.function(lambda a: tf.nn.conv3d(a, k, [1] * 5, 'SAME'))
   flop = 2 * np.prod(shape[:-1]) * 27 * shape[-1] * filters
-  conv(x).numpy()  # trace + warm-up
-  walls, cpus = [], []
-  for _ in range(repeats):
-    t, c = time.perf_counter(), common.cpu_seconds()
-    conv(x).numpy()
-    walls.append(time.perf_counter() - t)
-    cpus.append(common.cpu_seconds() - c)
+  walls, cpus = common.time_calls(lambda: conv(x).numpy(), repeats)
   return [flop / w for w in walls], [flop / max(c, 1e-9) for c in cpus]
 
 
@@ -82,6 +75,12 @@ def pooled_peak(samples):
             for runs in samples.values()]
   return (max(statistics.median(w) for w, _ in pooled),
           max(statistics.median(c) for _, c in pooled))
+
+
+def first_conv(encoder) -> tf_keras.layers.Conv3D:
+  """The conv reading the clips: the step never computes its input gradient."""
+  return next(l for l in encoder.layers
+              if isinstance(l, tf_keras.layers.Conv3D) and l.input is encoder.inputs[0])
 
 
 def conv_ceiling(encoder, batch_shape, repeats: int):
@@ -99,10 +98,10 @@ def conv_ceiling(encoder, batch_shape, repeats: int):
   for layer, shape in zip(convs, shapes):
     config = {k: v for k, v in layer.get_config().items() if k != 'name'}
     groups.setdefault((repr(sorted(config.items())), shape), []).append(layer)
-  total = 0.0
+  total, stem = 0.0, first_conv(encoder)
   for (_, shape), layers in groups.items():
     layer = layers[0]
-    reads_clips = layer.input is encoder.inputs[0]
+    reads_clips = layer is stem
     x = tf.cast(tf.random.uniform(shape), 'float32' if reads_clips else layer.compute_dtype)
     dy = tf.cast(tf.random.normal(layer.compute_output_shape(shape)), layer.compute_dtype)
 
@@ -115,14 +114,9 @@ def conv_ceiling(encoder, batch_shape, repeats: int):
       # y is returned too: the gradients do not need it, so it would be pruned.
       return [y] + tape.gradient(y, sources, output_gradients=dy)
 
-    for _ in range(2):
-      [out.numpy() for out in forward_backward()]  # pylint: disable=expression-not-assigned
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      [out.numpy() for out in forward_backward()]  # pylint: disable=expression-not-assigned
-      times.append(time.perf_counter() - t)
-    total += len(layers) * statistics.median(times)
+    walls, _ = common.time_calls(
+        lambda fn=forward_backward: [out.numpy() for out in fn()], repeats, warmup=2)
+    total += len(layers) * statistics.median(walls)
   return total, len(convs), len(groups)
 
 
@@ -156,8 +150,7 @@ def model_flops(model, clip_shape):
   the input gradient of the layer that reads the clips, which is never computed.
   """
   rows = flops.flops_table(model.encoder, clip_shape)
-  first = next(l.name for l in model.encoder.layers
-               if isinstance(l, tf_keras.layers.Conv3D) and l.input is model.encoder.inputs[0])
+  first = first_conv(model.encoder).name
   dim = model.encoder.output_shape[-1]
   head_flops = flops.count_flops(
       tf_keras.Sequential([tf_keras.Input((dim,)), model.projection_head]), (dim,))

@@ -80,6 +80,20 @@ def fit_step_times(model, dataset, warmup: int,
   return walls, cpus
 
 
+def time_calls(fn, repeats: int, warmup: int = 1) -> Tuple[List[float], List[float]]:
+  """([wall s], [CPU s]) of each of `repeats` calls of `fn`, after `warmup` untimed calls
+  (tracing). `fn` must return only when its work is done (e.g. call .numpy())."""
+  for _ in range(warmup):
+    fn()
+  walls, cpus = [], []
+  for _ in range(repeats):
+    t, c = time.perf_counter(), cpu_seconds()
+    fn()
+    walls.append(time.perf_counter() - t)
+    cpus.append(cpu_seconds() - c)
+  return walls, cpus
+
+
 def rate_cells(clips: int, walls: Sequence[float], cpus: Sequence[float]) -> List[str]:
   """Table cells: step s median (min..max), CPU-s per step, clips/s median (min..max),
   clips per CPU-second (from the median CPU time)."""
