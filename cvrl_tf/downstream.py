@@ -129,7 +129,9 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
   strategy = distribute.get_strategy()
   num_classes = _resolve_num_classes(num_classes, label_map_file)
   chief = train_loop.is_chief(strategy)
-  with precision.dtype_policy(mixed_precision):
+  facts = precision.detect_devices(strategy)
+  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
+  with precision.dtype_policy(choice.policy):
     subset = labelled_subset(train_files, label_fraction, label_seed)
     num_videos = num_train_examples or subset['num_videos']
     steps_per_epoch = max(1, num_videos // global_batch_size)
@@ -153,12 +155,13 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
       model.build_for_training()
     info.update(protocol=protocol, num_classes=num_classes, freeze_encoder=freeze,
                 l2_normalize=l2_normalize, dropout_rate=dropout_rate,
-                mixed_precision=mixed_precision, train_files=normalized(train_files))
+                mixed_precision=choice.policy, train_files=normalized(train_files))
     if chief:
       _write_classifier_info(model_dir, info)
       if label_fraction is not None:
         evaluation.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
       config.save_operative_config(model_dir)
+      precision.record(model_dir, choice, protocol, facts)
     fraction = f' ({label_fraction:.0%} of each class)' if label_fraction else ''
     say(progress_stream,
         f'{protocol}: {num_videos} videos{fraction}, {num_classes} classes, global batch '
@@ -231,7 +234,7 @@ def linear_eval(model_dir: str,
                 cache_passes: Optional[int] = None,
                 cache_dir: Optional[str] = None,
                 eval_batch_size: int = 32,
-                mixed_precision: Optional[str] = None,
+                mixed_precision: Optional[str] = 'auto',
                 jit_compile: bool = False,
                 checkpoint_every: int = 1000,
                 keep_checkpoints: int = 3,
@@ -256,7 +259,8 @@ def linear_eval(model_dir: str,
       distribution; fewer reuse augmentations) in `cache_dir` (default
       <model_dir>/feature_cache; share it between runs of the same encoder and data).
     eval_batch_size: views per global batch in the test.
-    mixed_precision: None or 'mixed_bfloat16'.
+    mixed_precision: 'auto' (chosen for the hardware, see precision.py), 'float32',
+      'mixed_bfloat16' or 'mixed_float16' (dynamic loss scaling).
     seed: makes the input stream deterministic (seed + step on resume).
   Returns {'train': last logged metrics, 'test': eval results or None}.
   """
@@ -302,7 +306,7 @@ def finetune(model_dir: str,
              label_fraction: Optional[float] = None,
              label_seed: int = 0,
              eval_batch_size: int = 32,
-             mixed_precision: Optional[str] = None,
+             mixed_precision: Optional[str] = 'auto',
              jit_compile: bool = False,
              checkpoint_every: int = 1000,
              keep_checkpoints: int = 3,
@@ -341,10 +345,13 @@ def evaluate(model_dir: str,
              label_map_file: Optional[str] = None,
              checkpoint: Optional[str] = None,
              eval_batch_size: int = 32,
+             mixed_precision: Optional[str] = 'auto',
              progress_stream='stderr') -> Optional[dict]:
   """Multi-view test of the classifier trained in model_dir (linear_eval / finetune).
 
   checkpoint: a checkpoint prefix; default the latest in <model_dir>/checkpoints.
+  mixed_precision: of this test, on this machine (the checkpoint's weights are float32
+    whatever the training ran in).
   """
   progress_stream = _stream(progress_stream)
   info = read_classifier_info(model_dir)
@@ -354,7 +361,8 @@ def evaluate(model_dir: str,
   if not prefix:
     raise FileNotFoundError(f'no checkpoint in {model_dir}/checkpoints: the training '
                             f'run has not saved one yet.')
-  with precision.dtype_policy(info.get('mixed_precision')):
+  choice = precision.resolve(mixed_precision, strategy, progress_stream)
+  with precision.dtype_policy(choice.policy):
     with strategy.scope():
       model = classifier_lib.VideoClassifier(
           encoder_source_lib.rebuild_encoder(info, trainable=False), info['num_classes'],
@@ -388,7 +396,7 @@ def knn_eval(model_dir: str,
              num_classes: Optional[int] = None,
              label_map_file: Optional[str] = None,
              eval_batch_size: int = 32,
-             mixed_precision: Optional[str] = None,
+             mixed_precision: Optional[str] = 'auto',
              progress_stream='stderr') -> Optional[dict]:
   """Cosine k-NN on frozen features: train videos are the memory, test videos queries.
 
@@ -399,7 +407,9 @@ def knn_eval(model_dir: str,
   """
   progress_stream = _stream(progress_stream)
   strategy = distribute.get_strategy()
-  with precision.dtype_policy(mixed_precision):
+  facts = precision.detect_devices(strategy)
+  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
+  with precision.dtype_policy(choice.policy):
     with strategy.scope():
       encoder, info = encoder_source_lib.build_encoder(
           encoder_source, pretrain_dir, hub_handle, trainable=False)
@@ -430,10 +440,11 @@ def knn_eval(model_dir: str,
              'ks': list(ks), 'results': per_k, 'num_memory_videos': len(memory['label']),
              'num_test_videos': len(queries['label']), 'class_names': names,
              'views': views, 'train_files': normalized(train_files),
-             'test_files': normalized(test_files)}
+             'test_files': normalized(test_files), 'mixed_precision': choice.policy}
   if train_loop.is_chief(strategy):
     tf.io.gfile.makedirs(model_dir)
     config.save_operative_config(model_dir)
+    precision.record(model_dir, choice, 'knn_eval', facts)
     evaluation.write_json(os.path.join(model_dir, KNN_FILE), results)
   top1 = ', '.join(f'k={k}: {v["top1"]:.4f}' for k, v in per_k.items())
   say(progress_stream, f'k-NN top-1: {top1} -> {os.path.join(model_dir, KNN_FILE)}')

@@ -15,6 +15,7 @@ import tf_keras
 from cvrl_tf import config
 from cvrl_tf import distribute
 from cvrl_tf import optim
+from cvrl_tf import precision
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import shards
@@ -37,10 +38,6 @@ def steps_for(epochs: float, num_examples: int, global_batch_size: int) -> int:
   return max(1, int(math.ceil(epochs * num_examples / global_batch_size)))
 
 
-def set_mixed_precision(policy: Optional[str]) -> None:
-  tf_keras.mixed_precision.set_global_policy(policy or 'float32')
-
-
 @gin.configurable(denylist=['model_dir'])
 def pretrain(model_dir: str,
              train_files: FilePatterns = gin.REQUIRED,
@@ -49,7 +46,7 @@ def pretrain(model_dir: str,
              train_steps: Optional[int] = None,
              warmup_epochs: float = 5,
              num_train_examples: Optional[int] = None,
-             mixed_precision: Optional[str] = None,
+             mixed_precision: Optional[str] = 'auto',
              jit_compile: bool = False,
              checkpoint_every: int = 1000,
              keep_checkpoints: int = 3,
@@ -66,14 +63,17 @@ def pretrain(model_dir: str,
     train_epochs / train_steps: length; train_steps wins when given.
     warmup_epochs: linear warm-up of the learning rate, then cosine decay to 0.
     num_train_examples: videos per epoch; counted from the shards when None.
-    mixed_precision: None (float32) or 'mixed_bfloat16' (TPU; also fast on AVX512-BF16).
+    mixed_precision: 'auto' (chosen for the hardware, see precision.py), 'float32',
+      'mixed_bfloat16' or 'mixed_float16' (dynamic loss scaling).
     jit_compile: XLA-compile the train step.
     checkpoint_every / keep_checkpoints / log_every: in steps.
     seed: makes the input stream deterministic (with resume: seed + step).
   Returns the last logged metrics.
   """
   strategy = distribute.get_strategy()
-  set_mixed_precision(mixed_precision)
+  facts = precision.detect_devices(strategy)
+  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
+  tf_keras.mixed_precision.set_global_policy(choice.policy)
   if num_train_examples is None:
     num_train_examples = shards.count_videos(train_files)
   steps_per_epoch = max(1, num_train_examples // global_batch_size)
@@ -107,6 +107,7 @@ def pretrain(model_dir: str,
   make_dataset(0)  # Fails fast on bad data before anything is written.
   if train_loop.is_chief(strategy):
     config.save_operative_config(model_dir)
+    precision.record(model_dir, choice, 'pretrain', facts)
   logs = train_loop.fit_resumable(
       model, make_dataset, model_dir, total_steps, strategy,
       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,

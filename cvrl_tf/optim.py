@@ -140,13 +140,26 @@ def is_adapted(variable_name: str,
   return not any(re.search(p, variable_name) for p in patterns)
 
 
+def base_optimizer(optimizer):
+  """The optimizer inside a LossScaleOptimizer (mixed_float16), else itself."""
+  return getattr(optimizer, 'inner_optimizer', optimizer)
+
+
+def loss_scale_logs(optimizer) -> dict:
+  """{'loss_scale': current scale} under a LossScaleOptimizer (a halving = a skipped
+  step: its gradients overflowed in float16), else {}."""
+  if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer):
+    return {'loss_scale': tf.cast(optimizer.loss_scale, tf.float32)}
+  return {}
+
+
 def current_learning_rate(optimizer) -> tf.Tensor:
   """Learning rate of the next step as a float32 tensor (graph-safe, for summaries).
 
   Works for legacy and new tf_keras optimizers, with a schedule or a constant, and
   through a LossScaleOptimizer.
   """
-  opt = getattr(optimizer, 'inner_optimizer', optimizer)
+  opt = base_optimizer(optimizer)
   schedules = tf_keras.optimizers.schedules.LearningRateSchedule
   if isinstance(opt, tf_keras.optimizers.legacy.Optimizer):
     lr = opt._get_hyper('learning_rate')  # pylint: disable=protected-access
@@ -168,7 +181,7 @@ def build_model_and_slots(model, clip_shape=(None, None, None, 3)) -> None:
   optimizer = getattr(model, 'optimizer', None)
   if optimizer is None:
     return
-  inner = getattr(optimizer, 'inner_optimizer', optimizer)
+  inner = base_optimizer(optimizer)
   if isinstance(inner, tf_keras.optimizers.legacy.Optimizer):
     inner._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
   else:

@@ -25,6 +25,8 @@ from typing import Callable, Dict, Optional
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import optim
+
 CHECKPOINT_SUBDIR = 'checkpoints'
 SUMMARY_SUBDIR = 'summaries'
 
@@ -57,15 +59,6 @@ def format_duration(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f'{h:d}:{m:02d}:{s:02d}' if h else f'{m:d}:{s:02d}'
-
-
-def current_learning_rate(optimizer) -> float:
-  lr = optimizer.learning_rate
-  if isinstance(lr, tf_keras.optimizers.schedules.LearningRateSchedule):
-    lr = lr(optimizer.iterations)
-  elif callable(lr):
-    lr = lr()
-  return float(tf.convert_to_tensor(lr))
 
 
 class _ChunkCallback(tf_keras.callbacks.Callback):
@@ -115,7 +108,7 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
     now = time.perf_counter()
     rate = (step - self._step_log) * self._examples_per_step / max(now - self._t_log, 1e-9)
     self._t_log, self._step_log = now, step
-    lr = current_learning_rate(self.model.optimizer)
+    lr = float(optim.current_learning_rate(self.model.optimizer))
     if self._writer is not None:
       with self._writer.as_default(step=step):
         for key, value in logs.items():
@@ -154,7 +147,12 @@ def fit_resumable(model: tf_keras.Model,
   """
   out_dir = worker_dir(model_dir, strategy)
   chief = is_chief(strategy)
-  items = dict(model=model, optimizer=model.optimizer, **(extra_checkpoint_items or {}))
+  # The optimizer without its loss-scale wrapper (mixed_float16): checkpoints have the
+  # same layout in every precision, so a run resumes (and `evaluate` reads its step) on
+  # other hardware. A resumed float16 run starts its dynamic loss scale afresh: the
+  # first steps after a resume may be skipped while it settles.
+  items = dict(model=model, optimizer=optim.base_optimizer(model.optimizer),
+               **(extra_checkpoint_items or {}))
   checkpoint = tf.train.Checkpoint(**items)
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(out_dir, CHECKPOINT_SUBDIR), max_to_keep=keep_checkpoints)

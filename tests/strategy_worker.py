@@ -6,7 +6,8 @@ that the test compares:
 
   python strategy_worker.py mirrored OUT.npz
       2 logical CPUs: one SGD step (lr 1, no momentum) with the pretrainer under
-      MirroredStrategy and on one device, same global batch -> gradients, logs, weights.
+      MirroredStrategy (also through a LossScaleOptimizer) and on one device, same
+      global batch -> gradients, logs, weights.
   python strategy_worker.py multi_worker OUT.npz --index=I --ports=P0,P1 --steps=N
       worker I of a 2-worker MultiWorkerMirroredStrategy on 127.0.0.1: N fit steps with
       the real optimizer, each worker feeding its own data -> final weights and logs.
@@ -65,13 +66,21 @@ def global_batch(seed: int, b: int, num_replicas: int):
   return single, local
 
 
-def _fit_once(strategy, batches, init, jit_compile):
-  """One fit step of SGD(lr=1), one batch per replica: (w0 - w1, logs, weights, names)."""
+def _fit_once(strategy, batches, init, jit_compile, loss_scale=None):
+  """One fit step of SGD(lr=1), one batch per replica: (w0 - w1, logs, weights, names).
+
+  loss_scale: wrap SGD in a static LossScaleOptimizer (the mixed_float16 path's
+  scaling, in float32 so that only the scaling is compared).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tf_keras  # pylint: disable=g-import-not-at-top
   with strategy.scope():
     model = build_model(weight_decay=1e-3)
-    model.compile(optimizer=tf_keras.optimizers.legacy.SGD(1.0), jit_compile=jit_compile)
+    optimizer = tf_keras.optimizers.legacy.SGD(1.0)
+    if loss_scale:
+      optimizer = tf_keras.mixed_precision.LossScaleOptimizer(
+          optimizer, dynamic=False, initial_scale=loss_scale)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
     model.build_for_training()
     if init is not None:
       model.set_weights(init)
@@ -82,7 +91,7 @@ def _fit_once(strategy, batches, init, jit_compile):
       lambda ctx: tf.data.Dataset.from_tensor_slices({'clips': np.stack(batches)}))
   history = model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0).history
   grads = [b - v.numpy() for b, v in zip(before, model.trainable_variables)]
-  logs = {k: float(v[-1]) for k, v in history.items()}
+  logs = {k: float(v[-1]) for k, v in history.items() if k != 'loss_scale'}
   return grads, logs, model.get_weights(), [v.name for v in model.trainable_variables]
 
 
@@ -108,6 +117,8 @@ def run_mirrored(out: str) -> None:
   init = init_model.get_weights()
   _store(results, 'single', _fit_once(tf.distribute.get_strategy(), [single], init, False))
   _store(results, 'mirrored', _fit_once(strategy, local, init, False))
+  _store(results, 'mirrored_loss_scaled', _fit_once(strategy, local, init, False,
+                                                    loss_scale=256.0))
   try:
     _store(results, 'mirrored_xla', _fit_once(strategy, local, init, True))
   except Exception as e:  # pylint: disable=broad-except

@@ -125,3 +125,42 @@ def test_weight_decay_finds_kernels_of_non_keras_encoders():
   model.build(tf.TensorShape([None, *CLIPS]))
   decayed = {v.ref() for v in model.decayed_variables()}
   assert decayed == {model.encoder.kernel.ref(), model.head.dense.kernel.ref()}
+
+
+def test_loss_scaled_classifier_step_equals_the_unscaled_step():
+  """Fine-tuning under a (static) LossScaleOptimizer: scaled loss, unscaled gradients."""
+  batch = next(iter(_data()))
+  updates = []
+  for optimizer in (tf_keras.optimizers.legacy.SGD(0.5),
+                    tf_keras.mixed_precision.LossScaleOptimizer(
+                        tf_keras.optimizers.legacy.SGD(0.5), dynamic=False,
+                        initial_scale=512.0)):
+    model = classifier.VideoClassifier(_encoder(), 3, weight_decay=1e-3)
+    model.compile(optimizer=optimizer)
+    model.build_for_training()
+    before = _values(model.trainable_variables)
+    logs = model.train_step(batch)
+    updates.append({k: before[k] - v for k, v in _values(model.trainable_variables).items()})
+  assert float(logs['loss_scale']) == 512.0
+  for name, want in updates[0].items():
+    np.testing.assert_allclose(updates[1][name], want, rtol=1e-6, atol=1e-9, err_msg=name)
+
+
+def test_mixed_float16_classifier_step_tracks_float32():
+  from cvrl_tf import precision  # pylint: disable=g-import-not-at-top
+  batch = next(iter(_data()))
+  results = []
+  for policy in ('float32', 'mixed_float16'):
+    with precision.dtype_policy(policy):
+      model = classifier.VideoClassifier(_encoder(), 3, weight_decay=1e-3)
+      model.compile(optimizer=tf_keras.mixed_precision.LossScaleOptimizer(
+          tf_keras.optimizers.legacy.SGD(0.5), dynamic=False, initial_scale=64.0))
+      model.build_for_training()
+    before = _values(model.trainable_variables)
+    logs = {k: float(v) for k, v in model.train_step(batch).items()}
+    results.append((logs, {k: before[k] - v
+                           for k, v in _values(model.trainable_variables).items()}))
+  (want_logs, want), (logs, got) = results
+  assert logs['cross_entropy'] == pytest.approx(want_logs['cross_entropy'], rel=0.01)
+  for name, w in want.items():
+    np.testing.assert_allclose(got[name], w, atol=0.02 * np.abs(w).max(), err_msg=name)

@@ -167,6 +167,18 @@ def test_mirrored_gradients_equal_single_device(jobs):
     _assert_close(r[key.replace('single', 'mirrored')], r[key], key, rtol=1e-4)
 
 
+def test_mirrored_loss_scaled_step_keeps_the_replica_scaling(jobs):
+  """mixed_float16's LossScaleOptimizer on 2 replicas: scaled loss / R, gradients
+  unscaled, then summed over replicas: the same update as one device."""
+  r = jobs('mirrored')
+  for i, name in enumerate(r['names']):
+    _assert_close(r[f'mirrored_loss_scaled/grad_{i}'], r[f'single/grad_{i}'],
+                  f'gradient of {name}', rtol=1e-4)
+  single, scaled = (json.loads(str(r[f'{t}/logs'])) for t in ('single', 'mirrored_loss_scaled'))
+  for key in single:
+    _assert_close(scaled[key], single[key], f'metric {key}')
+
+
 def test_mirrored_xla_is_refused_clearly(jobs):
   r = jobs('mirrored')
   assert 'jit_compile=True is not supported' in str(r['mirrored_xla_error'])

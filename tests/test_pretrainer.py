@@ -160,3 +160,78 @@ def test_evaluate_reports_contrastive_metrics():
                         return_dict=True)
   assert {'loss', 'contrastive_acc', 'entropy', 'weight_decay'} <= set(logs)
   assert 0.0 < logs['entropy'] <= np.log(2 * B - 1) + 1e-5
+
+
+# ------------------------------------------------------- float16 with loss scaling
+def _static_scale(scale, lr=0.5):
+  return tf_keras.mixed_precision.LossScaleOptimizer(
+      tf_keras.optimizers.legacy.SGD(lr), dynamic=False, initial_scale=scale)
+
+
+def _updates(model, data):
+  before = [v.numpy() for v in model.trainable_variables]
+  logs = _step(model, data)
+  return [b - v.numpy() for b, v in zip(before, model.trainable_variables)], logs
+
+
+def test_loss_scaled_step_equals_the_unscaled_step():
+  """Scaled loss, unscaled gradients: the same update as plain SGD (float32 model, so
+  only the scaling logic is under test; powers of 2 scale exactly)."""
+  data = _batch(5)
+  want, want_logs = _updates(_model(tf_keras.optimizers.legacy.SGD(0.5), weight_decay=1e-3),
+                             data)
+  got, logs = _updates(_model(_static_scale(1024.0), weight_decay=1e-3), data)
+  assert logs['loss_scale'] == 1024.0 and logs['loss'] == pytest.approx(want_logs['loss'])
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-9)
+
+
+def test_mixed_float16_step_tracks_float32():
+  data = _batch(6)
+  want, want_logs = _updates(_model(tf_keras.optimizers.legacy.SGD(0.5)), data)
+  with precision.dtype_policy('mixed_float16'):
+    model = _model(_static_scale(128.0))
+  assert model.encoder.layers[0].compute_dtype == 'float16'
+  got, logs = _updates(model, data)
+  assert logs['contrastive_loss'] == pytest.approx(want_logs['contrastive_loss'], rel=0.01)
+  for g, w in zip(got, want):  # float16 compute: agreement to ~1% of the largest entry.
+    np.testing.assert_allclose(g, w, atol=0.02 * np.abs(w).max())
+  assert all(v.dtype == tf.float32 for v in model.trainable_variables)
+
+
+def test_mixed_float16_compile_wraps_a_dynamic_loss_scale():
+  with precision.dtype_policy('mixed_float16'):
+    model = _model(tf_keras.optimizers.legacy.SGD(0.5))
+  assert isinstance(model.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+  assert model.optimizer.dynamic
+  assert optim.base_optimizer(model.optimizer) is model.optimizer.inner_optimizer
+
+
+def test_overflowing_step_is_skipped_not_a_nan_failure(tmp_path):
+  """Gradients that overflow float16 skip the update and halve the scale; the loss (in
+  float32) stays finite, so the train loop's NaN guard does not stop the run."""
+  from cvrl_tf import train_loop  # pylint: disable=g-import-not-at-top
+  with precision.dtype_policy('mixed_float16'):
+    model = _model(tf_keras.mixed_precision.LossScaleOptimizer(
+        tf_keras.optimizers.legacy.SGD(0.5), initial_scale=2.0 ** 40))
+  before = [v.numpy() for v in model.trainable_variables]
+  updates, logs = _updates(model, _batch(7))
+  assert np.isfinite(logs['loss']) and logs['loss_scale'] == 2.0 ** 39
+  assert all(np.all(u == 0) for u in updates)
+  assert int(model.optimizer.iterations.numpy()) == 1  # a skipped step still counts
+  for v, b in zip(model.trainable_variables, before):
+    np.testing.assert_array_equal(v.numpy(), b)
+  ds = lambda step: tf.data.Dataset.from_tensors({'clips': _batch(8)}).repeat()
+  logs = train_loop.fit_resumable(model, ds, str(tmp_path), total_steps=4,
+                                  strategy=tf.distribute.get_strategy(),
+                                  checkpoint_every=2, log_every=1, progress_stream=None)
+  assert np.isfinite(logs['loss']) and logs['loss_scale'] < 2.0 ** 39
+  # Checkpoints hold the optimizer without its loss-scale wrapper: the same layout as a
+  # float32 or bfloat16 run, so a run resumes on other hardware.
+  reader = tf.train.load_checkpoint(str(tmp_path / 'checkpoints'))
+  assert reader.get_tensor('optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE') == 4
+  float32_model = _model(tf_keras.optimizers.legacy.SGD(0.5))
+  tf.train.Checkpoint(model=float32_model, optimizer=float32_model.optimizer).restore(
+      tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
+  ).assert_existing_objects_matched()
+  assert int(float32_model.optimizer.iterations.numpy()) == 4

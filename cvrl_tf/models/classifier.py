@@ -165,8 +165,10 @@ class VideoClassifier(tf_keras.Model):
     with tf.GradientTape() as tape:
       total, parts = self._objective(data, training=True)
       scaled = total / tf.cast(replicas, tf.float32)
+    # A LossScaleOptimizer (mixed_float16) scales / unscales here (precision.py).
     self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
-    return self._update(dict(loss=total, learning_rate=learning_rate, **parts))
+    logs = self._update(dict(loss=total, learning_rate=learning_rate, **parts))
+    return {**logs, **optim.loss_scale_logs(self.optimizer)}
 
   def test_step(self, data):
     total, parts = self._objective(data, training=False)

@@ -170,8 +170,11 @@ class CVRLPretrainer(tf_keras.Model):
       total, wd, out = self._objective(clips, training=True)
       # The optimizer SUMs replica gradients: divide so the sum is the global mean.
       scaled = total / tf.cast(num_replicas, tf.float32)
+    # Under mixed_float16 `optimizer` is a LossScaleOptimizer: minimize scales `scaled`,
+    # unscales the gradients and skips the update when they overflow (precision.py).
     self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
-    return self._update_metrics(total, wd, out, learning_rate=learning_rate)
+    logs = self._update_metrics(total, wd, out, learning_rate=learning_rate)
+    return {**logs, **optim.loss_scale_logs(self.optimizer)}
 
   def test_step(self, data):
     """Contrastive metrics on held-out batches (BN in inference mode)."""
