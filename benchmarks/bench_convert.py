@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,g-bad-import-order
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path)
 from cvrl_tf.data import convert
 from cvrl_tf.data import pool as pool_lib
 from cvrl_tf.data import sources
@@ -201,6 +202,7 @@ def main():
   args = parser.parse_args()
   num, seconds, reps = (2, 1.0, 1) if args.quick else (12, 4.0, 5)
   lengths = (1, 3) if args.quick else (10, 60)
+  print(machine_line('n/a (decode / JPEG encode, no model)'))
   print(f'cores: {pool_lib.default_workers()}, load average at start: '
         f'{os.getloadavg()[0]:.2f}')
   with tempfile.TemporaryDirectory() as tmp:

@@ -28,12 +28,13 @@ import sys
 import tempfile
 import time
 
-import tensorflow as tf
-import tf_keras
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+import cvrl_tf  # noqa: F401  (first: turns TensorFlow's oneDNN kernels on before TF loads)
+import tensorflow as tf
+import tf_keras
+
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
 import bench_input
 import bench_train_step
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
   load_after = common.load_average()
 
   rate = {v: statistics.median([clips / w for w in walls[v]]) for v in VARIANTS}
+  print('\n' + common.machine_line(bench_train_step.POLICIES[args.dtype]))
   print(f'\n{model.encoder.name} + head {args.head_dim}, {args.dtype}, XLA '
         f'{"on" if args.jit_compile else "off"}; {clips} clips ({args.batch} videos x 2 '
         f'views) of {args.clip_len}x{args.crop_size}x{args.crop_size}, stride '

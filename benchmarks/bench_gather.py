@@ -126,6 +126,7 @@ def main(argv=None) -> int:
   load_after = common.load_average()
 
   model = runs[1]['model']
+  print('\n' + common.machine_line(bench_train_step.POLICIES[args.dtype]))
   print(f'\n{model.encoder.name} + head {args.head_dim}, {args.dtype}, sync BN '
         f'{not args.no_sync_bn}; global batch {clips} clips ({args.batch} videos x 2 '
         f'views) of {"x".join(map(str, clip_shape[:3]))}; {os.cpu_count()} CPU(s) split '

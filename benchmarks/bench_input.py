@@ -40,11 +40,13 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cvrl_tf  # noqa: F401  (first: turns TensorFlow's oneDNN kernels on before TF loads)
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,g-bad-import-order
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path)
 from cvrl_tf.data import augment
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import records
@@ -253,6 +255,7 @@ def main(argv=None):
   else:
     peaks = {v: isolated_peak_rss(v, argv, records_dir) for v in ['idle'] + variants}
 
+  print('\n' + machine_line('n/a (input pipeline: uint8 / float32 clips)'))
   print(f'\nclip {args.clip_len}x{args.crop_size}x{args.crop_size}, stride {args.stride}, '
         f'batch {args.batch_size} videos = {clips_per_batch} clips, {args.reps} reps, '
         f'load average before/after {load_before:.1f}/{load_after:.1f}')

@@ -35,14 +35,15 @@ import os
 import statistics
 import sys
 
-import numpy as np
-import tensorflow as tf
-import tf_keras
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+import cvrl_tf  # noqa: F401  (first: turns TensorFlow's oneDNN kernels on before TF loads)
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
 import common
 from cvrl_tf import optim
 from cvrl_tf.models import flops
@@ -226,6 +227,7 @@ def main(argv=None) -> int:
       peaks[d][f].append(conv_peak(d, peak_repeats, shape, f))
   peak = {d: pooled_peak(v) for d, v in peaks.items()}
 
+  print('\n' + common.machine_line("per row (dtype bfloat16 = the 'mixed_bfloat16' policy)"))
   print(f'\n{clips} clips ({args.batch} videos x 2 views) of '
         f'{"x".join(map(str, clip_shape[:3]))}, head {args.head_dim}, '
         f'{os.cpu_count()} CPU(s), tf {tf.__version__}, load average before/after '

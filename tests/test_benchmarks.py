@@ -173,3 +173,22 @@ def test_gather_quick(runs):
                                           ('collectives', '1'), ('collectives', '2')], out
   assert [r[2] for r in rows] == ['2', '1', '2', '1'], out  # videos per replica
   assert re.search(r'^replication overhead: 2 replicas take [+-][\d.]+ s', out, re.M), out
+
+
+def test_every_benchmark_names_the_machine_and_precision(runs):
+  from cvrl_tf import hardware  # pylint: disable=g-import-not-at-top
+  cpu = re.escape(hardware.read_cpu().describe())
+  for name in run_all.BENCHMARKS:
+    out = runs[name].output()
+    assert re.search(rf'^machine: CPU {cpu}, oneDNN (on|off).* cores, load average '
+                     rf'[\d.]+; precision: \S', out, re.M), (name, out[-3000:])
+
+
+def test_demo_step_quick(runs):
+  out = runs['bench_demo_step.py'].output()
+  rows = _table_rows(out, 'step ')
+  assert [(r[0], r[1]) for r in rows] == [
+      (s, p) for s in ('pretrain', 'supervised') for p in ('float32', 'mixed_bfloat16')], out
+  for row in rows:
+    if row[1] == 'float32':  # bfloat16 may be refused where oneDNN is capped below it
+      assert len(row) == 8 and float(row[-1]) > 0, row

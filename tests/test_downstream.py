@@ -18,6 +18,7 @@ import tf_keras
 from cvrl_tf import downstream
 from cvrl_tf import export
 from cvrl_tf import multiview
+from cvrl_tf import precision
 from cvrl_tf.data import records
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
@@ -124,6 +125,11 @@ def test_linear_eval_learns_with_a_bit_identical_frozen_encoder(data, linear_run
   assert set(results['per_class']) == set(CLASSES)
   assert np.sum(results['confusion_matrix']) == 9
   assert results['checkpoint_step'] == 60
+  # mixed_precision='auto' (the default): the policy chosen here, recorded.
+  want = precision.choose('auto', precision.detect_devices()).policy
+  assert json.load(open(os.path.join(model_dir, 'classifier.json')))['mixed_precision'] == want
+  starts = json.load(open(os.path.join(model_dir, precision.RUN_INFO_FILE)))['starts']
+  assert [(s['protocol'], s['precision']['policy']) for s in starts] == [('linear_eval', want)]
 
 
 def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, capfd):
@@ -221,6 +227,10 @@ def test_knn_eval_on_an_exported_hub_encoder(data, tmp_path):
   assert out['views']['memory']['num_clips'] == 1 and out['views']['test']['num_clips'] == 2
   saved = json.load(open(tmp_path / 'knn' / 'knn_results.json'))
   assert saved['results'] == out['results'] and saved['class_names'] == list(CLASSES)
+  want = precision.choose('auto', precision.detect_devices()).policy
+  assert saved['mixed_precision'] == want
+  starts = json.load(open(tmp_path / 'knn' / precision.RUN_INFO_FILE))['starts']
+  assert [(s['protocol'], s['precision']['policy']) for s in starts] == [('knn_eval', want)]
 
 
 def test_encoder_source_errors_name_the_problem(data, tmp_path):

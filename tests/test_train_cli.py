@@ -63,6 +63,14 @@ def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, sha
   assert "build_backbone.name = 'r3d18'" in config_text
   assert (model_dir / 'backbone' / 'backbone.json').exists()
   assert (model_dir / 'backbone' / 'ckpt-3.index').exists()
+  # The precision 'auto' chose, and why, on stderr and in run_info.json.
+  from cvrl_tf import precision  # pylint: disable=g-import-not-at-top
+  want = precision.choose('auto', precision.detect_devices())
+  assert f'{want.summary()}\n' in result.stderr
+  import json  # pylint: disable=g-import-not-at-top
+  starts = json.loads((model_dir / 'run_info.json').read_text())['starts']
+  assert [s['precision']['policy'] for s in starts] == [want.policy]
+  assert starts[0]['protocol'] == 'pretrain' and starts[0]['precision']['requested'] == 'auto'
 
   from cvrl_tf.models import backbone_io  # pylint: disable=g-import-not-at-top
   encoder = backbone_io.load_backbone(str(model_dir))
@@ -97,6 +105,9 @@ def test_sigkill_then_rerun_resumes_from_latest_checkpoint(tmp_path, shards):
                      'pretrain.checkpoint_every=2'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resuming from {latest}' in result.stderr
+  import json  # pylint: disable=g-import-not-at-top
+  starts = json.loads((model_dir / 'run_info.json').read_text())['starts']
+  assert [s['resumes_from'] for s in starts] == [None, latest]
   # It trained only the remaining steps: the first logged step follows the checkpoint.
   steps = [int(line.split()[1].split('/')[0]) for line in result.stderr.splitlines()
            if line.startswith('step ')]
