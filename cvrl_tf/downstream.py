@@ -345,13 +345,15 @@ def evaluate(model_dir: str,
              label_map_file: Optional[str] = None,
              checkpoint: Optional[str] = None,
              eval_batch_size: int = 32,
-             mixed_precision: Optional[str] = 'auto',
+             mixed_precision: Optional[str] = 'trained',
              progress_stream='stderr') -> Optional[dict]:
   """Multi-view test of the classifier trained in model_dir (linear_eval / finetune).
 
   checkpoint: a checkpoint prefix; default the latest in <model_dir>/checkpoints.
-  mixed_precision: of this test, on this machine (the checkpoint's weights are float32
-    whatever the training ran in).
+  mixed_precision: 'trained' (default): the policy the training ran in (classifier.json),
+    which repeats its test exactly, unless this machine has no native support for it,
+    then 'auto'; or 'auto' / an explicit policy (the weights are float32 whatever the
+    training ran in).
   """
   progress_stream = _stream(progress_stream)
   info = read_classifier_info(model_dir)
@@ -361,7 +363,12 @@ def evaluate(model_dir: str,
   if not prefix:
     raise FileNotFoundError(f'no checkpoint in {model_dir}/checkpoints: the training '
                             f'run has not saved one yet.')
-  choice = precision.resolve(mixed_precision, strategy, progress_stream)
+  facts = precision.detect_devices(strategy)
+  if mixed_precision == 'trained':
+    trained = info.get('mixed_precision') or 'float32'
+    native, _ = precision.native_support(trained, facts)
+    mixed_precision = trained if native else precision.AUTO
+  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
   with precision.dtype_policy(choice.policy):
     with strategy.scope():
       model = classifier_lib.VideoClassifier(

@@ -39,8 +39,10 @@ build_eval_dataset.num_crops = {NUM_CROPS}
 build_eval_dataset.min_resize = 36
 build_eval_dataset.crop_size = 32
 """
+# float32: these toy models (maps of 1-2 px at res4/res5, BN over 8 values) diverge in
+# bfloat16 within a few steps, and the tests must behave alike on every CPU class.
 TRAIN = dict(global_batch_size=8, warmup_epochs=0, checkpoint_every=10, log_every=10,
-             eval_batch_size=12, seed=0)
+             eval_batch_size=12, seed=0, mixed_precision='float32')
 
 
 def _frames(label, rng):
@@ -125,11 +127,12 @@ def test_linear_eval_learns_with_a_bit_identical_frozen_encoder(data, linear_run
   assert set(results['per_class']) == set(CLASSES)
   assert np.sum(results['confusion_matrix']) == 9
   assert results['checkpoint_step'] == 60
-  # mixed_precision='auto' (the default): the policy chosen here, recorded.
-  want = precision.choose('auto', precision.detect_devices()).policy
-  assert json.load(open(os.path.join(model_dir, 'classifier.json')))['mixed_precision'] == want
+  # The precision it ran in, recorded (an explicit one here, see TRAIN).
+  assert json.load(open(os.path.join(model_dir, 'classifier.json')))['mixed_precision'] == (
+      'float32')
   starts = json.load(open(os.path.join(model_dir, precision.RUN_INFO_FILE)))['starts']
-  assert [(s['protocol'], s['precision']['policy']) for s in starts] == [('linear_eval', want)]
+  assert [(s['protocol'], s['precision']['requested'], s['precision']['policy'])
+          for s in starts] == [('linear_eval', 'float32', 'float32')]
 
 
 def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, capfd):
@@ -271,7 +274,7 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
     ('demo/linear_eval.gin', 'linear_eval', dict(num_classes=8, cache_features=True)),
     ('demo/knn_eval.gin', 'knn_eval', dict(ks=(5, 1, 20))),
     ('demo/finetune.gin', 'finetune', dict(num_classes=8, dropout_rate=0.5)),
-    ('demo/supervised.gin', 'finetune', dict(encoder_source='random', train_steps=1000,
+    ('demo/supervised.gin', 'finetune', dict(encoder_source='random', train_steps=500,
                                              dropout_rate=0.0, num_classes=8)),
 ])
 def test_protocol_gin_files(path, protocol, expected):

@@ -59,7 +59,10 @@ def hub_layer(hub_handle: Optional[str], trainable: bool) -> tf_keras.layers.Lay
   if not tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
     raise FileNotFoundError(f'hub_handle {hub_handle!r} is not a SavedModel (no '
                             f'saved_model.pb in {path}); export one with cvrl_export.')
-  return hub.KerasLayer(path, trainable=trainable, name='encoder')
+  # dtype float32: the SavedModel takes and computes float32 clips (cvrl_export); under a
+  # mixed policy the layer would otherwise cast its input to bfloat16 / float16, which no
+  # signature of the SavedModel accepts.
+  return hub.KerasLayer(path, trainable=trainable, name='encoder', dtype='float32')
 
 
 def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
