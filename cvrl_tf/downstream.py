@@ -22,7 +22,7 @@ Protocols (paper settings in gin/):
   knn_eval     cosine k-NN on frozen features, multi-view features for both the memory
                (train) and the test videos; no training.
 
-model_dir after a run: checkpoints/ summaries/ operative_config.gin classifier.json
+model_dir after a run: checkpoints/ summaries/ operative_config.gin run_info.json classifier.json
 (how to rebuild the model) [label_subset.json] [feature_cache/] and, with test_files,
 eval_results.json, confusion_matrix.png, eval_predictions.csv (knn_eval:
 knn_results.json). Re-running the same command resumes training; a finished run skips to

@@ -56,7 +56,7 @@ def pretrain(model_dir: str,
   """CVRL pretraining: encoder + projection head trained with InfoNCE on two views.
 
   Args:
-    model_dir: checkpoints/, summaries/, operative_config.gin and, at the end,
+    model_dir: checkpoints/, summaries/, operative_config.gin, run_info.json and, at the end,
       backbone/ (the encoder alone, what downstream protocols load).
     train_files: TFRecord pattern(s) written by cvrl_convert.
     global_batch_size: videos per step over all replicas (each gives two clips).
