@@ -14,6 +14,7 @@ import tf_keras
 
 from cvrl_tf import config
 from cvrl_tf import distribute
+from cvrl_tf import multiview
 from cvrl_tf import optim
 from cvrl_tf import precision
 from cvrl_tf import train_loop
@@ -71,6 +72,7 @@ def pretrain(model_dir: str,
   Returns the last logged metrics.
   """
   strategy = distribute.get_strategy()
+  clips = training_clips()
   facts = precision.detect_devices(strategy)
   choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
   tf_keras.mixed_precision.set_global_policy(choice.policy)
@@ -88,15 +90,16 @@ def pretrain(model_dir: str,
     encoder = r3d.build_backbone()
     head = heads.ProjectionHead()
     # crop_size: what the train step resizes to when the pipeline defers the resize.
-    model = pretrainer_lib.CVRLPretrainer(encoder, head, crop_size=_clip_shape()[1])
+    model = pretrainer_lib.CVRLPretrainer(encoder, head, crop_size=clips['crop_size'])
     model.compile(optimizer=optim.build_optimizer(
         total_steps=total_steps, warmup_steps=warmup_steps,
         global_batch_size=global_batch_size), jit_compile=jit_compile)
     model.build_for_training()
   if progress_stream is not None:
-    gflops = flops.count_flops(encoder, _clip_shape()) / 1e9
+    gflops = flops.count_flops(encoder, _clip_shape(clips)) / 1e9
     print(f'encoder {encoder.name}: {encoder.count_params():,} parameters, '
-          f'{gflops:.2f} GFLOPs per clip at {_clip_shape()}', file=progress_stream, flush=True)
+          f'{gflops:.2f} GFLOPs per clip at {_clip_shape(clips)}', file=progress_stream,
+          flush=True)
 
   def make_dataset(start_step):
     data_seed = None if seed is None else seed + start_step
@@ -115,15 +118,20 @@ def pretrain(model_dir: str,
       progress_stream=progress_stream)
   out_dir = train_loop.worker_dir(model_dir, strategy)
   spec = backbone_io.current_spec(use_sync_bn=False, output='pooled')
+  backbone_io.save_run_specs(out_dir, head.spec(), clips)
   backbone_io.save_backbone(encoder, spec, out_dir,
                             int(model.optimizer.iterations.numpy()))
   return logs
 
 
-def _clip_shape():
-  """[T, S, S, 3] of a pretraining clip, as bound in gin for the pipeline."""
-  bindings = gin.get_bindings(pipeline.build_pretrain_dataset)
-  t = bindings.get('clip_len', 16)
-  s = bindings.get('crop_size', 224)
-  return (t, s, s, 3)
+def training_clips() -> dict:
+  """The clips pretraining feeds the encoder, from the pipeline's effective arguments:
+  what backbone/training.json records for export and embed."""
+  args = multiview.effective_args(pipeline.build_pretrain_dataset)
+  return {'num_frames': args['clip_len'], 'frame_stride': args['stride'],
+          'target_fps': args['target_fps'], 'crop_size': args['crop_size']}
 
+
+def _clip_shape(clips: dict):
+  """[T, S, S, 3] of a pretraining clip."""
+  return (clips['num_frames'], clips['crop_size'], clips['crop_size'], 3)

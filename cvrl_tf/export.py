@@ -13,16 +13,15 @@ TF Hub "reusable SavedModel" conventions, so `hub.KerasLayer(path)` (frozen) and
 T, H, W are dynamic. The export always computes in float32, also for a `mixed_bfloat16`
 model: the encoder is rebuilt under the float32 policy and its (float32) weights copied.
 Beside the model: `assets/cvrl_metadata.json` (input convention, training frames /
-stride / crop from the operative gin config, backbone spec, gin text) and a model card
+stride / crop from the run's backbone/training.json, backbone spec, the run's gin text for
+reference) and a model card
 `README.md`; TF Hub ignores both. Atomic: written to `<export_dir>.tmp-XXXXXXXX`,
 reloaded and checked, then renamed into place.
 """
 
-import ast
 import datetime
 import json
 import os
-import re
 import sys
 import uuid
 from typing import Any, Dict, Optional
@@ -36,20 +35,15 @@ import tf_keras
 from cvrl_tf import config
 from cvrl_tf import precision
 from cvrl_tf import tool_flags
+from cvrl_tf import train_loop
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 
 METADATA_FILE = 'cvrl_metadata.json'
 MODEL_CARD = 'README.md'
 PROJECTION_SIGNATURE = 'projection'
-CHECKPOINT_SUBDIR = 'checkpoints'  # Full training checkpoints (train_loop.py).
 FORMAT_VERSION = 1
-# Metadata key -> the binding of the pretraining operative config that holds it.
-TRAINING_BINDINGS = {'num_frames': 'build_pretrain_dataset.clip_len',
-                     'frame_stride': 'build_pretrain_dataset.stride',
-                     'target_fps': 'build_pretrain_dataset.target_fps',
-                     'crop_size': 'build_pretrain_dataset.crop_size'}
-TRAINING_KEYS = tuple(TRAINING_BINDINGS)
+TRAINING_KEYS = backbone_io.TRAINING_KEYS
 INPUT_CONVENTION = {
     'dtype': 'float32',
     'layout': '[B, T, H, W, 3]',
@@ -57,40 +51,11 @@ INPUT_CONVENTION = {
     'channels': 'RGB',
     'dynamic_dims': ['B', 'T', 'H', 'W'],
 }
-_HEAD_PREFIX = 'model/projection_head/'
 # The export is the pooled representation; sync BN would put collectives in the graph.
 _EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False, kernel_gradient='auto')
 
 
 # --------------------------------------------------------------------------- metadata
-def _literal(text: str):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text.strip('\'"')
-
-
-def _gin_value(gin_text: Optional[str], binding: str, default=None):
-  """Value of `binding` (last one wins, as in gin; `scope/binding` counts), else default.
-
-  Lenient on purpose (a regex over lines, not gin): the export must work whatever
-  configurables are registered in this process.
-  """
-  pattern = r'\s*(?:[\w.]+/)*' + re.escape(binding) + r'\s*=\s*([^#]+)'
-  value = default
-  for line in (gin_text or '').splitlines():
-    match = re.match(pattern, line)
-    if match:
-      value = _literal(match.group(1).strip())
-  return value
-
-
-def parse_training_settings(gin_text: Optional[str]) -> Dict:
-  """Operative-config bindings (`build_pretrain_dataset.clip_len = 16`, ...) ->
-  {'num_frames': 16, ...} (TRAINING_BINDINGS); missing -> None."""
-  return {k: _gin_value(gin_text, b) for k, b in TRAINING_BINDINGS.items()}
-
-
 def read_gin_text(model_dir: str) -> Optional[str]:
   path = os.path.join(model_dir, config.OPERATIVE_CONFIG)
   if not tf.io.gfile.exists(path):
@@ -99,10 +64,16 @@ def read_gin_text(model_dir: str) -> Optional[str]:
     return f.read()
 
 
-def build_metadata(spec: Optional[Dict[str, Any]] = None, gin_text: Optional[str] = None,
-                   **extra) -> Dict[str, Any]:
-  """The metadata of an export: what a user needs to feed it the clips it was trained on."""
+def build_metadata(spec: Optional[Dict[str, Any]] = None,
+                   training: Optional[Dict[str, Any]] = None,
+                   gin_text: Optional[str] = None, **extra) -> Dict[str, Any]:
+  """The metadata of an export: what a user needs to feed it the clips it was trained on.
+
+  spec: the backbone spec; training: backbone_io.read_training(model_dir) (frames,
+  stride, fps, crop); gin_text: the run's operative config, kept for reference only.
+  """
   spec = dict(spec or {})
+  training = dict(training or {})
   metadata = {
       'format_version': FORMAT_VERSION,
       'model': 'CVRL video encoder (Qian et al., CVPR 2021)',
@@ -110,7 +81,7 @@ def build_metadata(spec: Optional[Dict[str, Any]] = None, gin_text: Optional[str
       'width_multiplier': spec.get('width_multiplier'),
       'backbone_spec': spec or None,
       'input': dict(INPUT_CONVENTION),
-      'training': parse_training_settings(gin_text),
+      'training': {k: training.get(k) for k in TRAINING_KEYS},
       'gin_config': gin_text,
   }
   metadata.update(extra)
@@ -211,42 +182,33 @@ def float32_head(head: tf_keras.layers.Layer, input_dim: int) -> tf_keras.layers
   return rebuilt
 
 
-def load_projection_head(model_dir: str, input_dim: int,
-                         gin_text: Optional[str] = None) -> heads.ProjectionHead:
-  """Restores the projection head from the full training checkpoint of `model_dir`.
+def load_projection_head(model_dir: str, input_dim: int) -> heads.ProjectionHead:
+  """Restores the projection head of the pretraining run in `model_dir`.
 
-  Only the backbone has its own checkpoint, so the head is read from
-  `checkpoints/` (a `tf.train.Checkpoint(model=pretrainer, ...)` whose pretrainer has a
-  `projection_head` attribute). Its sizes come from the stored variable shapes, so no
-  gin config is needed; BN epsilon from the gin text when present.
+  Only the backbone has its own checkpoint, so the weights are read from `checkpoints/`
+  (a `tf.train.Checkpoint(model=pretrainer, ...)` whose pretrainer has a
+  `projection_head` attribute); the architecture from backbone/head.json.
   """
-  prefix = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+  prefix = tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
   if prefix is None:
     raise FileNotFoundError(
         f'--with_projection_head needs the training checkpoint in '
-        f'{os.path.join(model_dir, CHECKPOINT_SUBDIR)}, and there is none.')
-  shapes = dict(tf.train.list_variables(prefix))
-  hidden = {}
-  for name, shape in shapes.items():
-    match = re.fullmatch(re.escape(_HEAD_PREFIX) + r'hidden_layers/(\d+)/kernel/.*', name)
-    if match:
-      hidden[int(match.group(1))] = shape
-  output_key = _HEAD_PREFIX + 'output_layer/kernel/.ATTRIBUTES/VARIABLE_VALUE'
-  if output_key not in shapes:
-    raise ValueError(f'checkpoint {prefix} has no projection head under {_HEAD_PREFIX!r}')
-  hidden_dims = [hidden[i][1] for i in sorted(hidden)]
-  if len(set(hidden_dims)) > 1:
-    raise ValueError(f'projection head hidden widths differ: {hidden_dims}')
+        f'{os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)}, and there is none.')
+  spec = backbone_io.read_head_spec(model_dir)
+  if spec is None:
+    raise FileNotFoundError(
+        f'--with_projection_head needs {model_dir}/{backbone_io.BACKBONE_SUBDIR}/'
+        f'{backbone_io.HEAD_SPEC_FILE}, which pretraining writes since 2026-12-02; export '
+        f'this run without --with_projection_head, or re-run its pretraining.')
   with precision.dtype_policy('float32'):
-    head = heads.ProjectionHead(
-        num_hidden_layers=len(hidden_dims),
-        hidden_dim=hidden_dims[0] if hidden_dims else 1,
-        output_dim=shapes[output_key][1],
-        bn_epsilon=float(_gin_value(gin_text, 'ProjectionHead.bn_epsilon', 1e-5)),
-        name='projection_head')
+    head = heads.ProjectionHead.from_spec(spec, use_sync_bn=False, name='projection_head')
   head.build(tf.TensorShape([None, input_dim]))
   status = tf.train.Checkpoint(model=tf.train.Checkpoint(projection_head=head)).read(prefix)
-  status.expect_partial().assert_existing_objects_matched()
+  try:
+    status.expect_partial().assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(f'the projection head in {prefix} does not match '
+                     f'{backbone_io.HEAD_SPEC_FILE}: {e}') from e
   return head
 
 
@@ -380,11 +342,12 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
   spec = backbone_io.read_spec(model_dir)
   with precision.dtype_policy('float32'):
     encoder = backbone_io.load_backbone(model_dir, **_EXPORT_OVERRIDES)
-  gin_text = read_gin_text(model_dir)
   head = None
   if with_projection_head:
-    head = load_projection_head(model_dir, int(encoder.output_shape[-1]), gin_text)
-  metadata = build_metadata(spec, gin_text, source_model_dir=os.path.abspath(model_dir),
+    head = load_projection_head(model_dir, int(encoder.output_shape[-1]))
+  metadata = build_metadata(spec, backbone_io.read_training(model_dir),
+                            read_gin_text(model_dir),
+                            source_model_dir=os.path.abspath(model_dir),
                             backbone_checkpoint=backbone_io.latest_backbone(model_dir))
   return export_encoder(encoder, export_dir, metadata, head, overwrite, verify)
 

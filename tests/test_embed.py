@@ -51,8 +51,7 @@ def setup(tmp_path_factory):
   features = tf_keras.layers.Conv3D(16, (2, 3, 3), strides=(1, 2, 2), activation='relu')(clips)
   encoder = tf_keras.Model(clips, tf_keras.layers.GlobalAveragePooling3D()(features))
   metadata = export.build_metadata(
-      None, 'build_pretrain_dataset.clip_len = 4\nbuild_pretrain_dataset.stride = 2\n'
-      'build_pretrain_dataset.crop_size = 32\n')
+      None, {'num_frames': 4, 'frame_stride': 2, 'crop_size': 32})
   hub_dir = export.export_encoder(encoder, str(root / 'hub'), metadata, verify=False)
   videos = root / 'videos'
   _write(str(videos / 'a.mp4'), _coded(20))

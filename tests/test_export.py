@@ -29,6 +29,7 @@ train/build_pretrain_dataset.clip_len = 4
 build_classification_dataset.clip_len = 32
 ProjectionHead.bn_epsilon = 0.001
 """
+TRAINING = {'num_frames': 4, 'frame_stride': 2, 'target_fps': None, 'crop_size': 32}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -78,7 +79,9 @@ def run(tmp_path_factory):
                                    optimizer=tf_keras.optimizers.SGD(0.1))
   tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, 'checkpoints'), 1).save()
   with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
-    f.write(GIN)
+    f.write(GIN)  # Kept in the metadata as text; nothing is read from it.
+  # What experiments.pretrain writes beside the backbone: the head's spec, the clips.
+  backbone_io.save_run_specs(model_dir, head.spec(), TRAINING)
   export_dir = export.export_model_dir(model_dir, str(root / 'hub'),
                                        with_projection_head=True)
   # The fresh-process round trip starts now and runs while the other tests do.
@@ -136,12 +139,16 @@ def test_metadata_and_model_card(run):
       'README.md', 'assets', 'fingerprint.pb', 'saved_model.pb', 'variables']
 
 
-def test_parse_training_settings_is_lenient():
-  assert export.parse_training_settings(None) == dict.fromkeys(export.TRAINING_KEYS)
-  text = ("build_pretrain_dataset.clip_len = 16\n# build_pretrain_dataset.crop_size = 99\n"
-          "build_pretrain_dataset.crop_size=224\n")
-  assert export.parse_training_settings(text) == {
-      'num_frames': 16, 'frame_stride': None, 'target_fps': None, 'crop_size': 224}
+def test_run_specs_round_trip_and_missing_ones(run, tmp_path):
+  assert backbone_io.read_training(run['model_dir']) == TRAINING
+  spec = backbone_io.read_head_spec(run['model_dir'])
+  assert spec['bn_epsilon'] == 1e-3 and spec['hidden_dim'] == 16
+  assert heads.ProjectionHead.from_spec(spec).get_config()['output_dim'] == 8
+  # A run that recorded nothing (older runs): unknown settings, and no head to export.
+  assert backbone_io.read_training(str(tmp_path)) == dict.fromkeys(export.TRAINING_KEYS)
+  assert backbone_io.read_head_spec(str(tmp_path)) is None
+  with pytest.raises(ValueError, match='unknown training settings'):
+    backbone_io.save_run_specs(str(tmp_path), None, {'clip_len': 4})
 
 
 def test_fine_tuning_through_keras_layer(run):
@@ -224,7 +231,8 @@ def test_refuses_to_overwrite_and_overwrites_atomically(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path)) == ['hub']
   monkeypatch.undo()
 
-  export.export_encoder(encoder, target, export.build_metadata(gin_text=GIN), overwrite=True,
+  export.export_encoder(encoder, target, export.build_metadata(training=TRAINING),
+                        overwrite=True,
                         verify=False)
   assert export.read_metadata(target)['training']['num_frames'] == 4
   assert sorted(os.listdir(tmp_path)) == ['hub']  # no .tmp-/.old- left behind
@@ -255,6 +263,16 @@ def test_clear_errors_for_bad_model_dirs(run, tmp_path):
   os.symlink(os.path.join(run['model_dir'], 'backbone'), no_head / 'backbone')
   with pytest.raises(FileNotFoundError, match='checkpoints'):
     export.export_model_dir(str(no_head), str(tmp_path / 'a'), with_projection_head=True)
+  # A run from before head.json: its head cannot be rebuilt, and the message says so.
+  old = tmp_path / 'old'
+  (old / backbone_io.BACKBONE_SUBDIR).mkdir(parents=True)
+  source = os.path.join(run['model_dir'], backbone_io.BACKBONE_SUBDIR)
+  for name in os.listdir(source):
+    if name != backbone_io.HEAD_SPEC_FILE:
+      os.symlink(os.path.join(source, name), old / backbone_io.BACKBONE_SUBDIR / name)
+  os.symlink(os.path.join(run['model_dir'], 'checkpoints'), old / 'checkpoints')
+  with pytest.raises(FileNotFoundError, match='head.json.*without --with_projection_head'):
+    export.export_model_dir(str(old), str(tmp_path / 'a'), with_projection_head=True)
   assert not os.path.exists(tmp_path / 'a')
 
 

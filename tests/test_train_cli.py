@@ -63,6 +63,11 @@ def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, sha
   assert "build_backbone.name = 'r3d18'" in config_text
   assert (model_dir / 'backbone' / 'backbone.json').exists()
   assert (model_dir / 'backbone' / 'ckpt-3.index').exists()
+  # The head's spec and the training clips, as data beside the backbone.
+  from cvrl_tf.models import backbone_io as io  # pylint: disable=g-import-not-at-top
+  assert io.read_training(str(model_dir)) == {'num_frames': 4, 'frame_stride': 2,
+                                              'target_fps': None, 'crop_size': 32}
+  assert io.read_head_spec(str(model_dir))['hidden_dim'] == 16
   # The precision 'auto' chose, and why, on stderr and in run_info.json.
   from cvrl_tf import precision  # pylint: disable=g-import-not-at-top
   want = precision.choose('auto', precision.detect_devices())

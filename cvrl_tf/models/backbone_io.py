@@ -3,6 +3,10 @@
 A pretraining model dir holds `backbone/` with
   backbone.json   the full `build_backbone` arguments (architecture, widths, strides ...)
   ckpt-N.*        `tf.train.Checkpoint(encoder=...)` of the encoder weights only
+  head.json       the projection head's constructor arguments (heads.ProjectionHead.spec);
+                  its weights stay in the run's checkpoints/ (export --with_projection_head)
+  training.json   the clips it was trained on: num_frames, frame_stride, target_fps,
+                  crop_size (what export and embed tell a user to feed it)
 so an encoder can be rebuilt and restored without the pretraining gin config, and a
 mismatch between the architecture asked for and the one stored is reported, not silent.
 """
@@ -100,3 +104,47 @@ def load_backbone(model_dir: str, **overrides) -> tf_keras.Model:
         f'backbone checkpoint {prefix} does not match the architecture in {SPEC_FILE} '
         f'({spec.get("name")}, width x{spec.get("width_multiplier")}): {e}') from e
   return encoder
+
+
+HEAD_SPEC_FILE = 'head.json'
+TRAINING_FILE = 'training.json'
+TRAINING_KEYS = ('num_frames', 'frame_stride', 'target_fps', 'crop_size')
+
+
+def _write_json(path: str, obj) -> None:
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+
+def save_run_specs(model_dir: str, head_spec: Optional[Dict[str, Any]],
+                   training: Dict[str, Any]) -> None:
+  """Writes head.json (when there is a head) and training.json under model_dir/backbone."""
+  out = os.path.join(model_dir, BACKBONE_SUBDIR)
+  tf.io.gfile.makedirs(out)
+  unknown = set(training) - set(TRAINING_KEYS)
+  if unknown:
+    raise ValueError(f'unknown training settings {sorted(unknown)}; known: {TRAINING_KEYS}')
+  _write_json(os.path.join(out, TRAINING_FILE),
+              {k: _jsonable(training.get(k)) for k in TRAINING_KEYS})
+  if head_spec is not None:
+    _write_json(os.path.join(out, HEAD_SPEC_FILE), head_spec)
+
+
+def _read_json(model_dir: str, name: str) -> Optional[Dict[str, Any]]:
+  path = os.path.join(model_dir, BACKBONE_SUBDIR, name)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def read_head_spec(model_dir: str) -> Optional[Dict[str, Any]]:
+  """The projection head's spec, or None (a run from before head.json existed)."""
+  return _read_json(model_dir, HEAD_SPEC_FILE)
+
+
+def read_training(model_dir: str) -> Dict[str, Any]:
+  """{num_frames, frame_stride, target_fps, crop_size}; None for what a run did not record."""
+  stored = _read_json(model_dir, TRAINING_FILE) or {}
+  return {k: stored.get(k) for k in TRAINING_KEYS}

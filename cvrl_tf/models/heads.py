@@ -20,6 +20,8 @@ LinearClassifier (linear evaluation and fine-tuning):
   is tiny, and with linear-eval learning rates as high as 32 bf16 logits would be coarse.
 """
 
+import json
+
 import gin
 import tensorflow as tf
 import tf_keras
@@ -101,6 +103,16 @@ class ProjectionHead(tf_keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), **self._config}
+
+  def spec(self) -> dict:
+    """The constructor arguments as plain JSON data: what a run saves as
+    backbone/head.json (the initializer's config is a tracked dict: made plain here)."""
+    return json.loads(json.dumps(self._config, default=dict))
+
+  @classmethod
+  def from_spec(cls, spec: dict, **kwargs) -> 'ProjectionHead':
+    """The head a spec describes (e.g. `dtype='float32'`, `name=...` in kwargs)."""
+    return cls(**{**spec, **kwargs})
 
 
 @gin.configurable
