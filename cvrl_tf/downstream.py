@@ -43,6 +43,7 @@ from cvrl_tf import config
 from cvrl_tf import distribute
 from cvrl_tf import evaluation
 from cvrl_tf import feature_cache
+from cvrl_tf import files as files_lib
 from cvrl_tf import multiview
 from cvrl_tf import optim
 from cvrl_tf import precision
@@ -52,7 +53,6 @@ from cvrl_tf.data import records
 from cvrl_tf.data import shards
 from cvrl_tf.models import classifier as classifier_lib
 from cvrl_tf.models import encoder_source as encoder_source_lib
-from cvrl_tf.models.encoder_source import normalized
 
 FilePatterns = Union[str, Sequence[str]]
 CLASSIFIER_FILE = 'classifier.json'
@@ -84,12 +84,13 @@ def _write_classifier_info(model_dir: str, info: dict) -> None:
       stored = json.load(f)
     keys = ('protocol', 'encoder_source', 'pretrain_dir', 'hub_handle', 'num_classes',
             'freeze_encoder', 'backbone_spec')
-    diff = [k for k in keys if normalized(stored.get(k)) != normalized(info.get(k))]
+    diff = [k for k in keys
+            if files_lib.normalized(stored.get(k)) != files_lib.normalized(info.get(k))]
     if diff:
       raise ValueError(f'{model_dir} already holds a different classifier (differs in '
                        f'{diff}); use a new model_dir.')
   tf.io.gfile.makedirs(model_dir)
-  evaluation.write_json(path, info)
+  files_lib.write_json(path, info)
 
 
 def read_classifier_info(model_dir: str) -> dict:
@@ -155,11 +156,12 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
       model.build_for_training()
     info.update(protocol=protocol, num_classes=num_classes, freeze_encoder=freeze,
                 l2_normalize=l2_normalize, dropout_rate=dropout_rate,
-                mixed_precision=choice.policy, train_files=normalized(train_files))
+                mixed_precision=choice.policy,
+                train_files=files_lib.normalized(train_files))
     if chief:
       _write_classifier_info(model_dir, info)
       if label_fraction is not None:
-        evaluation.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
+        files_lib.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
       config.save_operative_config(model_dir)
       precision.record(model_dir, choice, protocol, facts)
     fraction = f' ({label_fraction:.0%} of each class)' if label_fraction else ''
@@ -446,13 +448,14 @@ def knn_eval(model_dir: str,
   results = {**info, 'protocol': 'knn_eval', 'vote': vote, 'temperature': temperature,
              'ks': list(ks), 'results': per_k, 'num_memory_videos': len(memory['label']),
              'num_test_videos': len(queries['label']), 'class_names': names,
-             'views': views, 'train_files': normalized(train_files),
-             'test_files': normalized(test_files), 'mixed_precision': choice.policy}
+             'views': views, 'train_files': files_lib.normalized(train_files),
+             'test_files': files_lib.normalized(test_files),
+             'mixed_precision': choice.policy}
   if train_loop.is_chief(strategy):
     tf.io.gfile.makedirs(model_dir)
     config.save_operative_config(model_dir)
     precision.record(model_dir, choice, 'knn_eval', facts)
-    evaluation.write_json(os.path.join(model_dir, KNN_FILE), results)
+    files_lib.write_json(os.path.join(model_dir, KNN_FILE), results)
   top1 = ', '.join(f'k={k}: {v["top1"]:.4f}' for k, v in per_k.items())
   say(progress_stream, f'k-NN top-1: {top1} -> {os.path.join(model_dir, KNN_FILE)}')
   return results

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import files as files_lib
 from cvrl_tf.data import augment
 
 META_FILE = 'meta.json'
@@ -44,19 +45,12 @@ def _pass_prefix(cache_dir: str, index: int) -> str:
   return os.path.join(cache_dir, f'pass-{index:05d}')
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 class FeatureCache:
   """A directory of cached passes for one (encoder, pipeline, data) signature."""
 
   def __init__(self, cache_dir: str, signature: Dict[str, Any]):
     self.cache_dir = cache_dir
-    self.signature = json.loads(json.dumps(signature, sort_keys=True, default=str))
+    self.signature = files_lib.normalized(signature)
     tf.io.gfile.makedirs(cache_dir)
     meta_path = os.path.join(cache_dir, META_FILE)
     if tf.io.gfile.exists(meta_path):
@@ -74,9 +68,8 @@ class FeatureCache:
       self._write_meta()
 
   def _write_meta(self):
-    _write_atomic(os.path.join(self.cache_dir, META_FILE), json.dumps(
-        {'signature': self.signature, 'dim': self.dim}, indent=2,
-        sort_keys=True).encode())
+    files_lib.write_json(os.path.join(self.cache_dir, META_FILE),
+                         {'signature': self.signature, 'dim': self.dim})
 
   def is_complete(self, index: int) -> bool:
     prefix = _pass_prefix(self.cache_dir, index)
@@ -117,8 +110,8 @@ class FeatureCache:
         self.dim = int(features.shape[1])
         self._write_meta()
       prefix = _pass_prefix(self.cache_dir, index)
-      _write_atomic(prefix + '.labels', labels.astype('<i8').tobytes())
-      _write_atomic(prefix + '.features', features.astype('<f4').tobytes())
+      files_lib.atomic_write(prefix + '.labels', labels.astype('<i8').tobytes(), 'wb')
+      files_lib.atomic_write(prefix + '.features', features.astype('<f4').tobytes(), 'wb')
       if progress_stream is not None:
         rate = len(labels) / max(time.perf_counter() - t0, 1e-9)
         print(f'feature cache: pass {index + 1}/{num_passes}, {len(labels)} clips, '

@@ -24,10 +24,10 @@ import gin
 import tensorflow as tf
 
 from cvrl_tf import evaluation
+from cvrl_tf import files as files_lib
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import shards
-from cvrl_tf.models.encoder_source import normalized
 
 FilePatterns = Union[str, Sequence[str]]
 RESULTS_FILE = 'eval_results.json'
@@ -40,7 +40,7 @@ def effective_args(fn, scope: Optional[str] = None) -> dict:
           if p.default is not inspect.Parameter.empty}
   name = fn.__name__ if scope is None else f'{scope}/{fn.__name__}'
   args.update(gin.get_bindings(name))
-  return normalized({k: v for k, v in args.items() if k != 'input_context'})
+  return files_lib.normalized({k: v for k, v in args.items() if k != 'input_context'})
 
 
 def say(stream, text):
@@ -99,7 +99,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
   reuse: return the stored results instead when they are for the same checkpoint step
   and settings (a re-run of a finished linear_eval / finetune command).
   """
-  settings = {'test_files': normalized(test_files),
+  settings = {'test_files': files_lib.normalized(test_files),
               'views': effective_args(pipeline.build_eval_dataset)}
   path = os.path.join(model_dir, RESULTS_FILE)
   if reuse and tf.io.gfile.exists(path):
@@ -135,7 +135,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
       'confusion_matrix': metrics['confusion'], 'class_names': names,
       'confusion_matrix_png': os.path.basename(png),
       'predictions_csv': os.path.basename(csv)}
-  evaluation.write_json(path, results)
+  files_lib.write_json(path, results)
   writer = tf.summary.create_file_writer(
       os.path.join(model_dir, train_loop.SUMMARY_SUBDIR, 'eval'))
   with writer.as_default(step=step or 0):
