@@ -32,7 +32,6 @@ the test, and a test already done for the same checkpoint and settings is not re
 import json
 import math
 import os
-import sys
 from typing import Optional, Sequence, Union
 
 import gin
@@ -49,6 +48,7 @@ from cvrl_tf import optim
 from cvrl_tf import precision
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
+from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
 from cvrl_tf.data import shards
 from cvrl_tf.models import classifier as classifier_lib
@@ -59,7 +59,6 @@ CLASSIFIER_FILE = 'classifier.json'
 SUBSET_FILE = 'label_subset.json'
 KNN_FILE = 'knn_results.json'
 MEMORY_SCOPE = 'knn_memory'  # gin scope of build_eval_dataset for the k-NN memory.
-say = multiview.say
 effective_args = multiview.effective_args
 
 
@@ -102,11 +101,6 @@ def read_classifier_info(model_dir: str) -> dict:
     return json.load(f)
 
 
-def _stream(progress_stream):
-  """'stderr': the current sys.stderr (looked up per call, not at import); None: quiet."""
-  return sys.stderr if progress_stream == 'stderr' else progress_stream
-
-
 def _resolve_num_classes(num_classes, label_map_file) -> int:
   if num_classes:
     return int(num_classes)
@@ -126,7 +120,7 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
                       eval_batch_size, progress_stream, cache_dir=None,
                       cache_passes=None):
   """Shared by linear_eval and finetune: build, train (resumable), then test."""
-  progress_stream = _stream(progress_stream)
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
   num_classes = _resolve_num_classes(num_classes, label_map_file)
   chief = train_loop.is_chief(strategy)
@@ -165,7 +159,8 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
       config.save_operative_config(model_dir)
       precision.record(model_dir, choice, protocol, facts)
     fraction = f' ({label_fraction:.0%} of each class)' if label_fraction else ''
-    say(progress_stream,
+    progress_lib.say(
+        progress_stream,
         f'{protocol}: {num_videos} videos{fraction}, {num_classes} classes, global batch '
         f'{global_batch_size} on {strategy.num_replicas_in_sync} replica(s), '
         f'{total_steps} steps ({warmup_steps} warm-up), LR {learning_rate}, encoder '
@@ -242,7 +237,7 @@ def linear_eval(model_dir: str,
                 keep_checkpoints: int = 3,
                 log_every: int = 100,
                 seed: Optional[int] = None,
-                progress_stream='stderr') -> dict:
+                progress_stream=progress_lib.STDERR) -> dict:
   """Linear classifier on the frozen encoder (CVRL: LR 32, 100 epochs, batch 1024).
 
   Args:
@@ -314,7 +309,7 @@ def finetune(model_dir: str,
              keep_checkpoints: int = 3,
              log_every: int = 100,
              seed: Optional[int] = None,
-             progress_stream='stderr') -> dict:
+             progress_stream=progress_lib.STDERR) -> dict:
   """Fine-tunes encoder + Dense layer; with label_fraction, the semi-supervised protocol.
 
   Args as linear_eval, plus:
@@ -348,7 +343,7 @@ def evaluate(model_dir: str,
              checkpoint: Optional[str] = None,
              eval_batch_size: int = 32,
              mixed_precision: Optional[str] = 'trained',
-             progress_stream='stderr') -> Optional[dict]:
+             progress_stream=progress_lib.STDERR) -> Optional[dict]:
   """Multi-view test of the classifier trained in model_dir (linear_eval / finetune).
 
   checkpoint: a checkpoint prefix; default the latest in <model_dir>/checkpoints.
@@ -357,7 +352,7 @@ def evaluate(model_dir: str,
     then 'auto'; or 'auto' / an explicit policy (the weights are float32 whatever the
     training ran in).
   """
-  progress_stream = _stream(progress_stream)
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   info = read_classifier_info(model_dir)
   strategy = distribute.get_strategy()
   prefix = checkpoint or tf.train.latest_checkpoint(
@@ -386,7 +381,7 @@ def evaluate(model_dir: str,
                          f'in {model_dir}/{CLASSIFIER_FILE}: {e}') from e
     step = int(tf.train.load_checkpoint(prefix).get_tensor(
         'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
-    say(progress_stream, f'evaluate: {prefix} (step {step})')
+    progress_lib.say(progress_stream, f'evaluate: {prefix} (step {step})')
     return multiview.multiview_test(model, strategy, model_dir, test_files,
                                     eval_batch_size, step, label_map_file,
                                     info['protocol'], progress_stream, reuse=False)
@@ -406,7 +401,7 @@ def knn_eval(model_dir: str,
              label_map_file: Optional[str] = None,
              eval_batch_size: int = 32,
              mixed_precision: Optional[str] = 'auto',
-             progress_stream='stderr') -> Optional[dict]:
+             progress_stream=progress_lib.STDERR) -> Optional[dict]:
   """Cosine k-NN on frozen features: train videos are the memory, test videos queries.
 
   Both sides are multi-view: mean of the L2-normalized view features, re-normalized.
@@ -414,7 +409,7 @@ def knn_eval(model_dir: str,
   the memory only (e.g. fewer clips for a large train set). vote / temperature: see
   evaluation.py. Writes knn_results.json (top-1 and mean class accuracy per k).
   """
-  progress_stream = _stream(progress_stream)
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
   facts = precision.detect_devices(strategy)
   choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
@@ -457,5 +452,6 @@ def knn_eval(model_dir: str,
     precision.record(model_dir, choice, 'knn_eval', facts)
     files_lib.write_json(os.path.join(model_dir, KNN_FILE), results)
   top1 = ', '.join(f'k={k}: {v["top1"]:.4f}' for k, v in per_k.items())
-  say(progress_stream, f'k-NN top-1: {top1} -> {os.path.join(model_dir, KNN_FILE)}')
+  progress_lib.say(progress_stream,
+                   f'k-NN top-1: {top1} -> {os.path.join(model_dir, KNN_FILE)}')
   return results

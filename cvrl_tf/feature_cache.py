@@ -28,7 +28,6 @@ A killed extraction resumes at the first incomplete pass.
 
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, List
 
@@ -37,6 +36,7 @@ import tensorflow as tf
 
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import augment
+from cvrl_tf.data import progress as progress_lib
 
 META_FILE = 'meta.json'
 
@@ -85,12 +85,13 @@ class FeatureCache:
               num_passes: int,
               steps_per_pass: int,
               strategy: tf.distribute.Strategy,
-              progress_stream=sys.stderr) -> None:
+              progress_stream=progress_lib.STDERR) -> None:
     """Fills passes 0..num_passes-1 that are not complete yet.
 
     `encode(batch) -> [b, D]` runs per replica; `make_dataset(p)` is the distributed
     training stream of pass p.
     """
+    progress_stream = progress_lib.resolve_stream(progress_stream)
     step = tf.function(lambda batch: strategy.run(
         lambda b: (encode(b), b['label']), args=(batch,)), reduce_retracing=True)
     local = lambda v: np.concatenate(
@@ -112,10 +113,10 @@ class FeatureCache:
       prefix = _pass_prefix(self.cache_dir, index)
       files_lib.atomic_write(prefix + '.labels', labels.astype('<i8').tobytes(), 'wb')
       files_lib.atomic_write(prefix + '.features', features.astype('<f4').tobytes(), 'wb')
-      if progress_stream is not None:
-        rate = len(labels) / max(time.perf_counter() - t0, 1e-9)
-        print(f'feature cache: pass {index + 1}/{num_passes}, {len(labels)} clips, '
-              f'{rate:.1f} clips/s -> {prefix}.*', file=progress_stream, flush=True)
+      rate = len(labels) / max(time.perf_counter() - t0, 1e-9)
+      progress_lib.say(progress_stream,
+                       f'feature cache: pass {index + 1}/{num_passes}, {len(labels)} '
+                       f'clips, {rate:.1f} clips/s -> {prefix}.*')
 
   def passes(self, num_passes: int) -> List[str]:
     missing = [i for i in range(num_passes) if not self.is_complete(i)]
@@ -151,7 +152,7 @@ class FeatureCache:
 def cached_stream(model, strategy: tf.distribute.Strategy, cache_dir: str,
                   signature: Dict[str, Any], num_passes: int, steps_per_pass: int,
                   global_batch_size: int, seed, clip_stream: Callable[..., object],
-                  progress_stream=sys.stderr) -> Callable[[int], object]:
+                  progress_stream=progress_lib.STDERR) -> Callable[[int], object]:
   """`make_dataset(start_step)` over cached features (train_loop.fit_resumable's
   contract); its first call fills the missing passes with `model.features` of
   `clip_stream(0, pass_seed)` batches, so a finished run extracts nothing.

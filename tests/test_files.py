@@ -1,5 +1,7 @@
-"""files.py: atomic writes (local and through tf.io.gfile) and the JSON normaliser."""
+"""files.py: atomic writes (local and through tf.io.gfile), the JSON normaliser, and the
+progress-stream argument (data/progress.py)."""
 
+import io
 import json
 import os
 import subprocess
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from cvrl_tf import files
+from cvrl_tf.data import progress
 
 
 def test_atomic_write_text_and_bytes_replace_and_leave_no_temp(tmp_path):
@@ -73,3 +76,15 @@ def test_importing_the_worker_side_modules_does_not_import_tensorflow():
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(files.__file__)))
   assert subprocess.run([sys.executable, '-c', code], env=env).returncode == 0
 
+
+def test_progress_stream_is_a_stream_none_or_stderr_at_call_time(monkeypatch):
+  stream = io.StringIO()
+  assert progress.resolve_stream(stream) is stream
+  assert progress.resolve_stream(None) is None
+  monkeypatch.setattr(sys, 'stderr', stream)  # Swapped after import: still found.
+  assert progress.resolve_stream('stderr') is stream
+  progress.say(progress.resolve_stream('stderr'), 'hello')
+  progress.say(None, 'quiet')
+  assert stream.getvalue() == 'hello\n'
+  with pytest.raises(ValueError, match="'stdout'"):
+    progress.resolve_stream('stdout')
