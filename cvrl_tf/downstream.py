@@ -355,11 +355,11 @@ def evaluate(model_dir: str,
   progress_stream = progress_lib.resolve_stream(progress_stream)
   info = read_classifier_info(model_dir)
   strategy = distribute.get_strategy()
-  prefix = checkpoint or tf.train.latest_checkpoint(
-      os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
+  checkpoint_dir = os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)
+  prefix = checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
   if not prefix:
-    raise FileNotFoundError(f'no checkpoint in {model_dir}/checkpoints: the training '
-                            f'run has not saved one yet.')
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: the training run has '
+                            f'not saved one yet.')
   facts = precision.detect_devices(strategy)
   if mixed_precision == 'trained':
     trained = info.get('mixed_precision') or 'float32'
