@@ -10,6 +10,8 @@ from typing import Sequence
 import gin
 import tensorflow as tf
 
+from cvrl_tf import files as files_lib
+
 OPERATIVE_CONFIG = 'operative_config.gin'
 
 
@@ -62,9 +64,5 @@ def parse(files: Sequence[str], bindings: Sequence[str],
 def save_operative_config(model_dir: str) -> str:
   """Writes the operative config (what was actually used) into model_dir, atomically."""
   tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, OPERATIVE_CONFIG)
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'w') as f:
-    f.write(gin.operative_config_str())
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-  return path
+  return files_lib.atomic_write(os.path.join(model_dir, OPERATIVE_CONFIG),
+                                gin.operative_config_str())

@@ -31,6 +31,7 @@ import time
 from typing import List, Optional, Sequence
 
 from cvrl_tf import demo_report
+from cvrl_tf import files as files_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join('gin', 'demo')
@@ -137,9 +138,7 @@ class Demo:
     if code != 0:
       raise DemoError(f'step failed (exit {code}): ' + ' '.join(shlex.quote(c) for c in cmd))
     self.timings[key] = self.timings.get(key, 0.0) + seconds
-    with open(self.path(TIMINGS_FILE) + '.tmp', 'w', encoding='utf-8') as f:
-      json.dump(self.timings, f, indent=1)
-    os.replace(self.path(TIMINGS_FILE) + '.tmp', self.path(TIMINGS_FILE))
+    files_lib.atomic_write(self.path(TIMINGS_FILE), json.dumps(self.timings, indent=1))
     self.say(f'--- done in {format_seconds(seconds)}')
     return seconds
 

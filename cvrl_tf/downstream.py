@@ -32,7 +32,6 @@ the test, and a test already done for the same checkpoint and settings is not re
 import json
 import math
 import os
-import sys
 from typing import Optional, Sequence, Union
 
 import gin
@@ -43,23 +42,23 @@ from cvrl_tf import config
 from cvrl_tf import distribute
 from cvrl_tf import evaluation
 from cvrl_tf import feature_cache
+from cvrl_tf import files as files_lib
 from cvrl_tf import multiview
 from cvrl_tf import optim
 from cvrl_tf import precision
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
+from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
 from cvrl_tf.data import shards
 from cvrl_tf.models import classifier as classifier_lib
 from cvrl_tf.models import encoder_source as encoder_source_lib
-from cvrl_tf.models.encoder_source import normalized
 
 FilePatterns = Union[str, Sequence[str]]
 CLASSIFIER_FILE = 'classifier.json'
 SUBSET_FILE = 'label_subset.json'
 KNN_FILE = 'knn_results.json'
 MEMORY_SCOPE = 'knn_memory'  # gin scope of build_eval_dataset for the k-NN memory.
-say = multiview.say
 effective_args = multiview.effective_args
 
 
@@ -84,12 +83,13 @@ def _write_classifier_info(model_dir: str, info: dict) -> None:
       stored = json.load(f)
     keys = ('protocol', 'encoder_source', 'pretrain_dir', 'hub_handle', 'num_classes',
             'freeze_encoder', 'backbone_spec')
-    diff = [k for k in keys if normalized(stored.get(k)) != normalized(info.get(k))]
+    diff = [k for k in keys
+            if files_lib.normalized(stored.get(k)) != files_lib.normalized(info.get(k))]
     if diff:
       raise ValueError(f'{model_dir} already holds a different classifier (differs in '
                        f'{diff}); use a new model_dir.')
   tf.io.gfile.makedirs(model_dir)
-  evaluation.write_json(path, info)
+  files_lib.write_json(path, info)
 
 
 def read_classifier_info(model_dir: str) -> dict:
@@ -99,11 +99,6 @@ def read_classifier_info(model_dir: str) -> dict:
                             f'linear_eval or finetune run.')
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
-
-
-def _stream(progress_stream):
-  """'stderr': the current sys.stderr (looked up per call, not at import); None: quiet."""
-  return sys.stderr if progress_stream == 'stderr' else progress_stream
 
 
 def _resolve_num_classes(num_classes, label_map_file) -> int:
@@ -125,7 +120,7 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
                       eval_batch_size, progress_stream, cache_dir=None,
                       cache_passes=None):
   """Shared by linear_eval and finetune: build, train (resumable), then test."""
-  progress_stream = _stream(progress_stream)
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
   num_classes = _resolve_num_classes(num_classes, label_map_file)
   chief = train_loop.is_chief(strategy)
@@ -155,15 +150,17 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
       model.build_for_training()
     info.update(protocol=protocol, num_classes=num_classes, freeze_encoder=freeze,
                 l2_normalize=l2_normalize, dropout_rate=dropout_rate,
-                mixed_precision=choice.policy, train_files=normalized(train_files))
+                mixed_precision=choice.policy,
+                train_files=files_lib.normalized(train_files))
     if chief:
       _write_classifier_info(model_dir, info)
       if label_fraction is not None:
-        evaluation.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
+        files_lib.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
       config.save_operative_config(model_dir)
       precision.record(model_dir, choice, protocol, facts)
     fraction = f' ({label_fraction:.0%} of each class)' if label_fraction else ''
-    say(progress_stream,
+    progress_lib.say(
+        progress_stream,
         f'{protocol}: {num_videos} videos{fraction}, {num_classes} classes, global batch '
         f'{global_batch_size} on {strategy.num_replicas_in_sync} replica(s), '
         f'{total_steps} steps ({warmup_steps} warm-up), LR {learning_rate}, encoder '
@@ -240,7 +237,7 @@ def linear_eval(model_dir: str,
                 keep_checkpoints: int = 3,
                 log_every: int = 100,
                 seed: Optional[int] = None,
-                progress_stream='stderr') -> dict:
+                progress_stream=progress_lib.STDERR) -> dict:
   """Linear classifier on the frozen encoder (CVRL: LR 32, 100 epochs, batch 1024).
 
   Args:
@@ -312,7 +309,7 @@ def finetune(model_dir: str,
              keep_checkpoints: int = 3,
              log_every: int = 100,
              seed: Optional[int] = None,
-             progress_stream='stderr') -> dict:
+             progress_stream=progress_lib.STDERR) -> dict:
   """Fine-tunes encoder + Dense layer; with label_fraction, the semi-supervised protocol.
 
   Args as linear_eval, plus:
@@ -346,7 +343,7 @@ def evaluate(model_dir: str,
              checkpoint: Optional[str] = None,
              eval_batch_size: int = 32,
              mixed_precision: Optional[str] = 'trained',
-             progress_stream='stderr') -> Optional[dict]:
+             progress_stream=progress_lib.STDERR) -> Optional[dict]:
   """Multi-view test of the classifier trained in model_dir (linear_eval / finetune).
 
   checkpoint: a checkpoint prefix; default the latest in <model_dir>/checkpoints.
@@ -355,14 +352,14 @@ def evaluate(model_dir: str,
     then 'auto'; or 'auto' / an explicit policy (the weights are float32 whatever the
     training ran in).
   """
-  progress_stream = _stream(progress_stream)
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   info = read_classifier_info(model_dir)
   strategy = distribute.get_strategy()
-  prefix = checkpoint or tf.train.latest_checkpoint(
-      os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
+  checkpoint_dir = os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)
+  prefix = checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
   if not prefix:
-    raise FileNotFoundError(f'no checkpoint in {model_dir}/checkpoints: the training '
-                            f'run has not saved one yet.')
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: the training run has '
+                            f'not saved one yet.')
   facts = precision.detect_devices(strategy)
   if mixed_precision == 'trained':
     trained = info.get('mixed_precision') or 'float32'
@@ -384,7 +381,7 @@ def evaluate(model_dir: str,
                          f'in {model_dir}/{CLASSIFIER_FILE}: {e}') from e
     step = int(tf.train.load_checkpoint(prefix).get_tensor(
         'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
-    say(progress_stream, f'evaluate: {prefix} (step {step})')
+    progress_lib.say(progress_stream, f'evaluate: {prefix} (step {step})')
     return multiview.multiview_test(model, strategy, model_dir, test_files,
                                     eval_batch_size, step, label_map_file,
                                     info['protocol'], progress_stream, reuse=False)
@@ -404,7 +401,7 @@ def knn_eval(model_dir: str,
              label_map_file: Optional[str] = None,
              eval_batch_size: int = 32,
              mixed_precision: Optional[str] = 'auto',
-             progress_stream='stderr') -> Optional[dict]:
+             progress_stream=progress_lib.STDERR) -> Optional[dict]:
   """Cosine k-NN on frozen features: train videos are the memory, test videos queries.
 
   Both sides are multi-view: mean of the L2-normalized view features, re-normalized.
@@ -412,7 +409,7 @@ def knn_eval(model_dir: str,
   the memory only (e.g. fewer clips for a large train set). vote / temperature: see
   evaluation.py. Writes knn_results.json (top-1 and mean class accuracy per k).
   """
-  progress_stream = _stream(progress_stream)
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
   facts = precision.detect_devices(strategy)
   choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
@@ -446,13 +443,15 @@ def knn_eval(model_dir: str,
   results = {**info, 'protocol': 'knn_eval', 'vote': vote, 'temperature': temperature,
              'ks': list(ks), 'results': per_k, 'num_memory_videos': len(memory['label']),
              'num_test_videos': len(queries['label']), 'class_names': names,
-             'views': views, 'train_files': normalized(train_files),
-             'test_files': normalized(test_files), 'mixed_precision': choice.policy}
+             'views': views, 'train_files': files_lib.normalized(train_files),
+             'test_files': files_lib.normalized(test_files),
+             'mixed_precision': choice.policy}
   if train_loop.is_chief(strategy):
     tf.io.gfile.makedirs(model_dir)
     config.save_operative_config(model_dir)
     precision.record(model_dir, choice, 'knn_eval', facts)
-    evaluation.write_json(os.path.join(model_dir, KNN_FILE), results)
+    files_lib.write_json(os.path.join(model_dir, KNN_FILE), results)
   top1 = ', '.join(f'k={k}: {v["top1"]:.4f}' for k, v in per_k.items())
-  say(progress_stream, f'k-NN top-1: {top1} -> {os.path.join(model_dir, KNN_FILE)}')
+  progress_lib.say(progress_stream,
+                   f'k-NN top-1: {top1} -> {os.path.join(model_dir, KNN_FILE)}')
   return results

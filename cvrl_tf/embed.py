@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import files as files_lib
 from cvrl_tf import tool_flags
 from cvrl_tf.data import augment
 from cvrl_tf.data import progress as progress_lib
@@ -198,17 +200,17 @@ def embed_videos(videos: Sequence[Video], layer, num_frames: int, frame_stride: 
 
 
 def write_outputs(prefix: str, embeddings: np.ndarray, rows: Sequence[dict]) -> None:
-  """PREFIX.npy and PREFIX_index.csv, each written to a temp file then renamed."""
+  """PREFIX.npy and PREFIX_index.csv, each written atomically (both built first)."""
   folder = os.path.dirname(os.path.abspath(prefix))
   os.makedirs(folder, exist_ok=True)
-  with open(prefix + '.npy.tmp', 'wb') as f:
-    np.save(f, embeddings)
-  with open(prefix + INDEX_SUFFIX + '.tmp', 'w', newline='', encoding='utf-8') as f:
-    writer = csv.DictWriter(f, INDEX_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(prefix + '.npy.tmp', prefix + '.npy')
-  os.replace(prefix + INDEX_SUFFIX + '.tmp', prefix + INDEX_SUFFIX)
+  npy = io.BytesIO()
+  np.save(npy, embeddings)
+  index = io.StringIO(newline='')
+  writer = csv.DictWriter(index, INDEX_COLUMNS)
+  writer.writeheader()
+  writer.writerows(rows)
+  files_lib.atomic_write(prefix + '.npy', npy.getvalue(), 'wb')
+  files_lib.atomic_write(prefix + INDEX_SUFFIX, index.getvalue())
 
 
 def resolve_settings(metadata: Optional[dict], num_frames: Optional[int],

@@ -1,4 +1,4 @@
-"""Multi-view test and k-NN: views -> videos, metrics, confusion plot, JSON.
+"""Multi-view test and k-NN: views -> videos, metrics, confusion plot, predictions CSV.
 
 Multi-view test (CVRL: 10 clips x 3 crops at 256 px): the eval pipeline yields flat views
 tagged with `video_index`; `ViewAccumulator` sums each video's per-view outputs
@@ -24,7 +24,6 @@ Neighbours with equal similarity are taken in memory order (lower index first).
 
 import collections
 import io
-import json
 import os
 from typing import Callable, Dict, Optional, Sequence
 
@@ -34,6 +33,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import files as files_lib
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
 
@@ -310,26 +310,6 @@ def _names_from_records(files, num_classes, max_records):
   return names
 
 
-def _atomic_write(path: str, data, mode: str = 'w'):
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, mode) as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def write_json(path: str, obj) -> str:
-  _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + '\n')
-  return path
-
-
-def _jsonable(value):
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  if isinstance(value, np.generic):
-    return value.item()
-  return str(value)
-
-
 def plot_confusion_matrix(cm: np.ndarray, names: Sequence[str], path: str,
                           title: str = '') -> str:
   """Row-normalized confusion matrix as a PNG (class names on the axes up to 60)."""
@@ -349,8 +329,7 @@ def plot_confusion_matrix(cm: np.ndarray, names: Sequence[str], path: str,
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=100)
   plt.close(fig)
-  _atomic_write(path, buffer.getvalue(), 'wb')
-  return path
+  return files_lib.atomic_write(path, buffer.getvalue(), 'wb')
 
 
 def write_predictions_csv(path: str, videos: Dict[str, np.ndarray],
@@ -365,8 +344,7 @@ def write_predictions_csv(path: str, videos: Dict[str, np.ndarray],
         _csv(media), str(label), _csv(names[label] if 0 <= label < len(names) else ''),
         str(pred), _csv(names[pred]), ' '.join(map(str, top[i])),
         ' '.join(f'{scores[i, c]:.4f}' for c in top[i])]))
-  _atomic_write(path, '\n'.join(lines) + '\n')
-  return path
+  return files_lib.atomic_write(path, '\n'.join(lines) + '\n')
 
 
 def _csv(text: str) -> str:

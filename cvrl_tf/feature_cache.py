@@ -28,14 +28,15 @@ A killed extraction resumes at the first incomplete pass.
 
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import files as files_lib
 from cvrl_tf.data import augment
+from cvrl_tf.data import progress as progress_lib
 
 META_FILE = 'meta.json'
 
@@ -44,19 +45,12 @@ def _pass_prefix(cache_dir: str, index: int) -> str:
   return os.path.join(cache_dir, f'pass-{index:05d}')
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  tmp = path + '.tmp'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 class FeatureCache:
   """A directory of cached passes for one (encoder, pipeline, data) signature."""
 
   def __init__(self, cache_dir: str, signature: Dict[str, Any]):
     self.cache_dir = cache_dir
-    self.signature = json.loads(json.dumps(signature, sort_keys=True, default=str))
+    self.signature = files_lib.normalized(signature)
     tf.io.gfile.makedirs(cache_dir)
     meta_path = os.path.join(cache_dir, META_FILE)
     if tf.io.gfile.exists(meta_path):
@@ -74,9 +68,8 @@ class FeatureCache:
       self._write_meta()
 
   def _write_meta(self):
-    _write_atomic(os.path.join(self.cache_dir, META_FILE), json.dumps(
-        {'signature': self.signature, 'dim': self.dim}, indent=2,
-        sort_keys=True).encode())
+    files_lib.write_json(os.path.join(self.cache_dir, META_FILE),
+                         {'signature': self.signature, 'dim': self.dim})
 
   def is_complete(self, index: int) -> bool:
     prefix = _pass_prefix(self.cache_dir, index)
@@ -92,12 +85,13 @@ class FeatureCache:
               num_passes: int,
               steps_per_pass: int,
               strategy: tf.distribute.Strategy,
-              progress_stream=sys.stderr) -> None:
+              progress_stream=progress_lib.STDERR) -> None:
     """Fills passes 0..num_passes-1 that are not complete yet.
 
     `encode(batch) -> [b, D]` runs per replica; `make_dataset(p)` is the distributed
     training stream of pass p.
     """
+    progress_stream = progress_lib.resolve_stream(progress_stream)
     step = tf.function(lambda batch: strategy.run(
         lambda b: (encode(b), b['label']), args=(batch,)), reduce_retracing=True)
     local = lambda v: np.concatenate(
@@ -117,12 +111,12 @@ class FeatureCache:
         self.dim = int(features.shape[1])
         self._write_meta()
       prefix = _pass_prefix(self.cache_dir, index)
-      _write_atomic(prefix + '.labels', labels.astype('<i8').tobytes())
-      _write_atomic(prefix + '.features', features.astype('<f4').tobytes())
-      if progress_stream is not None:
-        rate = len(labels) / max(time.perf_counter() - t0, 1e-9)
-        print(f'feature cache: pass {index + 1}/{num_passes}, {len(labels)} clips, '
-              f'{rate:.1f} clips/s -> {prefix}.*', file=progress_stream, flush=True)
+      files_lib.atomic_write(prefix + '.labels', labels.astype('<i8').tobytes(), 'wb')
+      files_lib.atomic_write(prefix + '.features', features.astype('<f4').tobytes(), 'wb')
+      rate = len(labels) / max(time.perf_counter() - t0, 1e-9)
+      progress_lib.say(progress_stream,
+                       f'feature cache: pass {index + 1}/{num_passes}, {len(labels)} '
+                       f'clips, {rate:.1f} clips/s -> {prefix}.*')
 
   def passes(self, num_passes: int) -> List[str]:
     missing = [i for i in range(num_passes) if not self.is_complete(i)]
@@ -158,7 +152,7 @@ class FeatureCache:
 def cached_stream(model, strategy: tf.distribute.Strategy, cache_dir: str,
                   signature: Dict[str, Any], num_passes: int, steps_per_pass: int,
                   global_batch_size: int, seed, clip_stream: Callable[..., object],
-                  progress_stream=sys.stderr) -> Callable[[int], object]:
+                  progress_stream=progress_lib.STDERR) -> Callable[[int], object]:
   """`make_dataset(start_step)` over cached features (train_loop.fit_resumable's
   contract); its first call fills the missing passes with `model.features` of
   `clip_stream(0, pass_seed)` batches, so a finished run extracts nothing.

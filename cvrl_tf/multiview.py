@@ -17,17 +17,17 @@ import inspect
 import json
 import math
 import os
-import sys
 from typing import Optional, Sequence, Union
 
 import gin
 import tensorflow as tf
 
 from cvrl_tf import evaluation
+from cvrl_tf import files as files_lib
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
+from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
-from cvrl_tf.models.encoder_source import normalized
 
 FilePatterns = Union[str, Sequence[str]]
 RESULTS_FILE = 'eval_results.json'
@@ -40,12 +40,7 @@ def effective_args(fn, scope: Optional[str] = None) -> dict:
           if p.default is not inspect.Parameter.empty}
   name = fn.__name__ if scope is None else f'{scope}/{fn.__name__}'
   args.update(gin.get_bindings(name))
-  return normalized({k: v for k, v in args.items() if k != 'input_context'})
-
-
-def say(stream, text):
-  if stream is not None:
-    print(text, file=stream, flush=True)
+  return files_lib.normalized({k: v for k, v in args.items() if k != 'input_context'})
 
 
 def is_multi_worker(strategy) -> bool:
@@ -75,6 +70,7 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
   Multi-worker: the chief evaluates alone over its local devices (the others return
   None), so no worker waits on another's last batch.
   """
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   if is_multi_worker(strategy):
     if not train_loop.is_chief(strategy):
       return None
@@ -82,7 +78,8 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
   args = effective_args(pipeline.build_eval_dataset, scope)
   views = args['num_clips'] * args['num_crops']
   total = shards.count_videos(files)
-  say(progress_stream, f'{what}: {total} videos x {args["num_clips"]} clips x '
+  progress_lib.say(
+      progress_stream, f'{what}: {total} videos x {args["num_clips"]} clips x '
       f'{args["num_crops"]} crops ({args["clip_len"]} frames, {args["crop_size"]} px)')
   return evaluation.collect_views(_eval_input(strategy, files, batch_size, scope),
                                   output_fn, total, views, strategy, progress_stream)
@@ -91,7 +88,7 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
 def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
                    eval_batch_size: int, step: Optional[int] = None,
                    label_map_file: Optional[str] = None,
-                   protocol: str = '', progress_stream=sys.stderr,
+                   protocol: str = '', progress_stream=progress_lib.STDERR,
                    reuse: bool = True) -> Optional[dict]:
   """Softmax averaged over each video's views; writes eval_results.json, the confusion
   matrix PNG, per-video predictions and TensorBoard scalars. Returns the results.
@@ -99,15 +96,16 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
   reuse: return the stored results instead when they are for the same checkpoint step
   and settings (a re-run of a finished linear_eval / finetune command).
   """
-  settings = {'test_files': normalized(test_files),
+  progress_stream = progress_lib.resolve_stream(progress_stream)
+  settings = {'test_files': files_lib.normalized(test_files),
               'views': effective_args(pipeline.build_eval_dataset)}
   path = os.path.join(model_dir, RESULTS_FILE)
   if reuse and tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       previous = json.load(f)
     if previous.get('checkpoint_step') == step and previous.get('settings') == settings:
-      say(progress_stream, f'already evaluated at step {step}: {path} '
-          f'(top1={previous["top1"]:.4f}); delete it to test again.')
+      progress_lib.say(progress_stream, f'already evaluated at step {step}: {path} '
+                       f'(top1={previous["top1"]:.4f}); delete it to test again.')
       return previous
   videos = run_views(strategy, test_files, eval_batch_size, model.probabilities,
                      progress_stream=progress_stream)
@@ -135,7 +133,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
       'confusion_matrix': metrics['confusion'], 'class_names': names,
       'confusion_matrix_png': os.path.basename(png),
       'predictions_csv': os.path.basename(csv)}
-  evaluation.write_json(path, results)
+  files_lib.write_json(path, results)
   writer = tf.summary.create_file_writer(
       os.path.join(model_dir, train_loop.SUMMARY_SUBDIR, 'eval'))
   with writer.as_default(step=step or 0):
@@ -144,8 +142,8 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
         tf.summary.scalar(f'multiview/{key}', results[key])
   writer.close()
   top5 = 'n/a' if results['top5'] is None else f'{results["top5"]:.4f}'
-  say(progress_stream, f'{protocol} multi-view test at step {step}: top1='
-      f'{results["top1"]:.4f} top5={top5} mean class='
-      f'{results["mean_class_accuracy"]:.4f} -> {path}')
+  progress_lib.say(progress_stream, f'{protocol} multi-view test at step {step}: top1='
+                   f'{results["top1"]:.4f} top5={top5} mean class='
+                   f'{results["mean_class_accuracy"]:.4f} -> {path}')
   return results
 

@@ -36,6 +36,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import files as files_lib
 from cvrl_tf import hardware
 
 AUTO = 'auto'
@@ -195,9 +196,7 @@ def record(model_dir: str, choice: PrecisionChoice, protocol: str,
            facts: Optional[DeviceFacts] = None) -> str:
   """Appends this start (time, protocol, precision, devices, the checkpoint it resumes
   from) to run_info.json: a run resumed on other hardware lists each part."""
-  # pylint: disable=g-import-not-at-top
-  from cvrl_tf import evaluation
-  from cvrl_tf import train_loop
+  from cvrl_tf import train_loop  # pylint: disable=g-import-not-at-top
   facts = facts or detect_devices()
   resumes = tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
   path = os.path.join(model_dir, RUN_INFO_FILE)
@@ -215,4 +214,4 @@ def record(model_dir: str, choice: PrecisionChoice, protocol: str,
       'tensorflow': tf.__version__,
   })
   tf.io.gfile.makedirs(model_dir)
-  return evaluation.write_json(path, {'starts': starts})
+  return files_lib.write_json(path, {'starts': starts})

@@ -18,7 +18,6 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
 
 import math
 import os
-import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -26,6 +25,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import optim
+from cvrl_tf.data import progress as progress_lib
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 SUMMARY_SUBDIR = 'summaries'
@@ -138,13 +138,14 @@ def fit_resumable(model: tf_keras.Model,
                   examples_per_step: int = 1,
                   example_name: str = 'clips',
                   extra_checkpoint_items: Optional[dict] = None,
-                  progress_stream=sys.stderr) -> Dict[str, float]:
+                  progress_stream=progress_lib.STDERR) -> Dict[str, float]:
   """Trains `model` (compiled, built, under `strategy.scope()`) until `total_steps`.
 
   `make_dataset(start_step)` returns the (distributed) dataset to read from; it is called
   once, after restoring, with the step training resumes at. Returns the last logged
   metrics. Raises NonFiniteLossError on a NaN/Inf loss.
   """
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   out_dir = worker_dir(model_dir, strategy)
   chief = is_chief(strategy)
   # The optimizer without its loss-scale wrapper (mixed_float16): checkpoints have the
@@ -158,8 +159,8 @@ def fit_resumable(model: tf_keras.Model,
       checkpoint, os.path.join(out_dir, CHECKPOINT_SUBDIR), max_to_keep=keep_checkpoints)
   if manager.latest_checkpoint:
     checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    if chief and progress_stream is not None:
-      print(f'Resuming from {manager.latest_checkpoint}', file=progress_stream, flush=True)
+    if chief:
+      progress_lib.say(progress_stream, f'Resuming from {manager.latest_checkpoint}')
   start_step = int(model.optimizer.iterations.numpy())
   if start_step >= total_steps:
     return {}

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf import evaluation
+from cvrl_tf import files
 
 
 # ------------------------------------------------------------------------- aggregation
@@ -155,8 +156,8 @@ def test_outputs_png_json_csv_and_class_names(tmp_path):
   cm = np.array([[3, 1], [0, 4]])
   png = evaluation.plot_confusion_matrix(cm, ['a', 'b'], str(tmp_path / 'cm.png'), 't')
   assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-  path = evaluation.write_json(str(tmp_path / 'r.json'),
-                               {'x': np.float32(0.5), 'cm': cm, 'nan': None})
+  path = files.write_json(str(tmp_path / 'r.json'),
+                          {'x': np.float32(0.5), 'cm': cm, 'nan': None})
   assert json.load(open(path)) == {'x': 0.5, 'cm': [[3, 1], [0, 4]], 'nan': None}
   videos = {'scores': np.array([[0.2, 0.8], [0.9, 0.1]]), 'label': np.array([1, 1]),
             'media_id': np.array(['v,1', 'v2'], object)}

@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Dict, Iterator, List, Optional, TextIO
 
+from cvrl_tf import files as files_lib
 from cvrl_tf import tool_flags
 from cvrl_tf.data import pool
 from cvrl_tf.data import progress as progress_lib
@@ -93,15 +94,6 @@ def assign_shards(num_items: int, num_shards: int, seed: int) -> List[List[int]]
   return [order[k::num_shards] for k in range(num_shards)]
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _to_json(value) -> str:
   return json.dumps(value, indent=1, sort_keys=True) + '\n'
 
@@ -125,13 +117,13 @@ class _Converter:
       raise UsageError('no videos to convert' + (f' ({shown})' if shown else ''))
     fingerprint = hashlib.sha256(_to_json(
         [[dataclasses.astuple(i) for i in self.items], self.labels]).encode()).hexdigest()
-    self.settings = json.loads(json.dumps(dict(
+    self.settings = files_lib.normalized(dict(  # As read back from plan.json.
         format=FORMAT, source=listing.settings, prefix=opts.prefix, fps=opts.fps,
         short_side=opts.short_side, jpeg_quality=opts.jpeg_quality, seed=opts.seed,
         num_shards=opts.num_shards,
         shard_size_mb=None if opts.num_shards else opts.shard_size_mb,
         class_list=os.path.abspath(opts.class_list) if opts.class_list else None,
-        listing_sha256=fingerprint)))
+        listing_sha256=fingerprint))
     out, prefix = opts.output_dir, opts.prefix
     self.manifest_path = os.path.join(out, f'{prefix}_manifest.json')
     self.label_map_path = os.path.join(out, f'{prefix}_label_map.txt')
@@ -195,7 +187,7 @@ class _Converter:
       num_shards = len(self.items)
     plan = {'settings': self.settings, 'num_shards': num_shards}
     os.makedirs(self.work_dir, exist_ok=True)
-    _atomic_write(plan_path, _to_json(plan))
+    files_lib.atomic_write(plan_path, _to_json(plan))
     return plan
 
   def _write_shard(self, name: str, indices: List[int], results: Iterator[dict],
@@ -218,7 +210,7 @@ class _Converter:
     with open(final + '.tmp', 'rb') as f:
       os.fsync(f.fileno())
     status['num_bytes'] = os.path.getsize(final + '.tmp')
-    _atomic_write(os.path.join(self.work_dir, name + '.json'), _to_json(status))
+    files_lib.atomic_write(os.path.join(self.work_dir, name + '.json'), _to_json(status))
     os.replace(final + '.tmp', final)
     return status
 
@@ -268,8 +260,7 @@ class _Converter:
           self._call(self.items[i]) for k in todo for i in assignment[k]))
       # Workers are busy now; TensorFlow (seconds to import) loads meanwhile.
       from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
-      records.write_label_map(self.label_map_path + '.tmp', self.labels)
-      os.replace(self.label_map_path + '.tmp', self.label_map_path)
+      records.write_label_map(self.label_map_path, self.labels)
       progress = progress_lib.Progress(len(self.items), done, self.log)
       for k in todo:
         statuses[names[k]] = self._write_shard(names[k], assignment[k], results, progress)
@@ -278,7 +269,7 @@ class _Converter:
       raise
     self.pool.close()
     manifest = self._manifest([statuses[name] for name in names])
-    _atomic_write(self.manifest_path, _to_json(manifest))
+    files_lib.atomic_write(self.manifest_path, _to_json(manifest))
     shutil.rmtree(self.work_dir, ignore_errors=True)
     self._say(
         f'{manifest["num_converted"]} of {manifest["num_videos"]} videos converted, '

@@ -1,11 +1,35 @@
-"""One-line progress report on stderr for long batch jobs (conversion, embedding).
+"""One-line progress report on stderr for long batch jobs (conversion, embedding), and
+the `progress_stream` argument every long-running function takes.
 
 On a terminal the line is redrawn in place; in a log file a line is written every few
 seconds, so logs stay short and still show the rate and the time left.
 """
 
+import sys
 import time
-from typing import Optional, TextIO
+from typing import Optional, TextIO, Union
+
+STDERR = 'stderr'
+
+
+def resolve_stream(progress_stream: Union[str, TextIO, None]) -> Optional[TextIO]:
+  """A stream, None (quiet) or 'stderr': the sys.stderr of the moment of the call.
+
+  Why the name: gin files can write it, and a default of sys.stderr would be the stream of
+  import time (not the one a test or a caller swapped in since).
+  """
+  if progress_stream == STDERR:
+    return sys.stderr
+  if isinstance(progress_stream, str):
+    raise ValueError(f"progress_stream must be a stream, None or 'stderr', got "
+                     f'{progress_stream!r}')
+  return progress_stream
+
+
+def say(stream: Optional[TextIO], text: str) -> None:
+  """Prints a line of `text` on `stream` (None: quiet)."""
+  if stream is not None:
+    print(text, file=stream, flush=True)
 
 
 class Progress:

@@ -20,6 +20,8 @@ from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
+from cvrl_tf import files as files_lib
+
 FRAMES_KEY = 'image/encoded'
 LABEL_INDEX_KEY = 'clip/label/index'
 LABEL_STRING_KEY = 'clip/label/string'
@@ -105,5 +107,5 @@ def read_label_map(path: str) -> list:
 
 
 def write_label_map(path: str, names: Sequence[str]) -> None:
-  with tf.io.gfile.GFile(path, 'w') as f:
-    f.write(''.join(f'{n}\n' for n in names))
+  """One class name per line (index = line), atomically: a reader never sees half."""
+  files_lib.atomic_write(path, ''.join(f'{n}\n' for n in names))

@@ -29,6 +29,7 @@ from typing import Dict, Optional, TextIO
 
 import numpy as np
 
+from cvrl_tf import files as files_lib
 from cvrl_tf import tool_flags
 from cvrl_tf.data import pool as pool_lib
 from cvrl_tf.data import progress as progress_lib
@@ -200,20 +201,15 @@ def generate(output_dir: str, num_train: int = 24, num_test: int = 8, seed: int 
         raise RuntimeError(f'writing {job["path"]} crashed its process')
       progress.advance()
   paths = {'classes': os.path.join(output_dir, 'classes.txt')}
-  _write_text(paths['classes'], ''.join(f'{c}\n' for c in CLASSES))
+  files_lib.atomic_write(paths['classes'], ''.join(f'{c}\n' for c in CLASSES))
   for split, lines in rows.items():
     paths[split] = os.path.join(output_dir, f'{split}.csv')
-    _write_text(paths[split], 'path,label\n' + ''.join(lines))
+    files_lib.atomic_write(paths[split], 'path,label\n' + ''.join(lines))
   meta = dict(seed=seed, num_train_per_class=num_train, num_test_per_class=num_test,
               classes=list(CLASSES), **dataclasses.asdict(cfg))
-  _write_text(os.path.join(output_dir, 'synthetic.json'), json.dumps(meta, indent=1) + '\n')
+  files_lib.atomic_write(os.path.join(output_dir, 'synthetic.json'),
+                         json.dumps(meta, indent=1) + '\n')
   return paths
-
-
-def _write_text(path: str, text: str):
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
 
 
 _FLAGS = [  # (kind, name, default, help)

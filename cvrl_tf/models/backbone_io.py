@@ -20,28 +20,22 @@ import gin
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import files as files_lib
 from cvrl_tf.models import r3d
 
 BACKBONE_SUBDIR = 'backbone'
 SPEC_FILE = 'backbone.json'
 
 
-def _jsonable(value):
-  if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, (str, int, float, bool)) or value is None:
-    return value
-  return str(value)
-
-
 def current_spec(**overrides) -> Dict[str, Any]:
-  """The `build_backbone` arguments in effect: defaults, then gin bindings, then overrides."""
+  """The `build_backbone` arguments in effect (defaults, then gin bindings, then
+  overrides) as backbone.json stores them, so a stored spec compares equal to this."""
   signature = inspect.signature(r3d.build_backbone)
   spec = {k: p.default for k, p in signature.parameters.items()
           if p.default is not inspect.Parameter.empty}
   spec.update(gin.get_bindings(r3d.build_backbone))
   spec.update(overrides)
-  return {k: _jsonable(v) for k, v in spec.items()}
+  return files_lib.normalized(spec)
 
 
 def build_from_spec(spec: Dict[str, Any], **overrides) -> tf_keras.Model:
@@ -60,10 +54,7 @@ def save_backbone(encoder: tf_keras.Model, spec: Dict[str, Any], model_dir: str,
   """Writes backbone.json and ckpt-<step> under model_dir/backbone; returns the prefix."""
   out = os.path.join(model_dir, BACKBONE_SUBDIR)
   tf.io.gfile.makedirs(out)
-  spec_path = os.path.join(out, SPEC_FILE)
-  with tf.io.gfile.GFile(spec_path + '.tmp', 'w') as f:
-    json.dump(spec, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(spec_path + '.tmp', spec_path, overwrite=True)
+  files_lib.write_json(os.path.join(out, SPEC_FILE), spec)
   # Checkpoint.write saves data files before the index: a partial write is never read
   # because latest_backbone() only trusts prefixes whose .index exists.
   return tf.train.Checkpoint(encoder=encoder).write(os.path.join(out, f'ckpt-{step}'))

@@ -11,7 +11,6 @@ random initialization, with errors that say what is wrong with the source.
 Every encoder maps float32 clips [B, T, H, W, 3] in [0, 1] to pooled features [B, D].
 """
 
-import json
 import os
 from typing import Optional, Tuple
 
@@ -19,6 +18,7 @@ import gin
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
 
@@ -28,17 +28,12 @@ _NON_ARCHITECTURE = ('use_sync_bn', 'output', 'model_name', 'input_shape',
                      'kernel_initializer', 'kernel_gradient')
 
 
-def normalized(value):
-  """JSON round trip: tuples become lists, so stored and bound values compare equal."""
-  return json.loads(json.dumps(value, default=str))
-
-
 def check_architecture(spec: dict, pretrain_dir: str) -> None:
   """Explicit build_backbone bindings must agree with the stored architecture."""
   bound = gin.get_bindings(r3d.build_backbone)
   diff = {k: (v, spec.get(k)) for k, v in bound.items()
           if k not in _NON_ARCHITECTURE and k in spec and
-          normalized(v) != normalized(spec[k])}
+          files_lib.normalized(v) != files_lib.normalized(spec[k])}
   if diff:
     detail = ', '.join(f'{k}: bound {a!r} but stored {b!r}' for k, (a, b) in diff.items())
     raise ValueError(
@@ -92,7 +87,7 @@ def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
   else:
     spec = backbone_io.current_spec(**overrides)
     encoder = backbone_io.build_from_spec(spec)
-  info['backbone_spec'] = normalized({**spec, **overrides})
+  info['backbone_spec'] = files_lib.normalized({**spec, **overrides})
   return encoder, info
 
 
