@@ -239,13 +239,10 @@ class Demo:
     prefix = self.path('embeddings', 'test')
     if os.path.exists(prefix + '.npy'):
       return self.skip(prefix + '.npy')
-    # Frames and stride of the pretraining clips (the export does not carry them yet).
-    clip_len = self._pretrain_setting('build_pretrain_dataset.clip_len') or 8
-    stride = self._pretrain_setting('build_pretrain_dataset.stride') or 2
+    # Frames and stride: cvrl_embed reads those of pretraining from the export's metadata.
     self.run('embed', tool_command('cvrl_embed') + [
         f'--input={self.path("videos", "test.csv")}', f'--output={prefix}',
-        f'--hub_model={self.path("export")}', f'--num_frames={clip_len}',
-        f'--frame_stride={stride}'] + self.settings['embed'])
+        f'--hub_model={self.path("export")}'] + self.settings['embed'])
 
   def supervised(self) -> None:
     self.header(f'supervised reference: the same encoder from scratch, with labels '
@@ -297,7 +294,7 @@ class Demo:
       summaries = self.path('runs', name, 'summaries')
       if os.path.isdir(summaries):
         curves[label] = demo_report.read_scalars(summaries, 'loss')
-    batch = self._pretrain_setting('pretrain.global_batch_size')
+    batch = self._pretrain_batch_size()
     demo_report.plot_loss_curves(
         curves, self.path('pretrain_loss.png'),
         None if batch is None else math.log(2 * batch - 1))
@@ -310,17 +307,13 @@ class Demo:
              f'embeddings_pca.png in {self.out}')
     return text
 
-  def _pretrain_setting(self, name: str) -> Optional[int]:
-    """An integer binding of the main pretraining run, from its operative config."""
-    path = self.path('runs', MAIN_RUN[0], 'operative_config.gin')
-    if not os.path.exists(path):
-      return None
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        key, _, value = line.partition('=')
-        if key.strip() == name:
-          return int(value)
-    return None
+  def _pretrain_batch_size(self) -> int:
+    """pretrain.global_batch_size of the main run: its gin file and bindings, parsed."""
+    from cvrl_tf import config  # pylint: disable=g-import-not-at-top
+    import gin  # pylint: disable=g-import-not-at-top
+    config.parse([os.path.join(REPO, self.gin_dir, 'pretrain.gin')],
+                 self.settings['pretrain'] + list(MAIN_RUN[2]))
+    return gin.query_parameter('pretrain.global_batch_size')
 
   # ----------------------------------------------------------------------- all
   def run_all(self) -> str:

@@ -25,6 +25,9 @@ from cvrl_tf.models import r3d
 
 BACKBONE_SUBDIR = 'backbone'
 SPEC_FILE = 'backbone.json'
+HEAD_SPEC_FILE = 'head.json'
+TRAINING_FILE = 'training.json'
+TRAINING_KEYS = ('num_frames', 'frame_stride', 'target_fps', 'crop_size')
 
 
 def current_spec(**overrides) -> Dict[str, Any]:
@@ -97,17 +100,6 @@ def load_backbone(model_dir: str, **overrides) -> tf_keras.Model:
   return encoder
 
 
-HEAD_SPEC_FILE = 'head.json'
-TRAINING_FILE = 'training.json'
-TRAINING_KEYS = ('num_frames', 'frame_stride', 'target_fps', 'crop_size')
-
-
-def _write_json(path: str, obj) -> None:
-  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
-
-
 def save_run_specs(model_dir: str, head_spec: Optional[Dict[str, Any]],
                    training: Dict[str, Any]) -> None:
   """Writes head.json (when there is a head) and training.json under model_dir/backbone."""
@@ -116,10 +108,10 @@ def save_run_specs(model_dir: str, head_spec: Optional[Dict[str, Any]],
   unknown = set(training) - set(TRAINING_KEYS)
   if unknown:
     raise ValueError(f'unknown training settings {sorted(unknown)}; known: {TRAINING_KEYS}')
-  _write_json(os.path.join(out, TRAINING_FILE),
-              {k: _jsonable(training.get(k)) for k in TRAINING_KEYS})
+  files_lib.write_json(os.path.join(out, TRAINING_FILE),
+                       {k: training.get(k) for k in TRAINING_KEYS})
   if head_spec is not None:
-    _write_json(os.path.join(out, HEAD_SPEC_FILE), head_spec)
+    files_lib.write_json(os.path.join(out, HEAD_SPEC_FILE), head_spec)
 
 
 def _read_json(model_dir: str, name: str) -> Optional[Dict[str, Any]]:
