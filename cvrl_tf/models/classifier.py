@@ -17,9 +17,10 @@ Objective per replica: mean softmax cross-entropy over the local batch
 divided by the number of replicas because the optimizer sums replica gradients: the
 update equals that of the global-batch mean on one device.
 
-Batches: the classification pipeline's dicts ({'clips' or deferred 'crops', ..., 'label'};
-`augment.finish_batch` completes whatever was deferred), or {'features', 'label'} from a
-feature cache (linear eval only: the head trains on precomputed encoder outputs).
+Batches (keys of data/batch.py): the classification pipeline's dicts (CLIPS or deferred
+CROPS, ..., LABEL; `batch.finish_batch` completes whatever was deferred), or
+{FEATURES, LABEL} from a feature cache (linear eval only: the head trains on
+precomputed encoder outputs).
 """
 
 import re
@@ -29,7 +30,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import optim
-from cvrl_tf.data import augment
+from cvrl_tf.data import batch
 from cvrl_tf.models import heads
 from cvrl_tf.models import weight_decay as weight_decay_lib
 
@@ -121,22 +122,18 @@ class VideoClassifier(tf_keras.Model):
     self._decayed = variables
 
   def _logits(self, data, training):
-    if 'features' in data:
-      return self.head(data['features'], training=training)
-    if 'clips' not in data and 'crops' not in data:
-      raise KeyError(f"classification batches need 'clips', deferred 'crops' or cached "
-                     f"'features'; got keys {sorted(data)}")
-    ctx = tf.distribute.get_replica_context()
-    replica = 0 if ctx is None else ctx.replica_id_in_sync_group
-    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
-    step = tf.cast(self.optimizer.iterations, tf.int64)
-    seed = tf.stack([tf.constant(self.augment_seed, tf.int64),
-                     step * replicas + tf.cast(replica, tf.int64)])
-    clips = augment.finish_batch(data, seed, self.crop_size)
-    return self(clips, training=training)
+    if batch.FEATURES in data:
+      return self.head(data[batch.FEATURES], training=training)
+    if batch.CLIPS not in data and batch.CROPS not in data:
+      raise KeyError(f'classification batches need {batch.CLIPS!r}, deferred '
+                     f'{batch.CROPS!r} or cached {batch.FEATURES!r}; got keys '
+                     f'{sorted(data)}')
+    seed = batch.step_seed(self.augment_seed, self.optimizer.iterations,
+                           tf.distribute.get_replica_context())
+    return self(batch.finish_batch(data, seed, self.crop_size), training=training)
 
   def _objective(self, data, training):
-    labels = tf.cast(data['label'], tf.int32)
+    labels = tf.cast(data[batch.LABEL], tf.int32)
     check = tf.debugging.assert_less(
         labels, self.num_classes,
         message=f'a label is >= num_classes={self.num_classes}: set num_classes to the '

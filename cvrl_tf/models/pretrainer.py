@@ -8,10 +8,11 @@ step with several replicas, so `compile` refuses it there with a clear error. Wh
 XLA pays off on CPU depends on the shapes: measure with benchmarks/bench_train_step.py.
 
 Batch: 2b clips per replica, view 1 of b videos then view 2 of the same videos: either a
-tensor [2b, T, H, W, 3] (float in [0, 1] or uint8) or a dict from data/pipeline.py, which
-the step finishes with `augment.finish_batch` (resize / flip / colour the pipeline
-deferred to the accelerator; seeded by step and replica). Both views go through the
-encoder in one call (one BN batch over both views, as in the released code).
+tensor [2b, T, H, W, 3] (float in [0, 1] or uint8) or a dict from data/pipeline.py (keys
+of data/batch.py), which the step finishes with `batch.finish_batch` (resize / flip /
+colour the pipeline deferred to the accelerator; seeded by step and replica). Both views
+go through the encoder in one call (one BN batch over both views, as in the released
+code).
 
 Objective per replica: contrastive loss (losses.py, mean over local anchors, negatives
 from all replicas) + wd * sum(0.5 * ||k||^2) over conv/dense kernels only (BN and biases
@@ -34,6 +35,7 @@ import tf_keras
 from cvrl_tf import losses
 from cvrl_tf import optim
 from cvrl_tf.data import augment
+from cvrl_tf.data import batch
 from cvrl_tf.models import weight_decay as weight_decay_lib
 
 METRICS = ('loss', 'contrastive_loss', 'contrastive_acc', 'entropy', 'weight_decay',
@@ -58,7 +60,7 @@ class CVRLPretrainer(tf_keras.Model):
       temperature: InfoNCE temperature.
       weight_decay: L2 coefficient on kernels (gradient wd * k).
       crop_size: output size S of deferred crops; needed only when the pipeline defers
-        the resize (batches with a 'crops' key, `defer='resize'`).
+        the resize (batches with a batch.CROPS key, `defer='resize'`).
       augment_seed: with the step and the replica id, seeds the deferred augmentation.
     """
     super().__init__(**kwargs)
@@ -128,22 +130,17 @@ class CVRLPretrainer(tf_keras.Model):
       data = data[0]
     if not isinstance(data, dict):
       return augment.to_float(data)
-    # Deferred pretraining batches keep the views apart: {'view1': {...}, 'view2': {...}}.
-    views = [data['view1'], data['view2']] if 'view1' in data else [data]
-    if not all('clips' in v or 'crops' in v for v in views):
-      raise KeyError(f"pretraining batches need 'clips' (or deferred 'crops' / 'view1'); "
-                     f'got keys {sorted(data)}')
-    if any('crops' in v for v in views) and self.crop_size is None:
-      raise ValueError("batches carry deferred crops ('crops'): build CVRLPretrainer with "
-                       "crop_size=<the pipeline's crop_size>")
-    ctx = tf.distribute.get_replica_context()
-    replica = 0 if ctx is None else ctx.replica_id_in_sync_group
-    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
-    step = tf.cast(self.optimizer.iterations, tf.int64)
-    # Different on every replica and step, reproducible from the step after a resume.
-    seed = tf.stack([tf.constant(self.augment_seed, tf.int64),
-                     step * replicas + tf.cast(replica, tf.int64)])
-    return augment.finish_batch(data, seed, self.crop_size)
+    # Deferred pretraining batches keep the views apart: {VIEW1: {...}, VIEW2: {...}}.
+    views = [data[batch.VIEW1], data[batch.VIEW2]] if batch.VIEW1 in data else [data]
+    if not all(batch.CLIPS in v or batch.CROPS in v for v in views):
+      raise KeyError(f'pretraining batches need {batch.CLIPS!r} (or deferred '
+                     f'{batch.CROPS!r} / {batch.VIEW1!r}); got keys {sorted(data)}')
+    if any(batch.CROPS in v for v in views) and self.crop_size is None:
+      raise ValueError(f'batches carry deferred crops ({batch.CROPS!r}): build '
+                       "CVRLPretrainer with crop_size=<the pipeline's crop_size>")
+    seed = batch.step_seed(self.augment_seed, self.optimizer.iterations,
+                           tf.distribute.get_replica_context())
+    return batch.finish_batch(data, seed, self.crop_size)
 
   def _objective(self, clips, training):
     embeddings = self(clips, training=training)
