@@ -8,13 +8,13 @@ on the same cores and records, alternating variants within each repetition so lo
 hits all of them alike (warm-up excluded; median and min..max printed):
   decode_only      read + parse + full decode of the same 2 x clip_len frames per video
   defer=resize     pretraining pipeline, decode-and-crop only; resize, flip, colour and
-                   blur deferred to the train step (augment.finish_batch); canvas
+                   blur deferred to the train step (batch.finish_batch); canvas
                    fitted to the records (256x340)
   resize/c456      the same with the default canvas 256x456 (room for 16:9 videos)
   resize/cNone     the same with canvas=None: each batch padded to its largest crop
   defer=colour/u8  crop, flip, resize in tf.data, uint8 out; colour and blur deferred
   defer=none       everything in tf.data (float32 out)
-  step:resize+col  augment.finish_batch on one defer=resize batch, on this CPU: the work
+  step:resize+col  batch.finish_batch on one defer=resize batch, on this CPU: the work
                    the train step takes over (cheap on an accelerator)
   step:colour      the same for a defer=colour batch
   classify         build_classification_dataset as linear evaluation uses it (one clip per
@@ -47,7 +47,7 @@ import tensorflow as tf
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path)
-from cvrl_tf.data import augment
+from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import records
 from cvrl_tf.data import sampling
@@ -106,7 +106,7 @@ def decode_only_dataset(pattern: str, batch_size: int, clip_len: int, stride: in
 def train_step_stand_in(dataset: tf.data.Dataset, crop_size: int):
   """Endless (step fn, batch) pairs: finish_batch on one ready batch, as a train step."""
   batch = next(iter(dataset))
-  step = tf.function(lambda b, s: augment.finish_batch(b, s, crop_size))
+  step = tf.function(lambda b, s: batch_lib.finish_batch(b, s, crop_size))
   return ({'fn': step, 'batch': batch, 'step': i} for i in range(10**9))
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
-from cvrl_tf.data import augment
+from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import progress as progress_lib
 
 META_FILE = 'meta.json'
@@ -93,7 +93,7 @@ class FeatureCache:
     """
     progress_stream = progress_lib.resolve_stream(progress_stream)
     step = tf.function(lambda batch: strategy.run(
-        lambda b: (encode(b), b['label']), args=(batch,)), reduce_retracing=True)
+        lambda b: (encode(b), b[batch_lib.LABEL]), args=(batch,)), reduce_retracing=True)
     local = lambda v: np.concatenate(
         [t.numpy() for t in strategy.experimental_local_results(v)])
     for index in range(num_passes):
@@ -126,7 +126,8 @@ class FeatureCache:
 
   def dataset(self, num_passes: int, batch_size: int, seed=None,
               input_context=None) -> tf.data.Dataset:
-    """Infinite {'features': float32 [b, D], 'label': int64 [b]} batches (b per replica)."""
+    """Infinite {FEATURES: float32 [b, D], LABEL: int64 [b]} batches (b per replica;
+    keys of data/batch.py)."""
     dim = self.dim
     prefixes = self.passes(num_passes)
     if input_context is not None:
@@ -137,7 +138,8 @@ class FeatureCache:
                                              tf.float32, little_endian=True), [-1, dim])
       labels = tf.io.decode_raw(tf.io.read_file(prefix + '.labels'), tf.int64,
                                 little_endian=True)
-      return tf.data.Dataset.from_tensor_slices({'features': features, 'label': labels})
+      return tf.data.Dataset.from_tensor_slices(
+          {batch_lib.FEATURES: features, batch_lib.LABEL: labels})
 
     per_pass = tf.io.gfile.stat(prefixes[0] + '.labels').length // 8
     ds = tf.data.Dataset.from_tensor_slices(prefixes)
@@ -163,7 +165,7 @@ def cached_stream(model, strategy: tf.distribute.Strategy, cache_dir: str,
     # Whatever the pipeline deferred (defer='resize'/'colour') is finished here; a fresh
     # seed per batch keeps deferred colour ops independent across batches.
     seed_ = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
-    clips = augment.finish_batch(batch, seed_, model.crop_size)
+    clips = batch_lib.finish_batch(batch, seed_, model.crop_size)
     return tf.cast(model.features(clips, training=False), tf.float32)
 
   pass_seed = lambda p: None if seed is None else seed * 1000 + p

@@ -166,28 +166,6 @@ def test_resize_crops_equals_tf_image_resize_of_each_crop():
     np.testing.assert_allclose(out[i], ref, atol=1e-5)
 
 
-def test_finish_batch_handles_every_deferred_stage():
-  rng = np.random.default_rng(5)
-  frames = rng.integers(0, 256, size=(1, 1, 10, 12, 3)).astype(np.uint8)
-  still = np.repeat(frames, 3, axis=1)  # [1, T=3, 10, 12, 3], a still scene.
-  crops = np.zeros((2, 3, 16, 16, 3), np.uint8)
-  crops[:, :, :10, :12] = still
-  hw, flip = tf.constant([[10, 12], [10, 12]]), tf.constant([False, True])
-  plain = augment.finish_batch({'crops': crops, 'crop_hw': hw, 'flip': flip}, SEED, 8)
-  np.testing.assert_allclose(plain[1], plain[0][:, :, ::-1], atol=1e-6)  # Mirrored.
-  coloured = augment.finish_batch({'crops': crops, 'crop_hw': hw, 'flip': flip,
-                                   'colour_view': tf.constant([1, 2])}, SEED, 8).numpy()
-  np.testing.assert_allclose(coloured, np.repeat(coloured[:, :1], 3, axis=1), atol=1e-6)
-  per_frame = augment.finish_batch(
-      {'clips': plain, 'colour_view': tf.ones([2, 3], tf.int32)}, SEED).numpy()
-  assert np.abs(per_frame - per_frame[:, :1]).max() > 0.02  # Frames now differ.
-  as_uint8 = tf.cast(tf.round(plain * 255.0), tf.uint8)
-  np.testing.assert_allclose(augment.finish_batch({'clips': as_uint8}, SEED), plain,
-                             atol=0.5 / 255 + 1e-6)
-  with pytest.raises(ValueError, match='crop_size'):
-    augment.finish_batch({'crops': crops, 'crop_hw': hw, 'flip': flip}, SEED)
-
-
 # ---------------------------------------------------------------- NumPy references
 def _np_blur(img, sigma, radius):
   """Direct 2-D convolution with a normalised Gaussian, edges mirrored ('reflect')."""

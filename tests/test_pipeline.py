@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import augment
+from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import records
 from cvrl_tf.data import sampling
@@ -80,7 +80,7 @@ def test_pretrain_elements(data, defer):
   ds = pipeline.build_pretrain_dataset(data['timed'], 3, seed=3, deterministic=True,
                                        defer=defer, canvas=(H, W), **CLIP)
   batch = _first(ds)
-  clips = augment.finish_batch(batch, tf.constant([0, 1]), 32).numpy()
+  clips = batch_lib.finish_batch(batch, tf.constant([0, 1]), 32).numpy()
   assert clips.shape == (6, 4, 32, 32, 3) and clips.dtype == np.float32
   assert clips.min() >= 0.0 and clips.max() <= 1.0
   if defer == 'resize':
@@ -105,8 +105,8 @@ def test_no_canvas_pads_to_the_batch_and_gives_the_same_clips(data, per_frame):
         (H, W) if per_frame else tuple(crop_hw.max(axis=0)))
     np.testing.assert_array_equal(crop_hw.reshape(-1), fixed[view]['crop_hw'].reshape(-1))
   seed = tf.constant([4, 2])
-  np.testing.assert_array_equal(augment.finish_batch(dynamic, seed, 32).numpy(),
-                                augment.finish_batch(fixed, seed, 32).numpy())
+  np.testing.assert_array_equal(batch_lib.finish_batch(dynamic, seed, 32).numpy(),
+                                batch_lib.finish_batch(fixed, seed, 32).numpy())
 
 
 def test_pretrain_determinism(data):
@@ -130,7 +130,7 @@ def test_still_scene_stays_still_only_with_consistent_augmentation(data):
     ds = pipeline.build_pretrain_dataset(data['still'], 4, seed=1, deterministic=True,
                                          defer=defer, per_frame_augment=per_frame,
                                          canvas=(H, W), **CLIP)
-    clips = augment.finish_batch(_first(ds), tf.constant([2, 3]), 32).numpy()
+    clips = batch_lib.finish_batch(_first(ds), tf.constant([2, 3]), 32).numpy()
     return np.abs(clips - clips[:, :1]).max(axis=(1, 2, 3, 4))
 
   np.testing.assert_allclose(frame_spread('resize', False), 0.0, atol=1e-6)

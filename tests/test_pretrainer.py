@@ -131,7 +131,7 @@ def test_mixed_bfloat16_loss_is_float32():
 
 
 def test_finishes_deferred_augmentation():
-  """Pipeline batches with colour / resize left to the step (augment.finish_batch)."""
+  """Pipeline batches with colour / resize left to the step (batch.finish_batch)."""
   n, (t, s, _, _) = 2 * B, strategy_worker.CLIP_SHAPE
   rng = np.random.RandomState(4)
   pixels = rng.randint(0, 256, size=(n, t, s, s, 3)).astype(np.uint8)

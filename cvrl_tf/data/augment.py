@@ -13,7 +13,8 @@ Two stages, so the expensive parts can run where they are cheapest:
   colour    jitter (p 0.8, random order of brightness / contrast / saturation / hue),
             grayscale (p 0.2), Gaussian blur, solarize: `augment_batch_colour_blur`, usable
             per clip inside tf.data or on a [B, T, H, W, 3] batch inside the train step.
-`finish_batch` runs in the train step whatever the pipeline deferred.
+`batch.finish_batch` (data/batch.py, which imports this module) runs in the train step
+whatever the pipeline deferred.
 """
 
 import math
@@ -356,33 +357,3 @@ def resize_crops(crops: tf.Tensor, crop_hw: tf.Tensor, flip: tf.Tensor,
   left = cols(x0)
   out = left + (cols(x1) - left) * fx[:, None, None, :, None]
   return tf.reshape(out, tf.concat([shape[:2], [size, size, 3]], 0))
-
-
-@tf.autograph.experimental.do_not_convert  # Explicit tf.cond / map_fn only.
-def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
-                 crop_size: Optional[int] = None) -> tf.Tensor:
-  """Whatever augmentation the pipeline deferred, read off the batch keys.
-
-  Call it in the train step on every batch of build_pretrain_dataset or
-  build_classification_dataset, whatever their `defer` setting:
-    'clips'                      clips done up to colour -> float32
-    'crops', 'crop_hw', 'flip'   resize + flip here (needs crop_size)
-    'colour_view' [N] or [N, T]  colour / blur here, per clip (or per frame) view
-    'view1', 'view2'             deferred pretraining views: each finished, then
-                                 concatenated (view 1 then view 2)
-  Returns float32 [N, T, S, S, 3] in [0, 1], the model input.
-  """
-  if 'view1' in batch:
-    seeds = tf.random.experimental.stateless_split(seed, num=2)
-    return tf.concat([finish_batch(batch['view1'], seeds[0], crop_size),
-                      finish_batch(batch['view2'], seeds[1], crop_size)], axis=0)
-  if 'crops' in batch:
-    if crop_size is None:
-      raise ValueError('this batch has deferred crops: pass crop_size to finish_batch')
-    clips = resize_crops(batch['crops'], batch['crop_hw'], batch['flip'], crop_size)
-  else:
-    clips = to_float(batch['clips'])
-  if 'colour_view' in batch:
-    view = tf.convert_to_tensor(batch['colour_view'])
-    clips = augment_batch_colour_blur(clips, view, seed, per_frame=view.shape.rank == 2)
-  return clips

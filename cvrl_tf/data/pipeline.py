@@ -1,27 +1,27 @@
-"""tf.data builders: records -> clips, for pretraining, classification and evaluation.
+"""tf.data builders: records -> batches, for pretraining, classification and evaluation.
 
-Elements (T = clip_len, S = crop_size; B is per replica when an `input_context` is given,
-i.e. input_context.get_per_replica_batch_size(batch_size)):
+Batches are dicts with the keys, dtypes and shapes of data/batch.py. T = clip_len,
+S = crop_size; B is per replica when an `input_context` is given, i.e.
+input_context.get_per_replica_batch_size(batch_size):
   build_pretrain_dataset        N = 2B clips: view 1 of the B videos, then view 2 of the
                                 same videos in the same order (after finish_batch).
-  build_classification_dataset  N = B clips, plus 'label' int64 [B].
-  build_eval_dataset            flat views: {'clips': float32 [B, T, S, S, 3],
-                                'label': int64 [B], 'video_index': int64 [B],
-                                'view_index': int32 [B], 'media_id': string [B]}; each video
+  build_classification_dataset  N = B clips, plus LABEL.
+  build_eval_dataset            flat views: CLIPS float32 [B, T, S, S, 3] (or uint8),
+                                LABEL, VIDEO_INDEX, VIEW_INDEX, MEDIA_ID; each video
                                 gives num_clips * num_crops consecutive views; average
-                                predictions per video_index (unique across input pipelines).
+                                predictions per VIDEO_INDEX (unique across input
+                                pipelines).
 
-Training elements depend on `defer`, the augmentation left to the train step, which
-always calls `clips = augment.finish_batch(batch, seed, crop_size)` (float32
+Training batches depend on `defer`, the augmentation left to the train step, which
+always calls `clips = batch.finish_batch(data, seed, crop_size)` (float32
 [N, T, S, S, 3]; for pretraining view 1 then view 2):
-  'none'    {'clips': [N, T, S, S, 3]} fully augmented (float32 [0, 1] or uint8).
-  'colour'  the same before colour / blur, plus 'colour_view' int32 [N] (1 or 2).
-  'resize'  {'crops': uint8 [N, T, Hc, Wc, 3] (decoded crops, top-left on a zero canvas:
+  'none'    CLIPS [N, T, S, S, 3] fully augmented (float32 [0, 1] or uint8).
+  'colour'  the same before colour / blur, plus COLOUR_VIEW [N] (1 or 2).
+  'resize'  CROPS uint8 [N, T, Hc, Wc, 3] (decoded crops, top-left on a zero canvas:
             `canvas` = (Hc, Wc) fixed, or None = the largest crop of the batch),
-            'crop_hw': int32 [N, 2], 'flip': bool [N],
-            'colour_view'}; per-frame ablation: crop_hw [N, T, 2], flip and
-            colour_view [N, T].
-  Deferred pretraining batches hold the views apart, {'view1': {...}, 'view2': {...}}
+            CROP_HW [N, 2], FLIP [N] and COLOUR_VIEW; per-frame ablation: CROP_HW
+            [N, T, 2], FLIP and COLOUR_VIEW [N, T].
+  Deferred pretraining batches hold the views apart, {VIEW1: {...}, VIEW2: {...}}
   with N = B each: finish_batch concatenates them, on the accelerator.
 Per video only the frames of the sampled clips are decoded, inside the crop window that
 all frames of a clip share. On CPU the bilinear resize costs half a JPEG decode, hence
@@ -35,6 +35,7 @@ import gin
 import tensorflow as tf
 
 from cvrl_tf.data import augment
+from cvrl_tf.data import batch
 from cvrl_tf.data import sampling
 from cvrl_tf.data import shards
 
@@ -82,30 +83,31 @@ def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, crop_size: int, per_frame: b
                            tf.uint8)
       crops = tf.map_fn(lambda a: pad(decode(a[0], a[1])), (jpegs, windows),
                         fn_output_signature=spec)
-      return {'crops': crops, 'crop_hw': windows[:, 2:], 'flip': flips}
+      return {batch.CROPS: crops, batch.CROP_HW: windows[:, 2:], batch.FLIP: flips}
     crops = tf.map_fn(lambda j: decode(j, windows[0]), jpegs,
                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-    return {'crops': crops, 'crop_hw': windows[0, 2:], 'flip': flips[0]}
+    return {batch.CROPS: crops, batch.CROP_HW: windows[0, 2:], batch.FLIP: flips[0]}
   if not per_frame:
     windows, flips = tf.tile(windows, [num_frames, 1]), tf.tile(flips, [num_frames])
   frame = lambda a: augment.resize_and_flip(decode(a[0], a[1])[None], size, a[2], dtype)[0]
-  return {'clips': tf.map_fn(frame, (jpegs, windows, flips),
-                             fn_output_signature=tf.TensorSpec(size + [3], dtype))}
+  return {batch.CLIPS: tf.map_fn(frame, (jpegs, windows, flips),
+                                 fn_output_signature=tf.TensorSpec(size + [3], dtype))}
 
 
 def _augmented_clip(jpegs, seeds, crop_size, per_frame, defer, dtype, canvas, view):
   """One clip's dict: geometry from seeds[0]; colour with seeds[1] unless deferred
-  (then 'colour_view' tells the train step); view 0 = no colour at all."""
+  (then COLOUR_VIEW tells the train step); view 0 = no colour at all."""
   clip_len = jpegs.shape[0]  # Static: the sampled indices have a static length.
   colour_dtype = tf.float32 if defer == 'none' and view else dtype
   out = _decode_view(jpegs, seeds[0], crop_size, per_frame, defer, colour_dtype, canvas)
   if view and defer == 'none':
-    out['clips'] = _convert(augment.augment_batch_colour_blur(
-        out['clips'][None], view, seeds[1], per_frame)[0], dtype)
+    out[batch.CLIPS] = _convert(augment.augment_batch_colour_blur(
+        out[batch.CLIPS][None], view, seeds[1], per_frame)[0], dtype)
   elif view:
-    out['colour_view'] = tf.fill(tf.shape(jpegs)[:1] if per_frame else [], view)
-  if 'clips' in out:
-    out['clips'] = tf.ensure_shape(out['clips'], [clip_len, crop_size, crop_size, 3])
+    out[batch.COLOUR_VIEW] = tf.fill(tf.shape(jpegs)[:1] if per_frame else [], view)
+  if batch.CLIPS in out:
+    out[batch.CLIPS] = tf.ensure_shape(out[batch.CLIPS],
+                                       [clip_len, crop_size, crop_size, 3])
   return out
 
 
@@ -121,9 +123,9 @@ def _batch(ds: tf.data.Dataset, batch_size: int,
     return spec.shape
   shapes = padded(ds.element_spec)
   for view in (shapes if isinstance(shapes, tuple) else (shapes,)):
-    if 'crops' in view:
+    if batch.CROPS in view:
       hc, wc = (None, None) if canvas is None else canvas
-      view['crops'] = tf.TensorShape([view['crops'][0], hc, wc, 3])
+      view[batch.CROPS] = tf.TensorShape([view[batch.CROPS][0], hc, wc, 3])
   return ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=True)
 
 
@@ -190,9 +192,9 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
   stride: in frames at `target_fps` (None: in stored frames, whatever the record fps).
   interval_family / interval_rate: see sampling.INTERVAL_FAMILIES.
   per_frame_augment: the temporally inconsistent ablation.
-  defer: 'none', 'colour' or 'resize': what augment.finish_batch does in the train step
+  defer: 'none', 'colour' or 'resize': what batch.finish_batch does in the train step
     (module docstring). 'resize' is the fastest input pipeline by far.
-  output_dtype: of 'clips': 'float32' ([0, 1]) or 'uint8' ([0, 255]; 4x less memory).
+  output_dtype: of CLIPS: 'float32' ([0, 1]) or 'uint8' ([0, 255]; 4x less memory).
   canvas: (Hc, Wc) of deferred crops, >= the stored frame size (256x456 fits 16:9 at
     short side 256; larger crops are shrunk about their centre to fit), for static
     shapes (TPU / XLA); None pads each batch to its largest crop only (least copying,
@@ -222,9 +224,10 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
   ds = ds.map(_graph_fn(video_to_views), AUTOTUNE, deterministic=deterministic)
   ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
   if defer == 'none':
-    ds = ds.map(lambda v1, v2: {'clips': tf.concat([v1['clips'], v2['clips']], axis=0)})
+    ds = ds.map(lambda v1, v2: {
+        batch.CLIPS: tf.concat([v1[batch.CLIPS], v2[batch.CLIPS]], axis=0)})
   else:  # finish_batch concatenates, on the accelerator: one copy less on the host.
-    ds = ds.map(lambda v1, v2: {'view1': v1, 'view2': v2})
+    ds = ds.map(lambda v1, v2: {batch.VIEW1: v1, batch.VIEW2: v2})
   return _finish(ds, deterministic)
 
 
@@ -273,7 +276,7 @@ def build_classification_dataset(file_pattern: FilePatterns,
     indices = sampling.sample_train_indices(s[0], ex['num_frames'], clip_len, stride_frames)
     out = _augmented_clip(tf.gather(ex['frames'], indices), s[1:], crop_size, False,
                           defer, dtype, canvas, 1 if colour_augment else 0)
-    out['label'] = ex['label']
+    out[batch.LABEL] = ex['label']
     return out
 
   ds = ds.map(_graph_fn(video_to_clip), AUTOTUNE, deterministic=deterministic)
@@ -319,20 +322,23 @@ def build_eval_dataset(file_pattern: FilePatterns,
     video_index = local_index * num_pipelines + pipeline_id
     fill = lambda x: tf.fill([num_clips], x)
     return {'frames': tf.reshape(frames, [num_clips, clip_len, shape[1], shape[2], 3]),
-            'clip_index': tf.range(num_clips, dtype=tf.int32), 'label': fill(ex['label']),
-            'video_index': fill(video_index), 'media_id': fill(ex['media_id'])}
+            'clip_index': tf.range(num_clips, dtype=tf.int32),
+            batch.LABEL: fill(ex['label']), batch.VIDEO_INDEX: fill(video_index),
+            batch.MEDIA_ID: fill(ex['media_id'])}
 
   def clip_to_crops(clip):
     crops = augment.eval_crops(clip['frames'], crop_size, num_crops)
-    out = {k: tf.fill([num_crops], clip[k]) for k in ('label', 'video_index', 'media_id')}
-    out['view_index'] = clip['clip_index'] * num_crops + tf.range(num_crops)
-    out['clips'] = tf.ensure_shape(crops, [num_crops, clip_len, crop_size, crop_size, 3])
+    out = {k: tf.fill([num_crops], clip[k])
+           for k in (batch.LABEL, batch.VIDEO_INDEX, batch.MEDIA_ID)}
+    out[batch.VIEW_INDEX] = clip['clip_index'] * num_crops + tf.range(num_crops)
+    out[batch.CLIPS] = tf.ensure_shape(crops,
+                                       [num_crops, clip_len, crop_size, crop_size, 3])
     return out
 
   ds = ds.map(_graph_fn(video_to_clips), AUTOTUNE, deterministic=True).unbatch()
   ds = ds.map(_graph_fn(clip_to_crops), AUTOTUNE, deterministic=True).unbatch()
   ds = ds.batch(_batch_size(batch_size, input_context), drop_remainder=False)
   if tf.as_dtype(output_dtype) != tf.uint8:
-    ds = ds.map(lambda e: dict(e, clips=augment.to_float(e['clips'])), AUTOTUNE,
+    ds = ds.map(lambda e: {**e, batch.CLIPS: augment.to_float(e[batch.CLIPS])}, AUTOTUNE,
                 deterministic=True)
   return _finish(ds, True)

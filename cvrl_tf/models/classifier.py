@@ -15,29 +15,31 @@ Objective per replica: mean softmax cross-entropy over the local batch
     frozen encoder carries no hidden loss and the decay is the same as pretraining's)
   + model.losses (regularizers a user put on layers, if any),
 divided by the number of replicas because the optimizer sums replica gradients: the
-update equals that of the global-batch mean on one device.
+update equals that of the global-batch mean on one device (models/train_step.py, whose
+TrainStepModel also holds the metrics, seeding and XLA guard shared with pretraining).
 
-Batches: the classification pipeline's dicts ({'clips' or deferred 'crops', ..., 'label'};
-`augment.finish_batch` completes whatever was deferred), or {'features', 'label'} from a
-feature cache (linear eval only: the head trains on precomputed encoder outputs).
+Batches (keys of data/batch.py): the classification pipeline's dicts (CLIPS or deferred
+CROPS, ..., LABEL; `batch.finish_batch` completes whatever was deferred), or
+{FEATURES, LABEL} from a feature cache (linear eval only: the head trains on
+precomputed encoder outputs).
 """
 
 import re
-from typing import Optional
+from typing import List, Optional
 
 import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import optim
-from cvrl_tf.data import augment
+from cvrl_tf.data import batch
 from cvrl_tf.models import heads
-from cvrl_tf.models import weight_decay as weight_decay_lib
-
-METRICS = ('loss', 'cross_entropy', 'weight_decay', 'accuracy', 'learning_rate')
+from cvrl_tf.models import train_step as train_step_lib
 
 
-class VideoClassifier(tf_keras.Model):
+class VideoClassifier(train_step_lib.TrainStepModel):
   """clips [B, T, H, W, 3] -> float32 logits [B, num_classes]."""
+
+  METRICS = ('loss', 'cross_entropy', 'weight_decay', 'accuracy', 'learning_rate')
 
   def __init__(self,
                encoder: tf_keras.layers.Layer,
@@ -58,28 +60,15 @@ class VideoClassifier(tf_keras.Model):
       crop_size: size of deferred crops (pipelines with defer='resize').
       augment_seed: with step and replica, seeds augmentation deferred to the step.
     """
-    super().__init__(**kwargs)
+    super().__init__(weight_decay=weight_decay, crop_size=crop_size,
+                     augment_seed=augment_seed, **kwargs)
     self.encoder = encoder
     self.head = heads.LinearClassifier(num_classes, l2_normalize=l2_normalize,
                                        dropout_rate=dropout_rate, name='classifier')
     self.num_classes = int(num_classes)
     self.freeze_encoder = bool(freeze_encoder)
-    self.weight_decay = float(weight_decay)
-    self.crop_size = crop_size
-    self.augment_seed = int(augment_seed)
     if self.freeze_encoder:
       encoder.trainable = False
-    self._create_trackers()
-    self._decayed = None
-
-  @tf.__internal__.tracking.no_automatic_dependency_tracking
-  def _create_trackers(self):
-    # Untracked: running means are not weights and do not belong in checkpoints.
-    self._trackers = {name: tf_keras.metrics.Mean(name) for name in METRICS}
-
-  @property
-  def metrics(self):
-    return list(self._trackers.values())
 
   def features(self, clips, training=None):
     """Encoder output [B, D]; always inference mode (and no gradient) when frozen."""
@@ -94,49 +83,31 @@ class VideoClassifier(tf_keras.Model):
     """Softmax over classes in inference mode: what the multi-view test averages."""
     return tf.nn.softmax(self(clips, training=False), axis=-1)
 
-  def build_for_training(self, clip_shape=(None, None, None, 3)):
-    """Creates every variable (model, then optimizer slots) before a checkpoint restore,
-    so the restore is complete and checked instead of deferred to the first step."""
-    optim.build_model_and_slots(self, clip_shape)
-
-  def decayed_variables(self):
-    """Trainable conv/dense kernels (a Python layer walk, done once).
+  def _collect_decayed(self) -> List[tf.Variable]:
+    """Trainable conv/dense kernels.
 
     A hub.KerasLayer encoder has no Keras conv layers to walk: its trainable variables
     named '.../kernel' (what the R3D export keeps) are decayed instead.
     """
-    if self._decayed is None:
-      variables = weight_decay_lib.weight_decay_variables(self)
-      known = {v.ref() for v in variables}
-      if not any(v.ref() in known for v in self.encoder.trainable_variables):
-        variables += [v for v in self.encoder.trainable_variables
-                      if re.search(r'(^|/)(depthwise_|pointwise_)?kernel(:\d+)?$', v.name)]
-      self._set_decayed(variables)
-    return self._decayed
-
-  @tf.__internal__.tracking.no_automatic_dependency_tracking
-  def _set_decayed(self, variables):
-    # Untracked: a tracked list would become the kernels' first checkpoint path
-    # ('model/_decayed/N' instead of 'model/encoder/...').
-    self._decayed = variables
+    variables = super()._collect_decayed()
+    known = {v.ref() for v in variables}
+    if not any(v.ref() in known for v in self.encoder.trainable_variables):
+      variables += [v for v in self.encoder.trainable_variables
+                    if re.search(r'(^|/)(depthwise_|pointwise_)?kernel(:\d+)?$', v.name)]
+    return variables
 
   def _logits(self, data, training):
-    if 'features' in data:
-      return self.head(data['features'], training=training)
-    if 'clips' not in data and 'crops' not in data:
-      raise KeyError(f"classification batches need 'clips', deferred 'crops' or cached "
-                     f"'features'; got keys {sorted(data)}")
-    ctx = tf.distribute.get_replica_context()
-    replica = 0 if ctx is None else ctx.replica_id_in_sync_group
-    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
-    step = tf.cast(self.optimizer.iterations, tf.int64)
-    seed = tf.stack([tf.constant(self.augment_seed, tf.int64),
-                     step * replicas + tf.cast(replica, tf.int64)])
-    clips = augment.finish_batch(data, seed, self.crop_size)
-    return self(clips, training=training)
+    if batch.FEATURES in data:
+      return self.head(data[batch.FEATURES], training=training)
+    if batch.CLIPS not in data and batch.CROPS not in data:
+      raise KeyError(f'classification batches need {batch.CLIPS!r}, deferred '
+                     f'{batch.CROPS!r} or cached {batch.FEATURES!r}; got keys '
+                     f'{sorted(data)}')
+    return self(self._finish_batch(data), training=training)
 
   def _objective(self, data, training):
-    labels = tf.cast(data['label'], tf.int32)
+    """(total, metric values of the parts) of the classification objective."""
+    labels = tf.cast(data[batch.LABEL], tf.int32)
     check = tf.debugging.assert_less(
         labels, self.num_classes,
         message=f'a label is >= num_classes={self.num_classes}: set num_classes to the '
@@ -145,34 +116,21 @@ class VideoClassifier(tf_keras.Model):
       logits = self._logits(data, training)
     cross_entropy = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-    wd = weight_decay_lib.l2_weight_decay(self.decayed_variables(), self.weight_decay)
-    total = cross_entropy + wd
-    if self.losses:
-      total += tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
+    total, wd = self._regularized(cross_entropy)
     accuracy = tf.reduce_mean(tf.cast(
         tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32))
     return total, {'cross_entropy': cross_entropy, 'weight_decay': wd,
                    'accuracy': accuracy}
 
-  def _update(self, values):
-    for name, value in values.items():
-      self._trackers[name].update_state(value)
-    return {name: self._trackers[name].result() for name in values}
-
   def train_step(self, data):
     learning_rate = optim.current_learning_rate(self.optimizer)
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    with tf.GradientTape() as tape:
-      total, parts = self._objective(data, training=True)
-      scaled = total / tf.cast(replicas, tf.float32)
-    # A LossScaleOptimizer (mixed_float16) scales / unscales here (precision.py).
-    self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
-    logs = self._update(dict(loss=total, learning_rate=learning_rate, **parts))
+    total, parts = self._minimize(lambda: self._objective(data, training=True))
+    logs = self._update_metrics(dict(loss=total, learning_rate=learning_rate, **parts))
     return {**logs, **optim.loss_scale_logs(self.optimizer)}
 
   def test_step(self, data):
     total, parts = self._objective(data, training=False)
-    return self._update(dict(loss=total, **parts))
+    return self._update_metrics(dict(loss=total, **parts))
 
   def get_config(self):
     return {'num_classes': self.num_classes, 'freeze_encoder': self.freeze_encoder,
