@@ -1,11 +1,13 @@
-"""gin at the edges: parse files and bindings with errors that name the problem.
+"""gin at the edges: parse files and bindings with errors that name the problem, and
+the one place the library asks gin what a configurable was bound to.
 
 Every configurable must be registered before parsing, otherwise gin cannot tell an
 unknown binding from a module not yet imported; `register_configurables` imports them all.
 """
 
+import inspect
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import gin
 import tensorflow as tf
@@ -13,6 +15,22 @@ import tensorflow as tf
 from cvrl_tf import files as files_lib
 
 OPERATIVE_CONFIG = 'operative_config.gin'
+
+
+def bindings(fn, scope: Optional[str] = None) -> dict:
+  """What gin binds for configurable `fn` (in `scope`): only the explicit bindings."""
+  name = fn.__name__ if scope is None else f'{scope}/{fn.__name__}'
+  return gin.get_bindings(name)
+
+
+def effective_args(fn, scope: Optional[str] = None) -> dict:
+  """Arguments a gin-configurable runs with: its defaults, then the (scoped) bindings,
+  as they read back from JSON (so they compare equal to stored settings)."""
+  target = getattr(fn, '__wrapped__', fn)
+  args = {k: p.default for k, p in inspect.signature(target).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+  args.update(bindings(fn, scope))
+  return files_lib.normalized({k: v for k, v in args.items() if k != 'input_context'})
 
 
 class ConfigError(ValueError):

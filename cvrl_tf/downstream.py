@@ -59,7 +59,6 @@ CLASSIFIER_FILE = 'classifier.json'
 SUBSET_FILE = 'label_subset.json'
 KNN_FILE = 'knn_results.json'
 MEMORY_SCOPE = 'knn_memory'  # gin scope of build_eval_dataset for the k-NN memory.
-effective_args = multiview.effective_args
 
 
 # ------------------------------------------------------------------------- helpers
@@ -133,7 +132,7 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
     total_steps = train_steps or max(1, math.ceil(train_epochs * num_videos /
                                                   global_batch_size))
     warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
-    crop_size = effective_args(pipeline.build_classification_dataset)['crop_size']
+    crop_size = config.effective_args(pipeline.build_classification_dataset)['crop_size']
     with strategy.scope():
       encoder, info = encoder_source_lib.build_encoder(
           encoder_source, pretrain_dir, hub_handle, trainable=not freeze,
@@ -182,7 +181,7 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
       signature = {k: info.get(k) for k in (
           'encoder_source', 'pretrain_dir', 'hub_handle', 'backbone_checkpoint',
           'backbone_spec', 'train_files', 'mixed_precision')}
-      signature.update(pipeline=effective_args(pipeline.build_classification_dataset),
+      signature.update(pipeline=config.effective_args(pipeline.build_classification_dataset),
                        label_fraction=label_fraction, label_seed=label_seed,
                        global_batch_size=global_batch_size, seed=seed)
       epochs = total_steps * global_batch_size / num_videos  # train_steps may rule.
@@ -438,8 +437,8 @@ def knn_eval(model_dir: str,
     per_k[str(k)] = {'top1': m['top1'], 'mean_class_accuracy': m['mean_class_accuracy']}
   names = evaluation.class_names(num_classes, label_map_file,
                                  shards.list_files(test_files))
-  views = {'memory': effective_args(pipeline.build_eval_dataset, MEMORY_SCOPE),
-           'test': effective_args(pipeline.build_eval_dataset)}
+  views = {'memory': config.effective_args(pipeline.build_eval_dataset, MEMORY_SCOPE),
+           'test': config.effective_args(pipeline.build_eval_dataset)}
   results = {**info, 'protocol': 'knn_eval', 'vote': vote, 'temperature': temperature,
              'ks': list(ks), 'results': per_k, 'num_memory_videos': len(memory['label']),
              'num_test_videos': len(queries['label']), 'class_names': names,

@@ -14,7 +14,6 @@ import tf_keras
 
 from cvrl_tf import config
 from cvrl_tf import distribute
-from cvrl_tf import multiview
 from cvrl_tf import optim
 from cvrl_tf import precision
 from cvrl_tf import train_loop
@@ -68,7 +67,8 @@ def pretrain(model_dir: str,
       'mixed_bfloat16' or 'mixed_float16' (dynamic loss scaling).
     jit_compile: XLA-compile the train step.
     checkpoint_every / keep_checkpoints / log_every: in steps.
-    seed: makes the input stream deterministic (with resume: seed + step).
+    seed: makes the input stream deterministic (with resume: seed + step) and seeds the
+      augmentation deferred to the train step (as in the downstream protocols).
   Returns the last logged metrics.
   """
   strategy = distribute.get_strategy()
@@ -90,7 +90,8 @@ def pretrain(model_dir: str,
     encoder = r3d.build_backbone()
     head = heads.ProjectionHead()
     # crop_size: what the train step resizes to when the pipeline defers the resize.
-    model = pretrainer_lib.CVRLPretrainer(encoder, head, crop_size=clips['crop_size'])
+    model = pretrainer_lib.CVRLPretrainer(encoder, head, crop_size=clips['crop_size'],
+                                          augment_seed=seed or 0)
     model.compile(optimizer=optim.build_optimizer(
         total_steps=total_steps, warmup_steps=warmup_steps,
         global_batch_size=global_batch_size), jit_compile=jit_compile)
@@ -127,7 +128,7 @@ def pretrain(model_dir: str,
 def training_clips() -> dict:
   """The clips pretraining feeds the encoder, from the pipeline's effective arguments:
   what backbone/training.json records for export and embed."""
-  args = multiview.effective_args(pipeline.build_pretrain_dataset)
+  args = config.effective_args(pipeline.build_pretrain_dataset)
   return {'num_frames': args['clip_len'], 'frame_stride': args['stride'],
           'target_fps': args['target_fps'], 'crop_size': args['crop_size']}
 

@@ -13,7 +13,6 @@ None), so no worker waits on another's last batch.
 """
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from typing import Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
+from cvrl_tf import config
 from cvrl_tf import evaluation
 from cvrl_tf import files as files_lib
 from cvrl_tf import train_loop
@@ -31,16 +31,6 @@ from cvrl_tf.data import shards
 
 FilePatterns = Union[str, Sequence[str]]
 RESULTS_FILE = 'eval_results.json'
-
-
-def effective_args(fn, scope: Optional[str] = None) -> dict:
-  """Arguments a gin-configurable runs with: its defaults, then the (scoped) bindings."""
-  target = getattr(fn, '__wrapped__', fn)
-  args = {k: p.default for k, p in inspect.signature(target).parameters.items()
-          if p.default is not inspect.Parameter.empty}
-  name = fn.__name__ if scope is None else f'{scope}/{fn.__name__}'
-  args.update(gin.get_bindings(name))
-  return files_lib.normalized({k: v for k, v in args.items() if k != 'input_context'})
 
 
 def is_multi_worker(strategy) -> bool:
@@ -75,7 +65,7 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
     if not train_loop.is_chief(strategy):
       return None
     strategy = None
-  args = effective_args(pipeline.build_eval_dataset, scope)
+  args = config.effective_args(pipeline.build_eval_dataset, scope)
   views = args['num_clips'] * args['num_crops']
   total = shards.count_videos(files)
   progress_lib.say(
@@ -98,7 +88,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
   settings = {'test_files': files_lib.normalized(test_files),
-              'views': effective_args(pipeline.build_eval_dataset)}
+              'views': config.effective_args(pipeline.build_eval_dataset)}
   path = os.path.join(model_dir, RESULTS_FILE)
   if reuse and tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:

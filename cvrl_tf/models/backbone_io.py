@@ -11,15 +11,14 @@ so an encoder can be rebuilt and restored without the pretraining gin config, an
 mismatch between the architecture asked for and the one stored is reported, not silent.
 """
 
-import inspect
 import json
 import os
 from typing import Any, Dict, Optional
 
-import gin
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import config
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import r3d
 
@@ -33,12 +32,7 @@ TRAINING_KEYS = ('num_frames', 'frame_stride', 'target_fps', 'crop_size')
 def current_spec(**overrides) -> Dict[str, Any]:
   """The `build_backbone` arguments in effect (defaults, then gin bindings, then
   overrides) as backbone.json stores them, so a stored spec compares equal to this."""
-  signature = inspect.signature(r3d.build_backbone)
-  spec = {k: p.default for k, p in signature.parameters.items()
-          if p.default is not inspect.Parameter.empty}
-  spec.update(gin.get_bindings(r3d.build_backbone))
-  spec.update(overrides)
-  return files_lib.normalized(spec)
+  return files_lib.normalized({**config.effective_args(r3d.build_backbone), **overrides})
 
 
 def build_from_spec(spec: Dict[str, Any], **overrides) -> tf_keras.Model:

@@ -14,10 +14,10 @@ Every encoder maps float32 clips [B, T, H, W, 3] in [0, 1] to pooled features [B
 import os
 from typing import Optional, Tuple
 
-import gin
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import config
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
@@ -30,7 +30,7 @@ _NON_ARCHITECTURE = ('use_sync_bn', 'output', 'model_name', 'input_shape',
 
 def check_architecture(spec: dict, pretrain_dir: str) -> None:
   """Explicit build_backbone bindings must agree with the stored architecture."""
-  bound = gin.get_bindings(r3d.build_backbone)
+  bound = config.bindings(r3d.build_backbone)
   diff = {k: (v, spec.get(k)) for k, v in bound.items()
           if k not in _NON_ARCHITECTURE and k in spec and
           files_lib.normalized(v) != files_lib.normalized(spec[k])}
@@ -73,7 +73,7 @@ def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
     return hub_layer(hub_handle, trainable), info
   # How this run computes (not what was stored): sync BN, and the kernel-gradient route.
   overrides = dict(output='pooled', use_sync_bn=use_sync_bn,
-                   kernel_gradient=gin.get_bindings(r3d.build_backbone).get(
+                   kernel_gradient=config.bindings(r3d.build_backbone).get(
                        'kernel_gradient', 'auto'))
   if encoder_source == 'model_dir':
     if not pretrain_dir:
