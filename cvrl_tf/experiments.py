@@ -1,8 +1,9 @@
 """Gin-configurable entry points: `run` dispatches to a protocol; `pretrain` lives here.
 
 Reading order for a newcomer: gin/pretrain.gin -> `pretrain` below -> data/pipeline.py
-(clips) -> models/r3d.py + heads.py (encoder, head) -> models/pretrainer.py (train step)
--> losses.py (InfoNCE over the global batch).
+(clips) -> data/batch.py (what the step finishes) -> models/r3d.py + heads.py (encoder,
+head) -> models/pretrainer.py + train_step.py (train step) -> losses.py (InfoNCE over the
+global batch); cvrl_tf/__init__.py lists the same path.
 """
 
 import math
