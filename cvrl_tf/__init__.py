@@ -22,5 +22,6 @@ from cvrl_tf import hardware
 __version__ = '0.1.0'
 
 # Before TensorFlow loads: its oneDNN kernels also on CPUs where its default leaves them
-# off (AVX2-only x86: 27x faster train steps measured). TF_ENABLE_ONEDNN_OPTS=0 opts out.
+# off (AVX2-only x86: the demo's train step 32x faster, benchmarks/README.md). Opt out
+# with TF_ENABLE_ONEDNN_OPTS=0.
 hardware.prefer_onednn()

@@ -365,6 +365,8 @@ def evaluate(model_dir: str,
     native, _ = precision.native_support(trained, facts)
     mixed_precision = trained if native else precision.AUTO
   choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
+  if train_loop.is_chief(strategy):
+    precision.record(model_dir, choice, 'evaluate', facts)
   with precision.dtype_policy(choice.policy):
     with strategy.scope():
       model = classifier_lib.VideoClassifier(

@@ -7,7 +7,6 @@ global batch); cvrl_tf/__init__.py lists the same path.
 """
 
 import math
-import sys
 from typing import Optional, Sequence, Union
 
 import gin
@@ -19,6 +18,7 @@ from cvrl_tf import optim
 from cvrl_tf import precision
 from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
+from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import flops
@@ -53,7 +53,7 @@ def pretrain(model_dir: str,
              keep_checkpoints: int = 3,
              log_every: int = 100,
              seed: Optional[int] = None,
-             progress_stream=sys.stderr) -> dict:
+             progress_stream=progress_lib.STDERR) -> dict:
   """CVRL pretraining: encoder + projection head trained with InfoNCE on two views.
 
   Args:
@@ -72,6 +72,7 @@ def pretrain(model_dir: str,
       augmentation deferred to the train step (as in the downstream protocols).
   Returns the last logged metrics.
   """
+  progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
   clips = training_clips()
   facts = precision.detect_devices(strategy)
@@ -91,8 +92,11 @@ def pretrain(model_dir: str,
     encoder = r3d.build_backbone()
     head = heads.ProjectionHead()
     # crop_size: what the train step resizes to when the pipeline defers the resize.
-    model = pretrainer_lib.CVRLPretrainer(encoder, head, crop_size=clips['crop_size'],
-                                          augment_seed=seed or 0)
+    # seed also seeds the augmentation deferred to the step (a CVRLPretrainer.augment_seed
+    # binding rules when seed is None).
+    model = pretrainer_lib.CVRLPretrainer(
+        encoder, head, crop_size=clips['crop_size'],
+        **({} if seed is None else {'augment_seed': seed}))
     model.compile(optimizer=optim.build_optimizer(
         total_steps=total_steps, warmup_steps=warmup_steps,
         global_batch_size=global_batch_size), jit_compile=jit_compile)

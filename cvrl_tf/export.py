@@ -198,8 +198,8 @@ def load_projection_head(model_dir: str, input_dim: int) -> heads.ProjectionHead
   if spec is None:
     raise FileNotFoundError(
         f'--with_projection_head needs {model_dir}/{backbone_io.BACKBONE_SUBDIR}/'
-        f'{backbone_io.HEAD_SPEC_FILE}, which pretraining writes since 2026-12-02; export '
-        f'this run without --with_projection_head, or re-run its pretraining.')
+        f'{backbone_io.HEAD_SPEC_FILE}, which runs pretrained before it existed do not '
+        f'have; export this run without --with_projection_head.')
   with precision.dtype_policy('float32'):
     head = heads.ProjectionHead.from_spec(spec, use_sync_bn=False, name='projection_head')
   head.build(tf.TensorShape([None, input_dim]))

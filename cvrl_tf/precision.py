@@ -11,8 +11,10 @@ start with `resolve`, which prints the choice and why, and `record` appends it t
                                                                   dynamic loss scaling
   GPU, compute capability < 7.0              float32              no tensor cores
   CPU with AVX512_BF16 or AMX-BF16           mixed_bfloat16       native bf16 in oneDNN
-  any other CPU                              float32              bf16 emulated: ~11x
+  any other CPU                              float32              bf16 emulated: 11x
                                                                   slower than float32
+                                                                  on Eigen, ~50x than
+                                                                  oneDNN's float32
 With several GPUs the oldest decides. A CPU counts as native only if TensorFlow's oneDNN
 kernels are on and ONEDNN_MAX_CPU_ISA does not cap bf16 away (cvrl_tf/hardware.py).
 An explicit 'float32', 'mixed_bfloat16' or 'mixed_float16' is honoured; a one-line
@@ -30,7 +32,6 @@ import dataclasses
 import datetime
 import json
 import os
-import sys
 from typing import Optional, Tuple
 
 import tensorflow as tf
@@ -38,6 +39,7 @@ import tf_keras
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import hardware
+from cvrl_tf.data import progress as progress_lib
 
 AUTO = 'auto'
 POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
@@ -97,7 +99,7 @@ def _cpu_bf16(facts: DeviceFacts) -> Tuple[bool, str]:
   cpu = facts.cpu
   if not cpu.has_native_bf16:
     return False, (f'CPU {cpu.describe()} has no native bfloat16 (avx512_bf16 / '
-                   f'amx_bf16): TensorFlow emulates it, ~11x slower than float32')
+                   f'amx_bf16): TensorFlow emulates it, 10-50x slower than float32')
   if not facts.onednn:
     return False, (f'CPU {cpu.describe()} has native bfloat16 but TensorFlow\'s oneDNN '
                    f'kernels are off ({hardware.ONEDNN_ENV}=0): bfloat16 runs emulated')
@@ -181,9 +183,10 @@ def detect_devices(strategy: Optional[tf.distribute.Strategy] = None) -> DeviceF
 
 def resolve(requested: Optional[str],
             strategy: Optional[tf.distribute.Strategy] = None,
-            stream=sys.stderr,
+            stream='stderr',
             facts: Optional[DeviceFacts] = None) -> PrecisionChoice:
   """Chooses the policy for this machine and says so (and warns) on `stream`."""
+  stream = progress_lib.resolve_stream(stream)
   choice = choose(requested, facts or detect_devices(strategy))
   if stream is not None:
     print(choice.summary(), file=stream, flush=True)

@@ -18,6 +18,7 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
 
 import math
 import os
+import re
 import time
 from typing import Callable, Dict, Optional
 
@@ -127,6 +128,35 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
             file=self._stream, flush=True)
 
 
+_LOSS_SCALE_KEY = 'optimizer/loss_scale/current_loss_scale/.ATTRIBUTES/VARIABLE_VALUE'
+
+
+def _restore(items: dict, prefix: str, progress_stream) -> None:
+  """Restores `prefix` into the checkpoint `items`, every object of the program matched,
+  with one exception: a run resumed in mixed_float16 from a checkpoint written in
+  another precision has no loss scale to restore (the LossScaleOptimizer tracks it
+  through the optimizer it wraps, so checkpoints of every precision otherwise share one
+  layout). Then the two loss-scale variables may stay unmatched, and the scale starts
+  at its initial value."""
+  status = tf.train.Checkpoint(**items).restore(prefix)
+  optimizer = items['optimizer']
+  scaled = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+  if not scaled or _LOSS_SCALE_KEY in dict(tf.train.list_variables(prefix)):
+    status.assert_existing_objects_matched()
+    return
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    # tf.train's message: 'Found N Python objects that were not bound ...: [<vars>]'.
+    found = re.search(r'Found (\d+) Python objects', str(e))
+    loss_scale = ('current_loss_scale', 'good_steps')
+    if not found or int(found.group(1)) > len(loss_scale) or not all(
+        name in str(e) for name in loss_scale[:int(found.group(1))]):
+      raise
+  progress_lib.say(progress_stream, f'{prefix} was written without float16 loss '
+                   f'scaling: the loss scale starts at its initial value')
+
+
 def fit_resumable(model: tf_keras.Model,
                   make_dataset: Callable[[int], object],
                   model_dir: str,
@@ -148,17 +178,12 @@ def fit_resumable(model: tf_keras.Model,
   progress_stream = progress_lib.resolve_stream(progress_stream)
   out_dir = worker_dir(model_dir, strategy)
   chief = is_chief(strategy)
-  # The optimizer without its loss-scale wrapper (mixed_float16): checkpoints have the
-  # same layout in every precision, so a run resumes (and `evaluate` reads its step) on
-  # other hardware. A resumed float16 run starts its dynamic loss scale afresh: the
-  # first steps after a resume may be skipped while it settles.
-  items = dict(model=model, optimizer=optim.base_optimizer(model.optimizer),
-               **(extra_checkpoint_items or {}))
+  items = dict(model=model, optimizer=model.optimizer, **(extra_checkpoint_items or {}))
   checkpoint = tf.train.Checkpoint(**items)
   manager = tf.train.CheckpointManager(
       checkpoint, os.path.join(out_dir, CHECKPOINT_SUBDIR), max_to_keep=keep_checkpoints)
   if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    _restore(items, manager.latest_checkpoint, progress_stream)
     if chief:
       progress_lib.say(progress_stream, f'Resuming from {manager.latest_checkpoint}')
   start_step = int(model.optimizer.iterations.numpy())

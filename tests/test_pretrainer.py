@@ -3,6 +3,8 @@
 Multi-replica behaviour (gradients equal to one device) is in test_distribute.py.
 """
 
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -226,8 +228,8 @@ def test_overflowing_step_is_skipped_not_a_nan_failure(tmp_path):
                                   strategy=tf.distribute.get_strategy(),
                                   checkpoint_every=2, log_every=1, progress_stream=None)
   assert np.isfinite(logs['loss']) and logs['loss_scale'] < 2.0 ** 39
-  # Checkpoints hold the optimizer without its loss-scale wrapper: the same layout as a
-  # float32 or bfloat16 run, so a run resumes on other hardware.
+  # The step is where every precision stores it, and a float16 checkpoint restores into
+  # a float32 model (its loss scale is left unread).
   reader = tf.train.load_checkpoint(str(tmp_path / 'checkpoints'))
   assert reader.get_tensor('optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE') == 4
   float32_model = _model(tf_keras.optimizers.legacy.SGD(0.5))
@@ -235,3 +237,31 @@ def test_overflowing_step_is_skipped_not_a_nan_failure(tmp_path):
       tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
   ).assert_existing_objects_matched()
   assert int(float32_model.optimizer.iterations.numpy()) == 4
+
+
+def test_float32_run_resumes_in_mixed_float16(tmp_path, capsys):
+  """A run started where 'auto' picks float32 or bfloat16, resumed on a float16 GPU: the
+  checkpoint has no loss scale; everything else restores, the scale starts afresh."""
+  from cvrl_tf import train_loop  # pylint: disable=g-import-not-at-top
+  ds = lambda step: tf.data.Dataset.from_tensors({'clips': _batch(9)}).repeat()
+  run = lambda model, steps: train_loop.fit_resumable(
+      model, ds, str(tmp_path), total_steps=steps, strategy=tf.distribute.get_strategy(),
+      checkpoint_every=2, log_every=1, progress_stream=sys.stderr)
+  first = _model(tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9))
+  run(first, 2)
+  with precision.dtype_policy('mixed_float16'):
+    resumed = _model(tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9))
+  assert isinstance(resumed.optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+  logs = run(resumed, 3)
+  err = capsys.readouterr().err
+  assert 'without float16 loss scaling' in err and 'Resuming from' in err
+  assert int(resumed.optimizer.iterations.numpy()) == 3 and np.isfinite(logs['loss'])
+  # What restores into a fresh float16 model is the float32 run's state, bit for bit.
+  first_weights = first.get_weights()
+  with precision.dtype_policy('mixed_float16'):
+    fresh = _model(tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9))
+  train_loop._restore(dict(model=fresh, optimizer=fresh.optimizer),  # pylint: disable=protected-access
+                      str(tmp_path / 'checkpoints' / 'ckpt-2'), None)
+  for a, b in zip(fresh.get_weights(), first_weights):
+    np.testing.assert_array_equal(a, b)
+  assert int(fresh.optimizer.iterations.numpy()) == 2
