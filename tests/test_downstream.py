@@ -155,6 +155,26 @@ def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, ca
                         pretrain_dir=data['pretrain'], train_steps=1, **TRAIN)
 
 
+def test_evaluate_falls_back_to_auto_where_the_trained_precision_is_not_native(
+    data, linear_run, tmp_path, capfd, monkeypatch):
+  import shutil  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / 'copy')
+  shutil.copytree(linear_run[0], model_dir)
+  info_path = os.path.join(model_dir, 'classifier.json')
+  info = json.load(open(info_path))
+  info['mixed_precision'] = 'mixed_float16'  # As if trained on a V100; no CPU runs it.
+  json.dump(info, open(info_path, 'w'))
+  # The same answer on every CPU CI lands on: an AVX2-only machine's facts.
+  from cvrl_tf import hardware  # pylint: disable=g-import-not-at-top
+  facts = precision.DeviceFacts(cpu=hardware.CpuInfo('Test CPU', frozenset({'avx2'})))
+  monkeypatch.setattr(precision, 'detect_devices', lambda strategy=None: facts)
+  results = downstream.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
+  assert 'precision: float32 (auto: CPU Test CPU (AVX2)' in capfd.readouterr().err
+  assert results['top1'] == linear_run[1]['test']['top1']  # Trained in float32 really.
+  starts = json.load(open(os.path.join(model_dir, precision.RUN_INFO_FILE)))['starts']
+  assert (starts[-1]['protocol'], starts[-1]['precision']['requested']) == ('evaluate', 'auto')
+
+
 def test_multiview_averages_exactly_k_times_3_views_per_video(data):
   """A stub encoder (mean colour of each view) against a per-view NumPy recomputation."""
   stub = lambda clips: tf.reduce_mean(clips, axis=[1, 2, 3])
