@@ -29,7 +29,6 @@ knn_results.json). Re-running the same command resumes training; a finished run 
 the test, and a test already done for the same checkpoint and settings is not redone.
 """
 
-import json
 import math
 import os
 from typing import Optional, Sequence, Union
@@ -77,9 +76,8 @@ def labelled_subset(train_files: FilePatterns, label_fraction: Optional[float],
 def _write_classifier_info(model_dir: str, info: dict) -> None:
   """classifier.json; a model_dir holding a different classifier is refused."""
   path = os.path.join(model_dir, CLASSIFIER_FILE)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      stored = json.load(f)
+  stored = files_lib.read_json(path)
+  if stored is not None:
     keys = ('protocol', 'encoder_source', 'pretrain_dir', 'hub_handle', 'num_classes',
             'freeze_encoder', 'backbone_spec')
     diff = [k for k in keys
@@ -93,11 +91,11 @@ def _write_classifier_info(model_dir: str, info: dict) -> None:
 
 def read_classifier_info(model_dir: str) -> dict:
   path = os.path.join(model_dir, CLASSIFIER_FILE)
-  if not tf.io.gfile.exists(path):
+  info = files_lib.read_json(path)
+  if info is None:
     raise FileNotFoundError(f'{path} is missing: {model_dir!r} is not the model_dir of a '
                             f'linear_eval or finetune run.')
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return info
 
 
 def _resolve_num_classes(num_classes, label_map_file) -> int:

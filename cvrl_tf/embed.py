@@ -22,7 +22,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import io
-import json
 import os
 import sys
 from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple
@@ -97,11 +96,7 @@ def load_encoder(hub_model: str):
 
 
 def read_metadata(path: str) -> Optional[dict]:
-  metadata_path = os.path.join(path, *METADATA_PATH)
-  if not tf.io.gfile.exists(metadata_path):
-    return None
-  with tf.io.gfile.GFile(metadata_path) as f:
-    return json.load(f)
+  return files_lib.read_json(os.path.join(path, *METADATA_PATH))
 
 
 def embed_batch(layer, clips: np.ndarray) -> np.ndarray:

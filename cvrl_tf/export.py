@@ -33,6 +33,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import config
+from cvrl_tf import files as files_lib
 from cvrl_tf import precision
 from cvrl_tf import tool_flags
 from cvrl_tf import train_loop
@@ -90,11 +91,7 @@ def build_metadata(spec: Optional[Dict[str, Any]] = None,
 
 def read_metadata(export_dir: str) -> Optional[Dict[str, Any]]:
   """The export's metadata, or None for SavedModels from elsewhere."""
-  path = os.path.join(export_dir, 'assets', METADATA_FILE)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return files_lib.read_json(os.path.join(export_dir, 'assets', METADATA_FILE))
 
 
 _CARD = """# CVRL video encoder: {architecture}, width x{width}

@@ -1,4 +1,4 @@
-"""Writing result files: atomically, and JSON through one normaliser.
+"""Writing result files: atomically, and JSON through one normaliser; reading JSON back.
 
 Local paths are written with `os` and never import TensorFlow, so the converter's and the
 synthesizer's modules (and their spawned workers) stay free of it; any other path
@@ -77,3 +77,17 @@ def write_json(path: str, obj) -> str:
   """Atomic, sorted, indented JSON (`jsonable` for what json cannot hold); the path."""
   return atomic_write(
       path, json.dumps(obj, indent=2, sort_keys=True, default=jsonable) + '\n')
+
+
+def read_json(path: str):
+  """The JSON object stored at `path`, or None when there is no such file."""
+  if _is_local(path):
+    if not os.path.exists(path):
+      return None
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)

@@ -30,7 +30,6 @@ skipped step never shows as a NaN loss.
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 from typing import Optional, Tuple
 
@@ -203,10 +202,7 @@ def record(model_dir: str, choice: PrecisionChoice, protocol: str,
   facts = facts or detect_devices()
   resumes = tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
   path = os.path.join(model_dir, RUN_INFO_FILE)
-  starts = []
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      starts = json.load(f).get('starts', [])
+  starts = (files_lib.read_json(path) or {}).get('starts', [])
   starts.append({
       'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'protocol': protocol, 'resumes_from': resumes,

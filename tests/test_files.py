@@ -58,6 +58,15 @@ def test_atomic_write_through_gfile_for_non_local_paths():
   with tf.io.gfile.GFile(path) as f:
     assert f.read() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 3\n}\n'
   assert tf.io.gfile.listdir('ram://cvrl_files_test') == ['a.json']
+  assert files.read_json(path) == {'a': [1, 2], 'b': 3}
+  assert files.read_json('ram://cvrl_files_test/missing.json') is None
+
+
+def test_read_json_reads_back_what_write_json_wrote(tmp_path):
+  path = str(tmp_path / 'x.json')
+  assert files.read_json(path) is None
+  files.write_json(path, {'t': (1, 2), 'f': np.float32(0.25)})
+  assert files.read_json(path) == {'t': [1, 2], 'f': 0.25}
 
 
 def test_write_json_and_normalized_agree():

@@ -11,7 +11,6 @@ so an encoder can be rebuilt and restored without the pretraining gin config, an
 mismatch between the architecture asked for and the one stored is reported, not silent.
 """
 
-import json
 import os
 from typing import Any, Dict, Optional
 
@@ -67,13 +66,13 @@ def latest_backbone(model_dir: str) -> Optional[str]:
 
 
 def read_spec(model_dir: str) -> Dict[str, Any]:
-  path = os.path.join(model_dir, BACKBONE_SUBDIR, SPEC_FILE)
-  if not tf.io.gfile.exists(path):
+  spec = _read_json(model_dir, SPEC_FILE)
+  if spec is None:
     raise FileNotFoundError(
-        f'no backbone found in {model_dir!r}: {path} is missing. Point to the model_dir of '
-        f'a finished pretraining run (it writes {BACKBONE_SUBDIR}/ at the end).')
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+        f'no backbone found in {model_dir!r}: '
+        f'{os.path.join(model_dir, BACKBONE_SUBDIR, SPEC_FILE)} is missing. Point to the '
+        f'model_dir of a finished pretraining run (it writes {BACKBONE_SUBDIR}/ at the end).')
+  return spec
 
 
 def load_backbone(model_dir: str, **overrides) -> tf_keras.Model:
@@ -109,11 +108,7 @@ def save_run_specs(model_dir: str, head_spec: Optional[Dict[str, Any]],
 
 
 def _read_json(model_dir: str, name: str) -> Optional[Dict[str, Any]]:
-  path = os.path.join(model_dir, BACKBONE_SUBDIR, name)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return files_lib.read_json(os.path.join(model_dir, BACKBONE_SUBDIR, name))
 
 
 def read_head_spec(model_dir: str) -> Optional[Dict[str, Any]]:
