@@ -86,10 +86,7 @@ def main(argv=None) -> int:
       except (tf.errors.OpError, ValueError) as e:
         rows.append([step, policy, 'FAILED: ' + str(e).splitlines()[0][:60]] + ['-'] * 5)
         continue
-      if step == 'pretrain':
-        _, train_flops = bench_train_step.model_flops(model, clip_shape)
-      else:
-        train_flops = 3 * r3d_forward_flops(model.encoder, clip_shape)
+      _, train_flops = bench_train_step.model_flops(model, clip_shape)
       gflops = train_flops * clips / np.median(walls) / 1e9
       rows.append([step, policy, clips] + common.rate_cells(clips, walls, cpus) +
                   [f'{gflops:.1f}'])
@@ -100,15 +97,6 @@ def main(argv=None) -> int:
   common.print_table(['step', 'policy', 'clips', 's/step', 'CPU-s', 'clips/s',
                       'clips/CPU-s', 'GFLOP/s'], rows)
   return 0
-
-
-def r3d_forward_flops(encoder, clip_shape) -> float:
-  """Forward FLOPs per clip of the encoder less a third of its stem (no input gradient
-  there), so that 3x this is the train step's encoder FLOPs."""
-  from cvrl_tf.models import flops  # pylint: disable=g-import-not-at-top
-  rows = flops.flops_table(encoder, clip_shape)
-  stem = bench_train_step.first_conv(encoder).name
-  return sum(r.flops for r in rows) - sum(r.flops for r in rows if r.layer == stem) / 3
 
 
 if __name__ == '__main__':

@@ -145,7 +145,7 @@ def add_model_flags(parser) -> None:
 
 
 def model_flops(model, clip_shape):
-  """(forward, train step) FLOPs per clip of encoder + projection head.
+  """(forward, train step) FLOPs per clip of encoder + projection head (if it has one).
 
   Train step: 3 x forward (forward, input gradient, kernel gradient of every layer) less
   the input gradient of the layer that reads the clips, which is never computed.
@@ -153,8 +153,9 @@ def model_flops(model, clip_shape):
   rows = flops.flops_table(model.encoder, clip_shape)
   first = first_conv(model.encoder).name
   dim = model.encoder.output_shape[-1]
-  head_flops = flops.count_flops(
-      tf_keras.Sequential([tf_keras.Input((dim,)), model.projection_head]), (dim,))
+  head = getattr(model, 'projection_head', None)  # A classifier's Dense head: ~0.
+  head_flops = 0 if head is None else flops.count_flops(
+      tf_keras.Sequential([tf_keras.Input((dim,)), head]), (dim,))
   forward = sum(r.flops for r in rows) + head_flops
   return forward, 3 * forward - sum(r.flops for r in rows if r.layer == first)
 

@@ -35,6 +35,12 @@ class StrategyError(RuntimeError):
   """The requested strategy cannot be built here; the message says why and what to do."""
 
 
+def is_tpu(strategy: tf.distribute.Strategy) -> bool:
+  """Whether `strategy` runs on TPU cores (its steps are XLA-compiled anyway)."""
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
+
+
 def configure_cpu_devices(num_devices: int) -> list:
   """Splits the physical CPU into `num_devices` logical devices; returns their names."""
   if num_devices < 1:

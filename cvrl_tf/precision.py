@@ -36,6 +36,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import distribute
 from cvrl_tf import files as files_lib
 from cvrl_tf import hardware
 from cvrl_tf.data import progress as progress_lib
@@ -162,8 +163,7 @@ def choose(requested: Optional[str], facts: DeviceFacts) -> PrecisionChoice:
 def detect_devices(strategy: Optional[tf.distribute.Strategy] = None) -> DeviceFacts:
   """The facts of this process's devices (the strategy's, when it has TPUs)."""
   strategy = strategy or tf.distribute.get_strategy()
-  tpu = (isinstance(strategy, (tf.distribute.TPUStrategy,
-                               tf.distribute.experimental.TPUStrategy)) or
+  tpu = (distribute.is_tpu(strategy) or
          bool(tf.config.list_logical_devices('TPU')))
   gpus = []
   for gpu in tf.config.list_physical_devices('GPU'):

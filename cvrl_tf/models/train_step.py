@@ -36,6 +36,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import distribute
 from cvrl_tf import losses
 from cvrl_tf import optim
 from cvrl_tf.data import batch
@@ -88,8 +89,7 @@ class TrainStepModel(tf_keras.Model):
     """tf_keras compile; refuses XLA where tf_keras cannot compile a replicated step."""
     strategy = self.distribute_strategy
     if (jit_compile and strategy.num_replicas_in_sync > 1 and
-        not isinstance(strategy, (tf.distribute.TPUStrategy,
-                                  tf.distribute.experimental.TPUStrategy))):
+        not distribute.is_tpu(strategy)):
       # Checked in TF 2.20 on CPU: with several devices per process the compiled step
       # reads other devices' variables (the optimizer's cross-replica update), and
       # collectives (all-gather, all-reduce) have no XLA kernel. TPU steps are XLA anyway.
