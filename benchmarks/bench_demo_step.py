@@ -33,13 +33,13 @@ import tensorflow as tf
 
 import bench_train_step
 import common
-from cvrl_tf import config
-from cvrl_tf import optim
-from cvrl_tf import precision
 from cvrl_tf.models import classifier
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer
 from cvrl_tf.models import r3d
+from cvrl_tf.cli import gin_files
+from cvrl_tf.runtime import optim
+from cvrl_tf.runtime import precision
 
 STEPS = ('pretrain', 'supervised')
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.quick:
     args.batch, args.reps, args.warmup = 4, 2, 1
-  config.register_configurables()
+  gin_files.register_configurables()
   gin.parse_config_file(os.path.join(REPO, 'gin', 'demo', 'encoder.gin'))
   clip_shape = (8, 32, 32, 3)
   rng = np.random.RandomState(0)

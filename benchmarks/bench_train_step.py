@@ -45,11 +45,11 @@ import tensorflow as tf
 import tf_keras
 
 import common
-from cvrl_tf import optim
 from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer
 from cvrl_tf.models import r3d
+from cvrl_tf.runtime import optim
 
 POLICIES = {'float32': 'float32', 'bfloat16': 'mixed_bfloat16'}
 QUICK_XLA_FLAG = '--xla_backend_optimization_level=0'

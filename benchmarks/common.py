@@ -38,7 +38,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def machine_line(precision: str) -> str:
   """The line every table starts with: CPU model and ISA class (AVX2 / AVX-512 /
   AVX512-BF16 / AMX), cores, TensorFlow's oneDNN state, and the precision used."""
-  from cvrl_tf import precision as precision_lib  # pylint: disable=import-outside-toplevel
+  from cvrl_tf.runtime import precision as precision_lib  # pylint: disable=import-outside-toplevel
   facts = precision_lib.detect_devices()
   return (f'machine: {facts.describe()}, {os.cpu_count()} cores, load average '
           f'{load_average():.2f}; precision: {precision}')

@@ -12,12 +12,21 @@ Reading order, one pretraining step from a TFRecord to the weight update:
   models/train_step.py  what every train step shares: weight decay, the replica
                         scaling of the gradients, metrics, XLA guard
   losses.py             InfoNCE over the global batch, with its derivation
-Around them: experiments.py (`pretrain`), downstream.py (the evaluation protocols),
-train_loop.py (checkpoints, resume, NaN guard), precision.py (the precision for the
-hardware), config.py (gin: the only module that reads bindings), export.py / embed.py.
+The layout, by role:
+  data/       TFRecords in and out: conversion, parsing, sampling, decoding, augmentation
+  models/     Keras models: encoder, heads, the pretrainer and classifier train steps
+  losses.py   the contrastive loss
+  protocols/  what cvrl_train runs: pretrain.py, classify.py (linear eval, fine-tune,
+              semi-supervised, evaluate), knn.py; multiview.py, feature_cache.py and
+              evaluation.py (metrics) serve them
+  runtime/    what runs any protocol: train_loop (checkpoints, resume, NaN guard), optim,
+              distribute, precision (+ hardware), config (gin's read side)
+  serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py
+  cli/        every console script's flags and main; gin is parsed only here
+  demo/       `make demo`
 """
 
-from cvrl_tf import hardware
+from cvrl_tf.runtime import hardware
 
 __version__ = '0.1.0'
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cvrl_tf import precision
+from cvrl_tf.runtime import precision
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ def _store(results, tag, fitted):
 
 
 def run_mirrored(out: str) -> None:
-  from cvrl_tf import distribute  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import distribute  # pylint: disable=g-import-not-at-top
   strategy = distribute.get_strategy('mirrored', num_cpu_devices=2)  # First TF call.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
@@ -130,7 +130,7 @@ def run_multi_worker(out: str, index: int, ports, steps: int) -> None:
   os.environ['TF_CONFIG'] = json.dumps({
       'cluster': {'worker': [f'127.0.0.1:{p}' for p in ports]},
       'task': {'type': 'worker', 'index': index}})
-  from cvrl_tf import distribute  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import distribute  # pylint: disable=g-import-not-at-top
   strategy = distribute.get_strategy('multi_worker')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with strategy.scope():
@@ -153,7 +153,7 @@ def run_multi_worker(out: str, index: int, ports, steps: int) -> None:
 
 
 def multi_worker_optimizer(steps: int):
-  from cvrl_tf import optim  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import optim  # pylint: disable=g-import-not-at-top
   return optim.build_optimizer(total_steps=steps + 1, warmup_steps=1,
                                base_learning_rate=0.5, name='sgd')
 

@@ -176,7 +176,7 @@ def test_gather_quick(runs):
 
 
 def test_every_benchmark_names_the_machine_and_precision(runs):
-  from cvrl_tf import hardware  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import hardware  # pylint: disable=g-import-not-at-top
   cpu = re.escape(hardware.read_cpu().describe())
   for name in run_all.BENCHMARKS:
     out = runs[name].output()

@@ -147,7 +147,7 @@ def test_loss_scaled_classifier_step_equals_the_unscaled_step():
 
 
 def test_mixed_float16_classifier_step_tracks_float32():
-  from cvrl_tf import precision  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import precision  # pylint: disable=g-import-not-at-top
   batch = next(iter(_data()))
   results = []
   for policy in ('float32', 'mixed_float16'):

@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from cvrl_tf.cli import convert as convert_cli
 from cvrl_tf.data import convert
 from cvrl_tf.data import records
 from cvrl_tf.data import sources
@@ -203,7 +204,7 @@ def _main(*args):
   subprocess would pay the TensorFlow import again)."""
   try:
     flags.FLAGS(['cvrl_convert', *args])
-    return convert.main(['cvrl_convert'])
+    return convert_cli.main(['cvrl_convert'])
   finally:
     flags.FLAGS.unparse_flags()
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import demo
-from cvrl_tf import demo_report
+from cvrl_tf.demo import report as demo_report
+from cvrl_tf.demo import run as demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'

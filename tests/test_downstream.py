@@ -15,13 +15,14 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import downstream
-from cvrl_tf import export
-from cvrl_tf import multiview
-from cvrl_tf import precision
 from cvrl_tf.data import records
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
+from cvrl_tf.protocols import classify
+from cvrl_tf.protocols import knn
+from cvrl_tf.protocols import multiview
+from cvrl_tf.runtime import precision
+from cvrl_tf.serving import export
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 H, W, FRAMES, CLASSES = 40, 48, 8, ('red', 'green', 'blue')
@@ -100,7 +101,7 @@ def linear_run(data, tmp_path_factory):
   gin.clear_config()
   gin.parse_config(GIN)
   model_dir = str(tmp_path_factory.mktemp('linear'))
-  out = downstream.linear_eval(model_dir, train_files=data['train'],
+  out = classify.linear_eval(model_dir, train_files=data['train'],
                                test_files=data['test'], num_classes=3,
                                pretrain_dir=data['pretrain'], train_steps=60,
                                learning_rate=32.0, **TRAIN)
@@ -137,7 +138,7 @@ def test_linear_eval_learns_with_a_bit_identical_frozen_encoder(data, linear_run
 
 def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, capfd):
   model_dir, out = linear_run
-  again = downstream.linear_eval(model_dir, train_files=data['train'],
+  again = classify.linear_eval(model_dir, train_files=data['train'],
                                  test_files=data['test'], num_classes=3,
                                  pretrain_dir=data['pretrain'], train_steps=60,
                                  learning_rate=32.0, **TRAIN)
@@ -146,12 +147,12 @@ def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, ca
   before = open(os.path.join(model_dir, 'eval_predictions.csv')).read()
   os.remove(os.path.join(model_dir, 'eval_predictions.csv'))
   # evaluate rebuilds the classifier from classifier.json and the latest checkpoint.
-  results = downstream.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
+  results = classify.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
   assert results['top1'] == out['test']['top1'] and results['checkpoint_step'] == 60
   assert open(os.path.join(model_dir, 'eval_predictions.csv')).read() == before
   assert '9/9 videos' in capfd.readouterr().err  # Progress of the evaluation loop.
   with pytest.raises(ValueError, match='different classifier'):
-    downstream.finetune(model_dir, train_files=data['train'], num_classes=3,
+    classify.finetune(model_dir, train_files=data['train'], num_classes=3,
                         pretrain_dir=data['pretrain'], train_steps=1, **TRAIN)
 
 
@@ -165,10 +166,10 @@ def test_evaluate_falls_back_to_auto_where_the_trained_precision_is_not_native(
   info['mixed_precision'] = 'mixed_float16'  # As if trained on a V100; no CPU runs it.
   json.dump(info, open(info_path, 'w'))
   # The same answer on every CPU CI lands on: an AVX2-only machine's facts.
-  from cvrl_tf import hardware  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import hardware  # pylint: disable=g-import-not-at-top
   facts = precision.DeviceFacts(cpu=hardware.CpuInfo('Test CPU', frozenset({'avx2'})))
   monkeypatch.setattr(precision, 'detect_devices', lambda strategy=None: facts)
-  results = downstream.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
+  results = classify.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
   assert 'precision: float32 (auto: CPU Test CPU (AVX2)' in capfd.readouterr().err
   assert results['top1'] == linear_run[1]['test']['top1']  # Trained in float32 really.
   starts = json.load(open(os.path.join(model_dir, precision.RUN_INFO_FILE)))['starts']
@@ -193,7 +194,7 @@ def test_multiview_averages_exactly_k_times_3_views_per_video(data):
 
 
 def test_finetune_semi_supervised_subset_and_changed_encoder(data, tmp_path):
-  out = downstream.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
+  out = classify.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
                             pretrain_dir=data['pretrain'], train_steps=3,
                             label_fraction=0.25, learning_rate=0.05, **TRAIN)
   assert out['test'] is None
@@ -227,23 +228,23 @@ def test_cached_linear_eval_reuses_its_cache(data, tmp_path, capfd, deterministi
   common = dict(train_files=data['train'], num_classes=3, pretrain_dir=data['pretrain'],
                 train_steps=60, learning_rate=32.0, cache_features=True, cache_passes=2,
                 cache_dir=cache, **TRAIN)
-  downstream.linear_eval(str(tmp_path / 'a'), **common)
+  classify.linear_eval(str(tmp_path / 'a'), **common)
   err = capfd.readouterr().err
   assert 'feature cache: pass 2/2, 24 clips' in err
   assert os.path.getsize(os.path.join(cache, 'pass-00001.features')) == 24 * 128 * 4
-  out = downstream.linear_eval(str(tmp_path / 'b'), **common)
+  out = classify.linear_eval(str(tmp_path / 'b'), **common)
   assert 'feature cache: pass' not in capfd.readouterr().err  # Reused.
   assert out['train']['accuracy'] >= 0.9  # Over the last 10 steps.
   with pytest.raises(ValueError, match='other settings'):
     gin.bind_parameter('build_classification_dataset.crop_size', 24)
-    downstream.linear_eval(str(tmp_path / 'c'), **common)
+    classify.linear_eval(str(tmp_path / 'c'), **common)
 
 
 def test_knn_eval_on_an_exported_hub_encoder(data, tmp_path):
   encoder = backbone_io.load_backbone(data['pretrain'])
   hub_dir = export.export_encoder(encoder, str(tmp_path / 'hub'), verify=False)
   gin.parse_config('knn_memory/build_eval_dataset.num_clips = 1')
-  out = downstream.knn_eval(str(tmp_path / 'knn'), train_files=data['train'],
+  out = knn.knn_eval(str(tmp_path / 'knn'), train_files=data['train'],
                             test_files=data['test'], encoder_source='hub',
                             hub_handle=hub_dir, ks=(1, 5), eval_batch_size=12)
   assert out['results']['1']['top1'] >= 0.85 and out['num_memory_videos'] == 24
@@ -259,28 +260,28 @@ def test_knn_eval_on_an_exported_hub_encoder(data, tmp_path):
 def test_encoder_source_errors_name_the_problem(data, tmp_path):
   common = dict(train_files=data['train'], num_classes=3, train_steps=1)
   with pytest.raises(FileNotFoundError, match='no backbone found'):
-    downstream.linear_eval(str(tmp_path / 'a'), pretrain_dir=str(tmp_path / 'nope'),
+    classify.linear_eval(str(tmp_path / 'a'), pretrain_dir=str(tmp_path / 'nope'),
                            **common)
   unfinished = tmp_path / 'unfinished' / 'backbone'
   unfinished.mkdir(parents=True)
   (unfinished / 'backbone.json').write_text(json.dumps({'name': 'r3d18'}))
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    downstream.linear_eval(str(tmp_path / 'u'), pretrain_dir=str(unfinished.parent),
+    classify.linear_eval(str(tmp_path / 'u'), pretrain_dir=str(unfinished.parent),
                            **common)
   with pytest.raises(ValueError, match='needs pretrain_dir'):
-    downstream.linear_eval(str(tmp_path / 'b'), **common)
+    classify.linear_eval(str(tmp_path / 'b'), **common)
   with pytest.raises(ValueError, match="name: bound 'r3d50' but stored 'r3d18'"):
     gin.bind_parameter('build_backbone.name', 'r3d50')
-    downstream.linear_eval(str(tmp_path / 'c'), pretrain_dir=data['pretrain'], **common)
+    classify.linear_eval(str(tmp_path / 'c'), pretrain_dir=data['pretrain'], **common)
   with pytest.raises(FileNotFoundError, match='not a SavedModel'):
-    downstream.knn_eval(str(tmp_path / 'd'), train_files=data['train'],
+    knn.knn_eval(str(tmp_path / 'd'), train_files=data['train'],
                         test_files=data['test'], encoder_source='hub',
                         hub_handle=str(tmp_path))
   with pytest.raises(ValueError, match='encoder_source must be one of'):
-    downstream.knn_eval(str(tmp_path / 'e'), train_files=data['train'],
+    knn.knn_eval(str(tmp_path / 'e'), train_files=data['train'],
                         test_files=data['test'], encoder_source='imagenet')
   with pytest.raises(FileNotFoundError, match='not the model_dir of a linear_eval'):
-    downstream.evaluate(str(tmp_path), test_files=data['test'])
+    classify.evaluate(str(tmp_path), test_files=data['test'])
 
 
 @pytest.mark.parametrize('path, protocol, expected', [
@@ -298,8 +299,8 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
                                              dropout_rate=0.0, num_classes=8)),
 ])
 def test_protocol_gin_files(path, protocol, expected):
-  from cvrl_tf import config  # pylint: disable=g-import-not-at-top
-  config.parse([os.path.join(GIN_DIR, path)], [])
+  from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
+  gin_files.parse([os.path.join(GIN_DIR, path)], [])
   assert gin.query_parameter('run.experiment').selector == protocol
   for key, value in expected.items():
     assert gin.query_parameter(f'{protocol}.{key}') == value, key
@@ -316,7 +317,7 @@ def test_linear_eval_with_deferred_resize_learns(data, tmp_path, cache_features)
   gin.bind_parameter('build_classification_dataset.defer', 'resize')
   gin.bind_parameter('build_classification_dataset.canvas', None)
   gin.bind_parameter('build_classification_dataset.deterministic', True)
-  out = downstream.linear_eval(str(tmp_path), train_files=data['train'],
+  out = classify.linear_eval(str(tmp_path), train_files=data['train'],
                                test_files=data['test'], num_classes=3,
                                pretrain_dir=data['pretrain'], train_steps=60,
                                learning_rate=32.0, cache_features=cache_features,
@@ -328,7 +329,7 @@ def test_linear_eval_with_deferred_resize_learns(data, tmp_path, cache_features)
 def test_finetune_with_deferred_resize_runs(data, tmp_path):
   gin.bind_parameter('build_classification_dataset.defer', 'resize')
   gin.bind_parameter('build_classification_dataset.canvas', None)
-  out = downstream.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
+  out = classify.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
                             pretrain_dir=data['pretrain'], train_steps=3,
                             learning_rate=0.05, **TRAIN)
   assert np.isfinite(out['train']['loss'])

@@ -12,9 +12,10 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
-from cvrl_tf import embed
-from cvrl_tf import export
+from cvrl_tf.cli import embed as embed_cli
 from cvrl_tf.data import video_io
+from cvrl_tf.serving import embed
+from cvrl_tf.serving import export
 
 # Frame i of a "coded" video is flat grey 10 + 9 i: a clip's frame means tell its indices.
 CODE_BASE, CODE_STEP = 10, 9
@@ -66,7 +67,7 @@ def setup(tmp_path_factory):
 def _run_main(args):
   with flagsaver.flagsaver():
     flags.FLAGS(['cvrl_embed'] + args)
-    return embed.main([])
+    return embed_cli.main([])
 
 
 def _reference_embedding(encoder, path, num_clips, num_frames, stride, size):
@@ -170,8 +171,8 @@ def test_embed_batch_accepts_dict_outputs(setup):
 
 
 def test_own_flag_defaults_when_another_module_owns_the_name():
-  from cvrl_tf.data import synthetic  # pylint: disable=g-import-not-at-top,unused-import
+  from cvrl_tf.cli import synth  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   with flagsaver.flagsaver():
     flags.FLAGS(['cvrl_embed'])  # synthetic's --fps defaults to 25 when it owns the flag
-    assert embed._flag_values().fps == 0.0
-    assert embed._flag_values().num_clips == 10
+    assert embed_cli._flag_values().fps == 0.0
+    assert embed_cli._flag_values().num_clips == 10

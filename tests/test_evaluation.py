@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf import evaluation
 from cvrl_tf import files
+from cvrl_tf.protocols import evaluation
 
 
 # ------------------------------------------------------------------------- aggregation

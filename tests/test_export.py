@@ -14,10 +14,11 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
-from cvrl_tf import export
-from cvrl_tf import precision
+from cvrl_tf.cli import export as export_cli
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
+from cvrl_tf.runtime import precision
+from cvrl_tf.serving import export
 
 TINY = dict(name='r3d18', width_multiplier=0.25)
 GIN = """# Parameters for build_pretrain_dataset:
@@ -280,12 +281,12 @@ def test_main_reports_errors_with_exit_code(run, tmp_path, capsys):
   with flagsaver.flagsaver():
     flags.FLAGS(['cvrl_export', f'--model_dir={run["model_dir"]}',
                  f'--export_dir={run["export_dir"]}'])
-    assert export.main([]) == 1
+    assert export_cli.main([]) == 1
   assert 'already exists' in capsys.readouterr().err
   with flagsaver.flagsaver():
     flags.FLAGS(['cvrl_export', f'--model_dir={tmp_path}/missing',
                  f'--export_dir={tmp_path}/x'])
-    assert export.main([]) == 1
+    assert export_cli.main([]) == 1
   assert 'does not exist' in capsys.readouterr().err
 
 

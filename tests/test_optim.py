@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import optim
+from cvrl_tf.runtime import optim
 
 
 def _lr_at(optimizer, step):

@@ -7,8 +7,8 @@ import json
 import pytest
 import tf_keras
 
-from cvrl_tf import hardware
-from cvrl_tf import precision
+from cvrl_tf.runtime import hardware
+from cvrl_tf.runtime import precision
 
 AVX2 = frozenset('fpu sse4_2 avx fma avx2'.split())
 AVX512 = AVX2 | {'avx512f', 'avx512bw', 'avx512_vnni'}

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import optim
-from cvrl_tf import precision
+from cvrl_tf.runtime import optim
+from cvrl_tf.runtime import precision
 import strategy_worker  # tests/ is on sys.path under pytest  # pylint: disable=g-bad-import-order
 
 B = 4  # videos per batch
@@ -212,7 +212,7 @@ def test_mixed_float16_compile_wraps_a_dynamic_loss_scale():
 def test_overflowing_step_is_skipped_not_a_nan_failure(tmp_path):
   """Gradients that overflow float16 skip the update and halve the scale; the loss (in
   float32) stays finite, so the train loop's NaN guard does not stop the run."""
-  from cvrl_tf import train_loop  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import train_loop  # pylint: disable=g-import-not-at-top
   with precision.dtype_policy('mixed_float16'):
     model = _model(tf_keras.mixed_precision.LossScaleOptimizer(
         tf_keras.optimizers.legacy.SGD(0.5), initial_scale=2.0 ** 40))
@@ -242,7 +242,7 @@ def test_overflowing_step_is_skipped_not_a_nan_failure(tmp_path):
 def test_float32_run_resumes_in_mixed_float16(tmp_path, capsys):
   """A run started where 'auto' picks float32 or bfloat16, resumed on a float16 GPU: the
   checkpoint has no loss scale; everything else restores, the scale starts afresh."""
-  from cvrl_tf import train_loop  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import train_loop  # pylint: disable=g-import-not-at-top
   ds = lambda step: tf.data.Dataset.from_tensors({'clips': _batch(9)}).repeat()
   run = lambda model, steps: train_loop.fit_resumable(
       model, ds, str(tmp_path), total_steps=steps, strategy=tf.distribute.get_strategy(),

@@ -66,9 +66,9 @@ def _write_records(root):
 def run_worker(out_path: str) -> None:
   """Mirrored over 2 logical CPUs: cache checks, then pretrain -> linear eval -> k-NN."""
   import gin  # pylint: disable=g-import-not-at-top
-  from cvrl_tf import config  # pylint: disable=g-import-not-at-top
-  from cvrl_tf import distribute  # pylint: disable=g-import-not-at-top
-  config.register_configurables()
+  from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import distribute  # pylint: disable=g-import-not-at-top
+  gin_files.register_configurables()
   gin.parse_config(TINY)
   built = []
   make_mirrored = distribute._mirrored  # pylint: disable=protected-access
@@ -81,8 +81,9 @@ def run_worker(out_path: str) -> None:
   result = {}
   strategy = distribute.get_strategy()  # From gin; the first TensorFlow work.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from cvrl_tf import downstream  # pylint: disable=g-import-not-at-top
-  from cvrl_tf import experiments  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.protocols import classify  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.protocols import knn  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.protocols import pretrain as pretrain_protocol  # pylint: disable=g-import-not-at-top
   result['replicas'] = strategy.num_replicas_in_sync
   result['same_explicit'] = distribute.get_strategy('mirrored', num_cpu_devices=2) is strategy
   result['same_gin'] = distribute.get_strategy() is strategy
@@ -100,18 +101,18 @@ def run_worker(out_path: str) -> None:
   root = os.path.dirname(os.path.abspath(out_path))
   train, test = _write_records(root)
   pretrain_dir = os.path.join(root, 'pretrain')
-  result['pretrain'] = experiments.pretrain(pretrain_dir, train_files=train,
+  result['pretrain'] = pretrain_protocol.pretrain(pretrain_dir, train_files=train,
                                             progress_stream=None, **STEPS)
-  linear = downstream.linear_eval(os.path.join(root, 'linear'), train_files=train,
+  linear = classify.linear_eval(os.path.join(root, 'linear'), train_files=train,
                                   test_files=test, num_classes=2,
                                   pretrain_dir=pretrain_dir, eval_batch_size=4,
                                   progress_stream=None, **STEPS)
   result['linear_top1'] = linear['test']['top1']
   result['linear_videos'] = linear['test']['num_videos']
-  knn = downstream.knn_eval(os.path.join(root, 'knn'), train_files=train,
+  knn_out = knn.knn_eval(os.path.join(root, 'knn'), train_files=train,
                             test_files=test, pretrain_dir=pretrain_dir, ks=(1,),
                             eval_batch_size=4, progress_stream=None)
-  result['knn_test_videos'] = knn['num_test_videos']
+  result['knn_test_videos'] = knn_out['num_test_videos']
   result['mirrored_built'] = len(built)
   result['same_after'] = distribute.get_strategy() is strategy
   assert tf.distribute.get_strategy() is not strategy  # No scope left open.
@@ -135,7 +136,7 @@ def worker(tmp_path_factory):
 
 
 def test_same_arguments_same_strategy_in_process():
-  from cvrl_tf import distribute  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import distribute  # pylint: disable=g-import-not-at-top
   assert distribute.get_strategy('default') is distribute.get_strategy('DEFAULT')
   assert distribute.get_strategy('default').num_replicas_in_sync == 1
 

@@ -69,7 +69,7 @@ def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, sha
                                               'target_fps': None, 'crop_size': 32}
   assert io.read_head_spec(str(model_dir))['hidden_dim'] == 16
   # The precision 'auto' chose, and why, on stderr and in run_info.json.
-  from cvrl_tf import precision  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import precision  # pylint: disable=g-import-not-at-top
   want = precision.choose('auto', precision.detect_devices())
   assert f'{want.summary()}\n' in result.stderr
   import json  # pylint: disable=g-import-not-at-top

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import train_loop
+from cvrl_tf.runtime import train_loop
 
 
 def _model(lr=0.05):

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import precision
 from cvrl_tf.models import video_layers
+from cvrl_tf.runtime import precision
 
 
 def _pair(**kwargs):

@@ -7,4 +7,4 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from cvrl_tf import cli  # noqa: E402
 
 if __name__ == '__main__':
-  cli.synth()
+  cli.cvrl_synth()

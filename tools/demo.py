@@ -3,13 +3,13 @@
 
   python tools/demo.py --out=demo_out [--ablations] [--quick]
 
-Library code: cvrl_tf/demo.py (steps) and cvrl_tf/demo_report.py (table, plots).
+Library code: cvrl_tf/demo/run.py (steps) and cvrl_tf/demo/report.py (table, plots).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from cvrl_tf import demo  # noqa: E402
+from cvrl_tf.demo import run as demo  # noqa: E402
 
 if __name__ == '__main__':
   sys.exit(demo.main())

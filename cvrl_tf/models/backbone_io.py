@@ -17,9 +17,9 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import config
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import r3d
+from cvrl_tf.runtime import config
 
 BACKBONE_SUBDIR = 'backbone'
 SPEC_FILE = 'backbone.json'

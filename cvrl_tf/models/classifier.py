@@ -30,10 +30,10 @@ from typing import List, Optional
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import optim
 from cvrl_tf.data import batch
 from cvrl_tf.models import heads
 from cvrl_tf.models import train_step as train_step_lib
+from cvrl_tf.runtime import optim
 
 
 class VideoClassifier(train_step_lib.TrainStepModel):

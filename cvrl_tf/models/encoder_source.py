@@ -17,10 +17,10 @@ from typing import Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import config
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
+from cvrl_tf.runtime import config
 
 ENCODER_SOURCES = ('model_dir', 'hub', 'random')
 # build_backbone arguments that do not change the stored weights' layout.

@@ -32,10 +32,10 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import losses
-from cvrl_tf import optim
 from cvrl_tf.data import augment
 from cvrl_tf.data import batch
 from cvrl_tf.models import train_step as train_step_lib
+from cvrl_tf.runtime import optim
 
 
 @gin.configurable(denylist=['encoder', 'projection_head'])

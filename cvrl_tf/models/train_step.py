@@ -36,11 +36,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import distribute
 from cvrl_tf import losses
-from cvrl_tf import optim
 from cvrl_tf.data import batch
 from cvrl_tf.models import weight_decay as weight_decay_lib
+from cvrl_tf.runtime import distribute
+from cvrl_tf.runtime import optim
 
 Values = Dict[str, tf.Tensor]
 

@@ -25,8 +25,8 @@ from typing import Callable, Dict, Optional
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import optim
 from cvrl_tf.data import progress as progress_lib
+from cvrl_tf.runtime import optim
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 SUMMARY_SUBDIR = 'summaries'

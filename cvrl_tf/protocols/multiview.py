@@ -21,13 +21,13 @@ from typing import Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
-from cvrl_tf import config
-from cvrl_tf import evaluation
 from cvrl_tf import files as files_lib
-from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
+from cvrl_tf.protocols import evaluation
+from cvrl_tf.runtime import config
+from cvrl_tf.runtime import train_loop
 
 FilePatterns = Union[str, Sequence[str]]
 RESULTS_FILE = 'eval_results.json'

@@ -1,4 +1,4 @@
-"""Gin-configurable entry points: `run` dispatches to a protocol; `pretrain` lives here.
+"""CVRL pretraining: the `pretrain` protocol (gin-configurable, run by `cvrl_train`).
 
 Reading order for a newcomer: gin/pretrain.gin -> `pretrain` below -> data/pipeline.py
 (clips) -> data/batch.py (what the step finishes) -> models/r3d.py + heads.py (encoder,
@@ -12,11 +12,6 @@ from typing import Optional, Sequence, Union
 import gin
 import tf_keras
 
-from cvrl_tf import config
-from cvrl_tf import distribute
-from cvrl_tf import optim
-from cvrl_tf import precision
-from cvrl_tf import train_loop
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
@@ -25,14 +20,13 @@ from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer as pretrainer_lib
 from cvrl_tf.models import r3d
+from cvrl_tf.runtime import config
+from cvrl_tf.runtime import distribute
+from cvrl_tf.runtime import optim
+from cvrl_tf.runtime import precision
+from cvrl_tf.runtime import train_loop
 
 FilePatterns = Union[str, Sequence[str]]
-
-
-@gin.configurable
-def run(model_dir: str, experiment=gin.REQUIRED):
-  """Runs the protocol bound in gin, e.g. `run.experiment = @pretrain`."""
-  return experiment(model_dir=model_dir)
 
 
 def steps_for(epochs: float, num_examples: int, global_batch_size: int) -> int:

@@ -11,8 +11,10 @@ import sys
 
 from absl import app
 
-from cvrl_tf import config
-from cvrl_tf import tool_flags
+import gin
+
+from cvrl_tf.cli import tool_flags
+from cvrl_tf.cli import gin_files
 
 TOOL_FLAGS = tool_flags.ToolFlags([
     ('multi_string', 'gin_file', [], 'gin config file(s), parsed in order.'),
@@ -21,6 +23,12 @@ TOOL_FLAGS = tool_flags.ToolFlags([
     ('string', 'model_dir', None, 'where checkpoints, summaries and results go; '
      're-running with the same dir resumes.'),
 ])
+
+
+@gin.configurable
+def run(model_dir: str, experiment=gin.REQUIRED):
+  """Runs the protocol bound in gin, e.g. `run.experiment = @pretrain`."""
+  return experiment(model_dir=model_dir)
 
 
 def main(argv):
@@ -32,9 +40,8 @@ def main(argv):
   if not FLAGS.gin_file and not FLAGS.gin_bindings:
     raise app.UsageError('give at least one --gin_file (e.g. gin/pretrain.gin).')
   try:
-    config.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_path)
-  except config.ConfigError as e:
+    gin_files.parse(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_path)
+  except gin_files.ConfigError as e:
     print(f'cvrl_train: configuration error: {e}', file=sys.stderr)
     sys.exit(2)
-  from cvrl_tf import experiments  # pylint: disable=g-import-not-at-top
-  experiments.run(model_dir=FLAGS.model_dir)
+  run(model_dir=FLAGS.model_dir)

@@ -36,10 +36,10 @@ from typing import Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import distribute
 from cvrl_tf import files as files_lib
-from cvrl_tf import hardware
 from cvrl_tf.data import progress as progress_lib
+from cvrl_tf.runtime import distribute
+from cvrl_tf.runtime import hardware
 
 AUTO = 'auto'
 POLICIES = ('float32', 'mixed_bfloat16', 'mixed_float16')
@@ -198,7 +198,7 @@ def record(model_dir: str, choice: PrecisionChoice, protocol: str,
            facts: Optional[DeviceFacts] = None) -> str:
   """Appends this start (time, protocol, precision, devices, the checkpoint it resumes
   from) to run_info.json: a run resumed on other hardware lists each part."""
-  from cvrl_tf import train_loop  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.runtime import train_loop  # pylint: disable=g-import-not-at-top
   facts = facts or detect_devices()
   resumes = tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
   path = os.path.join(model_dir, RUN_INFO_FILE)

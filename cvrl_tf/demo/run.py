@@ -30,10 +30,10 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from cvrl_tf import demo_report
 from cvrl_tf import files as files_lib
+from cvrl_tf.demo import report as demo_report
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GIN_DIR = os.path.join('gin', 'demo')
 TIMINGS_FILE = 'timings.json'
 NUM_CLASSES = 8  # of the synthetic dataset (cvrl_tf/data/synthetic.py)
@@ -309,10 +309,10 @@ class Demo:
 
   def _pretrain_batch_size(self) -> int:
     """pretrain.global_batch_size of the main run: its gin file and bindings, parsed."""
-    from cvrl_tf import config  # pylint: disable=g-import-not-at-top
+    from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
     import gin  # pylint: disable=g-import-not-at-top
-    config.parse([os.path.join(REPO, self.gin_dir, 'pretrain.gin')],
-                 self.settings['pretrain'] + list(MAIN_RUN[2]))
+    gin_files.parse([os.path.join(REPO, self.gin_dir, 'pretrain.gin')],
+                    self.settings['pretrain'] + list(MAIN_RUN[2]))
     return gin.query_parameter('pretrain.global_batch_size')
 
   # ----------------------------------------------------------------------- all

@@ -22,23 +22,19 @@ reloaded and checked, then renamed into place.
 import datetime
 import json
 import os
-import sys
 import uuid
 from typing import Any, Dict, Optional
 
-from absl import flags
-from absl import logging
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf import config
 from cvrl_tf import files as files_lib
-from cvrl_tf import precision
-from cvrl_tf import tool_flags
-from cvrl_tf import train_loop
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
+from cvrl_tf.runtime import config
+from cvrl_tf.runtime import precision
+from cvrl_tf.runtime import train_loop
 
 METADATA_FILE = 'cvrl_metadata.json'
 MODEL_CARD = 'README.md'
@@ -347,41 +343,3 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
                             source_model_dir=os.path.abspath(model_dir),
                             backbone_checkpoint=backbone_io.latest_backbone(model_dir))
   return export_encoder(encoder, export_dir, metadata, head, overwrite, verify)
-
-
-# --------------------------------------------------------------------------- CLI
-_FLAGS = [  # (kind, name, default, help); see tool_flags
-    ('string', 'model_dir', None, 'Pretraining model dir (holds backbone/).'),
-    ('string', 'export_dir', None, 'Where to write the SavedModel.'),
-    ('bool', 'with_projection_head', False,
-     'Also export the projection head (signature "projection").'),
-    ('bool', 'overwrite', False, 'Replace an existing export_dir.'),
-]
-TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
-_flag_values = TOOL_FLAGS.values
-
-
-def main(argv) -> int:
-  """`cvrl_export --model_dir=... --export_dir=...`; exit code 1 with a message on error."""
-  del argv
-  if 'verbosity' in flags.FLAGS and not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # SavedModel INFO lines drown the output.
-  fv = _flag_values()
-  if not fv.model_dir or not fv.export_dir:
-    print('cvrl_export: --model_dir and --export_dir are required.', file=sys.stderr)
-    return 1
-  try:
-    path = export_model_dir(fv.model_dir, fv.export_dir, fv.with_projection_head,
-                            fv.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
-    print(f'cvrl_export: error: {e}', file=sys.stderr)
-    return 1
-  metadata = read_metadata(path)
-  print(f'Exported {metadata["architecture"]} ({metadata["embedding_dim"]}-d embedding'
-        f'{", projection head" if metadata.get("projection_dim") else ""}) to {path}')
-  return 0
-
-
-if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(main)

@@ -1,0 +1,38 @@
+"""Console entry points (see setup.cfg): every command's flags and absl `main` live in
+this package, one module per command (train, convert, synth, export, embed), imported
+lazily so `--help` of one tool does not load the others. The library below never reads
+flags; gin is parsed here (gin_files.py) and nowhere else."""
+
+import importlib
+import sys
+
+from absl import app
+from absl import flags
+
+
+def _run(command: str):
+  module = importlib.import_module(f'cvrl_tf.cli.{command}')
+  # absl's --help lists the key flags of the module named sys.argv[0] (the script).
+  for name in module.TOOL_FLAGS.defaults:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  app.run(module.main)
+
+
+def cvrl_convert():
+  _run('convert')
+
+
+def cvrl_synth():
+  _run('synth')
+
+
+def cvrl_train():
+  _run('train')
+
+
+def cvrl_export():
+  _run('export')
+
+
+def cvrl_embed():
+  _run('embed')

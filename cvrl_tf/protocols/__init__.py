@@ -1,0 +1,5 @@
+"""The paper's protocols, each a gin-configurable recipe run by `cvrl_train`:
+pretrain.py (CVRL pretraining), classify.py (linear eval, fine-tune, semi-supervised, the
+multi-view test of a trained classifier), knn.py (k-NN on frozen features); and what they
+share: multiview.py (the multi-view test), feature_cache.py (linear eval on cached
+features), evaluation.py (metrics, k-NN voting, plots; NumPy)."""
