@@ -101,10 +101,9 @@ def linear_run(data, tmp_path_factory):
   gin.clear_config()
   gin.parse_config(GIN)
   model_dir = str(tmp_path_factory.mktemp('linear'))
-  out = classify.linear_eval(model_dir, train_files=data['train'],
-                               test_files=data['test'], num_classes=3,
-                               pretrain_dir=data['pretrain'], train_steps=60,
-                               learning_rate=32.0, **TRAIN)
+  out = classify.LinearEval(train_files=data['train'], test_files=data['test'],
+                            num_classes=3, pretrain_dir=data['pretrain'], train_steps=60,
+                            learning_rate=32.0, **TRAIN).run(model_dir)
   return model_dir, out
 
 
@@ -138,22 +137,21 @@ def test_linear_eval_learns_with_a_bit_identical_frozen_encoder(data, linear_run
 
 def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, capfd):
   model_dir, out = linear_run
-  again = classify.linear_eval(model_dir, train_files=data['train'],
-                                 test_files=data['test'], num_classes=3,
-                                 pretrain_dir=data['pretrain'], train_steps=60,
-                                 learning_rate=32.0, **TRAIN)
+  again = classify.LinearEval(train_files=data['train'], test_files=data['test'],
+                              num_classes=3, pretrain_dir=data['pretrain'], train_steps=60,
+                              learning_rate=32.0, **TRAIN).run(model_dir)
   assert 'already evaluated at step 60' in capfd.readouterr().err
   assert again['test']['top1'] == out['test']['top1']
   before = open(os.path.join(model_dir, 'eval_predictions.csv')).read()
   os.remove(os.path.join(model_dir, 'eval_predictions.csv'))
   # evaluate rebuilds the classifier from classifier.json and the latest checkpoint.
-  results = classify.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
+  results = classify.Evaluate(test_files=data['test'], eval_batch_size=12).run(model_dir)
   assert results['top1'] == out['test']['top1'] and results['checkpoint_step'] == 60
   assert open(os.path.join(model_dir, 'eval_predictions.csv')).read() == before
   assert '9/9 videos' in capfd.readouterr().err  # Progress of the evaluation loop.
   with pytest.raises(ValueError, match='different classifier'):
-    classify.finetune(model_dir, train_files=data['train'], num_classes=3,
-                        pretrain_dir=data['pretrain'], train_steps=1, **TRAIN)
+    classify.Finetune(train_files=data['train'], num_classes=3,
+                      pretrain_dir=data['pretrain'], train_steps=1, **TRAIN).run(model_dir)
 
 
 def test_evaluate_falls_back_to_auto_where_the_trained_precision_is_not_native(
@@ -169,7 +167,7 @@ def test_evaluate_falls_back_to_auto_where_the_trained_precision_is_not_native(
   from cvrl_tf.runtime import hardware  # pylint: disable=g-import-not-at-top
   facts = precision.DeviceFacts(cpu=hardware.CpuInfo('Test CPU', frozenset({'avx2'})))
   monkeypatch.setattr(precision, 'detect_devices', lambda strategy=None: facts)
-  results = classify.evaluate(model_dir, test_files=data['test'], eval_batch_size=12)
+  results = classify.Evaluate(test_files=data['test'], eval_batch_size=12).run(model_dir)
   assert 'precision: float32 (auto: CPU Test CPU (AVX2)' in capfd.readouterr().err
   assert results['top1'] == linear_run[1]['test']['top1']  # Trained in float32 really.
   starts = json.load(open(os.path.join(model_dir, precision.RUN_INFO_FILE)))['starts']
@@ -194,9 +192,9 @@ def test_multiview_averages_exactly_k_times_3_views_per_video(data):
 
 
 def test_finetune_semi_supervised_subset_and_changed_encoder(data, tmp_path):
-  out = classify.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
-                            pretrain_dir=data['pretrain'], train_steps=3,
-                            label_fraction=0.25, learning_rate=0.05, **TRAIN)
+  out = classify.Finetune(train_files=data['train'], num_classes=3,
+                          pretrain_dir=data['pretrain'], train_steps=3, label_fraction=0.25,
+                          learning_rate=0.05, **TRAIN).run(str(tmp_path))
   assert out['test'] is None
   subset = json.load(open(tmp_path / 'label_subset.json'))
   # 8 videos per class: max(1, floor(0.25 * 8 + 0.5)) = 2 kept per class.
@@ -228,25 +226,25 @@ def test_cached_linear_eval_reuses_its_cache(data, tmp_path, capfd, deterministi
   common = dict(train_files=data['train'], num_classes=3, pretrain_dir=data['pretrain'],
                 train_steps=60, learning_rate=32.0, cache_features=True, cache_passes=2,
                 cache_dir=cache, **TRAIN)
-  classify.linear_eval(str(tmp_path / 'a'), **common)
+  classify.LinearEval(**common).run(str(tmp_path / 'a'))
   err = capfd.readouterr().err
   assert 'feature cache: pass 2/2, 24 clips' in err
   assert os.path.getsize(os.path.join(cache, 'pass-00001.features')) == 24 * 128 * 4
-  out = classify.linear_eval(str(tmp_path / 'b'), **common)
+  out = classify.LinearEval(**common).run(str(tmp_path / 'b'))
   assert 'feature cache: pass' not in capfd.readouterr().err  # Reused.
   assert out['train']['accuracy'] >= 0.9  # Over the last 10 steps.
   with pytest.raises(ValueError, match='other settings'):
     gin.bind_parameter('build_classification_dataset.crop_size', 24)
-    classify.linear_eval(str(tmp_path / 'c'), **common)
+    classify.LinearEval(**common).run(str(tmp_path / 'c'))
 
 
 def test_knn_eval_on_an_exported_hub_encoder(data, tmp_path):
   encoder = backbone_io.load_backbone(data['pretrain'])
   hub_dir = export.export_encoder(encoder, str(tmp_path / 'hub'), verify=False)
   gin.parse_config('knn_memory/build_eval_dataset.num_clips = 1')
-  out = knn.knn_eval(str(tmp_path / 'knn'), train_files=data['train'],
-                            test_files=data['test'], encoder_source='hub',
-                            hub_handle=hub_dir, ks=(1, 5), eval_batch_size=12)
+  out = knn.KnnEval(train_files=data['train'], test_files=data['test'],
+                    encoder_source='hub', hub_handle=hub_dir, ks=(1, 5),
+                    eval_batch_size=12).run(str(tmp_path / 'knn'))
   assert out['results']['1']['top1'] >= 0.85 and out['num_memory_videos'] == 24
   assert out['views']['memory']['num_clips'] == 1 and out['views']['test']['num_clips'] == 2
   saved = json.load(open(tmp_path / 'knn' / 'knn_results.json'))
@@ -260,28 +258,27 @@ def test_knn_eval_on_an_exported_hub_encoder(data, tmp_path):
 def test_encoder_source_errors_name_the_problem(data, tmp_path):
   common = dict(train_files=data['train'], num_classes=3, train_steps=1)
   with pytest.raises(FileNotFoundError, match='no backbone found'):
-    classify.linear_eval(str(tmp_path / 'a'), pretrain_dir=str(tmp_path / 'nope'),
-                           **common)
+    classify.LinearEval(pretrain_dir=str(tmp_path / 'nope'),
+                        **common).run(str(tmp_path / 'a'))
   unfinished = tmp_path / 'unfinished' / 'backbone'
   unfinished.mkdir(parents=True)
   (unfinished / 'backbone.json').write_text(json.dumps({'name': 'r3d18'}))
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    classify.linear_eval(str(tmp_path / 'u'), pretrain_dir=str(unfinished.parent),
-                           **common)
+    classify.LinearEval(pretrain_dir=str(unfinished.parent),
+                        **common).run(str(tmp_path / 'u'))
   with pytest.raises(ValueError, match='needs pretrain_dir'):
-    classify.linear_eval(str(tmp_path / 'b'), **common)
+    classify.LinearEval(**common).run(str(tmp_path / 'b'))
   with pytest.raises(ValueError, match="name: bound 'r3d50' but stored 'r3d18'"):
     gin.bind_parameter('build_backbone.name', 'r3d50')
-    classify.linear_eval(str(tmp_path / 'c'), pretrain_dir=data['pretrain'], **common)
+    classify.LinearEval(pretrain_dir=data['pretrain'], **common).run(str(tmp_path / 'c'))
   with pytest.raises(FileNotFoundError, match='not a SavedModel'):
-    knn.knn_eval(str(tmp_path / 'd'), train_files=data['train'],
-                        test_files=data['test'], encoder_source='hub',
-                        hub_handle=str(tmp_path))
+    knn.KnnEval(train_files=data['train'], test_files=data['test'], encoder_source='hub',
+                hub_handle=str(tmp_path)).run(str(tmp_path / 'd'))
   with pytest.raises(ValueError, match='encoder_source must be one of'):
-    knn.knn_eval(str(tmp_path / 'e'), train_files=data['train'],
-                        test_files=data['test'], encoder_source='imagenet')
+    knn.KnnEval(train_files=data['train'], test_files=data['test'],
+                encoder_source='imagenet').run(str(tmp_path / 'e'))
   with pytest.raises(FileNotFoundError, match='not the model_dir of a linear_eval'):
-    classify.evaluate(str(tmp_path), test_files=data['test'])
+    classify.Evaluate(test_files=data['test']).run(str(tmp_path))
 
 
 @pytest.mark.parametrize('path, protocol, expected', [
@@ -317,11 +314,11 @@ def test_linear_eval_with_deferred_resize_learns(data, tmp_path, cache_features)
   gin.bind_parameter('build_classification_dataset.defer', 'resize')
   gin.bind_parameter('build_classification_dataset.canvas', None)
   gin.bind_parameter('build_classification_dataset.deterministic', True)
-  out = classify.linear_eval(str(tmp_path), train_files=data['train'],
-                               test_files=data['test'], num_classes=3,
-                               pretrain_dir=data['pretrain'], train_steps=60,
-                               learning_rate=32.0, cache_features=cache_features,
-                               cache_passes=2, cache_dir=str(tmp_path / 'cache'), **TRAIN)
+  out = classify.LinearEval(train_files=data['train'], test_files=data['test'],
+                            num_classes=3, pretrain_dir=data['pretrain'], train_steps=60,
+                            learning_rate=32.0, cache_features=cache_features,
+                            cache_passes=2, cache_dir=str(tmp_path / 'cache'),
+                            **TRAIN).run(str(tmp_path))
   assert out['train']['accuracy'] >= 0.9
   assert out['test']['top1'] >= 0.8
 
@@ -329,7 +326,7 @@ def test_linear_eval_with_deferred_resize_learns(data, tmp_path, cache_features)
 def test_finetune_with_deferred_resize_runs(data, tmp_path):
   gin.bind_parameter('build_classification_dataset.defer', 'resize')
   gin.bind_parameter('build_classification_dataset.canvas', None)
-  out = classify.finetune(str(tmp_path), train_files=data['train'], num_classes=3,
-                            pretrain_dir=data['pretrain'], train_steps=3,
-                            learning_rate=0.05, **TRAIN)
+  out = classify.Finetune(train_files=data['train'], num_classes=3,
+                          pretrain_dir=data['pretrain'], train_steps=3, learning_rate=0.05,
+                          **TRAIN).run(str(tmp_path))
   assert np.isfinite(out['train']['loss'])

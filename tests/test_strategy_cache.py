@@ -101,17 +101,16 @@ def run_worker(out_path: str) -> None:
   root = os.path.dirname(os.path.abspath(out_path))
   train, test = _write_records(root)
   pretrain_dir = os.path.join(root, 'pretrain')
-  result['pretrain'] = pretrain_protocol.pretrain(pretrain_dir, train_files=train,
-                                            progress_stream=None, **STEPS)
-  linear = classify.linear_eval(os.path.join(root, 'linear'), train_files=train,
-                                  test_files=test, num_classes=2,
-                                  pretrain_dir=pretrain_dir, eval_batch_size=4,
-                                  progress_stream=None, **STEPS)
+  result['pretrain'] = pretrain_protocol.Pretrain(train_files=train, **STEPS).run(
+      pretrain_dir, progress_stream=None)
+  linear = classify.LinearEval(train_files=train, test_files=test, num_classes=2,
+                               pretrain_dir=pretrain_dir, eval_batch_size=4, **STEPS).run(
+                                   os.path.join(root, 'linear'), progress_stream=None)
   result['linear_top1'] = linear['test']['top1']
   result['linear_videos'] = linear['test']['num_videos']
-  knn_out = knn.knn_eval(os.path.join(root, 'knn'), train_files=train,
-                            test_files=test, pretrain_dir=pretrain_dir, ks=(1,),
-                            eval_batch_size=4, progress_stream=None)
+  knn_out = knn.KnnEval(train_files=train, test_files=test, pretrain_dir=pretrain_dir,
+                        ks=(1,), eval_batch_size=4).run(os.path.join(root, 'knn'),
+                                                         progress_stream=None)
   result['knn_test_videos'] = knn_out['num_test_videos']
   result['mirrored_built'] = len(built)
   result['same_after'] = distribute.get_strategy() is strategy

@@ -27,8 +27,9 @@ TOOL_FLAGS = tool_flags.ToolFlags([
 
 @gin.configurable
 def run(model_dir: str, experiment=gin.REQUIRED):
-  """Runs the protocol bound in gin, e.g. `run.experiment = @pretrain`."""
-  return experiment(model_dir=model_dir)
+  """Builds the recipe bound in gin (e.g. `run.experiment = @pretrain`: the Pretrain
+  recipe, its fields from the `pretrain.*` bindings) and runs it in model_dir."""
+  return experiment().run(model_dir)
 
 
 def main(argv):

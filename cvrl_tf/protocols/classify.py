@@ -1,7 +1,11 @@
-"""Downstream protocols: linear evaluation, fine-tuning / semi-supervised, test, k-NN.
+"""Classification protocols: linear evaluation, fine-tuning / semi-supervised, and the
+multi-view test of a trained classifier.
 
-Each is a gin-configurable `fn(model_dir, ...)`, run by `cvrl_train` through
-`run.experiment = @linear_eval` (or @finetune, @evaluate, @knn_eval); see gin/*.gin.
+Each protocol is a recipe: a typed, frozen dataclass holding every setting of the run,
+registered in gin under the protocol's name (`linear_eval.learning_rate = 32.0` binds a
+field of `LinearEval`), built by `cvrl_train` from `run.experiment = @linear_eval` and
+run with `recipe.run(model_dir)`; from Python: `LinearEval(train_files=...).run(dir)`.
+`LinearEval` and `Finetune` share one `ClassifierRecipe` and one `train_classifier`.
 
 Encoder (`encoder_source`):
   'model_dir'  the `backbone/` of a pretraining run (`pretrain_dir`); its architecture
@@ -19,16 +23,16 @@ Protocols (paper settings in gin/):
                0.1) makes it the semi-supervised protocol: a deterministic per-class
                subset (the kept videos are listed in label_subset.json).
   evaluate     the multi-view test of a trained classifier model_dir (latest checkpoint).
-  knn_eval     cosine k-NN on frozen features, multi-view features for both the memory
-               (train) and the test videos; no training.
+k-NN on frozen features is knn.py.
 
-model_dir after a run: checkpoints/ summaries/ operative_config.gin run_info.json classifier.json
-(how to rebuild the model) [label_subset.json] [feature_cache/] and, with test_files,
-eval_results.json, confusion_matrix.png, eval_predictions.csv (knn_eval:
-knn_results.json). Re-running the same command resumes training; a finished run skips to
-the test, and a test already done for the same checkpoint and settings is not redone.
+model_dir after a run: checkpoints/ summaries/ operative_config.gin run_info.json
+classifier.json (how to rebuild the model) [label_subset.json] [feature_cache/] and, with
+test_files, eval_results.json, confusion_matrix.png, eval_predictions.csv. Re-running the
+same command resumes training; a finished run skips to the test, and a test already done
+for the same checkpoint and settings is not redone.
 """
 
+import dataclasses
 import math
 import os
 from typing import Optional, Sequence, Union
@@ -54,6 +58,128 @@ from cvrl_tf.runtime import train_loop
 FilePatterns = Union[str, Sequence[str]]
 CLASSIFIER_FILE = 'classifier.json'
 SUBSET_FILE = 'label_subset.json'
+
+
+# ------------------------------------------------------------------------- recipes
+@dataclasses.dataclass(frozen=True)
+class ClassifierRecipe:
+  """What a classifier is trained and tested with; shared by LinearEval and Finetune.
+
+  Data:
+    train_files / test_files: TFRecord patterns; with test_files the multi-view test
+      runs at the end.
+    num_classes: classes of the Dense layer (default: lines of label_map_file).
+    label_map_file: class names for the results (default: found next to the shards).
+    label_fraction, label_seed: train on a per-class fraction of the labels.
+    num_train_examples: videos per epoch (counted from the shards when None).
+  Encoder: encoder_source, pretrain_dir, hub_handle (see the module docstring).
+  Model: freeze_encoder, l2_normalize (features before dropout/Dense), dropout_rate,
+    weight_decay (wd * sum(0.5 ||k||^2) over all conv/dense kernels, not BN or biases,
+    added to the loss in the train step), use_sync_bn (batch statistics across
+    replicas, for small per-replica batches).
+  Schedule: global_batch_size, train_epochs / train_steps (train_steps wins),
+    warmup_epochs (then cosine decay to 0), learning_rate (peak, no batch scaling),
+    momentum, optimizer ('sgd' or 'lars').
+  Run: eval_batch_size (views per global batch in the test); mixed_precision: 'auto'
+    (chosen for the hardware, see runtime/precision.py), 'float32', 'mixed_bfloat16' or
+    'mixed_float16' (dynamic loss scaling); jit_compile; checkpoint_every /
+    keep_checkpoints / log_every in steps; seed makes the input stream deterministic
+    (seed + step on resume) and seeds the augmentation deferred to the train step.
+  """
+  train_files: FilePatterns = gin.REQUIRED
+  test_files: Optional[FilePatterns] = None
+  num_classes: Optional[int] = None
+  label_map_file: Optional[str] = None
+  label_fraction: Optional[float] = None
+  label_seed: int = 0
+  num_train_examples: Optional[int] = None
+  encoder_source: str = 'model_dir'
+  pretrain_dir: Optional[str] = None
+  hub_handle: Optional[str] = None
+  freeze_encoder: bool = False
+  l2_normalize: bool = False
+  dropout_rate: float = 0.5
+  weight_decay: float = 1e-4
+  use_sync_bn: bool = False
+  global_batch_size: int = 128
+  train_epochs: float = 50
+  train_steps: Optional[int] = None
+  warmup_epochs: float = 2
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  optimizer: str = 'sgd'
+  eval_batch_size: int = 32
+  mixed_precision: Optional[str] = 'auto'
+  jit_compile: bool = False
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  log_every: int = 100
+  seed: Optional[int] = None
+
+  protocol = 'classifier'  # The name in classifier.json, run_info.json and the logs.
+
+  def feature_cache_dir(self, model_dir: str) -> Optional[str]:
+    """Where cached encoder outputs go; None trains online (the only way to fine-tune)."""
+    del model_dir
+    return None
+
+  def run(self, model_dir: str, progress_stream=progress_lib.STDERR) -> dict:
+    return train_classifier(model_dir, self, progress_stream)
+
+
+@gin.configurable('finetune')
+@dataclasses.dataclass(frozen=True)
+class Finetune(ClassifierRecipe):
+  """Fine-tunes encoder + Dense layer; with label_fraction, the semi-supervised protocol.
+  Defaults: the paper's UCF-101 / HMDB-51 fine-tuning (gin/finetune_*.gin)."""
+  protocol = 'finetune'
+
+
+@gin.configurable('linear_eval')
+@dataclasses.dataclass(frozen=True)
+class LinearEval(ClassifierRecipe):
+  """Linear classifier on the frozen encoder (CVRL: LR 32, 100 epochs, batch 1024).
+
+  cache_features: train the Dense layer on cached encoder outputs (feature_cache.py):
+    `cache_passes` augmented passes (default: one per epoch, exactly the online
+    distribution; fewer reuse augmentations) in `cache_dir` (default
+    <model_dir>/feature_cache; share it between runs of the same encoder and data).
+  """
+  freeze_encoder: bool = dataclasses.field(default=True, init=False)
+  l2_normalize: bool = dataclasses.field(default=True, init=False)
+  dropout_rate: float = dataclasses.field(default=0.0, init=False)
+  weight_decay: float = dataclasses.field(default=0.0, init=False)
+  use_sync_bn: bool = dataclasses.field(default=False, init=False)
+  global_batch_size: int = 1024
+  train_epochs: float = 100
+  warmup_epochs: float = 5
+  learning_rate: float = 32.0
+  cache_features: bool = False
+  cache_passes: Optional[int] = None
+  cache_dir: Optional[str] = None
+
+  protocol = 'linear_eval'
+
+  def feature_cache_dir(self, model_dir: str) -> Optional[str]:
+    if not self.cache_features:
+      return None
+    return self.cache_dir or os.path.join(model_dir, 'feature_cache')
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """The step counts a recipe's epochs come to on its data."""
+  num_videos: int
+  total_steps: int
+  warmup_steps: int
+
+  @classmethod
+  def of(cls, recipe: ClassifierRecipe, num_videos: int) -> 'Schedule':
+    batch = recipe.global_batch_size
+    steps_per_epoch = max(1, num_videos // batch)
+    total = recipe.train_steps or max(1, math.ceil(recipe.train_epochs * num_videos / batch))
+    warmup = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total)
+    return cls(num_videos, total, warmup)
 
 
 # ------------------------------------------------------------------------- helpers
@@ -103,240 +229,121 @@ def resolve_num_classes(num_classes, label_map_file) -> int:
 
 
 # ------------------------------------------------------------------------- training
-def _train_classifier(model_dir, protocol, *, train_files, test_files, num_classes,
-                      label_map_file, encoder_source, pretrain_dir, hub_handle,
-                      freeze, l2_normalize, dropout_rate, weight_decay, use_sync_bn,
-                      global_batch_size, train_epochs, train_steps, warmup_epochs,
-                      num_train_examples, learning_rate, momentum, optimizer,
-                      label_fraction, label_seed, mixed_precision, jit_compile,
-                      checkpoint_every, keep_checkpoints, log_every, seed,
-                      eval_batch_size, progress_stream, cache_dir=None,
-                      cache_passes=None):
-  """Shared by linear_eval and finetune: build, train (resumable), then test."""
+def train_classifier(model_dir: str, recipe: ClassifierRecipe,
+                     progress_stream=progress_lib.STDERR) -> dict:
+  """Builds, trains (resumable), then tests the classifier `recipe` describes.
+  Returns {'train': last logged metrics, 'test': eval results or None}."""
   progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
-  num_classes = resolve_num_classes(num_classes, label_map_file)
-  chief = train_loop.is_chief(strategy)
+  num_classes = resolve_num_classes(recipe.num_classes, recipe.label_map_file)
   facts = precision.detect_devices(strategy)
-  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
+  choice = precision.resolve(recipe.mixed_precision, strategy, progress_stream, facts)
   with precision.dtype_policy(choice.policy):
-    subset = labelled_subset(train_files, label_fraction, label_seed)
-    num_videos = num_train_examples or subset['num_videos']
-    steps_per_epoch = max(1, num_videos // global_batch_size)
-    total_steps = train_steps or max(1, math.ceil(train_epochs * num_videos /
-                                                  global_batch_size))
-    warmup_steps = min(int(round(warmup_epochs * steps_per_epoch)), total_steps)
-    crop_size = config.effective_args(pipeline.build_classification_dataset)['crop_size']
-    with strategy.scope():
-      encoder, info = encoder_source_lib.build_encoder(
-          encoder_source, pretrain_dir, hub_handle, trainable=not freeze,
-          use_sync_bn=use_sync_bn)
-      model = classifier_lib.VideoClassifier(
-          encoder, num_classes, freeze_encoder=freeze, l2_normalize=l2_normalize,
-          dropout_rate=dropout_rate, weight_decay=weight_decay, crop_size=crop_size,
-          augment_seed=seed or 0, name='video_classifier')
-      model.compile(optimizer=optim.build_optimizer(
-          total_steps=total_steps, warmup_steps=warmup_steps,
-          global_batch_size=global_batch_size, name=optimizer,
-          base_learning_rate=learning_rate, momentum=momentum, linear_scaling=False),
-                    jit_compile=jit_compile)
-      model.build_for_training()
-    info.update(protocol=protocol, num_classes=num_classes, freeze_encoder=freeze,
-                l2_normalize=l2_normalize, dropout_rate=dropout_rate,
-                mixed_precision=choice.policy,
-                train_files=files_lib.normalized(train_files))
-    if chief:
+    subset = labelled_subset(recipe.train_files, recipe.label_fraction, recipe.label_seed)
+    schedule = Schedule.of(recipe, recipe.num_train_examples or subset['num_videos'])
+    model, info = _build_classifier(recipe, num_classes, schedule, strategy)
+    info.update(mixed_precision=choice.policy)
+    if train_loop.is_chief(strategy):
       _write_classifier_info(model_dir, info)
-      if label_fraction is not None:
+      if recipe.label_fraction is not None:
         files_lib.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
       config.save_operative_config(model_dir)
-      precision.record(model_dir, choice, protocol, facts)
-    fraction = f' ({label_fraction:.0%} of each class)' if label_fraction else ''
-    progress_lib.say(
-        progress_stream,
-        f'{protocol}: {num_videos} videos{fraction}, {num_classes} classes, global batch '
-        f'{global_batch_size} on {strategy.num_replicas_in_sync} replica(s), '
-        f'{total_steps} steps ({warmup_steps} warm-up), LR {learning_rate}, encoder '
-        f'{info["encoder_source"]} ({"frozen" if freeze else "trained"}), '
-        f'{encoder.count_params():,} encoder parameters')
-
-    def clip_stream(start_step, data_seed_base=seed):
-      data_seed = None if data_seed_base is None else data_seed_base + start_step
-      return strategy.distribute_datasets_from_function(
-          lambda ctx: pipeline.build_classification_dataset(
-              train_files, global_batch_size, label_fraction=label_fraction,
-              label_seed=label_seed, seed=data_seed, input_context=ctx))
-
-    make_dataset, example_name = clip_stream, 'clips'
-    if cache_dir is not None:
-      if multiview.is_multi_worker(strategy):
-        raise NotImplementedError('cache_features=True runs on one worker (default, '
-                                  'mirrored or TPU strategy); use the online path.')
-      signature = {k: info.get(k) for k in (
-          'encoder_source', 'pretrain_dir', 'hub_handle', 'backbone_checkpoint',
-          'backbone_spec', 'train_files', 'mixed_precision')}
-      signature.update(pipeline=config.effective_args(pipeline.build_classification_dataset),
-                       label_fraction=label_fraction, label_seed=label_seed,
-                       global_batch_size=global_batch_size, seed=seed)
-      epochs = total_steps * global_batch_size / num_videos  # train_steps may rule.
-      passes = cache_passes or max(1, math.ceil(epochs))
-      make_dataset = feature_cache.cached_stream(
-          model, strategy, cache_dir, signature, passes,
-          max(1, math.ceil(num_videos / global_batch_size)), global_batch_size, seed,
-          clip_stream, progress_stream)
-      example_name = 'features'
-    else:
-      make_dataset(0)  # Fails fast on bad data before training starts.
+      precision.record(model_dir, choice, recipe.protocol, facts)
+    _say_plan(recipe, schedule, info, model, strategy, progress_stream)
+    make_dataset, example_name = _training_stream(recipe, model, info, schedule, model_dir,
+                                                  strategy, progress_stream)
     logs = train_loop.fit_resumable(
-        model, make_dataset, model_dir, total_steps, strategy,
-        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-        log_every=log_every, examples_per_step=global_batch_size,
-        example_name=example_name, progress_stream=progress_stream)
+        model, make_dataset, model_dir, schedule.total_steps, strategy,
+        checkpoint_every=recipe.checkpoint_every,
+        keep_checkpoints=recipe.keep_checkpoints, log_every=recipe.log_every,
+        examples_per_step=recipe.global_batch_size, example_name=example_name,
+        progress_stream=progress_stream)
     results = None
-    if test_files:
+    if recipe.test_files:
       results = multiview.multiview_test(
-          model, strategy, model_dir, test_files, eval_batch_size,
-          int(model.optimizer.iterations.numpy()), label_map_file, protocol,
+          model, strategy, model_dir, recipe.test_files, recipe.eval_batch_size,
+          int(model.optimizer.iterations.numpy()), recipe.label_map_file, recipe.protocol,
           progress_stream)
   return {'train': logs, 'test': results}
 
 
-@gin.configurable(denylist=['model_dir'])
-def linear_eval(model_dir: str,
-                train_files: FilePatterns = gin.REQUIRED,
-                test_files: Optional[FilePatterns] = None,
-                num_classes: Optional[int] = None,
-                label_map_file: Optional[str] = None,
-                encoder_source: str = 'model_dir',
-                pretrain_dir: Optional[str] = None,
-                hub_handle: Optional[str] = None,
-                global_batch_size: int = 1024,
-                train_epochs: float = 100,
-                train_steps: Optional[int] = None,
-                warmup_epochs: float = 5,
-                num_train_examples: Optional[int] = None,
-                learning_rate: float = 32.0,
-                momentum: float = 0.9,
-                optimizer: str = 'sgd',
-                label_fraction: Optional[float] = None,
-                label_seed: int = 0,
-                cache_features: bool = False,
-                cache_passes: Optional[int] = None,
-                cache_dir: Optional[str] = None,
-                eval_batch_size: int = 32,
-                mixed_precision: Optional[str] = 'auto',
-                jit_compile: bool = False,
-                checkpoint_every: int = 1000,
-                keep_checkpoints: int = 3,
-                log_every: int = 100,
-                seed: Optional[int] = None,
-                progress_stream=progress_lib.STDERR) -> dict:
-  """Linear classifier on the frozen encoder (CVRL: LR 32, 100 epochs, batch 1024).
-
-  Args:
-    train_files / test_files: TFRecord patterns; with test_files the multi-view test
-      runs at the end.
-    num_classes: classes of the Dense layer (default: lines of label_map_file).
-    label_map_file: class names for the results (default: found next to the shards).
-    encoder_source, pretrain_dir, hub_handle: see the module docstring.
-    global_batch_size / train_epochs / train_steps / warmup_epochs: schedule; train_steps
-      wins; warm-up then cosine decay to 0 (released config: 5 warm-up epochs).
-    num_train_examples: videos per epoch (counted from the shards when None).
-    learning_rate, momentum, optimizer: peak LR (no batch scaling), 'sgd' or 'lars'.
-    label_fraction, label_seed: train on a per-class fraction of the labels.
-    cache_features: train the Dense layer on cached encoder outputs (feature_cache.py):
-      `cache_passes` augmented passes (default: one per epoch, exactly the online
-      distribution; fewer reuse augmentations) in `cache_dir` (default
-      <model_dir>/feature_cache; share it between runs of the same encoder and data).
-    eval_batch_size: views per global batch in the test.
-    mixed_precision: 'auto' (chosen for the hardware, see precision.py), 'float32',
-      'mixed_bfloat16' or 'mixed_float16' (dynamic loss scaling).
-    seed: makes the input stream deterministic (seed + step on resume).
-  Returns {'train': last logged metrics, 'test': eval results or None}.
-  """
-  if cache_features:
-    cache_dir = cache_dir or os.path.join(model_dir, 'feature_cache')
-  return _train_classifier(
-      model_dir, 'linear_eval', train_files=train_files, test_files=test_files,
-      num_classes=num_classes, label_map_file=label_map_file,
-      encoder_source=encoder_source, pretrain_dir=pretrain_dir, hub_handle=hub_handle,
-      freeze=True, l2_normalize=True, dropout_rate=0.0, weight_decay=0.0,
-      use_sync_bn=False, global_batch_size=global_batch_size, train_epochs=train_epochs,
-      train_steps=train_steps, warmup_epochs=warmup_epochs,
-      num_train_examples=num_train_examples, learning_rate=learning_rate,
-      momentum=momentum, optimizer=optimizer, label_fraction=label_fraction,
-      label_seed=label_seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
-      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-      log_every=log_every, seed=seed, eval_batch_size=eval_batch_size,
-      progress_stream=progress_stream,
-      cache_dir=cache_dir if cache_features else None, cache_passes=cache_passes)
+def _build_classifier(recipe: ClassifierRecipe, num_classes: int, schedule: Schedule,
+                      strategy):
+  """The compiled VideoClassifier, and the description classifier.json keeps of it."""
+  crop_size = config.effective_args(pipeline.build_classification_dataset)['crop_size']
+  with strategy.scope():
+    encoder, info = encoder_source_lib.build_encoder(
+        recipe.encoder_source, recipe.pretrain_dir, recipe.hub_handle,
+        trainable=not recipe.freeze_encoder, use_sync_bn=recipe.use_sync_bn)
+    model = classifier_lib.VideoClassifier(
+        encoder, num_classes, freeze_encoder=recipe.freeze_encoder,
+        l2_normalize=recipe.l2_normalize, dropout_rate=recipe.dropout_rate,
+        weight_decay=recipe.weight_decay, crop_size=crop_size,
+        augment_seed=recipe.seed or 0, name='video_classifier')
+    model.compile(optimizer=optim.build_optimizer(
+        total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps,
+        global_batch_size=recipe.global_batch_size, name=recipe.optimizer,
+        base_learning_rate=recipe.learning_rate, momentum=recipe.momentum,
+        linear_scaling=False), jit_compile=recipe.jit_compile)
+    model.build_for_training()
+  info.update(protocol=recipe.protocol, num_classes=num_classes,
+              freeze_encoder=recipe.freeze_encoder, l2_normalize=recipe.l2_normalize,
+              dropout_rate=recipe.dropout_rate,
+              train_files=files_lib.normalized(recipe.train_files))
+  return model, info
 
 
-@gin.configurable(denylist=['model_dir'])
-def finetune(model_dir: str,
-             train_files: FilePatterns = gin.REQUIRED,
-             test_files: Optional[FilePatterns] = None,
-             num_classes: Optional[int] = None,
-             label_map_file: Optional[str] = None,
-             encoder_source: str = 'model_dir',
-             pretrain_dir: Optional[str] = None,
-             hub_handle: Optional[str] = None,
-             global_batch_size: int = 128,
-             train_epochs: float = 50,
-             train_steps: Optional[int] = None,
-             warmup_epochs: float = 2,
-             num_train_examples: Optional[int] = None,
-             learning_rate: float = 0.1,
-             momentum: float = 0.9,
-             optimizer: str = 'sgd',
-             weight_decay: float = 1e-4,
-             dropout_rate: float = 0.5,
-             l2_normalize: bool = False,
-             use_sync_bn: bool = False,
-             label_fraction: Optional[float] = None,
-             label_seed: int = 0,
-             eval_batch_size: int = 32,
-             mixed_precision: Optional[str] = 'auto',
-             jit_compile: bool = False,
-             checkpoint_every: int = 1000,
-             keep_checkpoints: int = 3,
-             log_every: int = 100,
-             seed: Optional[int] = None,
-             progress_stream=progress_lib.STDERR) -> dict:
-  """Fine-tunes encoder + Dense layer; with label_fraction, the semi-supervised protocol.
+def _say_plan(recipe, schedule, info, model, strategy, progress_stream) -> None:
+  fraction = (f' ({recipe.label_fraction:.0%} of each class)' if recipe.label_fraction
+              else '')
+  progress_lib.say(
+      progress_stream,
+      f'{recipe.protocol}: {schedule.num_videos} videos{fraction}, '
+      f'{info["num_classes"]} classes, global batch {recipe.global_batch_size} on '
+      f'{strategy.num_replicas_in_sync} replica(s), {schedule.total_steps} steps '
+      f'({schedule.warmup_steps} warm-up), LR {recipe.learning_rate}, encoder '
+      f'{info["encoder_source"]} ({"frozen" if recipe.freeze_encoder else "trained"}), '
+      f'{model.encoder.count_params():,} encoder parameters')
 
-  Args as linear_eval, plus:
-    weight_decay: wd of wd * sum(0.5 ||k||^2) over all conv/dense kernels (encoder and
-      head; not BN or biases), added to the loss in the train step.
-    dropout_rate: dropout on the features before the Dense layer.
-    l2_normalize: normalize features before dropout/Dense (off for fine-tuning).
-    use_sync_bn: batch statistics across replicas (small per-replica batches).
-  """
-  return _train_classifier(
-      model_dir, 'finetune', train_files=train_files, test_files=test_files,
-      num_classes=num_classes, label_map_file=label_map_file,
-      encoder_source=encoder_source, pretrain_dir=pretrain_dir, hub_handle=hub_handle,
-      freeze=False, l2_normalize=l2_normalize, dropout_rate=dropout_rate,
-      weight_decay=weight_decay, use_sync_bn=use_sync_bn,
-      global_batch_size=global_batch_size, train_epochs=train_epochs,
-      train_steps=train_steps, warmup_epochs=warmup_epochs,
-      num_train_examples=num_train_examples, learning_rate=learning_rate,
-      momentum=momentum, optimizer=optimizer, label_fraction=label_fraction,
-      label_seed=label_seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
-      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-      log_every=log_every, seed=seed, eval_batch_size=eval_batch_size,
-      progress_stream=progress_stream)
+
+def _training_stream(recipe, model, info, schedule, model_dir, strategy, progress_stream):
+  """make_dataset(start_step) for the train loop: augmented clips, or the features
+  the frozen encoder gives for them, cached (linear eval with cache_features)."""
+  def clip_stream(start_step, data_seed_base=recipe.seed):
+    data_seed = None if data_seed_base is None else data_seed_base + start_step
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: pipeline.build_classification_dataset(
+            recipe.train_files, recipe.global_batch_size,
+            label_fraction=recipe.label_fraction, label_seed=recipe.label_seed,
+            seed=data_seed, input_context=ctx))
+
+  cache_dir = recipe.feature_cache_dir(model_dir)
+  if cache_dir is None:
+    clip_stream(0)  # Fails fast on bad data before training starts.
+    return clip_stream, 'clips'
+  if multiview.is_multi_worker(strategy):
+    raise NotImplementedError('cache_features=True runs on one worker (default, '
+                              'mirrored or TPU strategy); use the online path.')
+  signature = {k: info.get(k) for k in (
+      'encoder_source', 'pretrain_dir', 'hub_handle', 'backbone_checkpoint',
+      'backbone_spec', 'train_files', 'mixed_precision')}
+  signature.update(pipeline=config.effective_args(pipeline.build_classification_dataset),
+                   label_fraction=recipe.label_fraction, label_seed=recipe.label_seed,
+                   global_batch_size=recipe.global_batch_size, seed=recipe.seed)
+  batch, num_videos = recipe.global_batch_size, schedule.num_videos
+  epochs = schedule.total_steps * batch / num_videos  # train_steps may rule.
+  passes = recipe.cache_passes or max(1, math.ceil(epochs))
+  make_dataset = feature_cache.cached_stream(
+      model, strategy, cache_dir, signature, passes,
+      max(1, math.ceil(num_videos / batch)), batch, recipe.seed, clip_stream,
+      progress_stream)
+  return make_dataset, 'features'
 
 
 # ------------------------------------------------------------------------- test only
-@gin.configurable(denylist=['model_dir'])
-def evaluate(model_dir: str,
-             test_files: FilePatterns = gin.REQUIRED,
-             label_map_file: Optional[str] = None,
-             checkpoint: Optional[str] = None,
-             eval_batch_size: int = 32,
-             mixed_precision: Optional[str] = 'trained',
-             progress_stream=progress_lib.STDERR) -> Optional[dict]:
+@gin.configurable('evaluate')
+@dataclasses.dataclass(frozen=True)
+class Evaluate:
   """Multi-view test of the classifier trained in model_dir (linear_eval / finetune).
 
   checkpoint: a checkpoint prefix; default the latest in <model_dir>/checkpoints.
@@ -345,15 +352,29 @@ def evaluate(model_dir: str,
     then 'auto'; or 'auto' / an explicit policy (the weights are float32 whatever the
     training ran in).
   """
+  test_files: FilePatterns = gin.REQUIRED
+  label_map_file: Optional[str] = None
+  checkpoint: Optional[str] = None
+  eval_batch_size: int = 32
+  mixed_precision: Optional[str] = 'trained'
+
+  def run(self, model_dir: str, progress_stream=progress_lib.STDERR) -> Optional[dict]:
+    return evaluate(model_dir, self, progress_stream)
+
+
+def evaluate(model_dir: str, recipe: Evaluate,
+             progress_stream=progress_lib.STDERR) -> Optional[dict]:
+  """Restores the latest (or the recipe's) checkpoint of model_dir and tests it."""
   progress_stream = progress_lib.resolve_stream(progress_stream)
   info = read_classifier_info(model_dir)
   strategy = distribute.get_strategy()
   checkpoint_dir = os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)
-  prefix = checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
+  prefix = recipe.checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
   if not prefix:
     raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: the training run has '
                             f'not saved one yet.')
   facts = precision.detect_devices(strategy)
+  mixed_precision = recipe.mixed_precision
   if mixed_precision == 'trained':
     trained = info.get('mixed_precision') or 'float32'
     native, _ = precision.native_support(trained, facts)
@@ -377,6 +398,6 @@ def evaluate(model_dir: str,
     step = int(tf.train.load_checkpoint(prefix).get_tensor(
         'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
     progress_lib.say(progress_stream, f'evaluate: {prefix} (step {step})')
-    return multiview.multiview_test(model, strategy, model_dir, test_files,
-                                    eval_batch_size, step, label_map_file,
+    return multiview.multiview_test(model, strategy, model_dir, recipe.test_files,
+                                    recipe.eval_batch_size, step, recipe.label_map_file,
                                     info['protocol'], progress_stream, reuse=False)

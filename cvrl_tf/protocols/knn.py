@@ -6,6 +6,7 @@ L2-normalized view features, re-normalized. Voting and temperature: evaluation.p
 model_dir after a run: operative_config.gin, run_info.json, knn_results.json.
 """
 
+import dataclasses
 import os
 from typing import Optional, Sequence
 
@@ -30,64 +31,77 @@ KNN_FILE = 'knn_results.json'
 MEMORY_SCOPE = 'knn_memory'  # gin scope of build_eval_dataset for the k-NN memory.
 
 
-@gin.configurable(denylist=['model_dir'])
-def knn_eval(model_dir: str,
-             train_files: classify.FilePatterns = gin.REQUIRED,
-             test_files: classify.FilePatterns = gin.REQUIRED,
-             encoder_source: str = 'model_dir',
-             pretrain_dir: Optional[str] = None,
-             hub_handle: Optional[str] = None,
-             ks: Sequence[int] = (1, 5, 20),
-             vote: str = 'weighted',
-             temperature: float = 0.07,
-             num_classes: Optional[int] = None,
-             label_map_file: Optional[str] = None,
-             eval_batch_size: int = 32,
-             mixed_precision: Optional[str] = 'auto',
-             progress_stream=progress_lib.STDERR) -> Optional[dict]:
+@gin.configurable('knn_eval')
+@dataclasses.dataclass(frozen=True)
+class KnnEval:
   """Cosine k-NN on frozen features: train videos are the memory, test videos queries.
 
   Both sides are multi-view: mean of the L2-normalized view features, re-normalized.
   Views come from build_eval_dataset; bindings in the gin scope `knn_memory/` apply to
-  the memory only (e.g. fewer clips for a large train set). vote / temperature: see
-  evaluation.py. Writes knn_results.json (top-1 and mean class accuracy per k).
+  the memory only (e.g. fewer clips for a large train set). ks / vote / temperature: see
+  evaluation.py. num_classes defaults to the label map's lines, else the largest label.
+  Writes knn_results.json (top-1 and mean class accuracy per k).
   """
+  train_files: classify.FilePatterns = gin.REQUIRED
+  test_files: classify.FilePatterns = gin.REQUIRED
+  encoder_source: str = 'model_dir'
+  pretrain_dir: Optional[str] = None
+  hub_handle: Optional[str] = None
+  ks: Sequence[int] = (1, 5, 20)
+  vote: str = 'weighted'
+  temperature: float = 0.07
+  num_classes: Optional[int] = None
+  label_map_file: Optional[str] = None
+  eval_batch_size: int = 32
+  mixed_precision: Optional[str] = 'auto'
+
+  def run(self, model_dir: str, progress_stream=progress_lib.STDERR) -> Optional[dict]:
+    return knn_eval(model_dir, self, progress_stream)
+
+
+def knn_eval(model_dir: str, recipe: KnnEval,
+             progress_stream=progress_lib.STDERR) -> Optional[dict]:
+  """Features of the memory and the queries, their k-NN votes, knn_results.json."""
   progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
   facts = precision.detect_devices(strategy)
-  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
+  choice = precision.resolve(recipe.mixed_precision, strategy, progress_stream, facts)
   with precision.dtype_policy(choice.policy):
     with strategy.scope():
       encoder, info = encoder_source_lib.build_encoder(
-          encoder_source, pretrain_dir, hub_handle, trainable=False)
+          recipe.encoder_source, recipe.pretrain_dir, recipe.hub_handle, trainable=False)
     features = lambda clips: tf.math.l2_normalize(
         tf.cast(encoder(clips, training=False), tf.float32), axis=-1)
-    memory = multiview.run_views(strategy, train_files, eval_batch_size, features,
-                                 MEMORY_SCOPE, progress_stream, 'k-NN memory (train)')
-    queries = multiview.run_views(strategy, test_files, eval_batch_size, features, None,
-                                  progress_stream, 'k-NN queries (test)')
+    memory = multiview.run_views(strategy, recipe.train_files, recipe.eval_batch_size,
+                                 features, MEMORY_SCOPE, progress_stream,
+                                 'k-NN memory (train)')
+    queries = multiview.run_views(strategy, recipe.test_files, recipe.eval_batch_size,
+                                  features, None, progress_stream, 'k-NN queries (test)')
   if memory is None:
     return None
+  num_classes = recipe.num_classes
   if not num_classes:
-    num_classes = (classify.resolve_num_classes(None, label_map_file) if label_map_file else
+    num_classes = (classify.resolve_num_classes(None, recipe.label_map_file)
+                   if recipe.label_map_file else
                    int(max(memory['label'].max(), queries['label'].max())) + 1)
   predictions = evaluation.knn_classify(memory['scores'], memory['label'],
-                                        queries['scores'], ks, num_classes, vote,
-                                        temperature)
+                                        queries['scores'], recipe.ks, num_classes,
+                                        recipe.vote, recipe.temperature)
   per_k = {}
   for k, pred in predictions.items():
     scores = np.eye(num_classes, dtype=np.float32)[pred]
     m = evaluation.classification_metrics(scores, queries['label'], num_classes, ks=(1,))
     per_k[str(k)] = {'top1': m['top1'], 'mean_class_accuracy': m['mean_class_accuracy']}
-  names = evaluation.class_names(num_classes, label_map_file,
-                                 shards.list_files(test_files))
+  names = evaluation.class_names(num_classes, recipe.label_map_file,
+                                 shards.list_files(recipe.test_files))
   views = {'memory': config.effective_args(pipeline.build_eval_dataset, MEMORY_SCOPE),
            'test': config.effective_args(pipeline.build_eval_dataset)}
-  results = {**info, 'protocol': 'knn_eval', 'vote': vote, 'temperature': temperature,
-             'ks': list(ks), 'results': per_k, 'num_memory_videos': len(memory['label']),
+  results = {**info, 'protocol': 'knn_eval', 'vote': recipe.vote,
+             'temperature': recipe.temperature, 'ks': list(recipe.ks), 'results': per_k,
+             'num_memory_videos': len(memory['label']),
              'num_test_videos': len(queries['label']), 'class_names': names,
-             'views': views, 'train_files': files_lib.normalized(train_files),
-             'test_files': files_lib.normalized(test_files),
+             'views': views, 'train_files': files_lib.normalized(recipe.train_files),
+             'test_files': files_lib.normalized(recipe.test_files),
              'mixed_precision': choice.policy}
   if train_loop.is_chief(strategy):
     tf.io.gfile.makedirs(model_dir)

@@ -6,6 +6,7 @@ head) -> models/pretrainer.py + train_step.py (train step) -> losses.py (InfoNCE
 global batch); cvrl_tf/__init__.py lists the same path.
 """
 
+import dataclasses
 import math
 from typing import Optional, Sequence, Union
 
@@ -33,26 +34,12 @@ def steps_for(epochs: float, num_examples: int, global_batch_size: int) -> int:
   return max(1, int(math.ceil(epochs * num_examples / global_batch_size)))
 
 
-@gin.configurable(denylist=['model_dir'])
-def pretrain(model_dir: str,
-             train_files: FilePatterns = gin.REQUIRED,
-             global_batch_size: int = 1024,
-             train_epochs: float = 800,
-             train_steps: Optional[int] = None,
-             warmup_epochs: float = 5,
-             num_train_examples: Optional[int] = None,
-             mixed_precision: Optional[str] = 'auto',
-             jit_compile: bool = False,
-             checkpoint_every: int = 1000,
-             keep_checkpoints: int = 3,
-             log_every: int = 100,
-             seed: Optional[int] = None,
-             progress_stream=progress_lib.STDERR) -> dict:
+@gin.configurable('pretrain')
+@dataclasses.dataclass(frozen=True)
+class Pretrain:
   """CVRL pretraining: encoder + projection head trained with InfoNCE on two views.
 
-  Args:
-    model_dir: checkpoints/, summaries/, operative_config.gin, run_info.json and, at the end,
-      backbone/ (the encoder alone, what downstream protocols load).
+  Fields:
     train_files: TFRecord pattern(s) written by cvrl_convert.
     global_batch_size: videos per step over all replicas (each gives two clips).
     train_epochs / train_steps: length; train_steps wins when given.
@@ -64,21 +51,47 @@ def pretrain(model_dir: str,
     checkpoint_every / keep_checkpoints / log_every: in steps.
     seed: makes the input stream deterministic (with resume: seed + step) and seeds the
       augmentation deferred to the train step (as in the downstream protocols).
-  Returns the last logged metrics.
+  """
+  train_files: FilePatterns = gin.REQUIRED
+  global_batch_size: int = 1024
+  train_epochs: float = 800
+  train_steps: Optional[int] = None
+  warmup_epochs: float = 5
+  num_train_examples: Optional[int] = None
+  mixed_precision: Optional[str] = 'auto'
+  jit_compile: bool = False
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  log_every: int = 100
+  seed: Optional[int] = None
+
+  def run(self, model_dir: str, progress_stream=progress_lib.STDERR) -> dict:
+    return pretrain(model_dir, self, progress_stream)
+
+
+def pretrain(model_dir: str, recipe: Pretrain, progress_stream=progress_lib.STDERR) -> dict:
+  """Trains encoder + head (resumable); returns the last logged metrics.
+
+  model_dir: checkpoints/, summaries/, operative_config.gin, run_info.json and, at the
+  end, backbone/ (the encoder alone, what downstream protocols load, with head.json and
+  training.json beside it).
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = distribute.get_strategy()
   clips = training_clips()
   facts = precision.detect_devices(strategy)
-  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
+  choice = precision.resolve(recipe.mixed_precision, strategy, progress_stream, facts)
   tf_keras.mixed_precision.set_global_policy(choice.policy)
+  num_train_examples = recipe.num_train_examples
   if num_train_examples is None:
-    num_train_examples = shards.count_videos(train_files)
-  steps_per_epoch = max(1, num_train_examples // global_batch_size)
-  total_steps = train_steps or steps_for(train_epochs, num_train_examples, global_batch_size)
-  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    num_train_examples = shards.count_videos(recipe.train_files)
+  batch = recipe.global_batch_size
+  steps_per_epoch = max(1, num_train_examples // batch)
+  total_steps = recipe.train_steps or steps_for(recipe.train_epochs, num_train_examples,
+                                                batch)
+  warmup_steps = int(round(recipe.warmup_epochs * steps_per_epoch))
   if progress_stream is not None:
-    print(f'pretrain: {num_train_examples} videos, global batch {global_batch_size} on '
+    print(f'pretrain: {num_train_examples} videos, global batch {batch} on '
           f'{strategy.num_replicas_in_sync} replica(s), {total_steps} steps '
           f'({warmup_steps} warm-up)', file=progress_stream, flush=True)
 
@@ -90,10 +103,10 @@ def pretrain(model_dir: str,
     # binding rules when seed is None).
     model = pretrainer_lib.CVRLPretrainer(
         encoder, head, crop_size=clips['crop_size'],
-        **({} if seed is None else {'augment_seed': seed}))
+        **({} if recipe.seed is None else {'augment_seed': recipe.seed}))
     model.compile(optimizer=optim.build_optimizer(
         total_steps=total_steps, warmup_steps=warmup_steps,
-        global_batch_size=global_batch_size), jit_compile=jit_compile)
+        global_batch_size=batch), jit_compile=recipe.jit_compile)
     model.build_for_training()
   if progress_stream is not None:
     gflops = flops.count_flops(encoder, _clip_shape(clips)) / 1e9
@@ -102,10 +115,10 @@ def pretrain(model_dir: str,
           flush=True)
 
   def make_dataset(start_step):
-    data_seed = None if seed is None else seed + start_step
+    data_seed = None if recipe.seed is None else recipe.seed + start_step
     return strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.build_pretrain_dataset(
-            train_files, global_batch_size, seed=data_seed, input_context=ctx))
+            recipe.train_files, batch, seed=data_seed, input_context=ctx))
 
   make_dataset(0)  # Fails fast on bad data before anything is written.
   if train_loop.is_chief(strategy):
@@ -113,8 +126,8 @@ def pretrain(model_dir: str,
     precision.record(model_dir, choice, 'pretrain', facts)
   logs = train_loop.fit_resumable(
       model, make_dataset, model_dir, total_steps, strategy,
-      checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-      log_every=log_every, examples_per_step=2 * global_batch_size,
+      checkpoint_every=recipe.checkpoint_every, keep_checkpoints=recipe.keep_checkpoints,
+      log_every=recipe.log_every, examples_per_step=2 * batch,
       progress_stream=progress_stream)
   out_dir = train_loop.worker_dir(model_dir, strategy)
   spec = backbone_io.current_spec(use_sync_bn=False, output='pooled')
