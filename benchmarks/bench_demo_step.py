@@ -33,11 +33,12 @@ import tensorflow as tf
 
 import bench_train_step
 import common
+from cvrl_tf.cli import gin_files
+from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.models import classifier
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer
 from cvrl_tf.models import r3d
-from cvrl_tf.cli import gin_files
 from cvrl_tf.runtime import optim
 from cvrl_tf.runtime import precision
 
@@ -75,9 +76,9 @@ def main(argv=None) -> int:
   rows = []
   for step in STEPS:
     clips = 2 * args.batch if step == 'pretrain' else args.batch
-    data = {'clips': rng.rand(clips, *clip_shape).astype(np.float32)}
+    data = {batch_lib.CLIPS: rng.rand(clips, *clip_shape).astype(np.float32)}
     if step == 'supervised':
-      data['label'] = rng.randint(0, 8, clips).astype(np.int32)
+      data[batch_lib.LABEL] = rng.randint(0, 8, clips).astype(np.int32)
     ds = tf.data.Dataset.from_tensors(data).repeat()
     for policy in args.policies.split(','):
       try:

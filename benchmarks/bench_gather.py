@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.runtime import distribute
 import bench_train_step
 import common
@@ -46,7 +47,7 @@ def distributed_clips(strategy, videos_per_replica: int, clip_shape):
   local = np.random.RandomState(0).rand(2 * videos_per_replica, *clip_shape)
   local = local.astype(np.float32)
   return strategy.distribute_datasets_from_function(
-      lambda ctx: tf.data.Dataset.from_tensors({'clips': local}).repeat())
+      lambda ctx: tf.data.Dataset.from_tensors({batch_lib.CLIPS: local}).repeat())
 
 
 def collectives_fn(strategy, variable_shapes, embedding_shape):

@@ -45,6 +45,7 @@ import tensorflow as tf
 import tf_keras
 
 import common
+from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
            for d in dtypes}
 
   data = np.random.RandomState(0).rand(clips, *clip_shape).astype(np.float32)
-  ds = tf.data.Dataset.from_tensors({'clips': data}).repeat()
+  ds = tf.data.Dataset.from_tensors({batch_lib.CLIPS: data}).repeat()
   results, fwd_flops, failed, ceilings = [], {}, [], []
   for backbone in backbones:
     for dtype in dtypes:

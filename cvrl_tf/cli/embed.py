@@ -2,9 +2,6 @@
 
 import sys
 
-from absl import flags
-from absl import logging
-
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.data import sources
 from cvrl_tf.serving.embed import (INDEX_SUFFIX, UsageError, embed_videos, list_videos,
@@ -31,8 +28,7 @@ _flag_values = TOOL_FLAGS.values
 
 def main(argv) -> int:
   del argv
-  if 'verbosity' in flags.FLAGS and not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # SavedModel INFO lines drown the output.
+  tool_flags.quiet_info_logs()
   fv = _flag_values()
   try:
     if not fv.input or not fv.output or not fv.hub_model:

@@ -2,13 +2,9 @@
 
 import sys
 
-from absl import flags
-from absl import logging
-
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.serving.export import export_model_dir, read_metadata
 
-# --------------------------------------------------------------------------- CLI
 _FLAGS = [  # (kind, name, default, help); see tool_flags
     ('string', 'model_dir', None, 'Pretraining model dir (holds backbone/).'),
     ('string', 'export_dir', None, 'Where to write the SavedModel.'),
@@ -23,8 +19,7 @@ _flag_values = TOOL_FLAGS.values
 def main(argv) -> int:
   """`cvrl_export --model_dir=... --export_dir=...`; exit code 1 with a message on error."""
   del argv
-  if 'verbosity' in flags.FLAGS and not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # SavedModel INFO lines drown the output.
+  tool_flags.quiet_info_logs()
   fv = _flag_values()
   if not fv.model_dir or not fv.export_dir:
     print('cvrl_export: --model_dir and --export_dir are required.', file=sys.stderr)

@@ -10,6 +10,7 @@ import types
 from typing import Any, Sequence, Tuple
 
 from absl import flags
+from absl import logging
 
 FLAGS = flags.FLAGS
 FlagSpec = Tuple[str, str, Any, str]  # kind ('string', 'integer', ...), name, default, help
@@ -32,3 +33,10 @@ class ToolFlags:
 
   def values(self) -> types.SimpleNamespace:
     return types.SimpleNamespace(**{name: self.value(name) for name in self.defaults})
+
+
+def quiet_info_logs() -> None:
+  """absl INFO lines (SavedModel's, for one) drown a tool's own output: WARNING and
+  above unless --verbosity was given."""
+  if 'verbosity' in FLAGS and not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)

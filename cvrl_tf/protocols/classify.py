@@ -35,7 +35,7 @@ for the same checkpoint and settings is not redone.
 import dataclasses
 import math
 import os
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import gin
 import tensorflow as tf
@@ -49,50 +49,42 @@ from cvrl_tf.models import classifier as classifier_lib
 from cvrl_tf.models import encoder_source as encoder_source_lib
 from cvrl_tf.protocols import feature_cache
 from cvrl_tf.protocols import multiview
+from cvrl_tf.protocols import recipe as recipe_lib
 from cvrl_tf.runtime import config
 from cvrl_tf.runtime import distribute
 from cvrl_tf.runtime import optim
 from cvrl_tf.runtime import precision
 from cvrl_tf.runtime import train_loop
 
-FilePatterns = Union[str, Sequence[str]]
+FilePatterns = recipe_lib.FilePatterns
 CLASSIFIER_FILE = 'classifier.json'
 SUBSET_FILE = 'label_subset.json'
 
 
 # ------------------------------------------------------------------------- recipes
 @dataclasses.dataclass(frozen=True)
-class ClassifierRecipe:
+class ClassifierRecipe(recipe_lib.TrainingRecipe):
   """What a classifier is trained and tested with; shared by LinearEval and Finetune.
 
-  Data:
-    train_files / test_files: TFRecord patterns; with test_files the multi-view test
-      runs at the end.
-    num_classes: classes of the Dense layer (default: lines of label_map_file).
-    label_map_file: class names for the results (default: found next to the shards).
-    label_fraction, label_seed: train on a per-class fraction of the labels.
-    num_train_examples: videos per epoch (counted from the shards when None).
+  Fields of every training recipe: recipe.py (train_files, num_train_examples, schedule,
+  precision, checkpoints, seed). Here, besides:
+  Data: test_files (with them the multi-view test runs at the end); num_classes (of the
+    Dense layer; default: lines of label_map_file); label_map_file (class names for the
+    results; default: found next to the shards); label_fraction, label_seed (train on a
+    per-class fraction of the labels).
   Encoder: encoder_source, pretrain_dir, hub_handle (see the module docstring).
   Model: freeze_encoder, l2_normalize (features before dropout/Dense), dropout_rate,
     weight_decay (wd * sum(0.5 ||k||^2) over all conv/dense kernels, not BN or biases,
     added to the loss in the train step), use_sync_bn (batch statistics across
     replicas, for small per-replica batches).
-  Schedule: global_batch_size, train_epochs / train_steps (train_steps wins),
-    warmup_epochs (then cosine decay to 0), learning_rate (peak, no batch scaling),
-    momentum, optimizer ('sgd' or 'lars').
-  Run: eval_batch_size (views per global batch in the test); mixed_precision: 'auto'
-    (chosen for the hardware, see runtime/precision.py), 'float32', 'mixed_bfloat16' or
-    'mixed_float16' (dynamic loss scaling); jit_compile; checkpoint_every /
-    keep_checkpoints / log_every in steps; seed makes the input stream deterministic
-    (seed + step on resume) and seeds the augmentation deferred to the train step.
+  Optimizer: learning_rate (peak, no batch scaling), momentum, optimizer ('sgd', 'lars').
+  eval_batch_size: views per global batch in the test.
   """
-  train_files: FilePatterns = gin.REQUIRED
   test_files: Optional[FilePatterns] = None
   num_classes: Optional[int] = None
   label_map_file: Optional[str] = None
   label_fraction: Optional[float] = None
   label_seed: int = 0
-  num_train_examples: Optional[int] = None
   encoder_source: str = 'model_dir'
   pretrain_dir: Optional[str] = None
   hub_handle: Optional[str] = None
@@ -101,20 +93,10 @@ class ClassifierRecipe:
   dropout_rate: float = 0.5
   weight_decay: float = 1e-4
   use_sync_bn: bool = False
-  global_batch_size: int = 128
-  train_epochs: float = 50
-  train_steps: Optional[int] = None
-  warmup_epochs: float = 2
   learning_rate: float = 0.1
   momentum: float = 0.9
   optimizer: str = 'sgd'
   eval_batch_size: int = 32
-  mixed_precision: Optional[str] = 'auto'
-  jit_compile: bool = False
-  checkpoint_every: int = 1000
-  keep_checkpoints: int = 3
-  log_every: int = 100
-  seed: Optional[int] = None
 
   protocol = 'classifier'  # The name in classifier.json, run_info.json and the logs.
 
@@ -164,22 +146,6 @@ class LinearEval(ClassifierRecipe):
     if not self.cache_features:
       return None
     return self.cache_dir or os.path.join(model_dir, 'feature_cache')
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-  """The step counts a recipe's epochs come to on its data."""
-  num_videos: int
-  total_steps: int
-  warmup_steps: int
-
-  @classmethod
-  def of(cls, recipe: ClassifierRecipe, num_videos: int) -> 'Schedule':
-    batch = recipe.global_batch_size
-    steps_per_epoch = max(1, num_videos // batch)
-    total = recipe.train_steps or max(1, math.ceil(recipe.train_epochs * num_videos / batch))
-    warmup = min(int(round(recipe.warmup_epochs * steps_per_epoch)), total)
-    return cls(num_videos, total, warmup)
 
 
 # ------------------------------------------------------------------------- helpers
@@ -240,7 +206,7 @@ def train_classifier(model_dir: str, recipe: ClassifierRecipe,
   choice = precision.resolve(recipe.mixed_precision, strategy, progress_stream, facts)
   with precision.dtype_policy(choice.policy):
     subset = labelled_subset(recipe.train_files, recipe.label_fraction, recipe.label_seed)
-    schedule = Schedule.of(recipe, recipe.num_train_examples or subset['num_videos'])
+    schedule = recipe.schedule(recipe.num_train_examples or subset['num_videos'])
     model, info = _build_classifier(recipe, num_classes, schedule, strategy)
     info.update(mixed_precision=choice.policy)
     if train_loop.is_chief(strategy):
@@ -267,7 +233,8 @@ def train_classifier(model_dir: str, recipe: ClassifierRecipe,
   return {'train': logs, 'test': results}
 
 
-def _build_classifier(recipe: ClassifierRecipe, num_classes: int, schedule: Schedule,
+def _build_classifier(recipe: ClassifierRecipe, num_classes: int,
+                      schedule: recipe_lib.Schedule,
                       strategy):
   """The compiled VideoClassifier, and the description classifier.json keeps of it."""
   crop_size = config.effective_args(pipeline.build_classification_dataset)['crop_size']

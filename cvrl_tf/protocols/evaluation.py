@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
+from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
 
@@ -127,13 +128,13 @@ def pad_for_replicas(ds: tf.data.Dataset, batch_size: int,
 
 def _pad_rows(batch: Dict[str, tf.Tensor], size: int) -> Dict[str, tf.Tensor]:
   """Pads the leading dimension to `size`: -1 labels / video indices, '' ids, 0 else."""
-  n = size - tf.shape(batch['video_index'])[0]
+  n = size - tf.shape(batch[batch_lib.VIDEO_INDEX])[0]
   out = {}
   for key, value in batch.items():
     if value.dtype == tf.string:
       fill = ''
     else:
-      fill = PAD_INDEX if key in ('video_index', 'label') else 0
+      fill = PAD_INDEX if key in (batch_lib.VIDEO_INDEX, batch_lib.LABEL) else 0
     paddings = [[0, n]] + [[0, 0]] * (value.shape.rank - 1)
     out[key] = tf.ensure_shape(tf.pad(value, paddings, constant_values=fill),
                                [size] + value.shape[1:].as_list())
@@ -150,10 +151,10 @@ def collect_views(dataset, output_fn: Callable[[tf.Tensor], tf.Tensor],
   share), or a plain tf.data.Dataset when `strategy` is None. Progress: videos done /
   total and videos/s on `progress_stream`.
   """
-  keys = ('video_index', 'label', 'media_id', 'view_index')
+  keys = (batch_lib.VIDEO_INDEX, batch_lib.LABEL, batch_lib.MEDIA_ID, batch_lib.VIEW_INDEX)
 
   def replica_fn(batch):
-    return dict(outputs=output_fn(batch['clips']), **{k: batch[k] for k in keys})
+    return dict(outputs=output_fn(batch[batch_lib.CLIPS]), **{k: batch[k] for k in keys})
 
   if strategy is None:
     step = tf.function(replica_fn, reduce_retracing=True)
@@ -171,8 +172,7 @@ def collect_views(dataset, output_fn: Callable[[tf.Tensor], tf.Tensor],
   progress = progress_lib.Progress(total_videos or 0, stream=progress_stream, unit=unit)
   for batch in dataset:
     out = local(step(batch))
-    done = accumulator.add(out['outputs'], out['video_index'], out['label'],
-                           out['media_id'], out['view_index'])
+    done = accumulator.add(out['outputs'], *(out[k] for k in keys))
     for _ in range(done):
       progress.advance()
   return accumulator.result()

@@ -7,8 +7,6 @@ global batch); cvrl_tf/__init__.py lists the same path.
 """
 
 import dataclasses
-import math
-from typing import Optional, Sequence, Union
 
 import gin
 import tf_keras
@@ -21,49 +19,26 @@ from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer as pretrainer_lib
 from cvrl_tf.models import r3d
+from cvrl_tf.protocols import recipe as recipe_lib
 from cvrl_tf.runtime import config
 from cvrl_tf.runtime import distribute
 from cvrl_tf.runtime import optim
 from cvrl_tf.runtime import precision
 from cvrl_tf.runtime import train_loop
 
-FilePatterns = Union[str, Sequence[str]]
-
-
-def steps_for(epochs: float, num_examples: int, global_batch_size: int) -> int:
-  return max(1, int(math.ceil(epochs * num_examples / global_batch_size)))
-
 
 @gin.configurable('pretrain')
 @dataclasses.dataclass(frozen=True)
-class Pretrain:
+class Pretrain(recipe_lib.TrainingRecipe):
   """CVRL pretraining: encoder + projection head trained with InfoNCE on two views.
 
-  Fields:
-    train_files: TFRecord pattern(s) written by cvrl_convert.
-    global_batch_size: videos per step over all replicas (each gives two clips).
-    train_epochs / train_steps: length; train_steps wins when given.
-    warmup_epochs: linear warm-up of the learning rate, then cosine decay to 0.
-    num_train_examples: videos per epoch; counted from the shards when None.
-    mixed_precision: 'auto' (chosen for the hardware, see precision.py), 'float32',
-      'mixed_bfloat16' or 'mixed_float16' (dynamic loss scaling).
-    jit_compile: XLA-compile the train step.
-    checkpoint_every / keep_checkpoints / log_every: in steps.
-    seed: makes the input stream deterministic (with resume: seed + step) and seeds the
-      augmentation deferred to the train step (as in the downstream protocols).
+  Fields: recipe.TrainingRecipe's, with the paper's defaults (batch 1024 videos, each
+  giving two clips; 800 epochs; 5 warm-up epochs). The encoder, head, clips and
+  augmentation are bound on their own builders (gin/pretrain.gin).
   """
-  train_files: FilePatterns = gin.REQUIRED
   global_batch_size: int = 1024
   train_epochs: float = 800
-  train_steps: Optional[int] = None
   warmup_epochs: float = 5
-  num_train_examples: Optional[int] = None
-  mixed_precision: Optional[str] = 'auto'
-  jit_compile: bool = False
-  checkpoint_every: int = 1000
-  keep_checkpoints: int = 3
-  log_every: int = 100
-  seed: Optional[int] = None
 
   def run(self, model_dir: str, progress_stream=progress_lib.STDERR) -> dict:
     return pretrain(model_dir, self, progress_stream)
@@ -82,14 +57,11 @@ def pretrain(model_dir: str, recipe: Pretrain, progress_stream=progress_lib.STDE
   facts = precision.detect_devices(strategy)
   choice = precision.resolve(recipe.mixed_precision, strategy, progress_stream, facts)
   tf_keras.mixed_precision.set_global_policy(choice.policy)
-  num_train_examples = recipe.num_train_examples
-  if num_train_examples is None:
-    num_train_examples = shards.count_videos(recipe.train_files)
+  schedule = recipe.schedule(recipe.num_train_examples or
+                             shards.count_videos(recipe.train_files))
+  num_train_examples, total_steps, warmup_steps = (
+      schedule.num_videos, schedule.total_steps, schedule.warmup_steps)
   batch = recipe.global_batch_size
-  steps_per_epoch = max(1, num_train_examples // batch)
-  total_steps = recipe.train_steps or steps_for(recipe.train_epochs, num_train_examples,
-                                                batch)
-  warmup_steps = int(round(recipe.warmup_epochs * steps_per_epoch))
   if progress_stream is not None:
     print(f'pretrain: {num_train_examples} videos, global batch {batch} on '
           f'{strategy.num_replicas_in_sync} replica(s), {total_steps} steps '
