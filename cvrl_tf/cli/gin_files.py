@@ -1,5 +1,5 @@
 """gin at the edge: `cvrl_train` parses files and bindings here, with errors that name the
-bad file or binding, before any protocol runs.
+bad file or binding, before any protocol runs; `run` builds the bound recipe and runs it.
 
 Every configurable must be registered before parsing, otherwise gin cannot tell an
 unknown binding from a module not yet imported; `register_configurables` imports them all.
@@ -22,10 +22,16 @@ class ConfigError(ValueError):
 def register_configurables() -> None:
   # pylint: disable=g-import-not-at-top,unused-import
   # Importing these registers every configurable (they import the rest).
-  from cvrl_tf.cli import train  # noqa: F401  (`run`)
   from cvrl_tf.protocols import classify  # noqa: F401
   from cvrl_tf.protocols import knn  # noqa: F401
   from cvrl_tf.protocols import pretrain  # noqa: F401
+
+
+@gin.configurable
+def run(model_dir: str, experiment=gin.REQUIRED):
+  """Builds the recipe bound in gin (e.g. `run.experiment = @pretrain`: the Pretrain
+  recipe, its fields from the `pretrain.*` bindings) and runs it in model_dir."""
+  return experiment().run(model_dir)
 
 
 def _resolve(path: str, search_paths: Sequence[str]) -> str:

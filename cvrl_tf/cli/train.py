@@ -11,8 +11,6 @@ import sys
 
 from absl import app
 
-import gin
-
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.cli import gin_files
 
@@ -23,13 +21,6 @@ TOOL_FLAGS = tool_flags.ToolFlags([
     ('string', 'model_dir', None, 'where checkpoints, summaries and results go; '
      're-running with the same dir resumes.'),
 ])
-
-
-@gin.configurable
-def run(model_dir: str, experiment=gin.REQUIRED):
-  """Builds the recipe bound in gin (e.g. `run.experiment = @pretrain`: the Pretrain
-  recipe, its fields from the `pretrain.*` bindings) and runs it in model_dir."""
-  return experiment().run(model_dir)
 
 
 def main(argv):
@@ -45,4 +36,4 @@ def main(argv):
   except gin_files.ConfigError as e:
     print(f'cvrl_train: configuration error: {e}', file=sys.stderr)
     sys.exit(2)
-  run(model_dir=FLAGS.model_dir)
+  gin_files.run(model_dir=FLAGS.model_dir)
