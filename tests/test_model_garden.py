@@ -18,6 +18,7 @@ import tf_keras
 
 from cvrl_tf.cli import import_checkpoint as import_cli
 from cvrl_tf.models import backbone_io
+from cvrl_tf.models import encoder_source
 from cvrl_tf.models import mg_checkpoint
 from cvrl_tf.models import model_garden
 from cvrl_tf.serving import export
@@ -77,8 +78,9 @@ def r3d50(tmp_path_factory):
   prefix = tf.train.CheckpointManager(checkpoint, str(root / 'mg_train'), 1).save()
   model_dir = str(root / 'imported')
   model_garden_io.import_checkpoint(str(root / 'mg_train'), model_dir)
-  return dict(root=root, model=model, prefix=prefix, model_dir=model_dir,
-              encoder=backbone_io.load_backbone(model_dir))
+  # As every downstream protocol gets it (encoder_source='model_dir').
+  encoder, _ = encoder_source.build_encoder('model_dir', pretrain_dir=model_dir)
+  return dict(root=root, model=model, prefix=prefix, model_dir=model_dir, encoder=encoder)
 
 
 @pytest.fixture(scope='module')
@@ -107,7 +109,7 @@ def test_layout_is_read_off_the_shapes(r3d50):
 @pytest.mark.parametrize('shape', [(2, 4, 32, 32, 3), (1, 5, 33, 35, 3)])
 def test_r3d50_features_equal_model_gardens(r3d50, shape):
   """Even and odd sizes: TF's 'same' padding puts the odd pixel after, in both models."""
-  encoder = r3d50['encoder']  # backbone_io.load_backbone(model_dir), as downstream does
+  encoder = r3d50['encoder']
   assert encoder.count_params() == r3d50['model'].backbone.count_params() == R3D50_PARAMS
   clips = _clips(shape)
   expected = _mg_features(r3d50['model'].backbone, clips)

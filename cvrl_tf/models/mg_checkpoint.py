@@ -203,7 +203,8 @@ def difference(layout: Layout, settings: Dict[str, Any], asked: str) -> Optional
   counts = tuple(len(s) for s in stages)
   expected = tuple(len(k) for k in settings['temporal_kernel_sizes'])
   if counts != expected:
-    known = [f'r3d{d}' for d, (_, b) in r3d.LAYOUTS.items() if b == counts]
+    known = [f'r3d{d}' for d, (kind, b) in r3d.LAYOUTS.items()
+             if b == counts and kind == 'bottleneck']
     hint = f' ({known[0]}: pass --backbone={known[0]})' if known else ''
     return (f'it has {counts} blocks per stage{hint}, {asked} has {expected}')
   for name, stage, width, kernels in zip(r3d.STAGE_NAMES, stages, r3d.STAGE_WIDTHS,

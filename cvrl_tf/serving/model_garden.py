@@ -90,6 +90,10 @@ def _unpack(path: str, workdir: str) -> str:
   return workdir
 
 
+def _absolute(path: str) -> str:
+  return path if '://' in path else os.path.abspath(path)
+
+
 def _prepare_target(model_dir: str, overwrite: bool) -> None:
   if not tf.io.gfile.exists(model_dir):
     return
@@ -128,15 +132,19 @@ def import_checkpoint(checkpoint: str, model_dir: str, backbone: str = 'r3d50',
   spec = backbone_spec(backbone, temporal_kernel_sizes)
   settings = model_garden.model_garden_settings(spec)
   with tempfile.TemporaryDirectory() as workdir:
-    prefix = mg_checkpoint.resolve(_unpack(checkpoint, workdir))
+    unpacked = _unpack(checkpoint, workdir)
+    prefix = mg_checkpoint.resolve(unpacked)
+    # What the user can find again: the archive and the member, not the temp dir.
+    name = (_absolute(prefix) if unpacked == checkpoint else
+            f'{_absolute(checkpoint)}:{os.path.relpath(prefix, workdir)}')
     layout = mg_checkpoint.read_layout(prefix)
     problem = mg_checkpoint.difference(layout, settings, f'--backbone={backbone} '
                                        f'--temporal_kernel_sizes='
                                        f'{",".join(map(str, temporal_kernel_sizes))}')
     if problem:
-      raise ModelGardenError(f'{prefix} is not the architecture asked for: {problem}')
+      raise ModelGardenError(f'{name} is not the architecture asked for: {problem}')
     say = lambda text: progress_lib.say(progress_stream, f'cvrl_import: {text}')
-    say(f'{prefix}: Model Garden R3D-{settings["model_id"]}'
+    say(f'{name}: Model Garden R3D-{settings["model_id"]}'
         + (f' + projection head {layout.head}' if layout.head else '')
         + (f' + {layout.classifier}-way classifier (not imported)'
            if layout.classifier else ''))
@@ -151,7 +159,7 @@ def import_checkpoint(checkpoint: str, model_dir: str, backbone: str = 'r3d50',
       try:
         status.expect_partial().assert_existing_objects_matched()
       except AssertionError as e:
-        raise ModelGardenError(f'{prefix} does not restore into Model Garden\'s model: '
+        raise ModelGardenError(f'{name} does not restore into Model Garden\'s model: '
                            f'{str(e).splitlines()[0]}') from e
       say('restored into Model Garden\'s model; copying into ours')
       encoder = backbone_io.build_from_spec(spec)
@@ -170,8 +178,7 @@ def import_checkpoint(checkpoint: str, model_dir: str, backbone: str = 'r3d50',
                      'the projection head')
   source = {
       'format': 'Model Garden video_ssl / video classification checkpoint',
-      'checkpoint': os.path.abspath(prefix) if '://' not in prefix else prefix,
-      'given_as': checkpoint,
+      'checkpoint': name,
       'layout': mg_checkpoint.describe(layout),
       'model_garden_resnet3d': files_lib.normalized(settings),
       'values_copied': count,
