@@ -158,6 +158,39 @@ def test_other_depth_r3d101_backbone_only(r3d101, tmp_path):
   assert backbone_io.read_head_spec(model_dir) is None
 
 
+def test_linear_eval_checkpoint_keeps_backbone_leaves_classifier(tmp_path):
+  """tf.train.Checkpoint(model=...) alone (the backbone only inside the model) of
+  video_ssl's linear-eval model: the backbone is imported, the classifier is not."""
+  tf_keras.utils.set_random_seed(3)
+  model = model_garden.build_model(
+      _settings(), dict(hidden_layer_num=0, hidden_dim=0, projection_dim=7))
+  _randomize(model, 3)
+  prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / 'linear-1'))
+  layout = mg_checkpoint.read_layout(prefix)
+  assert (layout.root, layout.classifier, layout.head) == ('model', 7, None)
+  model_dir = str(tmp_path / 'imported')
+  source = model_garden_io.import_checkpoint(prefix, model_dir)
+  assert source['layout']['classifier_classes'] == 7
+  assert backbone_io.read_head_spec(model_dir) is None
+  clips = _clips((1, 4, 32, 32, 3), seed=5)
+  got = backbone_io.load_backbone(model_dir)(clips, training=False).numpy()
+  assert np.abs(got - _mg_features(model.backbone, clips)).max() <= 1e-5
+
+
+def test_checkpoint_paths_resolve(tmp_path):
+  (tmp_path / 'release' / 'sub').mkdir(parents=True)
+  (tmp_path / 'release' / 'sub' / 'r3d_backbone-1.index').write_text('')
+  assert mg_checkpoint.resolve(str(tmp_path / 'release')) == str(
+      tmp_path / 'release' / 'sub' / 'r3d_backbone-1')
+  assert mg_checkpoint.resolve(str(tmp_path / 'release' / 'sub' / 'r3d_backbone-1')) == str(
+      tmp_path / 'release' / 'sub' / 'r3d_backbone-1')
+  (tmp_path / 'release' / 'other-2.index').write_text('')
+  with pytest.raises(FileNotFoundError, match='expected one checkpoint'):
+    mg_checkpoint.resolve(str(tmp_path / 'release'))
+  with pytest.raises(FileNotFoundError, match='no such checkpoint'):
+    mg_checkpoint.resolve(str(tmp_path / 'nothing'))
+
+
 def test_wrong_depth_is_refused_in_one_line(r3d101, tmp_path):
   with pytest.raises(model_garden_io.ModelGardenError) as e:
     model_garden_io.import_checkpoint(r3d101['prefix'], str(tmp_path / 'x'))

@@ -38,7 +38,8 @@ class Block:
 class Layout:
   """The architecture a checkpoint's shapes describe."""
   prefix: str
-  root: str                                 # 'backbone' or 'model': what to restore
+  root: str         # what to restore: 'model' (with a head), 'backbone' or the
+                    # backbone inside a head-less model, 'model/layer_with_weights-0'
   stem: List[Tuple[int, ...]]               # kernel shapes of the stem convs
   blocks: List[Block]
   extras: List[str]                         # variables that are no conv / BN / Dense
@@ -144,9 +145,9 @@ def read_layout(prefix: str) -> Layout:
   model = tree.get('model', {})
   extras: List[str] = []
   if 'backbone' in tree:
-    root, backbone, path = ('model' if model else 'backbone'), tree['backbone'], 'backbone'
+    backbone, path = tree['backbone'], 'backbone'
   elif 'layer_with_weights-0' in model:
-    root, backbone, path = 'model', model['layer_with_weights-0'], 'model/layer_with_weights-0'
+    backbone, path = model['layer_with_weights-0'], 'model/layer_with_weights-0'
   else:
     raise ValueError(f'{prefix} holds no Model Garden backbone (variables under backbone/ '
                      f'or model/, as its trainer or tf.train.Checkpoint(backbone=...) '
@@ -163,9 +164,11 @@ def read_layout(prefix: str) -> Layout:
       stem.append(node['kernel'])
     elif not (kind == 'bn' and not blocks):
       extras += _leaves(node, sub_path)
-  layout = Layout(prefix=prefix, root=root, stem=stem, blocks=blocks, extras=extras)
+  layout = Layout(prefix=prefix, root=path, stem=stem, blocks=blocks, extras=extras)
   if model:
     _read_head(layout, model)
+  if layout.head or layout.classifier:
+    layout.root = 'model'
   return layout
 
 

@@ -174,8 +174,10 @@ def model_garden_units(backbone: tf_keras.Model) -> List[Unit]:
     if isinstance(layer, nn_blocks_3d.BottleneckBlock3D):
       units += _pair(top, 'stem')
       top = []
-      units += _pair(layer._flatten_layers(include_self=False, recursive=False),  # pylint: disable=protected-access
-                     layer.name)
+      # Tracking order = the order build() assigns them; Keras has no public accessor.
+      sublayers = layer._flatten_layers(  # pylint: disable=protected-access
+          include_self=False, recursive=False)
+      units += _pair(list(sublayers), layer.name)
     else:
       top.append(layer)
   return units + _pair(top, 'after the last block')

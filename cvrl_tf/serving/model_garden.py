@@ -149,33 +149,9 @@ def import_checkpoint(checkpoint: str, model_dir: str, backbone: str = 'r3d50',
         + (f' + {layout.classifier}-way classifier (not imported)'
            if layout.classifier else ''))
     with precision.dtype_policy('float32'):
-      head_config = layout.head or (
-          {'hidden_layer_num': 0, 'hidden_dim': 0, 'projection_dim': layout.classifier}
-          if layout.root == 'model' else None)
-      mg_model = model_garden.build_model(settings, head_config)
-      mg_backbone = mg_model.backbone if head_config else mg_model
-      root = {layout.root: mg_model}
-      status = tf.train.Checkpoint(**root).read(prefix)
-      try:
-        status.expect_partial().assert_existing_objects_matched()
-      except AssertionError as e:
-        raise ModelGardenError(f'{name} does not restore into Model Garden\'s model: '
-                           f'{str(e).splitlines()[0]}') from e
+      mg_model, mg_backbone = _restore(layout, settings, name)
       say('restored into Model Garden\'s model; copying into ours')
-      encoder = backbone_io.build_from_spec(spec)
-      count = model_garden.copy_units(model_garden.model_garden_units(mg_backbone),
-                                      model_garden.our_units(encoder, spec))
-      error = _check_equal(encoder, _pooled(mg_backbone), 'the encoder')
-      head = None
-      if layout.head:
-        head = heads.ProjectionHead.from_spec(_head_spec(layout.head),
-                                              name='projection_head')
-        head.build(tf.TensorShape([None, int(encoder.output_shape[-1])]))
-        model_garden.copy_head(mg_model, head)
-        _check_equal(lambda clips, training: head(encoder(clips, training=training),
-                                                   training=training),
-                     lambda clips, training: mg_model({'image': clips}, training=training),
-                     'the projection head')
+      encoder, head, count, error = _carry_over(mg_model, mg_backbone, layout, spec)
   source = {
       'format': 'Model Garden video_ssl / video classification checkpoint',
       'checkpoint': name,
@@ -192,12 +168,53 @@ def import_checkpoint(checkpoint: str, model_dir: str, backbone: str = 'r3d50',
   return source
 
 
+def _restore(layout: mg_checkpoint.Layout, settings: Dict[str, Any], name: str):
+  """Model Garden's model for `layout`, restored from it: (model, its backbone)."""
+  head = layout.head or ({'hidden_layer_num': 0, 'hidden_dim': 0,
+                          'projection_dim': layout.classifier} if layout.classifier else None)
+  model = model_garden.build_model(settings, head)
+  backbone = model.backbone if head else model
+  if layout.root == 'model':
+    root = tf.train.Checkpoint(model=model)
+  elif layout.root == 'backbone':
+    root = tf.train.Checkpoint(backbone=backbone)
+  else:  # A head-less functional model around the backbone.
+    root = tf.train.Checkpoint(model=tf.train.Checkpoint(**{
+        layout.root.split('/')[1]: backbone}))
+  status = root.read(layout.prefix)
+  try:
+    status.expect_partial().assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ModelGardenError(f'{name} does not restore into Model Garden\'s model: '
+                           f'{str(e).splitlines()[0]}') from e
+  return model, backbone
+
+
+def _carry_over(mg_model, mg_backbone, layout: mg_checkpoint.Layout, spec: Dict[str, Any]):
+  """Our encoder (and head) with Model Garden's weights, checked on a clip: (encoder,
+  head or None, number of values copied, max feature difference)."""
+  encoder = backbone_io.build_from_spec(spec)
+  count = model_garden.copy_units(model_garden.model_garden_units(mg_backbone),
+                                  model_garden.our_units(encoder, spec))
+  error = _check_equal(encoder, _pooled(mg_backbone), 'the encoder')
+  if not layout.head:
+    return encoder, None, count, error
+  head = heads.ProjectionHead.from_spec(_head_spec(layout.head), name='projection_head')
+  head.build(tf.TensorShape([None, int(encoder.output_shape[-1])]))
+  model_garden.copy_head(mg_model, head)
+  _check_equal(lambda clips, training: head(encoder(clips, training=training),
+                                             training=training),
+               lambda clips, training: mg_model({'image': clips}, training=training),
+               'the projection head')
+  return encoder, head, count, error
+
+
 def _head_spec(head_layout: Dict[str, int]) -> Dict[str, Any]:
-  spec = heads.ProjectionHead(
+  """Our ProjectionHead for video_ssl's MLP, with video_ssl's BN settings."""
+  return heads.ProjectionHead(
       num_hidden_layers=head_layout['hidden_layer_num'], hidden_dim=head_layout['hidden_dim'],
       output_dim=head_layout['projection_dim'], use_sync_bn=False,
       **model_garden.norm_defaults()['head']).spec()
-  return spec
 
 
 def _version() -> Optional[str]:
