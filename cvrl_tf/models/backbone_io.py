@@ -7,6 +7,9 @@ A pretraining model dir holds `backbone/` with
                   its weights stay in the run's checkpoints/ (export --with_projection_head)
   training.json   the clips it was trained on: num_frames, frame_stride, target_fps,
                   crop_size (what export and embed tell a user to feed it)
+  head-N.*        only in imported dirs (cvrl_import): the projection head's weights, in
+                  the layout of a pretraining checkpoint (model/projection_head)
+  source.json     only in imported dirs: the checkpoint it came from and how
 so an encoder can be rebuilt and restored without the pretraining gin config, and a
 mismatch between the architecture asked for and the one stored is reported, not silent.
 """
@@ -25,6 +28,8 @@ BACKBONE_SUBDIR = 'backbone'
 SPEC_FILE = 'backbone.json'
 HEAD_SPEC_FILE = 'head.json'
 TRAINING_FILE = 'training.json'
+SOURCE_FILE = 'source.json'
+HEAD_PREFIX = 'head'
 TRAINING_KEYS = ('num_frames', 'frame_stride', 'target_fps', 'crop_size')
 
 
@@ -57,12 +62,33 @@ def save_backbone(encoder: tf_keras.Model, spec: Dict[str, Any], model_dir: str,
 
 
 def latest_backbone(model_dir: str) -> Optional[str]:
+  return _latest(model_dir, 'ckpt')
+
+
+def _latest(model_dir: str, name: str) -> Optional[str]:
   out = os.path.join(model_dir, BACKBONE_SUBDIR)
-  indices = tf.io.gfile.glob(os.path.join(out, 'ckpt-*.index'))
+  indices = tf.io.gfile.glob(os.path.join(out, f'{name}-*.index'))
   if not indices:
     return None
-  best = max(indices, key=lambda p: int(p[len(os.path.join(out, 'ckpt-')):-len('.index')]))
+  best = max(indices, key=lambda p: int(p[len(os.path.join(out, f'{name}-')):-len('.index')]))
   return best[:-len('.index')]
+
+
+def save_head(head: tf_keras.layers.Layer, model_dir: str, step: int) -> str:
+  """Writes the projection head's weights as backbone/head-<step>, readable like the
+  head inside a pretraining checkpoint (`checkpoint_head_root`)."""
+  return checkpoint_head_root(head).write(
+      os.path.join(model_dir, BACKBONE_SUBDIR, f'{HEAD_PREFIX}-{step}'))
+
+
+def checkpoint_head_root(head: tf_keras.layers.Layer) -> tf.train.Checkpoint:
+  """Where a pretraining checkpoint keeps the head: model (the pretrainer) / projection_head."""
+  return tf.train.Checkpoint(model=tf.train.Checkpoint(projection_head=head))
+
+
+def latest_head(model_dir: str) -> Optional[str]:
+  """The head checkpoint an import wrote, or None (pretraining runs keep it in checkpoints/)."""
+  return _latest(model_dir, HEAD_PREFIX)
 
 
 def read_spec(model_dir: str) -> Dict[str, Any]:
@@ -114,6 +140,11 @@ def _read_json(model_dir: str, name: str) -> Optional[Dict[str, Any]]:
 def read_head_spec(model_dir: str) -> Optional[Dict[str, Any]]:
   """The projection head's spec, or None (a run from before head.json existed)."""
   return _read_json(model_dir, HEAD_SPEC_FILE)
+
+
+def read_source(model_dir: str) -> Optional[Dict[str, Any]]:
+  """Where an imported backbone came from (source.json), or None for our own runs."""
+  return _read_json(model_dir, SOURCE_FILE)
 
 
 def read_training(model_dir: str) -> Dict[str, Any]:

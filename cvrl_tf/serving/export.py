@@ -178,11 +178,13 @@ def float32_head(head: tf_keras.layers.Layer, input_dim: int) -> tf_keras.layers
 def load_projection_head(model_dir: str, input_dim: int) -> heads.ProjectionHead:
   """Restores the projection head of the pretraining run in `model_dir`.
 
-  Only the backbone has its own checkpoint, so the weights are read from `checkpoints/`
+  A pretraining run keeps the head's weights only in `checkpoints/`
   (a `tf.train.Checkpoint(model=pretrainer, ...)` whose pretrainer has a
-  `projection_head` attribute); the architecture from backbone/head.json.
+  `projection_head` attribute), an import (cvrl_import) in backbone/head-N in the same
+  layout; the architecture from backbone/head.json.
   """
-  prefix = tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
+  prefix = (backbone_io.latest_head(model_dir) or
+            tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)))
   if prefix is None:
     raise FileNotFoundError(
         f'--with_projection_head needs the training checkpoint in '
@@ -196,7 +198,7 @@ def load_projection_head(model_dir: str, input_dim: int) -> heads.ProjectionHead
   with precision.dtype_policy('float32'):
     head = heads.ProjectionHead.from_spec(spec, use_sync_bn=False, name='projection_head')
   head.build(tf.TensorShape([None, input_dim]))
-  status = tf.train.Checkpoint(model=tf.train.Checkpoint(projection_head=head)).read(prefix)
+  status = backbone_io.checkpoint_head_root(head).read(prefix)
   try:
     status.expect_partial().assert_existing_objects_matched()
   except AssertionError as e:
@@ -341,5 +343,6 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
   metadata = build_metadata(spec, backbone_io.read_training(model_dir),
                             read_gin_text(model_dir),
                             source_model_dir=os.path.abspath(model_dir),
-                            backbone_checkpoint=backbone_io.latest_backbone(model_dir))
+                            backbone_checkpoint=backbone_io.latest_backbone(model_dir),
+                            imported_from=backbone_io.read_source(model_dir))
   return export_encoder(encoder, export_dir, metadata, head, overwrite, verify)

@@ -1,0 +1,82 @@
+"""`cvrl_import`: a Model Garden CVRL checkpoint as a cvrl_tf model dir, or the reverse
+(serving/model_garden.py).
+
+  cvrl_import --checkpoint=r3d_1x_k400_800ep.tar.gz --model_dir=/models/cvrl_k400_800ep
+  cvrl_import --model_dir=/runs/pretrain --to_model_garden=/ckpt/r3d50_backbone
+"""
+
+import sys
+
+from absl import flags
+from absl import logging
+
+from cvrl_tf.cli import tool_flags
+
+_FLAGS = [  # (kind, name, default, help); see tool_flags
+    ('string', 'checkpoint', None, 'Model Garden checkpoint: a ckpt prefix, a checkpoint '
+     'dir, the extracted release folder or the release .tar.gz.'),
+    ('string', 'model_dir', None, 'The cvrl_tf model dir to write (import) or to read '
+     '(with --to_model_garden).'),
+    ('string', 'backbone', 'r3d50', 'Architecture the checkpoint must have.'),
+    ('list', 'temporal_kernel_sizes', ['1', '1', '3', '3'],
+     'Temporal kernel of res2..res5 the checkpoint must have (CVRL: 1,1,3,3).'),
+    ('integer', 'num_frames', None, 'training.json: frames per clip (default: the '
+     'released pretraining, 16).'),
+    ('integer', 'frame_stride', None, 'training.json: frame stride (default: 2).'),
+    ('integer', 'crop_size', None, 'training.json: crop size (default: 224).'),
+    ('bool', 'overwrite', False, 'Replace an earlier import in --model_dir.'),
+    ('string', 'to_model_garden', None, 'Reverse direction: write the backbone of '
+     '--model_dir as a Model Garden checkpoint with this prefix.'),
+]
+TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
+_flag_values = TOOL_FLAGS.values
+
+
+def _training(fv):
+  from cvrl_tf.models import model_garden  # pylint: disable=g-import-not-at-top
+  training = model_garden.released_training()
+  for key in ('num_frames', 'frame_stride', 'crop_size'):
+    if getattr(fv, key) is not None:
+      training[key] = getattr(fv, key)
+  return training
+
+
+def main(argv) -> int:
+  """Exit code 2 with one line on a user error."""
+  if len(argv) > 1:
+    print(f'cvrl_import: error: unexpected arguments {argv[1:]}', file=sys.stderr)
+    return 2
+  if 'verbosity' in flags.FLAGS and not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  fv = _flag_values()
+  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.serving import model_garden as model_garden_io
+  # pylint: enable=g-import-not-at-top
+  try:
+    if not fv.model_dir:
+      raise ValueError('--model_dir is required')
+    if fv.to_model_garden:
+      if fv.checkpoint:
+        raise ValueError('give --checkpoint (import) or --to_model_garden (export), '
+                         'not both')
+      model_garden_io.export_checkpoint(fv.model_dir, fv.to_model_garden, sys.stderr)
+      return 0
+    if not fv.checkpoint:
+      raise ValueError('--checkpoint is required (or --to_model_garden for the reverse)')
+    try:
+      kernels = [int(k) for k in fv.temporal_kernel_sizes]
+    except ValueError:
+      raise ValueError(f'--temporal_kernel_sizes={",".join(fv.temporal_kernel_sizes)}: '
+                       f'give 4 integers, e.g. 1,1,3,3') from None
+    model_garden_io.import_checkpoint(
+        fv.checkpoint, fv.model_dir, fv.backbone, kernels, _training(fv), fv.overwrite,
+        progress_stream=sys.stderr)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f'cvrl_import: error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main)
