@@ -21,7 +21,8 @@ The layout, by role:
               evaluation.py (metrics) serve them
   runtime/    what runs any protocol: train_loop (checkpoints, resume, NaN guard), optim,
               distribute, precision (+ hardware), config (gin's read side)
-  serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py
+  serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py,
+              model_garden.py (cvrl_import: Model Garden checkpoints in and out)
   cli/        every console script's flags and main; gin is parsed only here
   demo/       `make demo`
 """
