@@ -3,7 +3,9 @@
 Used by the converter (and meant for the embedding tool): results come back in input order
 so output files are deterministic; a bounded number of calls is in flight so memory does
 not grow with the input; a call that kills its worker process (a decoder segfault)
-fails alone instead of taking the run down. `spawn` keeps workers free of the parent's
+fails alone instead of taking the run down; a call that runs past `timeout` (a stalled
+read: a FIFO, a hung network mount) has its process killed from here and fails alone too,
+since no code inside the call can be trusted to notice that it is stuck. `spawn` keeps workers free of the parent's
 state (TensorFlow threads do not survive fork), so `fn` must be importable without heavy
 modules for workers to start fast.
 """
@@ -11,6 +13,7 @@ modules for workers to start fast.
 import collections
 import concurrent.futures
 from concurrent.futures import process as futures_process
+import itertools
 import multiprocessing
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
@@ -32,13 +35,20 @@ class OrderedPool:
     workers: number of processes; 0 runs calls in this process (debugging, tiny inputs).
     on_crash: kwargs -> result to yield for a call whose process died.
     window: calls in flight (submitted, result not yet consumed); bounds memory.
+    timeout: seconds a call may run (None: no limit; not enforced in-process). Counted
+      from when the caller starts waiting for its result, by which time the call is
+      running (calls start in order): a call is stopped after at least `timeout` s.
+    on_timeout: kwargs -> result to yield for a call stopped that way.
   """
 
   def __init__(self, workers: int, on_crash: Callable[[Dict[str, Any]], Any],
-               window: Optional[int] = None):
+               window: Optional[int] = None, timeout: Optional[float] = None,
+               on_timeout: Optional[Callable[[Dict[str, Any]], Any]] = None):
     self._workers = workers
     self._window = window or 2 * workers + 4
     self._on_crash = on_crash
+    self._timeout = timeout or None
+    self._on_timeout = on_timeout or on_crash
     self._ctx = multiprocessing.get_context('spawn')
     self._executor = None
     if workers:
@@ -55,11 +65,17 @@ class OrderedPool:
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=self._ctx)
 
   def _isolated(self, fn, kwargs):
-    with self._new(1) as executor:
-      try:
-        return executor.submit(fn, **kwargs).result()
-      except _BrokenPool:
-        return self._on_crash(kwargs)
+    executor = self._new(1)
+    try:
+      future = executor.submit(fn, **kwargs)
+      if not _wait(future, self._timeout):
+        _kill(executor)
+        return self._on_timeout(kwargs)
+      return future.result()
+    except _BrokenPool:
+      return self._on_crash(kwargs)
+    finally:
+      executor.shutdown(wait=False, cancel_futures=True)
 
   def map(self, fn: Callable[..., Any], calls: Iterable[Dict[str, Any]]) -> Iterator[Any]:
     """Starts the first calls right away (so workers run while the caller does slow
@@ -89,6 +105,15 @@ class OrderedPool:
       try:
         if future is None:
           raise _BrokenPool()
+        if not _wait(future, self._timeout):
+          # Stalled: kill the workers (the pool cannot kill one), rerun the other calls.
+          _kill(self._executor)
+          self._executor = None
+          calls = itertools.chain([kw for kw, _ in in_flight], calls)
+          in_flight.clear()
+          self._fill(fn, calls, in_flight)
+          yield self._on_timeout(kwargs)
+          continue
         result = future.result()
       except _BrokenPool:
         # Some call in flight killed its worker: rerun each alone to find which.
@@ -115,3 +140,22 @@ class OrderedPool:
 
   def __exit__(self, exc_type, *unused):
     self.close(wait=exc_type is None)
+
+
+def _wait(future, timeout: Optional[float]) -> bool:
+  """Whether `future` finished within `timeout` seconds (None: waits for it)."""
+  return bool(concurrent.futures.wait([future], timeout).done)
+
+
+def _kill(executor) -> None:
+  """Kills the worker processes of `executor` (stuck in a call no signal reaches)."""
+  kill = getattr(executor, 'kill_workers', None)  # Python >= 3.14
+  if kill is not None:
+    kill()
+  else:
+    processes = list((getattr(executor, '_processes', None) or {}).values())
+    for process in processes:
+      process.kill()
+    for process in processes:
+      process.join(5)
+  executor.shutdown(wait=False, cancel_futures=True)
