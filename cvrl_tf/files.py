@@ -57,6 +57,13 @@ def remove_tree(path: str) -> None:
     _gfile().rmtree(path)
 
 
+def remove(path: str) -> None:
+  if is_local(path):
+    os.remove(path)
+  else:
+    _gfile().remove(path)
+
+
 def abspath(path: str) -> str:
   """os.path.abspath for local paths; a URL as it is."""
   return os.path.abspath(path) if is_local(path) else path

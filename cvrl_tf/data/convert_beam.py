@@ -1,0 +1,164 @@
+"""The converter's shards written by Apache Beam workers (`cvrl_convert --runner=...`).
+
+Why Beam: Kinetics-size datasets do not convert on one machine in an afternoon; Beam runs
+the same job on Dataflow, Flink or Spark (or locally, DirectRunner). Only the writing of
+shards is distributed: the driver (convert.py) lists the videos, fixes the label map and
+the plan, and writes the manifest from the shards' status files once the pipeline is
+done. Each element of the pipeline is one shard, written by shard_writer.write, the code
+the local pool runs, so the bytes are the same. One shard per element keeps the JPEG
+bytes off Beam's shuffle (a shard is written where its videos are decoded), and a retried
+element rewrites the same shard.
+
+The listing travels as a file in the run's work folder (items.json), not inside the
+pipeline graph (Kinetics-700's 650k rows would exceed what a runner accepts there).
+Within a worker, videos are decoded in a child process (pool.OrderedPool with one worker)
+so that a crash or a stalled read fails one video, never the bundle.
+
+Apache Beam is an optional dependency: pip install 'cvrl_tf[beam]'.
+"""
+
+import dataclasses
+import threading
+from typing import List, Optional, Sequence, Tuple
+
+from cvrl_tf import files as files_lib
+from cvrl_tf.data import progress as progress_lib
+from cvrl_tf.data import shard_writer
+from cvrl_tf.data import sources
+
+INSTALL_HINT = "--runner needs Apache Beam: pip install 'cvrl_tf[beam]'"
+_POLL_SECONDS = 2.0  # how often the driver looks for finished shards (progress)
+
+
+class BeamArgsError(ValueError):
+  """Beam is missing or its options are not understood (a usage error)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What a Beam worker needs to write any shard of one run (small, picklable)."""
+  task: shard_writer.Task
+  items_path: str  # JSON list of sources.Item fields, in listing order
+  shard_names: Tuple[str, ...]
+  seed: int
+
+
+try:
+  import apache_beam as _apache_beam  # pylint: disable=g-import-not-at-top
+  _DoFn = _apache_beam.DoFn
+except ImportError:
+  _apache_beam, _DoFn = None, object
+
+
+def _beam():
+  if _apache_beam is None:
+    raise BeamArgsError(INSTALL_HINT)
+  return _apache_beam
+
+
+def pipeline_options(beam_args: Sequence[str], workers: int):
+  """PipelineOptions from the command line's Beam options; raises BeamArgsError.
+
+  DirectRunner defaults to `workers` processes (multi_processing), not Beam's in-memory
+  single thread: that is what makes it a local runner worth using.
+  """
+  _beam()
+  # pylint: disable=g-import-not-at-top
+  from apache_beam.options import pipeline_options as po
+  args = list(beam_args)
+  options = po.PipelineOptions(args)
+  runner = options.view_as(po.StandardOptions).runner
+  if not runner:
+    raise BeamArgsError('Beam options given without --runner')
+  unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
+                   - set(options.get_all_options()))
+  if unknown:
+    raise BeamArgsError(f'unknown option(s) for --runner={runner}: '
+                        + ', '.join(f'--{u}' for u in unknown))
+  if runner in ('DirectRunner', 'direct') and not any(
+      a.startswith('--direct_running_mode') for a in args):
+    args += ['--direct_running_mode=multi_processing',
+             f'--direct_num_workers={max(1, workers)}']
+    options = po.PipelineOptions(args)
+  return options
+
+
+class WriteShardsFn(_DoFn):
+  """Shard index -> the shard written (by shard_writer.write) -> its file name."""
+
+  def __init__(self, job: Job):
+    super().__init__()
+    self.job = job
+    self._items: Optional[List[sources.Item]] = None
+    self._assignment = None
+    self._pool = None
+
+  def setup(self):
+    rows = files_lib.read_json(self.job.items_path)
+    self._items = [sources.Item(*row) for row in rows]
+    self._assignment = shard_writer.assign_shards(
+        len(self._items), len(self.job.shard_names), self.job.seed)
+    self._pool = shard_writer.new_pool(1, self.job.task.decode_timeout)
+
+  def process(self, k: int):
+    from apache_beam import metrics  # pylint: disable=g-import-not-at-top
+    items = [self._items[i] for i in self._assignment[k]]
+    results = shard_writer.decode(self._pool, self.job.task, items)
+    status = shard_writer.write(self.job.task, self.job.shard_names[k], items, results)
+    metrics.Metrics.counter('cvrl_convert', 'videos_converted').inc(status['num_examples'])
+    metrics.Metrics.counter('cvrl_convert', 'videos_failed').inc(len(status['failures']))
+    yield status['file']
+
+  def teardown(self):
+    if self._pool is not None:
+      self._pool.close(wait=False)
+
+
+def run(job: Job, todo: Sequence[int], beam_args: Sequence[str], workers: int,
+        progress: Optional[progress_lib.Progress] = None) -> None:
+  """Writes the shards `todo` on the runner of `beam_args`; returns when all are written.
+
+  The pipeline runs in a thread while this one reports progress from the status files
+  that appear in the work folder (the same on every runner, Dataflow included).
+  """
+  beam = _beam()
+  options = pipeline_options(beam_args, workers)
+  outcome = {}
+
+  def pipeline():
+    try:
+      with beam.Pipeline(options=options) as p:
+        _ = (p | 'Shards' >> beam.Create(list(todo))
+             | 'Spread' >> beam.Reshuffle()
+             | 'Write' >> beam.ParDo(WriteShardsFn(job)))
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome['error'] = e
+
+  thread = threading.Thread(target=pipeline, name='cvrl_convert-beam', daemon=True)
+  thread.start()
+  pending = {job.shard_names[k] for k in todo}
+  while pending:
+    thread.join(_POLL_SECONDS)
+    _report(job.task, pending, progress)
+    if not thread.is_alive():
+      break
+  thread.join()
+  if 'error' in outcome:
+    raise outcome['error']
+
+
+def _report(task: shard_writer.Task, pending: set, progress) -> None:
+  """Advances `progress` by the shards of `pending` whose status file appeared."""
+  present = set(files_lib.listdir(task.work_dir))
+  for name in sorted(n for n in pending if n + '.json' in present):
+    status = files_lib.read_json(task.status_path(name))
+    if status is None:
+      continue
+    pending.discard(name)
+    if progress is None:
+      continue
+    for failure in status['failures']:
+      progress.message(f'cvrl_convert: FAILED {failure["path"]}: {failure["reason"]}')
+      progress.advance(False)
+    for _ in range(status['num_examples']):
+      progress.advance(True)
