@@ -18,6 +18,7 @@ Apache Beam is an optional dependency: pip install 'cvrl_tf[beam]'.
 """
 
 import dataclasses
+import logging
 import threading
 from typing import List, Optional, Sequence, Tuple
 
@@ -75,12 +76,14 @@ def pipeline_options(beam_args: Sequence[str], workers: int):
   if unknown:
     raise BeamArgsError(f'unknown option(s) for --runner={runner}: '
                         + ', '.join(f'--{u}' for u in unknown))
-  if runner in ('DirectRunner', 'direct') and not any(
-      a.startswith('--direct_running_mode') for a in args):
-    args += ['--direct_running_mode=multi_processing',
-             f'--direct_num_workers={max(1, workers)}']
-    options = po.PipelineOptions(args)
-  return options
+  given = lambda name: any(a.split('=')[0] == name for a in args)
+  if runner in ('DirectRunner', 'direct') and not given('--direct_running_mode'):
+    args += ['--direct_running_mode=multi_processing']
+    if not given('--direct_num_workers'):
+      args += [f'--direct_num_workers={max(1, workers)}']
+  if not given('--default_sdk_harness_log_level'):
+    args += ['--default_sdk_harness_log_level=WARNING']  # Beam's INFO: pages per worker
+  return po.PipelineOptions(args)
 
 
 class WriteShardsFn(_DoFn):
@@ -123,6 +126,7 @@ def run(job: Job, todo: Sequence[int], beam_args: Sequence[str], workers: int,
   """
   beam = _beam()
   options = pipeline_options(beam_args, workers)
+  logging.getLogger('apache_beam').setLevel(logging.ERROR)  # its INFO: pages per run
   outcome = {}
 
   def pipeline():

@@ -16,6 +16,7 @@ from concurrent.futures import process as futures_process
 import itertools
 import multiprocessing
 import os
+import time
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 _BrokenPool = futures_process.BrokenProcessPool
@@ -35,9 +36,9 @@ class OrderedPool:
     workers: number of processes; 0 runs calls in this process (debugging, tiny inputs).
     on_crash: kwargs -> result to yield for a call whose process died.
     window: calls in flight (submitted, result not yet consumed); bounds memory.
-    timeout: seconds a call may run (None: no limit; not enforced in-process). Counted
-      from when the caller starts waiting for its result, by which time the call is
-      running (calls start in order): a call is stopped after at least `timeout` s.
+    timeout: seconds a call may run (None: no limit; not enforced in-process), counted
+      from when the call starts in its worker: a call is stopped after at least
+      `timeout` s of running, once the caller waits for its result.
     on_timeout: kwargs -> result to yield for a call stopped that way.
   """
 
@@ -61,21 +62,21 @@ class OrderedPool:
       for name in ('OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
         os.environ.setdefault(name, threads)
 
-  def _new(self, workers: int):
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=self._ctx)
+  def _new(self, workers: int) -> '_Workers':
+    return _Workers(self._ctx, workers)
 
   def _isolated(self, fn, kwargs):
-    executor = self._new(1)
+    workers = self._new(1)
     try:
-      future = executor.submit(fn, **kwargs)
-      if not _wait(future, self._timeout):
-        _kill(executor)
+      call_id, future = workers.submit(fn, kwargs)
+      if not workers.wait(call_id, future, self._timeout):
+        workers.kill()
         return self._on_timeout(kwargs)
       return future.result()
     except _BrokenPool:
       return self._on_crash(kwargs)
     finally:
-      executor.shutdown(wait=False, cancel_futures=True)
+      workers.shutdown(wait=False)
 
   def map(self, fn: Callable[..., Any], calls: Iterable[Dict[str, Any]]) -> Iterator[Any]:
     """Starts the first calls right away (so workers run while the caller does slow
@@ -94,22 +95,22 @@ class OrderedPool:
       if self._executor is None:
         self._executor = self._new(self._workers)
       try:
-        future = self._executor.submit(fn, **kwargs)
+        call_id, future = self._executor.submit(fn, kwargs)
       except _BrokenPool:  # a call in flight just crashed: handled at its turn
-        future = None
-      in_flight.append((kwargs, future))
+        call_id, future = None, None
+      in_flight.append((kwargs, call_id, future))
 
   def _results(self, fn, calls, in_flight) -> Iterator[Any]:
     while in_flight:
-      kwargs, future = in_flight.popleft()
+      kwargs, call_id, future = in_flight.popleft()
       try:
         if future is None:
           raise _BrokenPool()
-        if not _wait(future, self._timeout):
+        if not self._executor.wait(call_id, future, self._timeout):
           # Stalled: kill the workers (the pool cannot kill one), rerun the other calls.
-          _kill(self._executor)
+          self._executor.kill()
           self._executor = None
-          calls = itertools.chain([kw for kw, _ in in_flight], calls)
+          calls = itertools.chain([kw for kw, _, _ in in_flight], calls)
           in_flight.clear()
           self._fill(fn, calls, in_flight)
           yield self._on_timeout(kwargs)
@@ -118,9 +119,9 @@ class OrderedPool:
       except _BrokenPool:
         # Some call in flight killed its worker: rerun each alone to find which.
         if self._executor is not None:
-          self._executor.shutdown(wait=False, cancel_futures=True)
+          self._executor.shutdown(wait=False)
         self._executor = None
-        retry = [kwargs] + [kw for kw, _ in in_flight]
+        retry = [kwargs] + [kw for kw, _, _ in in_flight]
         in_flight.clear()
         for kw in retry:
           yield self._isolated(fn, kw)
@@ -132,7 +133,7 @@ class OrderedPool:
   def close(self, wait: bool = True):
     """Stops the workers; wait=False abandons calls in flight (on errors/interrupts)."""
     if self._executor is not None:
-      self._executor.shutdown(wait=wait, cancel_futures=True)
+      self._executor.shutdown(wait=wait)
       self._executor = None
 
   def __enter__(self):
@@ -142,20 +143,63 @@ class OrderedPool:
     self.close(wait=exc_type is None)
 
 
-def _wait(future, timeout: Optional[float]) -> bool:
-  """Whether `future` finished within `timeout` seconds (None: waits for it)."""
-  return bool(concurrent.futures.wait([future], timeout).done)
+
+_STARTED = None  # in a worker: the queue on which its calls report that they started
 
 
-def _kill(executor) -> None:
-  """Kills the worker processes of `executor` (stuck in a call no signal reaches)."""
-  kill = getattr(executor, 'kill_workers', None)  # Python >= 3.14
-  if kill is not None:
-    kill()
-  else:
-    processes = list((getattr(executor, '_processes', None) or {}).values())
-    for process in processes:
-      process.kill()
-    for process in processes:
-      process.join(5)
-  executor.shutdown(wait=False, cancel_futures=True)
+def _set_started_queue(queue) -> None:
+  global _STARTED
+  _STARTED = queue
+
+
+def _report_start(fn, call_id: int, kwargs: Dict[str, Any]):
+  _STARTED.put(call_id)
+  return fn(**kwargs)
+
+
+class _Workers:
+  """A ProcessPoolExecutor whose calls report when they start, so that a call's time
+  limit counts its own running time, not the start-up of a fresh worker process."""
+
+  def __init__(self, ctx, workers: int):
+    self._started_queue = ctx.SimpleQueue()
+    self._executor = concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_set_started_queue,
+        initargs=(self._started_queue,))
+    self._started: Dict[int, float] = {}  # call id -> when this process saw it start
+    self._ids = itertools.count()
+
+  def submit(self, fn, kwargs: Dict[str, Any]):
+    call_id = next(self._ids)
+    return call_id, self._executor.submit(_report_start, fn, call_id, kwargs)
+
+  def wait(self, call_id: int, future, timeout: Optional[float]) -> bool:
+    """Whether `future` finished before running `timeout` seconds (None: no limit)."""
+    if timeout is None:
+      concurrent.futures.wait([future])
+      return True
+    while True:
+      while not self._started_queue.empty():
+        self._started[self._started_queue.get()] = time.monotonic()
+      start = self._started.get(call_id)
+      left = 0.1 if start is None else start + timeout - time.monotonic()
+      if concurrent.futures.wait([future], max(0.0, left)).done:
+        return True
+      if start is not None and time.monotonic() >= start + timeout:
+        return False
+
+  def kill(self) -> None:
+    """Kills the worker processes (stuck in a call that no signal reaches)."""
+    kill = getattr(self._executor, 'kill_workers', None)  # Python >= 3.14
+    if kill is not None:
+      kill()
+    else:
+      processes = list((getattr(self._executor, '_processes', None) or {}).values())
+      for process in processes:
+        process.kill()
+      for process in processes:
+        process.join(5)
+    self.shutdown(wait=False)
+
+  def shutdown(self, wait: bool) -> None:
+    self._executor.shutdown(wait=wait, cancel_futures=True)
