@@ -94,7 +94,7 @@ def test_beam_run_killed_then_rerun_completes_with_the_same_bytes(tmp_path):
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
   try:
     deadline = time.time() + 240
-    while not any(n.endswith('.tfrecord') for n in os.listdir(out) if os.path.isdir(out)):
+    while not any(n.endswith('.tfrecord') for n in (os.listdir(out) if out.exists() else [])):
       assert proc.poll() is None and time.time() < deadline
       time.sleep(0.1)
     time.sleep(0.5)

@@ -195,15 +195,17 @@ class _Converter:
 
   def _convert_on_beam(self, names, todo, progress, beam_args):
     from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
-    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
     self.pool.close()  # Beam's workers have decoders of their own.
-    records.write_label_map(self.label_map_path, self.task.labels)
     items_path = os.path.join(self.task.work_dir, 'items.json')
     files_lib.atomic_write(items_path, _to_json(
         [dataclasses.astuple(i) for i in self.items]))
-    convert_beam.run(convert_beam.Job(
+    running = convert_beam.start(convert_beam.Job(
         task=self.task, items_path=items_path, shard_names=tuple(names),
-        seed=self.opts.seed), todo, beam_args, self.workers, progress)
+        seed=self.opts.seed), todo, beam_args, self.workers)
+    # The pipeline runs now; TensorFlow (seconds to import) loads meanwhile.
+    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+    records.write_label_map(self.label_map_path, self.task.labels)
+    running.wait(progress)
 
   def run(self, beam_args: Optional[Sequence[str]] = None) -> Result:
     t0 = time.monotonic()

@@ -60,8 +60,12 @@ def _beam():
 def pipeline_options(beam_args: Sequence[str], workers: int):
   """PipelineOptions from the command line's Beam options; raises BeamArgsError.
 
-  DirectRunner defaults to `workers` processes (multi_processing), not Beam's in-memory
-  single thread: that is what makes it a local runner worth using.
+  DirectRunner defaults to `workers` threads (multi_threading), not Beam's in-memory
+  single thread: each thread's videos are decoded in a process of its own (the DoFn's
+  pool), so the decoding runs on `workers` cores, as with the local pool; Beam's
+  multi_processing mode (--direct_running_mode=multi_processing) gives the same bytes
+  but starts a Python + TensorFlow per worker and stops its gRPC servers with a grace
+  period: ~15 s more per run (benchmarks/bench_convert.py).
   """
   _beam()
   # pylint: disable=g-import-not-at-top
@@ -78,7 +82,7 @@ def pipeline_options(beam_args: Sequence[str], workers: int):
                         + ', '.join(f'--{u}' for u in unknown))
   given = lambda name: any(a.split('=')[0] == name for a in args)
   if runner in ('DirectRunner', 'direct') and not given('--direct_running_mode'):
-    args += ['--direct_running_mode=multi_processing']
+    args += ['--direct_running_mode=multi_threading']
     if not given('--direct_num_workers'):
       args += [f'--direct_num_workers={max(1, workers)}']
   if not given('--default_sdk_harness_log_level'):
@@ -117,38 +121,45 @@ class WriteShardsFn(_DoFn):
       self._pool.close(wait=False)
 
 
-def run(job: Job, todo: Sequence[int], beam_args: Sequence[str], workers: int,
-        progress: Optional[progress_lib.Progress] = None) -> None:
-  """Writes the shards `todo` on the runner of `beam_args`; returns when all are written.
+class Running:
+  """A pipeline writing shards in a thread of this process (start() makes one); wait()
+  reports progress from the status files that appear in the work folder (the same on
+  every runner, Dataflow included) and returns when all are written."""
 
-  The pipeline runs in a thread while this one reports progress from the status files
-  that appear in the work folder (the same on every runner, Dataflow included).
-  """
-  beam = _beam()
+  def __init__(self, job: Job, todo: Sequence[int], options):
+    beam = _beam()
+    self._job, self._pending = job, {job.shard_names[k] for k in todo}
+    self._error = []
+
+    def pipeline():
+      try:
+        with beam.Pipeline(options=options) as p:
+          _ = (p | 'Shards' >> beam.Create(list(todo))
+               | 'Spread' >> beam.Reshuffle()
+               | 'Write' >> beam.ParDo(WriteShardsFn(job)))
+      except BaseException as e:  # pylint: disable=broad-except
+        self._error.append(e)
+
+    self._thread = threading.Thread(target=pipeline, name='cvrl_convert-beam', daemon=True)
+    self._thread.start()
+
+  def wait(self, progress: Optional[progress_lib.Progress] = None) -> None:
+    while self._pending:
+      self._thread.join(_POLL_SECONDS)
+      _report(self._job.task, self._pending, progress)
+      if not self._thread.is_alive():
+        break
+    self._thread.join()
+    if self._error:
+      raise self._error[0]
+
+
+def start(job: Job, todo: Sequence[int], beam_args: Sequence[str],
+          workers: int) -> Running:
+  """Starts writing the shards `todo` on the runner of `beam_args` (see Running)."""
   options = pipeline_options(beam_args, workers)
   logging.getLogger('apache_beam').setLevel(logging.ERROR)  # its INFO: pages per run
-  outcome = {}
-
-  def pipeline():
-    try:
-      with beam.Pipeline(options=options) as p:
-        _ = (p | 'Shards' >> beam.Create(list(todo))
-             | 'Spread' >> beam.Reshuffle()
-             | 'Write' >> beam.ParDo(WriteShardsFn(job)))
-    except BaseException as e:  # pylint: disable=broad-except
-      outcome['error'] = e
-
-  thread = threading.Thread(target=pipeline, name='cvrl_convert-beam', daemon=True)
-  thread.start()
-  pending = {job.shard_names[k] for k in todo}
-  while pending:
-    thread.join(_POLL_SECONDS)
-    _report(job.task, pending, progress)
-    if not thread.is_alive():
-      break
-  thread.join()
-  if 'error' in outcome:
-    raise outcome['error']
+  return Running(job, todo, options)
 
 
 def _report(task: shard_writer.Task, pending: set, progress) -> None:
