@@ -119,3 +119,16 @@ def test_beam_run_killed_then_rerun_completes_with_the_same_bytes(tmp_path):
                             log=None)
   assert control.manifest['num_converted'] == len(names)
   assert _folder_bytes(out) == _folder_bytes(tmp_path / 'control')
+
+
+def test_an_unknown_beam_option_is_a_usage_error_naming_it(tmp_path, capsys):
+  (tmp_path / 'list.csv').write_text('a.mp4,x\n')
+  try:
+    rest = convert_cli.parse_flags([
+        'cvrl_convert', f'--csv={tmp_path / "list.csv"}', f'--output_dir={tmp_path / "out"}',
+        '--runner=DirectRunner', '--projekt=p'])
+    assert convert_cli.main(rest) == 2
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert 'unknown option(s) for --runner=DirectRunner: --projekt' in capsys.readouterr().err
+  assert not (tmp_path / 'out').exists()
