@@ -2,6 +2,7 @@
 
   python benchmarks/bench_convert.py            # 12 videos of 4 s, 5 repetitions
   python benchmarks/bench_convert.py --quick    # smoke run (2 videos of 1 s, 1 rep)
+  python benchmarks/bench_convert.py --only_beam --reps=4   # local pool vs Beam, W=2
 
 Writes Kinetics-like sources (480x360 H.264, 25 fps, moving texture + noise) to a temp
 dir, then measures, alternating variants within each repetition so that load drift hits

@@ -92,7 +92,7 @@ def beam_args_from_flags(rest) -> list:
   """The Beam pipeline options of the command line (None: no --runner, convert here)."""
   if not _flag('runner'):
     if rest:
-      raise UsageError(f'unexpected arguments: {" ".join(rest)} (Beam pipeline options '
+      raise UsageError(f'unknown flags or arguments: {" ".join(rest)} (Beam pipeline options '
                        'go with --runner)')
     return None
   from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
