@@ -5,9 +5,9 @@ so output files are deterministic; a bounded number of calls is in flight so mem
 not grow with the input; a call that kills its worker process (a decoder segfault)
 fails alone instead of taking the run down; a call that runs past `timeout` (a stalled
 read: a FIFO, a hung network mount) has its process killed from here and fails alone too,
-since no code inside the call can be trusted to notice that it is stuck. `spawn` keeps workers free of the parent's
-state (TensorFlow threads do not survive fork), so `fn` must be importable without heavy
-modules for workers to start fast.
+since no code inside the call can be trusted to notice that it is stuck. `spawn` keeps
+workers free of the parent's state (TensorFlow threads do not survive fork), so `fn` must
+be importable without heavy modules for workers to start fast.
 """
 
 import collections
