@@ -228,7 +228,7 @@ class _Converter:
         self._say(f'{n - len(todo)} of {n} shards already done, converting the rest')
       done = sum(len(assignment[k]) for k in range(n) if statuses[names[k]] is not None)
       progress = progress_lib.Progress(len(self.items), done, self.log)
-      if beam_args is None:
+      if beam_args is None or not todo:  # (nothing left for Beam: no pipeline to start)
         self._convert_here(names, assignment, todo, progress)
       else:
         self._convert_on_beam(names, todo, progress, beam_args)
