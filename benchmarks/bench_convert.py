@@ -2,6 +2,7 @@
 
   python benchmarks/bench_convert.py            # 12 videos of 4 s, 5 repetitions
   python benchmarks/bench_convert.py --quick    # smoke run (2 videos of 1 s, 1 rep)
+  python benchmarks/bench_convert.py --only_beam --reps=4   # local pool vs Beam, W=2
 
 Writes Kinetics-like sources (480x360 H.264, 25 fps, moving texture + noise) to a temp
 dir, then measures, alternating variants within each repetition so that load drift hits
@@ -10,6 +11,10 @@ all of them alike (one warm-up repetition excluded; median and min..max printed)
   convert      W=1|2   cvrl_tf.data.convert in-process: decode, resize to short side 256,
                        JPEG q90 in W worker processes, records + shards written here
                        (includes starting the workers, excludes the TensorFlow import)
+  beam         W=2     the same conversion on Apache Beam's DirectRunner with W worker
+                       processes (--runner=DirectRunner; needs the [beam] extra, else
+                       skipped): includes starting Beam's workers, which import
+                       TensorFlow each; compare with convert W=2 (issue 21: >= 0.8x)
 Also:
   jpeg         Pillow vs tf.io.encode_jpeg per 256x341 frame, and their import times
   memory       peak RSS of a fresh process converting one 10 s vs one 60 s video
@@ -80,11 +85,20 @@ def run_decode_only(paths, workers):
     return sum(pool.map(decode_only, [{'path': p} for p in paths]))
 
 
-def run_convert(paths, workers, out_dir):
+def beam_available() -> bool:
+  try:
+    import apache_beam  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def run_convert(paths, workers, out_dir, beam=False):
   listing = sources.Listing([sources.Item(p, 'x', os.path.basename(p)) for p in paths],
                             [], {'kind': 'bench'})
   result = convert.convert(listing, convert.Options(
-      output_dir=out_dir, num_shards=2, short_side=256, workers=workers), log=None)
+      output_dir=out_dir, num_shards=2, short_side=256, workers=workers), log=None,
+                           beam_args=['--runner=DirectRunner'] if beam else None)
   assert result.exit_code == 0, result.manifest
   return result.manifest['num_frames']
 
@@ -94,9 +108,9 @@ def _summary(name, values, unit):
   return f'{name:22s} {med:8.1f} {unit}  ({min(values):.1f}..{max(values):.1f})'
 
 
-def bench_throughput(paths, reps, tmp):
-  variants = [(f'{kind} W={w}', kind, w) for w in (1, 2) for kind in ('decode_only',
-                                                                       'convert')]
+def bench_throughput(paths, reps, tmp, kinds=('decode_only', 'convert'), workers=(1, 2)):
+  variants = [(f'{kind} W={w}', kind, w) for w in workers for kind in kinds
+              if kind != 'beam' or w == 2]
   stats = {name: {'videos/s': [], 'frames/s': [], 'videos/cpu-s': []} for name, _, _ in
            variants}
   for rep in range(reps + 1):  # repetition 0 is the warm-up
@@ -105,17 +119,20 @@ def bench_throughput(paths, reps, tmp):
       if kind == 'decode_only':
         frames = run_decode_only(paths, workers)
       else:
-        frames = run_convert(paths, workers, os.path.join(tmp, f'out-{rep}-{workers}'))
+        frames = run_convert(paths, workers, os.path.join(tmp, f'out-{rep}-{kind}{workers}'),
+                             beam=kind == 'beam')
       wall, cpu = time.perf_counter() - t0, _cpu() - c0
       if rep:
         stats[name]['videos/s'].append(len(paths) / wall)
         stats[name]['frames/s'].append(frames / wall)
-        stats[name]['videos/cpu-s'].append(len(paths) / cpu)
+        if kind != 'beam':  # Beam's decoder processes are not reaped here: not counted
+          stats[name]['videos/cpu-s'].append(len(paths) / cpu)
   print(f'\nthroughput: {len(paths)} videos of {WIDTH}x{HEIGHT} @ {FPS} fps, '
         f'{reps} repetitions, median (min..max)')
   for name, _, _ in variants:
     for unit, values in stats[name].items():
-      print(_summary(name, values, unit))
+      if values:
+        print(_summary(name, values, unit))
   return stats
 
 
@@ -199,8 +216,12 @@ def bench_memory(tmp, lengths, whole_converter, probe_runs=2):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true', help='smoke run')
+  parser.add_argument('--only_beam', action='store_true',
+                      help='throughput of convert W=2 vs beam W=2 only (issue 21 A/B)')
+  parser.add_argument('--num_videos', type=int, default=12)
+  parser.add_argument('--reps', type=int, default=5)
   args = parser.parse_args()
-  num, seconds, reps = (2, 1.0, 1) if args.quick else (12, 4.0, 5)
+  num, seconds, reps = (2, 1.0, 1) if args.quick else (args.num_videos, 4.0, args.reps)
   lengths = (1, 3) if args.quick else (10, 60)
   print(machine_line('n/a (decode / JPEG encode, no model)'))
   print(f'cores: {pool_lib.default_workers()}, load average at start: '
@@ -210,7 +231,11 @@ def main():
     for i in range(num):
       paths.append(os.path.join(tmp, f'v{i:03d}.mp4'))
       write_video(paths[-1], seconds, seed=i)
-    bench_throughput(paths, reps, tmp)
+    if args.only_beam:
+      bench_throughput(paths, reps, tmp, kinds=('convert', 'beam'), workers=(2,))
+      return
+    beam = ('beam',) if beam_available() and not args.quick else ()
+    bench_throughput(paths, reps, tmp, kinds=('decode_only', 'convert') + beam)
     frame = video_io.read_frames(paths[0], short_side=256)[0]
     if args.quick:
       bench_jpeg(frame, 20, import_runs=1, modules=('PIL.Image',))

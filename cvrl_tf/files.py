@@ -1,19 +1,94 @@
-"""Writing result files: atomically, and JSON through one normaliser; reading JSON back.
+"""Writing result files: atomically, and JSON through one normaliser; reading JSON back;
+the few folder operations the converter needs, on any filesystem.
 
 Local paths are written with `os` and never import TensorFlow, so the converter's and the
 synthesizer's modules (and their spawned workers) stay free of it; any other path
-(gs://, hdfs://, file:// ...) goes through tf.io.gfile, imported only then.
+(gs://, hdfs://, ram://, file:// ...) goes through tf.io.gfile, imported only then.
+Object stores have no atomic rename: there `rename` copies, and the final name appears
+only when the copy is complete (an object is visible whole or not at all).
 """
 
 import json
 import os
+import shutil
 import uuid
 
 import numpy as np
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
   return '://' not in path
+
+
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+  return os.path.exists(path) if is_local(path) else _gfile().exists(path)
+
+
+def isdir(path: str) -> bool:
+  return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
+
+
+def makedirs(path: str) -> None:
+  if is_local(path):
+    os.makedirs(path, exist_ok=True)
+  else:
+    _gfile().makedirs(path)
+
+
+def listdir(path: str) -> list:
+  """Names in a folder (none when it does not exist)."""
+  if not exists(path):
+    return []
+  names = os.listdir(path) if is_local(path) else _gfile().listdir(path)
+  return sorted(n.rstrip('/') for n in names)
+
+
+def remove_tree(path: str) -> None:
+  """Deletes a folder and what it holds; nothing when it is gone already."""
+  if is_local(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif _gfile().exists(path):
+    _gfile().rmtree(path)
+
+
+def remove(path: str) -> None:
+  if is_local(path):
+    os.remove(path)
+  else:
+    _gfile().remove(path)
+
+
+def abspath(path: str) -> str:
+  """os.path.abspath for local paths; a URL as it is."""
+  return os.path.abspath(path) if is_local(path) else path
+
+
+def open_file(path: str, mode: str = 'rb', **kwargs):
+  """A file object for reading, on any filesystem (kwargs: open's, local paths only)."""
+  if is_local(path):
+    return open(path, mode, **kwargs)  # pylint: disable=unspecified-encoding
+  return _gfile().GFile(path, mode)
+
+
+def publish(tmp: str, final: str) -> None:
+  """Gives the complete file `tmp` its final name: fsync + atomic rename on a local disk;
+  elsewhere a copy, after which the object exists whole under `final`."""
+  if is_local(final):
+    with open(tmp, 'rb') as f:
+      os.fsync(f.fileno())
+    os.replace(tmp, final)
+  else:
+    _gfile().rename(tmp, final, overwrite=True)
+
+
+def size(path: str) -> int:
+  return os.path.getsize(path) if is_local(path) else _gfile().stat(path).length
 
 
 def atomic_write(path: str, data, mode: str = 'w') -> str:
@@ -27,7 +102,7 @@ def atomic_write(path: str, data, mode: str = 'w') -> str:
   if mode not in ('w', 'wb'):
     raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
   tmp = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-  local = _is_local(path)
+  local = is_local(path)
   try:
     if local:
       text = {'encoding': 'utf-8', 'newline': ''} if mode == 'w' else {}
@@ -81,7 +156,7 @@ def write_json(path: str, obj) -> str:
 
 def read_json(path: str):
   """The JSON object stored at `path`, or None when there is no such file."""
-  if _is_local(path):
+  if is_local(path):
     if not os.path.exists(path):
       return None
     with open(path, encoding='utf-8') as f:

@@ -300,3 +300,95 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data, tmp_path):
   assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / 'control'))
   for name in os.listdir(out):  # shards, label map and manifest
     assert (out / name).read_bytes() == (tmp_path / 'control' / name).read_bytes(), name
+
+
+def test_decode_time_limit_fails_a_stalled_video_alone(data, tmp_path):
+  """A FIFO that never delivers data stands for a stalled read: its decoder process is
+  killed at the limit, the video recorded as failed with that reason, the others kept."""
+  os.mkfifo(tmp_path / 'stalled.mp4')
+  good = [str(data / 'classes' / 'brush_hair' / f'{n}.avi') for n in 'abc']
+  csv_path = tmp_path / 'list.csv'
+  csv_path.write_text(f'{good[0]},x\nstalled.mp4,x\n{good[1]},y\n{good[2]},y\n')
+  t0 = time.monotonic()
+  result = convert.convert(sources.list_csv(str(csv_path)), convert.Options(
+      output_dir=str(tmp_path / 'out'), num_shards=1, short_side=0, workers=1,
+      decode_timeout=2.0), log=None)
+  assert time.monotonic() - t0 < 60
+  assert result.exit_code == 1 and result.manifest['num_converted'] == 3
+  (failure,) = result.manifest['failures']
+  assert failure['path'].endswith('stalled.mp4')
+  assert failure['reason'] == ('decoding took longer than the time limit of 2 s '
+                               '(--decode_timeout)')
+  recs = _all(_read(str(tmp_path / 'out'), 'data'))
+  assert [r['media_id'] for r in recs] == sorted(g[:-4].encode() for g in good)
+
+
+def _copy_to(src_dir, url):
+  """The files of a local folder (recursively) into a tf.io.gfile folder."""
+  for root, _, names in os.walk(src_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), src_dir)
+      tf.io.gfile.makedirs(os.path.dirname(f'{url}/{rel}'))
+      tf.io.gfile.copy(os.path.join(root, name), f'{url}/{rel}', overwrite=True)
+
+
+def _gfile_bytes(folder):
+  return {n: tf.io.gfile.GFile(f'{folder}/{n}', 'rb').read()
+          for n in tf.io.gfile.listdir(folder)}
+
+
+def test_ram_filesystem_inputs_and_outputs_give_the_local_bytes(data, tmp_path):
+  """TensorFlow's in-memory ram:// stands for gs://: listing, videos and outputs there
+  (in-process decoding: ram:// is per process), and outputs there from the pool."""
+  rows = 'brush_hair/a.avi,p\ncartwheel/d.avi,q\nbrush_hair/c.avi,p\nmissing.avi,q\n'
+  (tmp_path / 'videos').mkdir()
+  (tmp_path / 'list.csv').write_text(rows)
+  opts = dict(num_shards=2, short_side=16, seed=3)
+  local = convert.convert(sources.list_csv(str(tmp_path / 'list.csv'), str(data / 'classes')),
+                          convert.Options(output_dir=str(tmp_path / 'local'), workers=0,
+                                          **opts), log=None)
+  assert local.manifest['num_converted'] == 3
+  expected = {n: (tmp_path / 'local' / n).read_bytes()
+              for n in os.listdir(tmp_path / 'local')}
+
+  _copy_to(str(data / 'classes'), 'ram://in21/videos')
+  tf.io.gfile.GFile('ram://in21/list.csv', 'w').write(rows)
+  remote = convert.convert(sources.list_csv('ram://in21/list.csv', 'ram://in21/videos'),
+                           convert.Options(output_dir='ram://out21/a', workers=0, **opts),
+                           log=None)
+  assert remote.manifest['failures'][0]['path'] == 'ram://in21/videos/missing.avi'
+  got = _gfile_bytes('ram://out21/a')  # no temp file, no work folder left
+  assert sorted(got) == sorted(expected)
+  for name in expected:
+    if name.endswith('.tfrecord') or name.endswith('.txt'):
+      assert got[name] == expected[name], name
+
+  pooled = convert.convert(sources.list_csv(str(tmp_path / 'list.csv'), str(data / 'classes')),
+                           convert.Options(output_dir='ram://out21/b', workers=2, **opts),
+                           log=None)
+  assert pooled.manifest == local.manifest
+  assert _gfile_bytes('ram://out21/b') == expected
+  # A rerun finds the complete run there.
+  again = convert.convert(sources.list_csv(str(tmp_path / 'list.csv'), str(data / 'classes')),
+                          convert.Options(output_dir='ram://out21/b', workers=2, **opts),
+                          log=None)
+  assert again.manifest == local.manifest
+
+
+def test_runner_flag_usage_errors(tmp_path, monkeypatch, capsys):
+  from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'list.csv').write_text('a.mp4,x\n')
+  base = [f'--csv={tmp_path / "list.csv"}', f'--output_dir={tmp_path / "out"}']
+  flags.FLAGS(['cvrl_convert', *base, '--project=p'], known_only=True)
+  try:
+    rest = convert_cli.parse_flags(['cvrl_convert', *base, '--project=p'])[1:]
+    assert rest == ['--project=p']
+    assert convert_cli.main(['cvrl_convert', *rest]) == 2
+    assert 'go with --runner' in capsys.readouterr().err
+    monkeypatch.setattr(convert_beam, '_apache_beam', None)  # Beam not installed
+    flags.FLAGS['runner'].parse('DirectRunner')
+    assert convert_cli.main(['cvrl_convert']) == 2
+    assert "pip install 'cvrl_tf[beam]'" in capsys.readouterr().err
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert not (tmp_path / 'out').exists()

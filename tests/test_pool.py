@@ -1,6 +1,8 @@
-"""pool.OrderedPool: order kept, a crashing call fails alone, in-process mode."""
+"""pool.OrderedPool: order kept, a crashing call fails alone, a stalled call is killed
+after its time limit and fails alone, in-process mode."""
 
 import os
+import time
 
 from cvrl_tf.data import pool
 
@@ -16,6 +18,22 @@ def test_order_kept_and_a_crash_fails_only_its_call():
     out = list(p.map(_square_or_die, [{'x': x} for x in range(8)]))
     assert out == [0, 1, 4, ('crashed', 3), 16, 25, 36, 49]
     assert list(p.map(_square_or_die, [{'x': 5}])) == [25]  # usable after a crash
+
+
+def _square_or_stall(x):
+  if x == 2:
+    time.sleep(3600)  # like a read that never returns
+  return x * x
+
+
+def test_a_stalled_call_is_killed_after_the_limit_and_fails_alone():
+  t0 = time.monotonic()
+  with pool.OrderedPool(2, on_crash=lambda kw: 'crashed', window=3, timeout=2.0,
+                        on_timeout=lambda kw: ('timeout', kw['x'])) as p:
+    out = list(p.map(_square_or_stall, [{'x': x} for x in range(6)]))
+    assert out == [0, 1, ('timeout', 2), 9, 16, 25]
+    assert list(p.map(_square_or_stall, [{'x': 5}])) == [25]  # usable after a kill
+  assert 2.0 <= time.monotonic() - t0 < 30  # stopped at the limit, not at 3600 s
 
 
 def test_in_process_mode():

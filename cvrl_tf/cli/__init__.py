@@ -15,7 +15,12 @@ def _run(command: str):
   # absl's --help lists the key flags of the module named sys.argv[0] (the script).
   for name in module.TOOL_FLAGS.defaults:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  app.run(module.main)
+  # A tool that passes arguments on (cvrl_convert: to Beam) parses its flags itself.
+  parser = getattr(module, 'parse_flags', None)
+  if parser is None:
+    app.run(module.main)
+  else:
+    app.run(module.main, flags_parser=parser)
 
 
 def cvrl_convert():

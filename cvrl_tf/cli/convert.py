@@ -1,11 +1,18 @@
-"""`cvrl_convert`: videos to TFRecord shards (data/convert.py does the work)."""
+"""`cvrl_convert`: videos to TFRecord shards (data/convert.py does the work).
+
+With `--runner=...` the shards are written by Apache Beam (data/convert_beam.py); the
+command line's other `--name=value` arguments are then Beam pipeline options.
+"""
 
 import os
 import sys
 
+from absl import flags
+
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.data import sources
-from cvrl_tf.data.convert import _SIZE_SAMPLE, Options, UsageError, convert, validate
+from cvrl_tf.data.convert import (_SIZE_SAMPLE, DEFAULT_DECODE_TIMEOUT, Options,
+                                  UsageError, convert, validate)
 
 # ---------------------------------------------------------------------------------------
 # Command line.
@@ -40,6 +47,12 @@ _FLAGS = [  # (kind, name, default, help)
     ('integer', 'jpeg_quality', 90, 'JPEG quality of stored frames.'),
     ('integer', 'workers', None, 'Decoding processes (default: all cores; 0 = none).'),
     ('integer', 'seed', 0, 'Seed of the shuffle of videos across shards.'),
+    ('float', 'decode_timeout', DEFAULT_DECODE_TIMEOUT, 'Seconds one video may take to '
+     'decode before its decoder process is killed and the video recorded as failed '
+     '(0 = no limit; not enforced with --workers=0).'),
+    ('string', 'runner', None, 'Write the shards with Apache Beam on this runner: '
+     'DirectRunner (local, --workers processes), DataflowRunner, FlinkRunner, SparkRunner; '
+     "the other --options are Beam's. Needs pip install 'cvrl_tf[beam]'."),
 ]
 TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
 _flag = TOOL_FLAGS.value
@@ -66,20 +79,45 @@ def listing_from_flags() -> sources.Listing:
   return sources.list_csv(_flag('csv'), _flag('video_root'))
 
 
+def parse_flags(argv):
+  """absl's flags_parser: this tool's flags; what remains is for Beam (see main)."""
+  try:
+    return flags.FLAGS(argv, known_only=True)
+  except flags.Error as e:
+    print(f'cvrl_convert: error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def beam_args_from_flags(rest) -> list:
+  """The Beam pipeline options of the command line (None: no --runner, convert here)."""
+  if not _flag('runner'):
+    if rest:
+      raise UsageError(f'unknown flags or arguments: {" ".join(rest)} (Beam pipeline options '
+                       'go with --runner)')
+    return None
+  from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
+  beam_args = [f'--runner={_flag("runner")}', *rest]
+  try:
+    convert_beam.pipeline_options(beam_args, 1)
+  except convert_beam.BeamArgsError as e:
+    raise UsageError(str(e)) from e
+  return beam_args
+
+
 def main(argv):
   """absl entry point: exit 0 all converted, 1 some failed, 2 usage error."""
   # TensorFlow is only a record writer here: silence its device-probing noise.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   try:
-    if len(argv) > 1:
-      raise UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     if TOOL_FLAGS.given('num_shards') and TOOL_FLAGS.given('shard_size_mb'):
       raise UsageError('give --num_shards or --shard_size_mb, not both')
     opts = Options(**{k: _flag(k) for k in (
         'output_dir', 'prefix', 'num_shards', 'shard_size_mb', 'fps', 'short_side',
-        'jpeg_quality', 'workers', 'seed', 'class_list')})
+        'jpeg_quality', 'workers', 'seed', 'class_list', 'decode_timeout')})
     validate(opts)
-    return convert(listing_from_flags(), opts, log=sys.stderr).exit_code
+    beam_args = beam_args_from_flags(argv[1:])
+    return convert(listing_from_flags(), opts, log=sys.stderr,
+                   beam_args=beam_args).exit_code
   except (UsageError, sources.SourceError) as e:
     print(f'cvrl_convert: error: {e}', file=sys.stderr)
     return 2

@@ -1,36 +1,41 @@
 """Video files -> TFRecord shards of SequenceExamples (the `cvrl_convert` command).
 
 Flow: a listing (sources.py) -> label map -> assignment of videos to shards, fixed by
-(listing, seed, num_shards) -> worker processes decode, resize and JPEG-encode
-(video_io.encode_video_jpeg, no TensorFlow, so they start fast) -> this process builds the
-records (records.make_sequence_example) and writes each shard as `*.tmp`, renamed when
-complete.
+(listing, seed, num_shards) -> each shard written by shard_writer.write: worker processes
+decode, resize and JPEG-encode (video_io.encode_video_jpeg, no TensorFlow, so they start
+fast), the records are built and the file is published when complete. The shards are
+written by this process over a local pool of decoders, or by Apache Beam workers
+(convert_beam.py, `beam_args`): the same code per shard, so the same bytes.
+
+Every path may be on any filesystem tf.io.gfile reads (gs://, ram://, ...).
 
 Resume: a plan (settings, listing fingerprint, shard count) is written before any shard,
-and a per-shard status file before each rename. A rerun of the same command converts only
-the shards without a final file; each shard depends only on the plan, so the result equals
-an uninterrupted run. The manifest is written last; a rerun with other settings into the
-same output is refused.
+and a per-shard status file before each shard is published. A rerun of the same command
+converts only the shards without a final file; each shard depends only on the plan, so the
+result equals an uninterrupted run. The manifest, built from the status files, is written
+last; a rerun with other settings into the same output is refused.
 """
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
-import shutil
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, TextIO
+from typing import Dict, List, Optional, Sequence, TextIO
 
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import pool
 from cvrl_tf.data import progress as progress_lib
+from cvrl_tf.data import shard_writer
 from cvrl_tf.data import sources
-from cvrl_tf.data import video_io
 
 FORMAT = 'cvrl_tf.convert/1'
 _SIZE_SAMPLE = 8  # videos converted up front to estimate bytes per record
+DEFAULT_DECODE_TIMEOUT = 600.0
+shard_name = shard_writer.shard_name
+assign_shards = shard_writer.assign_shards
+_to_json = shard_writer.to_json
 
 
 class UsageError(Exception):
@@ -49,6 +54,9 @@ class Options:
   workers: Optional[int] = None  # None: all cores; 0: convert in this process
   seed: int = 0
   class_list: Optional[str] = None
+  # Seconds one video may take to decode (0: no limit); needs worker processes. Not a
+  # setting of the output: a rerun may change it.
+  decode_timeout: float = DEFAULT_DECODE_TIMEOUT
 
 
 @dataclasses.dataclass
@@ -63,7 +71,7 @@ def validate(opts: Options) -> None:
   problems = []
   if not opts.output_dir:
     problems.append('--output_dir is required')
-  elif os.path.exists(opts.output_dir) and not os.path.isdir(opts.output_dir):
+  elif files_lib.exists(opts.output_dir) and not files_lib.isdir(opts.output_dir):
     problems.append(f'--output_dir is not a directory: {opts.output_dir}')
   if not opts.prefix or '/' in opts.prefix or opts.prefix.startswith('.'):
     problems.append(f'bad --prefix {opts.prefix!r}')
@@ -75,26 +83,12 @@ def validate(opts: Options) -> None:
     problems.append('--jpeg_quality must be in [1, 100]')
   if opts.workers is not None and opts.workers < 0:
     problems.append('--workers must be >= 0')
-  if opts.class_list and not os.path.isfile(opts.class_list):
+  if opts.decode_timeout < 0:
+    problems.append('--decode_timeout must be >= 0 (0: no limit)')
+  if opts.class_list and not files_lib.exists(opts.class_list):
     problems.append(f'--class_list not found: {opts.class_list}')
   if problems:
     raise UsageError('; '.join(problems))
-
-
-def shard_name(prefix: str, index: int, num_shards: int) -> str:
-  return f'{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord'
-
-
-def assign_shards(num_items: int, num_shards: int, seed: int) -> List[List[int]]:
-  """Item indices per shard, in writing order: a seeded shuffle dealt round-robin.
-  RandomState's stream is frozen by NumPy, so the assignment is stable across versions."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  order = np.random.RandomState(seed).permutation(num_items).tolist()
-  return [order[k::num_shards] for k in range(num_shards)]
-
-
-def _to_json(value) -> str:
-  return json.dumps(value, indent=1, sort_keys=True) + '\n'
 
 
 class _Converter:
@@ -105,35 +99,35 @@ class _Converter:
     self.opts, self.log = opts, log
     self.workers = pool.default_workers() if opts.workers is None else opts.workers
     self.row_errors = [e.to_dict() for e in listing.errors]
-    self.labels = (sources.read_class_list(opts.class_list) if opts.class_list else
-                   sorted({i.label for i in listing.items if i.label is not None}))
-    self.index = {name: i for i, name in enumerate(self.labels)}
-    self.items, rejected = sources.check_items(listing.items, self.index)
+    labels = (sources.read_class_list(opts.class_list) if opts.class_list else
+              sorted({i.label for i in listing.items if i.label is not None}))
+    self.items, rejected = sources.check_items(
+        listing.items, {name: i for i, name in enumerate(labels)})
     self.early_failures = [{'path': i.path, 'media_id': i.media_id, 'reason': reason}
                            for i, reason in rejected]
     if not self.items:
       shown = '; '.join(str(e) for e in listing.errors[:5])
       raise UsageError('no videos to convert' + (f' ({shown})' if shown else ''))
     fingerprint = hashlib.sha256(_to_json(
-        [[dataclasses.astuple(i) for i in self.items], self.labels]).encode()).hexdigest()
+        [[dataclasses.astuple(i) for i in self.items], labels]).encode()).hexdigest()
     self.settings = files_lib.normalized(dict(  # As read back from plan.json.
         format=FORMAT, source=listing.settings, prefix=opts.prefix, fps=opts.fps,
         short_side=opts.short_side, jpeg_quality=opts.jpeg_quality, seed=opts.seed,
         num_shards=opts.num_shards,
         shard_size_mb=None if opts.num_shards else opts.shard_size_mb,
-        class_list=os.path.abspath(opts.class_list) if opts.class_list else None,
+        class_list=files_lib.abspath(opts.class_list) if opts.class_list else None,
         listing_sha256=fingerprint))
     out, prefix = opts.output_dir, opts.prefix
     self.manifest_path = os.path.join(out, f'{prefix}_manifest.json')
     self.label_map_path = os.path.join(out, f'{prefix}_label_map.txt')
-    self.work_dir = os.path.join(out, f'.{prefix}_convert_work')
-    self.pool = pool.OrderedPool(
-        self.workers, lambda kw: {'ok': False, 'reason': 'decoder process crashed'})
+    self.task = shard_writer.Task(
+        output_dir=out, work_dir=os.path.join(out, f'.{prefix}_convert_work'),
+        labels=tuple(labels), fps=opts.fps, short_side=opts.short_side,
+        quality=opts.jpeg_quality, decode_timeout=opts.decode_timeout)
+    self.pool = shard_writer.new_pool(self.workers, opts.decode_timeout)
 
   def _say(self, text: str):
-    if self.log:
-      self.log.write(f'cvrl_convert: {text}\n')
-      self.log.flush()
+    progress_lib.say(self.log, f'cvrl_convert: {text}')
 
   def _check_settings(self, path: str, stored: Dict[str, object]):
     if stored != self.settings:
@@ -142,40 +136,25 @@ class _Converter:
       raise UsageError(f'{path} was written by a run with other settings (differs in: '
                        f'{", ".join(diff)}); use a fresh --output_dir or another --prefix')
 
-  def _call(self, item: sources.Item) -> dict:
-    return dict(path=item.path, start=item.start, end=item.end, fps=self.opts.fps,
-                short_side=self.opts.short_side, quality=self.opts.jpeg_quality)
-
-  def _record(self, item: sources.Item, res: dict) -> bytes:
-    """Serialized record; takes the JPEGs out of `res` so that at most two copies of a
-    video's frames (proto, bytes) are alive at once."""
-    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
-    label = None if item.label is None else self.index[item.label]
-    example = records.make_sequence_example(
-        res.pop('jpegs'), item.media_id, res['fps'], res['height'], res['width'],
-        label_index=label, label_string=item.label or '')
-    return example.SerializeToString(deterministic=True)  # map order: not per process
-
   def _estimate_num_shards(self) -> int:
-    sample = assign_shards(len(self.items), 1, self.opts.seed)[0][:_SIZE_SAMPLE]
-    results = self.pool.map(video_io.encode_video_jpeg,
-                            [self._call(self.items[i]) for i in sample])
-    sizes = [len(self._record(self.items[i], res))
-             for i, res in zip(sample, results) if res['ok']]
+    sample = [self.items[i] for i in assign_shards(len(self.items), 1,
+                                                   self.opts.seed)[0][:_SIZE_SAMPLE]]
+    results = shard_writer.decode(self.pool, self.task, sample)
+    sizes = [len(self.task.record(item, res))
+             for item, res in zip(sample, results) if res['ok']]
     if not sizes:
       return 1
     total = sum(sizes) / len(sizes) * len(self.items)
     return max(1, math.ceil(total / (self.opts.shard_size_mb * 2**20)))
 
   def _load_or_make_plan(self) -> Dict[str, object]:
-    plan_path = os.path.join(self.work_dir, 'plan.json')
-    if os.path.exists(plan_path):
-      with open(plan_path, encoding='utf-8') as f:
-        plan = json.load(f)
+    plan_path = os.path.join(self.task.work_dir, 'plan.json')
+    plan = files_lib.read_json(plan_path)
+    if plan is not None:
       self._check_settings(plan_path, plan['settings'])
       self._say(f'resuming the run recorded in {plan_path}')
       return plan
-    strays = [n for n in os.listdir(self.opts.output_dir)
+    strays = [n for n in files_lib.listdir(self.opts.output_dir)
               if n.startswith(self.opts.prefix + '-') and n.endswith('.tfrecord')]
     if strays:
       raise UsageError(f'{self.opts.output_dir} already holds {strays[0]} (and maybe more) '
@@ -185,53 +164,52 @@ class _Converter:
       self._say(f'{num_shards} shards for {len(self.items)} videos: using {len(self.items)}')
       num_shards = len(self.items)
     plan = {'settings': self.settings, 'num_shards': num_shards}
-    os.makedirs(self.work_dir, exist_ok=True)
+    files_lib.makedirs(self.task.work_dir)
     files_lib.atomic_write(plan_path, _to_json(plan))
     return plan
 
-  def _write_shard(self, name: str, indices: List[int], results: Iterator[dict],
-                   progress: progress_lib.Progress) -> dict:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    final = os.path.join(self.opts.output_dir, name)
-    status = {'file': name, 'num_examples': 0, 'num_frames': 0, 'failures': []}
-    with tf.io.TFRecordWriter(final + '.tmp') as writer:
-      for i in indices:
-        item, res = self.items[i], next(results)
-        if res['ok']:
-          status['num_examples'] += 1
-          status['num_frames'] += len(res['jpegs'])
-          writer.write(self._record(item, res))
-        else:
-          status['failures'].append(
-              {'path': item.path, 'media_id': item.media_id, 'reason': res['reason']})
-          progress.message(f'cvrl_convert: FAILED {item.path}: {res["reason"]}')
-        progress.advance(res['ok'])
-    with open(final + '.tmp', 'rb') as f:
-      os.fsync(f.fileno())
-    status['num_bytes'] = os.path.getsize(final + '.tmp')
-    files_lib.atomic_write(os.path.join(self.work_dir, name + '.json'), _to_json(status))
-    os.replace(final + '.tmp', final)
-    return status
-
   def _finished(self) -> Optional[Result]:
     """The result of an earlier complete run with the same settings, if any."""
-    if not os.path.exists(self.manifest_path):
+    manifest = files_lib.read_json(self.manifest_path)
+    if manifest is None:
       return None
-    with open(self.manifest_path, encoding='utf-8') as f:
-      manifest = json.load(f)
     self._check_settings(self.manifest_path, manifest['settings'])
     missing = [s['file'] for s in manifest['shards']
-               if not os.path.exists(os.path.join(self.opts.output_dir, s['file']))]
+               if not files_lib.exists(os.path.join(self.opts.output_dir, s['file']))]
     if missing:
       raise UsageError(f'{self.manifest_path} lists missing shard {missing[0]}; delete the '
                        'manifest and rerun to regenerate missing shards')
-    shutil.rmtree(self.work_dir, ignore_errors=True)
+    files_lib.remove_tree(self.task.work_dir)
     self._say(f'already complete: {self.manifest_path}')
     return Result(_exit_code(manifest), manifest, self.manifest_path)
 
-  def run(self) -> Result:
+  def _convert_here(self, names, assignment, todo, progress):
+    """The shards of `todo`, written by this process over the local decoder pool."""
+    items = [[self.items[i] for i in assignment[k]] for k in todo]
+    results = shard_writer.decode(self.pool, self.task, (i for s in items for i in s))
+    # Workers are busy now; TensorFlow (seconds to import) loads meanwhile.
+    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+    records.write_label_map(self.label_map_path, self.task.labels)
+    for k, shard_items in zip(todo, items):
+      shard_writer.write(self.task, names[k], shard_items, results, progress)
+
+  def _convert_on_beam(self, names, todo, progress, beam_args):
+    from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
+    self.pool.close()  # Beam's workers have decoders of their own.
+    items_path = os.path.join(self.task.work_dir, 'items.json')
+    files_lib.atomic_write(items_path, _to_json(
+        [dataclasses.astuple(i) for i in self.items]))
+    running = convert_beam.start(convert_beam.Job(
+        task=self.task, items_path=items_path, shard_names=tuple(names),
+        seed=self.opts.seed), todo, beam_args, self.workers)
+    # The pipeline runs now; TensorFlow (seconds to import) loads meanwhile.
+    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+    records.write_label_map(self.label_map_path, self.task.labels)
+    running.wait(progress)
+
+  def run(self, beam_args: Optional[Sequence[str]] = None) -> Result:
     t0 = time.monotonic()
-    os.makedirs(self.opts.output_dir, exist_ok=True)
+    files_lib.makedirs(self.opts.output_dir)
     done = self._finished()
     if done:
       return done
@@ -244,32 +222,27 @@ class _Converter:
       n = plan['num_shards']
       names = [shard_name(self.opts.prefix, k, n) for k in range(n)]
       assignment = assign_shards(len(self.items), n, self.opts.seed)
-      statuses = {}
-      for name in names:
-        status_path = os.path.join(self.work_dir, name + '.json')
-        if (os.path.exists(os.path.join(self.opts.output_dir, name))
-            and os.path.exists(status_path)):
-          with open(status_path, encoding='utf-8') as f:
-            statuses[name] = json.load(f)
-      todo = [k for k in range(n) if names[k] not in statuses]
-      done = sum(len(assignment[k]) for k in range(n) if names[k] in statuses)
-      if statuses:
-        self._say(f'{len(statuses)} of {n} shards already done, converting the rest')
-      results = self.pool.map(video_io.encode_video_jpeg, (
-          self._call(self.items[i]) for k in todo for i in assignment[k]))
-      # Workers are busy now; TensorFlow (seconds to import) loads meanwhile.
-      from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
-      records.write_label_map(self.label_map_path, self.labels)
+      statuses = {name: shard_writer.read_status(self.task, name) for name in names}
+      todo = [k for k in range(n) if statuses[names[k]] is None]
+      if len(todo) < n:
+        self._say(f'{n - len(todo)} of {n} shards already done, converting the rest')
+      done = sum(len(assignment[k]) for k in range(n) if statuses[names[k]] is not None)
       progress = progress_lib.Progress(len(self.items), done, self.log)
-      for k in todo:
-        statuses[names[k]] = self._write_shard(names[k], assignment[k], results, progress)
+      if beam_args is None or not todo:  # (nothing left for Beam: no pipeline to start)
+        self._convert_here(names, assignment, todo, progress)
+      else:
+        self._convert_on_beam(names, todo, progress, beam_args)
     except BaseException:
       self.pool.close(wait=False)
       raise
     self.pool.close()
-    manifest = self._manifest([statuses[name] for name in names])
+    statuses = [shard_writer.read_status(self.task, name) for name in names]
+    if None in statuses:  # A runner that reported success without writing everything.
+      raise RuntimeError(f'shard {names[statuses.index(None)]} was not written; rerun the '
+                         'same command to convert the missing shards')
+    manifest = self._manifest(statuses)
     files_lib.atomic_write(self.manifest_path, _to_json(manifest))
-    shutil.rmtree(self.work_dir, ignore_errors=True)
+    files_lib.remove_tree(self.task.work_dir)
     self._say(
         f'{manifest["num_converted"]} of {manifest["num_videos"]} videos converted, '
         f'{manifest["num_failed"]} failed, {len(self.row_errors)} malformed rows; '
@@ -282,7 +255,7 @@ class _Converter:
     return {
         'settings': self.settings,
         'label_map': os.path.basename(self.label_map_path),
-        'num_classes': len(self.labels),
+        'num_classes': len(self.task.labels),
         'num_videos': len(self.items) + len(self.early_failures),
         'num_converted': sum(s['num_examples'] for s in statuses),
         'num_failed': len(failures),
@@ -302,10 +275,13 @@ def _exit_code(manifest: Dict[str, object]) -> int:
 
 
 def convert(listing: sources.Listing, opts: Options,
-            log: Optional[TextIO] = sys.stderr) -> Result:
+            log: Optional[TextIO] = sys.stderr,
+            beam_args: Optional[Sequence[str]] = None) -> Result:
   """Converts a listing into shards + label map + manifest under opts.output_dir.
 
+  beam_args: None converts here over a local pool of decoder processes; a list of Beam
+  pipeline options (with `--runner=...`) writes the shards on Apache Beam instead.
   Raises UsageError (nothing written) for bad options, an empty listing, or an output
   folder holding a run with other settings. Per-video problems end up in the manifest.
   """
-  return _Converter(listing, opts, log).run()
+  return _Converter(listing, opts, log).run(beam_args)

@@ -17,10 +17,13 @@ import collections
 import csv
 import dataclasses
 import glob
+import io
 import math
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from cvrl_tf import files as files_lib
 
 VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg',
                     '.flv', '.3gp', '.wmv', '.ogv')
@@ -87,9 +90,18 @@ def check_items(items: Sequence[Item], label_index: Dict[str, int]
 
 
 def _open_text(path: str):
-  if not os.path.isfile(path):
+  """A listing file as text, local or on any filesystem tf.io.gfile reads (gs://...)."""
+  if not files_lib.exists(path) or files_lib.isdir(path):
     raise SourceError(f'listing file not found: {path}')
-  return open(path, newline='', encoding='utf-8-sig')
+  if files_lib.is_local(path):
+    return open(path, newline='', encoding='utf-8-sig')
+  with files_lib.open_file(path, 'rb') as f:
+    return io.StringIO(f.read().decode('utf-8-sig'), newline='')
+
+
+def _join(base: str, path: str) -> str:
+  """`path` under `base` unless it is absolute or a URL (gs://...)."""
+  return path if '://' in path else os.path.join(base, path)
 
 
 def _number(text: str):
@@ -154,8 +166,8 @@ def list_kinetics(csv_path: str, video_root: str,
                   else f'{values["youtube_id"]}_{t0}_{t1}')
       items.append(Item(os.path.join(video_root, rel), row['label'] or None, media_id,
                         float(t0) if trim else None, float(t1) if trim else None))
-  settings = dict(kind='kinetics_csv', kinetics_csv=os.path.abspath(csv_path),
-                  video_root=os.path.abspath(video_root), filename_pattern=filename_pattern,
+  settings = dict(kind='kinetics_csv', kinetics_csv=files_lib.abspath(csv_path),
+                  video_root=files_lib.abspath(video_root), filename_pattern=filename_pattern,
                   trim=bool(trim), split=split)
   return Listing(items, errors, settings)
 
@@ -244,7 +256,7 @@ def list_csv(csv_path: str, video_root: Optional[str] = None) -> Listing:
   """`path[,label]` rows -> items. Relative paths are taken from `video_root`, else from
   the CSV's own folder (so a dataset folder can be moved as a whole). An optional header
   row starting with `path` is skipped."""
-  base = video_root if video_root else os.path.dirname(os.path.abspath(csv_path))
+  base = video_root if video_root else os.path.dirname(files_lib.abspath(csv_path))
   items, errors = [], []
   name = os.path.basename(csv_path)
   with _open_text(csv_path) as f:
@@ -266,9 +278,9 @@ def list_csv(csv_path: str, video_root: Optional[str] = None) -> Listing:
         errors.append(RowError(name, line, 'empty path'))
         continue
       label = row[1] if len(row) == 2 and row[1] else None
-      items.append(Item(os.path.join(base, row[0]), label, _media_id(row[0])))
-  settings = dict(kind='csv', csv=os.path.abspath(csv_path),
-                  video_root=os.path.abspath(video_root) if video_root else None)
+      items.append(Item(_join(base, row[0]), label, _media_id(row[0])))
+  settings = dict(kind='csv', csv=files_lib.abspath(csv_path),
+                  video_root=files_lib.abspath(video_root) if video_root else None)
   return Listing(items, errors, settings)
 
 

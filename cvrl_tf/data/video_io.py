@@ -7,7 +7,8 @@ this PyAV build has libx264, MPEG-4 part 2 otherwise). `encode_video_jpeg` is th
 work of the converter: it lives here, away from TensorFlow, so conversion workers start
 in a fraction of a second.
 
-This module must not import TensorFlow.
+This module must not import TensorFlow (it does, through tf.io.gfile, only to read a video
+that is not on a local disk: gs://, ram://, ...).
 """
 
 import fractions
@@ -19,6 +20,8 @@ from typing import Iterator, List, Optional, Tuple
 import av
 import av.video.reformatter
 import numpy as np
+
+from cvrl_tf import files as files_lib
 
 # Timestamps are floats derived from rational pts; this absorbs their rounding.
 _EPS = 1e-4
@@ -38,6 +41,15 @@ def output_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
   if width <= height:
     return short_side, max(1, int(round(height * short_side / width)))
   return max(1, int(round(width * short_side / height))), short_side
+
+
+def _open(path: str):
+  """A PyAV container: local files by name, others as a file object from tf.io.gfile."""
+  if files_lib.is_local(path):
+    return av.open(path)
+  if not files_lib.exists(path):
+    raise VideoError('file not found')
+  return av.open(files_lib.open_file(path, 'rb'))
 
 
 def _stream_fps(stream) -> float:
@@ -74,7 +86,7 @@ class FrameReader:
       raise ValueError(f'empty trim window [{start}, {end}]')
     self.path = path
     try:
-      self._container = av.open(path)
+      self._container = _open(path)
     except av.error.FileNotFoundError as e:
       raise VideoError('file not found') from e
     except av.error.FFmpegError as e:
@@ -125,7 +137,7 @@ class FrameReader:
       self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
     except av.error.FFmpegError:
       self._container.close()
-      self._container = av.open(self.path)
+      self._container = _open(self.path)
       self._stream = self._container.streams.video[0]
 
   def _timed_frames(self) -> Iterator[Tuple[float, 'av.VideoFrame']]:
@@ -227,9 +239,11 @@ def encode_video_jpeg(path: str, start: Optional[float] = None, end: Optional[fl
   plain picklable dict so that a failure is data, not an exception crossing processes.
   """
   try:
-    if not os.path.exists(path):
+    if not files_lib.exists(path):
       return {'ok': False, 'reason': 'file not found'}
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
+    local = files_lib.is_local(path)
+    regular = os.path.isfile(path) if local else not files_lib.isdir(path)  # not a FIFO
+    if regular and files_lib.size(path) == 0:
       return {'ok': False, 'reason': 'empty file (0 bytes)'}
     with FrameReader(path, start=start, end=end, fps=fps, short_side=short_side,
                      threads=threads) as reader:
