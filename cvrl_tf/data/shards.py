@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
+from cvrl_tf import errors
 from cvrl_tf.data import records
 
 FilePatterns = Union[str, Sequence[str]]
@@ -40,10 +41,10 @@ def check_tfrecord_file(path: str) -> bool:
   if not header:
     return False
   if len(header) < 12:
-    raise ValueError(f'{path}: not a TFRecord file (truncated {len(header)}-byte header)')
+    raise errors.UserError(f'{path}: not a TFRecord file (truncated {len(header)}-byte header)')
   length_bytes, (crc,) = header[:8], struct.unpack('<I', header[8:])
   if _masked_crc32c(length_bytes) != crc:
-    raise ValueError(f'{path}: not a TFRecord file (first record header fails its CRC)')
+    raise errors.UserError(f'{path}: not a TFRecord file (first record header fails its CRC)')
   return True
 
 
@@ -56,17 +57,17 @@ def list_files(file_pattern: FilePatterns, validate: bool = True) -> List[str]:
   """
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
   if not patterns:
-    raise ValueError('no file pattern given')
+    raise errors.UserError('no file pattern given')
   files = []
   for pattern in patterns:
     matched = tf.io.gfile.glob(pattern)
     if not matched:
-      raise ValueError(f'file pattern {pattern!r} matches no file')
+      raise errors.MissingInput(f'file pattern {pattern!r} matches no file')
     files.extend(matched)
   files = sorted(set(files))
   # A list, not a generator: every file is checked, not only up to the first good one.
   if validate and not any([check_tfrecord_file(f) for f in files]):
-    raise ValueError(f'all {len(files)} files of {patterns} are empty: {files[:3]}...')
+    raise errors.UserError(f'all {len(files)} files of {patterns} are empty: {files[:3]}...')
   return files
 
 
@@ -77,7 +78,7 @@ def shard_files(files: List[str], input_context: Optional[tf.distribute.InputCon
     return files, 0, 1
   n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
   if len(files) < n:
-    raise ValueError(f'{len(files)} files cannot be sharded over {n} input pipelines; '
+    raise errors.UserError(f'{len(files)} files cannot be sharded over {n} input pipelines; '
                      'write more shards')
   return files[i::n], i, n
 
@@ -147,7 +148,7 @@ def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> L
   Returns keys 'file\\nindex' of the kept records.
   """
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f'label fraction must be in (0, 1], got {fraction}')
+    raise errors.UserError(f'label fraction must be in (0, 1], got {fraction}')
   spec = {records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
           records.MEDIA_ID_KEY: tf.io.FixedLenFeature([], tf.string, '')}
 

@@ -22,6 +22,8 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from cvrl_tf import errors as errors_lib
+
 VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg',
                     '.flv', '.3gp', '.wmv', '.ogv')
 KINETICS_REQUIRED = ('label', 'youtube_id', 'time_start', 'time_end')
@@ -32,7 +34,7 @@ _HMDB_CODES = {'train': '1', 'test': '2'}
 _CLASS_INDEX_LINE = re.compile(r'^\d+\s+(\S.*)$')
 
 
-class SourceError(Exception):
+class SourceError(errors_lib.UserError):
   """The listing itself is unusable (a usage error: nothing should be written)."""
 
 

@@ -36,6 +36,7 @@ from typing import Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
+from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
@@ -79,7 +80,7 @@ def _write_classifier_info(model_dir: str, info: dict) -> None:
     diff = [k for k in keys
             if files_lib.normalized(stored.get(k)) != files_lib.normalized(info.get(k))]
     if diff:
-      raise ValueError(f'{model_dir} already holds a different classifier (differs in '
+      raise errors.UserError(f'{model_dir} already holds a different classifier (differs in '
                        f'{diff}); use a new model_dir.')
   tf.io.gfile.makedirs(model_dir)
   files_lib.write_json(path, info)
@@ -89,7 +90,7 @@ def read_classifier_info(model_dir: str) -> dict:
   path = os.path.join(model_dir, CLASSIFIER_FILE)
   info = files_lib.read_json(path)
   if info is None:
-    raise FileNotFoundError(f'{path} is missing: {model_dir!r} is not the model_dir of a '
+    raise errors.MissingInput(f'{path} is missing: {model_dir!r} is not the model_dir of a '
                             f'linear_eval or finetune run.')
   return info
 
@@ -99,7 +100,7 @@ def resolve_num_classes(num_classes, label_map_file) -> int:
     return int(num_classes)
   if label_map_file:
     return len(records.read_label_map(label_map_file))
-  raise ValueError('set num_classes (or label_map_file, whose line count is used)')
+  raise errors.UserError('set num_classes (or label_map_file, whose line count is used)')
 
 
 # ------------------------------------------------------------------------- training
@@ -351,7 +352,7 @@ def evaluate(model_dir: str,
   checkpoint_dir = os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)
   prefix = checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
   if not prefix:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: the training run has '
+    raise errors.MissingInput(f'no checkpoint in {checkpoint_dir}: the training run has '
                             f'not saved one yet.')
   facts = precision.detect_devices(strategy)
   if mixed_precision == 'trained':
@@ -372,7 +373,7 @@ def evaluate(model_dir: str,
         tf.train.Checkpoint(model=model).read(
             prefix).expect_partial().assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f'checkpoint {prefix} does not match the classifier described '
+        raise errors.UserError(f'checkpoint {prefix} does not match the classifier described '
                          f'in {model_dir}/{CLASSIFIER_FILE}: {e}') from e
     step = int(tf.train.load_checkpoint(prefix).get_tensor(
         'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
