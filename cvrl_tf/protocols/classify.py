@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
+from cvrl_tf.data import bad_examples
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
@@ -161,12 +162,16 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
         f'{info["encoder_source"]} ({"frozen" if freeze else "trained"}), '
         f'{encoder.count_params():,} encoder parameters')
 
+    bad = bad_examples.BadExamples(train_loop.worker_dir(model_dir, strategy), 'train',
+                                   bad_examples.limit(), True, progress_stream)
+
     def clip_stream(start_step, data_seed_base=seed):
       data_seed = None if data_seed_base is None else data_seed_base + start_step
       return strategy.distribute_datasets_from_function(
           lambda ctx: pipeline.build_classification_dataset(
               train_files, global_batch_size, label_fraction=label_fraction,
-              label_seed=label_seed, seed=data_seed, input_context=ctx))
+              label_seed=label_seed, seed=data_seed, input_context=ctx,
+              bad_examples=bad))
 
     make_dataset, example_name = clip_stream, 'clips'
     if cache_dir is not None:
@@ -192,7 +197,7 @@ def _train_classifier(model_dir, protocol, *, train_files, test_files, num_class
         model, make_dataset, model_dir, total_steps, strategy,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
         log_every=log_every, examples_per_step=global_batch_size,
-        example_name=example_name, progress_stream=progress_stream)
+        example_name=example_name, progress_stream=progress_stream, bad_examples=bad)
     results = None
     if test_files:
       results = multiview.multiview_test(

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 import gin
 import tf_keras
 
+from cvrl_tf.data import bad_examples
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
@@ -101,11 +102,15 @@ def pretrain(model_dir: str,
           f'{gflops:.2f} GFLOPs per clip at {_clip_shape(clips)}', file=progress_stream,
           flush=True)
 
+  bad = bad_examples.BadExamples(train_loop.worker_dir(model_dir, strategy), 'pretrain',
+                                 bad_examples.limit(), progress_stream=progress_stream)
+
   def make_dataset(start_step):
     data_seed = None if seed is None else seed + start_step
     return strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.build_pretrain_dataset(
-            train_files, global_batch_size, seed=data_seed, input_context=ctx))
+            train_files, global_batch_size, seed=data_seed, input_context=ctx,
+            bad_examples=bad))
 
   make_dataset(0)  # Fails fast on bad data before anything is written.
   if train_loop.is_chief(strategy):
@@ -115,7 +120,7 @@ def pretrain(model_dir: str,
       model, make_dataset, model_dir, total_steps, strategy,
       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
       log_every=log_every, examples_per_step=2 * global_batch_size,
-      progress_stream=progress_stream)
+      progress_stream=progress_stream, bad_examples=bad)
   out_dir = train_loop.worker_dir(model_dir, strategy)
   spec = backbone_io.current_spec(use_sync_bn=False, output='pooled')
   backbone_io.save_run_specs(out_dir, head.spec(), clips)
