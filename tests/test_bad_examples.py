@@ -18,6 +18,7 @@ from cvrl_tf.data import bad_examples
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import record_check
 from cvrl_tf.data import records
+from cvrl_tf.protocols import classify
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W, FRAMES = 40, 48, 8
@@ -136,13 +137,14 @@ def test_eval_keeps_every_good_video_and_names_every_bad_one(shards, tmp_path):
   files = shards['good'] + [shards['mixed'], shards['cut']]
   ids, views = _eval_ids(files, tracker)
   want = sorted([f'g{s}_{i}' for s in range(2) for i in range(10)] +
-                [f'm{i}' for i in range(9)] + ['no_label'] + ['c0', 'c1', 'c2'])
+                [f'm{i}' for i in range(9)] + ['c0', 'c1', 'c2'])
   assert ids == want and views == 2 * len(want)  # Every good video, every view, once.
   found = {(os.path.basename(e['shard']), e['record']): e for e in tracker.examples}
   assert sorted(found) == [('cut-00000-of-00001.tfrecord', -1),
                            ('mixed-00000-of-00001.tfrecord', 2),
                            ('mixed-00000-of-00001.tfrecord', 5),
-                           ('mixed-00000-of-00001.tfrecord', 7)]
+                           ('mixed-00000-of-00001.tfrecord', 7),
+                           ('mixed-00000-of-00001.tfrecord', 12)]
   assert found[('mixed-00000-of-00001.tfrecord', 2)]['media_id'] == 'bad_jpeg'
   assert 'frame 0 of 8 (17 bytes)' in found[('mixed-00000-of-00001.tfrecord', 2)]['reason']
   assert found[('mixed-00000-of-00001.tfrecord', 5)]['media_id'] == 'no_frames'
@@ -151,7 +153,7 @@ def test_eval_keeps_every_good_video_and_names_every_bad_one(shards, tmp_path):
   assert f'after 3 records (byte {16 * 3 + sum(len(_video(f"c{i}", i % 2)) for i in range(3))}' \
       in found[('cut-00000-of-00001.tfrecord', -1)]['reason']
   stored = json.loads((tmp_path / bad_examples.FILE).read_text())['test']
-  assert len(stored['examples']) == 4 and stored['this_run']['bad_reads'] == 4
+  assert len(stored['examples']) == 5 and stored['this_run']['bad_reads'] == 5
 
 
 def test_training_stream_skips_bad_videos_and_stops_past_the_limit(shards):
@@ -225,3 +227,54 @@ def test_pretraining_survives_a_bad_video_stops_past_the_limit_and_resumes(tmp_p
   result = _train(run, files, steps)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resuming from {latest}' in result.stderr and f'step {steps}/{steps}' in result.stderr
+
+
+EVAL_GIN = """
+build_backbone.name = 'r3d18'
+build_backbone.width_multiplier = 0.125
+build_classification_dataset.clip_len = 2
+build_classification_dataset.stride = 1
+build_classification_dataset.crop_size = 32
+build_classification_dataset.shuffle_buffer = 8
+build_eval_dataset.clip_len = 2
+build_eval_dataset.stride = 1
+build_eval_dataset.num_clips = 2
+build_eval_dataset.num_crops = 1
+build_eval_dataset.min_resize = 32
+build_eval_dataset.crop_size = 32
+"""
+
+
+@pytest.fixture
+def eval_gin():
+  gin.clear_config()
+  gin.parse_config(EVAL_GIN)
+  yield
+  gin.clear_config()
+
+
+def test_linear_eval_lists_unreadable_test_videos_and_stops_on_a_broken_train_set(
+    shards, tmp_path, eval_gin):  # pylint: disable=unused-argument
+  kw = dict(num_classes=2, encoder_source='random', train_steps=2, global_batch_size=4,
+            warmup_epochs=0, eval_batch_size=6, seed=0, mixed_precision='float32',
+            progress_stream=None)
+  test_files = [shards['mixed'], shards['cut']]
+  out = classify.linear_eval(str(tmp_path / 'ok'), train_files=shards['good'],
+                             test_files=test_files, **kw)['test']
+  stored = json.loads((tmp_path / 'ok' / 'eval_results.json').read_text())
+  assert stored['num_videos'] == out['num_videos'] == 12  # m0..m8, c0..c2.
+  unreadable = stored['unreadable_videos']  # A test video needs a label too.
+  assert unreadable['count'] == 4 and sorted(unreadable['media_ids']) == [
+      '', 'bad_jpeg', 'no_frames', 'no_label']
+  assert unreadable['damaged_files'] == [shards['cut']]
+  assert stored['accuracy_over'].startswith('12 videos that could be read; 4 could not')
+  assert stored['top1_counting_unreadable_as_wrong'] == pytest.approx(
+      stored['top1'] * 12 / 16)
+  listed = json.loads((tmp_path / 'ok' / bad_examples.FILE).read_text())
+  assert len(listed['test']['examples']) == 5 and 'train' not in listed  # None bad.
+
+  broken = _write(tmp_path / 'broken.tfrecord',
+                  [_video(f'x{i}', 0, bad_frames=True) for i in range(12)])
+  with pytest.raises(errors.TooManyBadExamples, match='could not be used'):
+    classify.linear_eval(str(tmp_path / 'stop'), train_files=[broken] + shards['good'],
+                         **{**kw, 'train_steps': 100})
