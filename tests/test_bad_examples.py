@@ -278,3 +278,53 @@ def test_linear_eval_lists_unreadable_test_videos_and_stops_on_a_broken_train_se
   with pytest.raises(errors.TooManyBadExamples, match='could not be used'):
     classify.linear_eval(str(tmp_path / 'stop'), train_files=[broken] + shards['good'],
                          **{**kw, 'train_steps': 100})
+
+
+def test_cvrl_inspect_finds_every_bad_example_in_ours_and_model_garden_records(shards,
+                                                                            tmp_path):
+  garden = [_model_garden(f'mg{i}', i % 2, _jpegs(i, 4)) for i in range(4)]
+  frames = _jpegs(9, 4)
+  frames[2] = frames[2][:len(frames[2]) // 2]  # Damage after the JPEG header.
+  garden.append(_model_garden('mg_cut_jpeg', 1, frames))
+  garden.append(_model_garden('mg_wrong_name', 0, _jpegs(5, 2)).replace(b'class0',
+                                                                         b'class1'))
+  garden_path = _write(tmp_path / 'garden-00000-of-00001.tfrecord', garden)
+  label_map = tmp_path / 'labels.txt'
+  records.write_label_map(str(label_map), ['class0', 'class1'])
+  report_path = tmp_path / 'report.json'
+  args = [sys.executable, os.path.join(REPO, 'tools', 'cvrl_inspect.py'),
+          f'--files={shards["mixed"]}', f'--files={shards["cut"]}',
+          f'--files={garden_path}', f'--label_map={label_map}', '--need_label',
+          f'--report={report_path}']
+  result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  report = json.loads(report_path.read_text())
+  bad = sorted((os.path.basename(e['shard']), e['record'], e['media_id'])
+               for e in report['bad_examples'])
+  assert bad == [('cut-00000-of-00001.tfrecord', -1, ''),
+                 ('garden-00000-of-00001.tfrecord', 4, 'mg_cut_jpeg'),
+                 ('mixed-00000-of-00001.tfrecord', 2, 'bad_jpeg'),
+                 ('mixed-00000-of-00001.tfrecord', 5, 'no_frames'),
+                 ('mixed-00000-of-00001.tfrecord', 7, ''),
+                 ('mixed-00000-of-00001.tfrecord', 12, 'no_label')]
+  assert report['label_problems'] == [{
+      'media_id': 'mg_wrong_name', 'label': 0,
+      'reason': "label 0 is 'class0' in the label map but 'class1' here"}]
+  # 9 + 3 + 5 usable; 13 + 3 + 6 records (the cut file's lost ones are not counted).
+  assert (report['usable_examples'], report['examples']) == (17, 22)
+  assert report['frames'] == 9 * FRAMES + 3 * FRAMES + 4 * 4 + 2
+  assert report['frame_sizes'] == {f'{H}x{W}': 17} and report['other_tool_records'] == 5
+  assert report['fps'] == {'25.0': 12, 'missing': 5}
+  lines = result.stdout.splitlines()
+  assert sum(line.startswith('BAD ') for line in lines) == 6
+  assert any('mg_cut_jpeg' in line and 'frame 2 of 4' in line for line in lines)
+  # The headers alone miss the damage after the header; a clean set exits 0.
+  clean = subprocess.run(args[:2] + [f'--files={garden_path}', '--decode=headers'],
+                         capture_output=True, text=True, timeout=300)
+  assert clean.returncode == 0, clean.stderr[-3000:]
+  assert '0 bad' in clean.stdout.splitlines()[0]
+  usage = subprocess.run(args[:2] + ['--files=/no/such/*.tfrecord'], capture_output=True,
+                         text=True, timeout=300)
+  assert usage.returncode == 2
+  assert usage.stderr.strip().splitlines()[-1] == (
+      "cvrl_inspect: error: file pattern '/no/such/*.tfrecord' matches no file")

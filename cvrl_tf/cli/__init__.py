@@ -1,6 +1,6 @@
 """Console entry points (see setup.cfg): every command's flags and absl `main` live in
-this package, one module per command (train, convert, synth, export, embed), imported
-lazily so `--help` of one tool does not load the others. The library below never reads
+this package, one module per command (train, convert, synth, export, embed, inspect),
+imported lazily so `--help` of one tool does not load the others. The library below never reads
 flags; gin is parsed here (gin_files.py) and nowhere else."""
 
 import importlib
@@ -36,3 +36,7 @@ def cvrl_export():
 
 def cvrl_embed():
   _run('embed')
+
+
+def cvrl_inspect():
+  _run('inspect')
