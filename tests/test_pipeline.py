@@ -173,7 +173,8 @@ def test_eval_views_are_deterministic_and_cover_each_video(data):
 
 def test_eval_crops_are_left_centre_right(data):
   ds = pipeline.build_eval_dataset(data['still'][:1], 3, clip_len=4, stride=2,
-                                   num_clips=1, num_crops=3, min_resize=H, crop_size=H)
+                                   num_clips=1, num_crops=3, min_resize=H, crop_size=H,
+                                   need_label=False)
   clips = next(iter(ds))['clips'].numpy()
   frame = tf.io.decode_jpeg(_still_frames(1, 0)[0]).numpy() / 255.0
   for crop, x in zip(clips, [0, (W - H) // 2, W - H]):

@@ -316,6 +316,7 @@ def build_eval_dataset(file_pattern: FilePatterns,
                        crop_size: int = 256,
                        output_dtype: Union[str, tf.DType] = 'float32',
                        cycle_length: int = 4,
+                       need_label: bool = True,
                        input_context: Optional[tf.distribute.InputContext] = None,
                        validate_files: bool = True,
                        bad_examples: Optional[Tracker] = None) -> tf.data.Dataset:
@@ -324,8 +325,8 @@ def build_eval_dataset(file_pattern: FilePatterns,
   Deterministic, one pass, last batch may be smaller. Frames are resized so the short
   side is `min_resize` (skipped when already so), then cropped crop_size x crop_size.
   Frames stay uint8 until batched; output_dtype 'uint8' keeps them so. Videos that
-  cannot be read, or carry no label (no accuracy without one), are skipped and listed
-  by `bad_examples` (default: logged; no limit).
+  cannot be read, or carry no label when `need_label` (no accuracy without one), are
+  skipped and listed by `bad_examples` (default: logged; no limit).
   """
   if crop_size > min_resize:
     raise ValueError(f'crop_size {crop_size} exceeds the resized short side {min_resize}')
@@ -334,7 +335,7 @@ def build_eval_dataset(file_pattern: FilePatterns,
   ds = shards.read_records(files, False, False, None, cycle_length, True).enumerate()
 
   def video_to_clips(local_index, element):
-    ex = shards.parse_checked(*element, need_label=True)
+    ex = shards.parse_checked(*element, need_label=need_label)
     stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
     indices = sampling.eval_indices(ex['num_frames'], clip_len, stride_frames, num_clips)
     jpegs = tf.gather(ex['frames'], tf.reshape(indices, [-1]))
@@ -358,7 +359,7 @@ def build_eval_dataset(file_pattern: FilePatterns,
                                        [num_crops, clip_len, crop_size, crop_size, 3])
     return out
 
-  tracker = _tracker(bad_examples, 'test', True, limited=False)
+  tracker = _tracker(bad_examples, 'test', need_label, limited=False)
   ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clips), tracker, True).unbatch()
   ds = ds.map(_graph_fn(clip_to_crops), AUTOTUNE, deterministic=True).unbatch()
   ds = ds.batch(_batch_size(batch_size, input_context), drop_remainder=False)
