@@ -19,6 +19,7 @@ from cvrl_tf.data import pipeline
 from cvrl_tf.data import record_check
 from cvrl_tf.data import records
 from cvrl_tf.protocols import classify
+from cvrl_tf.protocols import knn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W, FRAMES = 40, 48, 8
@@ -253,7 +254,7 @@ def eval_gin():
   gin.clear_config()
 
 
-def test_linear_eval_lists_unreadable_test_videos_and_stops_on_a_broken_train_set(
+def test_linear_eval_and_knn_list_unreadable_test_videos_a_broken_train_set_stops(
     shards, tmp_path, eval_gin):  # pylint: disable=unused-argument
   kw = dict(num_classes=2, encoder_source='random', train_steps=2, global_batch_size=4,
             warmup_epochs=0, eval_batch_size=6, seed=0, mixed_precision='float32',
@@ -272,6 +273,16 @@ def test_linear_eval_lists_unreadable_test_videos_and_stops_on_a_broken_train_se
       stored['top1'] * 12 / 16)
   listed = json.loads((tmp_path / 'ok' / bad_examples.FILE).read_text())
   assert len(listed['test']['examples']) == 5 and 'train' not in listed  # None bad.
+
+  # k-NN: the same test videos listed in knn_results.json.
+  knn_out = knn.knn_eval(str(tmp_path / 'knn'), train_files=shards['good'],
+                         test_files=test_files, encoder_source='random', ks=(1,),
+                         eval_batch_size=6, mixed_precision='float32',
+                         progress_stream=None)
+  stored = json.loads((tmp_path / 'knn' / knn.KNN_FILE).read_text())
+  assert stored['num_test_videos'] == 12 and knn_out['unreadable_videos']['count'] == 4
+  assert sorted(stored['unreadable_videos']['media_ids']) == [
+      '', 'bad_jpeg', 'no_frames', 'no_label'] and stored['memory_unreadable_videos'] == []
 
   broken = _write(tmp_path / 'broken.tfrecord',
                   [_video(f'x{i}', 0, bad_frames=True) for i in range(12)])
