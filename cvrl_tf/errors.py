@@ -18,9 +18,9 @@ class MissingInput(UserError, FileNotFoundError):
   """A file, folder or checkpoint the user pointed at is not there."""
 
 
-def one_line(error: BaseException) -> str:
-  """The message on one line (gin appends its context on further lines)."""
-  return ' '.join(str(error).split())
+def one_line(message) -> str:
+  """An error's message (or any text) on one line."""
+  return ' '.join(str(message).split())
 
 
 class OutputExists(UserError, FileExistsError):

@@ -14,6 +14,7 @@ from typing import Callable
 from cvrl_tf import errors
 
 USAGE_EXIT, DATA_EXIT = 2, 1
+_GIN_CONTEXT = '\n  In call to configurable'  # Where gin called it: not for the user.
 VERBOSE_FLAG = ('bool', 'verbose', False, 'On an error, also print its traceback.')
 
 
@@ -24,5 +25,6 @@ def run_reporting(tool: str, fn: Callable[[], object], verbose: bool = False):
   except (errors.UserError, errors.TooManyBadExamples) as e:
     if verbose:
       traceback.print_exc(file=sys.stderr)
-    print(f'{tool}: error: {errors.one_line(e)}', file=sys.stderr, flush=True)
+    message = errors.one_line(str(e).split(_GIN_CONTEXT)[0])
+    print(f'{tool}: error: {message}', file=sys.stderr, flush=True)
     return USAGE_EXIT if isinstance(e, errors.UserError) else DATA_EXIT

@@ -25,7 +25,6 @@ TOOL_FLAGS = tool_flags.ToolFlags([
      're-running with the same dir resumes.'),
     failures.VERBOSE_FLAG,
 ])
-_GIN_CONTEXT = '\n  In call to configurable'
 
 
 @gin.configurable
@@ -46,9 +45,8 @@ def _train(argv, flag_values) -> int:
   protocol = gin_files.check_protocol()
   try:
     run(model_dir=flag_values.model_dir)
-  except errors.UserError as e:  # gin appends where it was called: not for the user.
-    raise errors.UserError(
-        f'{protocol}: {str(e).split(_GIN_CONTEXT)[0]}') from e
+  except errors.UserError as e:
+    raise errors.UserError(f'{protocol}: {e}') from e
   return 0
 
 

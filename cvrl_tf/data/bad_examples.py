@@ -19,6 +19,7 @@ errors.TooManyBadExamples; checkpoints are untouched, a re-run resumes.
 import dataclasses
 import os
 import threading
+import time
 from typing import Callable, Dict, List, Optional
 
 import gin
@@ -31,6 +32,7 @@ from cvrl_tf.data import record_check
 
 FILE = 'bad_examples.json'
 REPORT_EVERY = 64  # Reads are passed to Python in bunches: no py_function per video.
+REWRITE_EVERY_S = 60.0  # bad_examples.json: at once for a new example, else at most this often.
 _FILE_LOCK = threading.Lock()  # Trackers of one process share the file.
 
 
@@ -73,6 +75,7 @@ class BadExamples:
     self.reads = self.bad_reads = 0
     self.error: Optional[errors.TooManyBadExamples] = None
     self._named = set()  # (shard, record) named in this process.
+    self._written = time.monotonic()
     stored = (files_lib.read_json(self.path) or {}) if self.path and keep_earlier else {}
     self._examples: Dict[tuple, dict] = {
         (e['shard'], e['record']): e for e in stored.get(stage, {}).get('examples', [])}
@@ -92,8 +95,7 @@ class BadExamples:
         self._add(shard.decode('utf-8', 'replace'), int(index), record)
         if (self.error is None and self.limit is not None and
             self.limit.exceeded(self.bad_reads, self.reads)):
-          self.error = errors.TooManyBadExamples(self._limit_message())
-          progress_lib.say(self._stream, f'{self.stage}: {self.error}')
+          self.error = errors.TooManyBadExamples(self._limit_message())  # Raised later.
       return self.error is not None
 
   def _add(self, shard: str, index: int, record: bytes) -> None:
@@ -105,6 +107,8 @@ class BadExamples:
                                      'media_id': media_id, 'reason': reason,
                                      'times_read': 0}
     entry['times_read'] += 1
+    if key in self._named and time.monotonic() - self._written > REWRITE_EVERY_S:
+      self._write()  # Keeps times_read and the counts current, not on every read.
     if key not in self._named:
       self._named.add(key)
       where = 'damaged file' if index < 0 else f'record {index}'
@@ -115,6 +119,7 @@ class BadExamples:
       self._write()
 
   def _write(self) -> None:
+    self._written = time.monotonic()
     if not self.path:
       return
     with _FILE_LOCK:

@@ -19,6 +19,7 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
   the chief writes into `model_dir`; the others write to a scratch dir deleted afterwards.
 """
 
+import logging
 import math
 import os
 import re
@@ -139,6 +140,19 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
             file=self._stream, flush=True)
 
 
+class _QuietEndOfInput(logging.Filter):
+  """Drops Keras' warning that the input ran out when the bad-examples limit ended it:
+  the one line of errors.TooManyBadExamples says what happened."""
+
+  def __init__(self, bad_examples):
+    super().__init__()
+    self._bad = bad_examples
+
+  def filter(self, record):
+    stopped = self._bad is not None and self._bad.error is not None
+    return not (stopped and 'ran out of data' in record.getMessage())
+
+
 _LOSS_SCALE_KEY = 'optimizer/loss_scale/current_loss_scale/.ATTRIBUTES/VARIABLE_VALUE'
 
 
@@ -214,7 +228,13 @@ def fit_resumable(model: tf_keras.Model,
     raise
   remaining = total_steps - start_step
   # One fit call over an endless dataset; the callback stops at `total_steps`.
-  model.fit(dataset, epochs=1, steps_per_epoch=remaining, verbose=0, callbacks=[callback])
+  quiet = _QuietEndOfInput(bad_examples)
+  tf.get_logger().addFilter(quiet)
+  try:
+    model.fit(dataset, epochs=1, steps_per_epoch=remaining, verbose=0,
+              callbacks=[callback])
+  finally:
+    tf.get_logger().removeFilter(quiet)
   if writer is not None:
     writer.close()
   if bad_examples is not None:
