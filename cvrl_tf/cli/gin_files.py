@@ -94,7 +94,7 @@ def check_protocol() -> str:
           raise errors.MissingInput(
               f'{name}.{param.name}: file pattern {pattern!r} matches no file; write the '
               f'shards with cvrl_convert, or point the binding at them: --gin_bindings='
-              f'"{name}.{param.name}=\'/path/to/train-*.tfrecord\'"')
+              f'"{name}.{param.name}=\'/path/to/shards-*.tfrecord\'"')
   if bound.get('encoder_source', _default(fn, 'encoder_source')) == 'model_dir':
     pretrain_dir = bound.get('pretrain_dir')
     if pretrain_dir:

@@ -14,6 +14,7 @@ the shard, record and clip/media_id, keeps the list in <model_dir>/bad_examples.
 exceed both `max_fraction` of the reads and `min_count` (gin: bad_examples.max_fraction,
 bad_examples.min_count), the pipeline ends and the run stops with
 errors.TooManyBadExamples; checkpoints are untouched, a re-run resumes.
+The py_function keeps such a pipeline in this process (no tf.data service).
 """
 
 import dataclasses
@@ -65,8 +66,9 @@ class BadExamples:
     names accumulate over resumes) or from none (a test lists what it could not read).
   """
 
+  # pylint: disable-next=redefined-outer-name
   def __init__(self, model_dir: Optional[str] = None, stage: str = 'train',
-               limit: Optional[Limit] = None, need_label: bool = False,  # pylint: disable=redefined-outer-name
+               limit: Optional[Limit] = None, need_label: bool = False,
                progress_stream=progress_lib.STDERR, keep_earlier: bool = True):
     self.path = os.path.join(model_dir, FILE) if model_dir else None
     self.stage, self.limit, self.need_label = stage, limit, need_label
