@@ -281,12 +281,12 @@ def test_main_reports_errors_with_exit_code(run, tmp_path, capsys):
   with flagsaver.flagsaver():
     flags.FLAGS(['cvrl_export', f'--model_dir={run["model_dir"]}',
                  f'--export_dir={run["export_dir"]}'])
-    assert export_cli.main([]) == 1
+    assert export_cli.main([]) == 2
   assert 'already exists' in capsys.readouterr().err
   with flagsaver.flagsaver():
     flags.FLAGS(['cvrl_export', f'--model_dir={tmp_path}/missing',
                  f'--export_dir={tmp_path}/x'])
-    assert export_cli.main([]) == 1
+    assert export_cli.main([]) == 2
   assert 'does not exist' in capsys.readouterr().err
 
 

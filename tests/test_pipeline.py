@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf.data import bad_examples
 from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import records
@@ -172,7 +173,8 @@ def test_eval_views_are_deterministic_and_cover_each_video(data):
 
 def test_eval_crops_are_left_centre_right(data):
   ds = pipeline.build_eval_dataset(data['still'][:1], 3, clip_len=4, stride=2,
-                                   num_clips=1, num_crops=3, min_resize=H, crop_size=H)
+                                   num_clips=1, num_crops=3, min_resize=H, crop_size=H,
+                                   need_label=False)
   clips = next(iter(ds))['clips'].numpy()
   frame = tf.io.decode_jpeg(_still_frames(1, 0)[0]).numpy() / 255.0
   for crop, x in zip(clips, [0, (W - H) // 2, W - H]):
@@ -208,15 +210,25 @@ def test_bad_data_errors_name_the_file(data):
   with pytest.raises(ValueError, match='junk.tfrecord'):
     pipeline.build_pretrain_dataset([data['timed'][0], str(junk)], 2, **CLIP)
 
+  # Records that cannot be used are skipped and named (tests/test_bad_examples.py); a
+  # set of nothing else ends the stream at the limit, naming the count.
   empty = tf.train.SequenceExample()
   empty.context.feature[records.MEDIA_ID_KEY].bytes_list.value.append(b'no_frames')
   bad = _write(root / 'noframes.tfrecord', [empty])
-  ds = pipeline.build_pretrain_dataset(bad, 1, seed=0, deterministic=True, **CLIP)
-  with pytest.raises(tf.errors.InvalidArgumentError, match='noframes.tfrecord'):
+  tracker = bad_examples.BadExamples(None, 'pretrain', bad_examples.Limit(), False, None)
+  ds = pipeline.build_pretrain_dataset(bad, 1, seed=0, deterministic=True,
+                                       bad_examples=tracker, **CLIP)
+  with pytest.raises(StopIteration):
     next(iter(ds))
-  ds = pipeline.build_classification_dataset(data['still'], 1, seed=0, **CLIP)
-  with pytest.raises(tf.errors.InvalidArgumentError, match='still-0000.-of-00002'):
-    next(iter(ds))  # Unlabelled record in a classification set.
+  assert [(e['shard'], e['media_id']) for e in tracker.examples] == [(bad, 'no_frames')]
+  assert tracker.bad_reads == 11 and '11 of 11 examples' in str(tracker.error)
+  tracker = bad_examples.BadExamples(None, 'train', bad_examples.Limit(), True, None)
+  ds = pipeline.build_classification_dataset(data['still'], 1, seed=0,
+                                             bad_examples=tracker, **CLIP)
+  with pytest.raises(StopIteration):
+    next(iter(ds))  # Unlabelled records in a classification set.
+  assert {e['reason'] for e in tracker.examples} == {
+      'no label (clip/label/index missing or < 0)'}
   with pytest.raises(ValueError, match='defer'):
     pipeline.build_pretrain_dataset(data['timed'], 2, defer='later', **CLIP)
 

@@ -133,3 +133,30 @@ def test_bad_gin_fails_fast_naming_the_problem(tmp_path, shards, bad, message):
   assert result.returncode == 2
   assert message in result.stderr
   assert not model_dir.exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--gin_file=gin/pretrain.gin'],  # Its default data path, absent here.
+     "cvrl_train: error: pretrain.train_files: file pattern '/data/k400/train-*.tfrecord' "
+     'matches no file; write the shards with cvrl_convert'),
+    (['--gin_bindings=pretrain.train_steps=1'],
+     'cvrl_train: error: no protocol: bind run.experiment'),
+    (['--gin_bindings=run.experiment=@pretrain'],
+     'cvrl_train: error: pretrain.train_files is not bound'),
+    (['--gin_file=gin/demo/linear_eval.gin', "--gin_bindings=linear_eval.train_files='{}'",
+      "--gin_bindings=linear_eval.pretrain_dir='/no/such/run'",
+      '--gin_bindings=linear_eval.test_files=None'],
+     "cvrl_train: error: linear_eval.pretrain_dir: no backbone found in '/no/such/run'"),
+])
+def test_a_users_mistake_is_one_line_and_exit_status_2(tmp_path, shards, args, message):
+  model_dir = tmp_path / 'run'
+  args = [a.format(shards) for a in args]
+  result = _run([sys.executable, os.path.join(REPO, 'tools', 'cvrl_train.py'),
+                 f'--model_dir={model_dir}'] + args)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(message), last
+  assert 'Traceback' not in result.stderr and not model_dir.exists()
+  verbose = _run([sys.executable, os.path.join(REPO, 'tools', 'cvrl_train.py'),
+                  f'--model_dir={model_dir}', '--verbose'] + args)
+  assert verbose.returncode == 2 and 'Traceback' in verbose.stderr

@@ -1,7 +1,7 @@
 """Console entry points (see setup.cfg): every command's flags and absl `main` live in
-this package, one module per command (train, convert, synth, export, embed,
-import_checkpoint), imported lazily so `--help` of one tool does not load the others. The library below never reads
-flags; gin is parsed here (gin_files.py) and nowhere else."""
+this package, one module per command (train, convert, synth, export, embed, inspect,
+import_checkpoint), imported lazily so `--help` of one tool does not load the others. The
+library below never reads flags; gin is parsed here (gin_files.py) and nowhere else."""
 
 import importlib
 import sys
@@ -45,3 +45,7 @@ def cvrl_embed():
 
 def cvrl_import():
   _run('import_checkpoint')
+
+
+def cvrl_inspect():
+  _run('inspect')

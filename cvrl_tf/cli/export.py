@@ -1,7 +1,7 @@
 """`cvrl_export`: a pretraining run's backbone as a TF Hub SavedModel (serving/export.py)."""
 
-import sys
-
+from cvrl_tf import errors
+from cvrl_tf.cli import failures
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.serving.export import export_model_dir, read_metadata
 
@@ -11,29 +11,30 @@ _FLAGS = [  # (kind, name, default, help); see tool_flags
     ('bool', 'with_projection_head', False,
      'Also export the projection head (signature "projection").'),
     ('bool', 'overwrite', False, 'Replace an existing export_dir.'),
+    failures.VERBOSE_FLAG,
 ]
 TOOL_FLAGS = tool_flags.ToolFlags(_FLAGS)
 _flag_values = TOOL_FLAGS.values
 
 
-def main(argv) -> int:
-  """`cvrl_export --model_dir=... --export_dir=...`; exit code 1 with a message on error."""
-  del argv
-  tool_flags.quiet_info_logs()
-  fv = _flag_values()
+def _export(argv, fv) -> int:
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not fv.model_dir or not fv.export_dir:
-    print('cvrl_export: --model_dir and --export_dir are required.', file=sys.stderr)
-    return 1
-  try:
-    path = export_model_dir(fv.model_dir, fv.export_dir, fv.with_projection_head,
-                            fv.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError) as e:
-    print(f'cvrl_export: error: {e}', file=sys.stderr)
-    return 1
+    raise errors.UserError('--model_dir and --export_dir are required.')
+  path = export_model_dir(fv.model_dir, fv.export_dir, fv.with_projection_head,
+                          fv.overwrite)
   metadata = read_metadata(path)
   print(f'Exported {metadata["architecture"]} ({metadata["embedding_dim"]}-d embedding'
         f'{", projection head" if metadata.get("projection_dim") else ""}) to {path}')
   return 0
+
+
+def main(argv) -> int:
+  """`cvrl_export --model_dir=... --export_dir=...`; a mistake: one line, exit status 2."""
+  tool_flags.quiet_info_logs()
+  fv = _flag_values()
+  return failures.run_reporting('cvrl_export', lambda: _export(argv, fv), fv.verbose)
 
 
 if __name__ == '__main__':

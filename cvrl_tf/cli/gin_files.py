@@ -5,17 +5,21 @@ Every configurable must be registered before parsing, otherwise gin cannot tell 
 unknown binding from a module not yet imported; `register_configurables` imports them all.
 """
 
+import inspect
 import os
 from typing import Sequence
 
 import gin
 import tensorflow as tf
 
+from cvrl_tf import errors
+from cvrl_tf.models import backbone_io
+
 # The checkout holding gin/ (cvrl_tf/cli/gin_files.py -> three folders up).
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
   """A gin file or binding the user gave is wrong; the message says which and why."""
 
 
@@ -66,3 +70,47 @@ def parse(files: Sequence[str], bindings: Sequence[str],
       gin.parse_config(binding)
     except Exception as e:
       raise ConfigError(f'in --gin_bindings={binding!r}: {e}') from e
+
+
+def check_protocol() -> str:
+  """Before any work: `run.experiment` names a protocol, its required bindings are set
+  and its *_files patterns match files. Returns the protocol name; raises ConfigError
+  (or errors.MissingInput) naming the binding and what to do."""
+  try:
+    reference = gin.query_parameter('run.experiment')
+  except ValueError:
+    raise ConfigError(  # pylint: disable=raise-missing-from
+        'no protocol: bind run.experiment (e.g. --gin_bindings="run.experiment='
+        '@pretrain"; protocols: pretrain, linear_eval, finetune, evaluate, knn_eval) or '
+        'give a protocol file such as --gin_file=gin/pretrain.gin') from None
+  configurable = getattr(reference, 'configurable', None)
+  if configurable is None or not callable(configurable.wrapped):
+    raise ConfigError(f'run.experiment = {reference!r} is not a protocol; bind it to one '
+                      'of @pretrain, @linear_eval, @finetune, @evaluate, @knn_eval')
+  name, fn = configurable.name, configurable.wrapped
+  bound = gin.get_bindings(name)
+  for param in inspect.signature(fn).parameters.values():
+    value = bound.get(param.name, param.default)
+    if value is gin.REQUIRED:
+      raise ConfigError(f'{name}.{param.name} is not bound: add it to the gin file or '
+                        f'pass --gin_bindings="{name}.{param.name}=..."')
+    if param.name.endswith('_files') and value:
+      for pattern in [value] if isinstance(value, str) else list(value):
+        if not tf.io.gfile.glob(pattern):
+          raise errors.MissingInput(
+              f'{name}.{param.name}: file pattern {pattern!r} matches no file; write the '
+              f'shards with cvrl_convert, or point the binding at them: --gin_bindings='
+              f'"{name}.{param.name}=\'/path/to/shards-*.tfrecord\'"')
+  if bound.get('encoder_source', _default(fn, 'encoder_source')) == 'model_dir':
+    pretrain_dir = bound.get('pretrain_dir')
+    if pretrain_dir:
+      try:
+        backbone_io.read_spec(pretrain_dir)
+      except errors.MissingInput as e:
+        raise errors.MissingInput(f'{name}.pretrain_dir: {e}') from None
+  return name
+
+
+def _default(fn, param: str):
+  parameter = inspect.signature(fn).parameters.get(param)
+  return None if parameter is None else parameter.default

@@ -26,6 +26,8 @@ always calls `clips = batch.finish_batch(data, seed, crop_size)` (float32
 Per video only the frames of the sampled clips are decoded, inside the crop window that
 all frames of a clip share. On CPU the bilinear resize costs half a JPEG decode, hence
 'resize' (see benchmarks/bench_input.py).
+A video that cannot be used (undecodable JPEG, no frames, no label where one is needed,
+malformed record, damaged file) is skipped, counted and named (data/bad_examples.py).
 """
 
 import random
@@ -35,11 +37,13 @@ import gin
 import tensorflow as tf
 
 from cvrl_tf.data import augment
+from cvrl_tf.data import bad_examples as bad_examples_lib
 from cvrl_tf.data import batch
 from cvrl_tf.data import sampling
 from cvrl_tf.data import shards
 
 FilePatterns = shards.FilePatterns
+Tracker = bad_examples_lib.BadExamples
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -162,12 +166,21 @@ def _batch_size(batch_size: int, input_context) -> int:
 
 
 # ------------------------------------------------------------------------- builders
+def _tracker(tracker: Optional[Tracker], stage: str, need_label: bool,
+             limited: bool = True) -> Tracker:
+  """The caller's tracker (told whether this pipeline needs labels), or a logging one."""
+  if tracker is None:
+    tracker = Tracker(stage=stage, limit=bad_examples_lib.limit() if limited else None)
+  tracker.need_label = need_label
+  return tracker
+
+
 def _check_defer(defer: str) -> None:
   if defer not in DEFER_MODES:
     raise ValueError(f'defer must be one of {DEFER_MODES}, got {defer!r}')
 
 
-@gin.configurable(denylist=['input_context'])
+@gin.configurable(denylist=['input_context', 'bad_examples'])
 def build_pretrain_dataset(file_pattern: FilePatterns,
                            batch_size: int,
                            clip_len: int = 16,
@@ -185,7 +198,8 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
                            seed: Optional[int] = None,
                            deterministic: bool = False,
                            input_context: Optional[tf.distribute.InputContext] = None,
-                           validate_files: bool = True) -> tf.data.Dataset:
+                           validate_files: bool = True,
+                           bad_examples: Optional[Tracker] = None) -> tf.data.Dataset:
   """Two views per video at a random temporal interval; infinite, shuffled.
 
   batch_size: global batch in videos (the model sees 2 * per-replica batch clips).
@@ -200,6 +214,9 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
     shapes (TPU / XLA); None pads each batch to its largest crop only (least copying,
     any frame size; shapes vary by batch).
   shuffle_buffer: in videos; each holds its serialized record (a few MB) in memory.
+  bad_examples: counts and names the videos that cannot be used (skipped) and ends the
+    stream past its limit (data/bad_examples.py); default: one logging to stderr with
+    the bad_examples.* limit.
   """
   _check_defer(defer)
   dtype = tf.as_dtype(output_dtype)
@@ -221,7 +238,8 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
                         crop_size, per_frame_augment, defer, dtype, canvas, v + 1)
         for v in range(2))
 
-  ds = ds.map(_graph_fn(video_to_views), AUTOTUNE, deterministic=deterministic)
+  ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_views),
+                                    _tracker(bad_examples, 'pretrain', False), deterministic)
   ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
   if defer == 'none':
     ds = ds.map(lambda v1, v2: {
@@ -231,7 +249,7 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
   return _finish(ds, deterministic)
 
 
-@gin.configurable(denylist=['input_context'])
+@gin.configurable(denylist=['input_context', 'bad_examples'])
 def build_classification_dataset(file_pattern: FilePatterns,
                                  batch_size: int,
                                  clip_len: int = 32,
@@ -249,14 +267,15 @@ def build_classification_dataset(file_pattern: FilePatterns,
                                  seed: Optional[int] = None,
                                  deterministic: bool = False,
                                  input_context: Optional[tf.distribute.InputContext] = None,
-                                 validate_files: bool = True) -> tf.data.Dataset:
+                                 validate_files: bool = True,
+                                 bad_examples: Optional[Tracker] = None) -> tf.data.Dataset:
   """One random clip + label per video; infinite, shuffled (linear eval / fine-tuning).
 
   Augmentation: random resized crop + flip; `colour_augment` adds the view-1 colour and
   blur ops. defer / output_dtype / canvas as in build_pretrain_dataset.
   label_fraction (e.g. 0.01, 0.1): keep that fraction of each class (semi-supervised
   protocols), chosen by `shards.label_subset_keys(files, fraction, label_seed)`.
-  Every record must carry a label.
+  Every record must carry a label (one without is skipped as bad).
   """
   _check_defer(defer)
   dtype = tf.as_dtype(output_dtype)
@@ -279,12 +298,13 @@ def build_classification_dataset(file_pattern: FilePatterns,
     out[batch.LABEL] = ex['label']
     return out
 
-  ds = ds.map(_graph_fn(video_to_clip), AUTOTUNE, deterministic=deterministic)
+  ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clip),
+                                    _tracker(bad_examples, 'train', True), deterministic)
   ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
   return _finish(ds, deterministic)
 
 
-@gin.configurable(denylist=['input_context'])
+@gin.configurable(denylist=['input_context', 'bad_examples'])
 def build_eval_dataset(file_pattern: FilePatterns,
                        batch_size: int,
                        clip_len: int = 32,
@@ -296,13 +316,17 @@ def build_eval_dataset(file_pattern: FilePatterns,
                        crop_size: int = 256,
                        output_dtype: Union[str, tf.DType] = 'float32',
                        cycle_length: int = 4,
+                       need_label: bool = True,
                        input_context: Optional[tf.distribute.InputContext] = None,
-                       validate_files: bool = True) -> tf.data.Dataset:
+                       validate_files: bool = True,
+                       bad_examples: Optional[Tracker] = None) -> tf.data.Dataset:
   """Every video once, as num_clips evenly spaced clips x num_crops crops (flat views).
 
   Deterministic, one pass, last batch may be smaller. Frames are resized so the short
   side is `min_resize` (skipped when already so), then cropped crop_size x crop_size.
-  Frames stay uint8 until batched; output_dtype 'uint8' keeps them so.
+  Frames stay uint8 until batched; output_dtype 'uint8' keeps them so. Videos that
+  cannot be read, or carry no label when `need_label` (no accuracy without one), are
+  skipped and listed by `bad_examples` (default: logged; no limit).
   """
   if crop_size > min_resize:
     raise ValueError(f'crop_size {crop_size} exceeds the resized short side {min_resize}')
@@ -311,7 +335,7 @@ def build_eval_dataset(file_pattern: FilePatterns,
   ds = shards.read_records(files, False, False, None, cycle_length, True).enumerate()
 
   def video_to_clips(local_index, element):
-    ex = shards.parse_checked(*element, need_label=False)
+    ex = shards.parse_checked(*element, need_label=need_label)
     stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
     indices = sampling.eval_indices(ex['num_frames'], clip_len, stride_frames, num_clips)
     jpegs = tf.gather(ex['frames'], tf.reshape(indices, [-1]))
@@ -335,7 +359,8 @@ def build_eval_dataset(file_pattern: FilePatterns,
                                        [num_crops, clip_len, crop_size, crop_size, 3])
     return out
 
-  ds = ds.map(_graph_fn(video_to_clips), AUTOTUNE, deterministic=True).unbatch()
+  tracker = _tracker(bad_examples, 'test', need_label, limited=False)
+  ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clips), tracker, True).unbatch()
   ds = ds.map(_graph_fn(clip_to_crops), AUTOTUNE, deterministic=True).unbatch()
   ds = ds.batch(_batch_size(batch_size, input_context), drop_remainder=False)
   if tf.as_dtype(output_dtype) != tf.uint8:

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
+from cvrl_tf import errors
 from cvrl_tf.data import records
 
 FilePatterns = Union[str, Sequence[str]]
@@ -40,10 +41,10 @@ def check_tfrecord_file(path: str) -> bool:
   if not header:
     return False
   if len(header) < 12:
-    raise ValueError(f'{path}: not a TFRecord file (truncated {len(header)}-byte header)')
+    raise errors.UserError(f'{path}: not a TFRecord file (truncated {len(header)}-byte header)')
   length_bytes, (crc,) = header[:8], struct.unpack('<I', header[8:])
   if _masked_crc32c(length_bytes) != crc:
-    raise ValueError(f'{path}: not a TFRecord file (first record header fails its CRC)')
+    raise errors.UserError(f'{path}: not a TFRecord file (first record header fails its CRC)')
   return True
 
 
@@ -56,17 +57,17 @@ def list_files(file_pattern: FilePatterns, validate: bool = True) -> List[str]:
   """
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
   if not patterns:
-    raise ValueError('no file pattern given')
+    raise errors.UserError('no file pattern given')
   files = []
   for pattern in patterns:
     matched = tf.io.gfile.glob(pattern)
     if not matched:
-      raise ValueError(f'file pattern {pattern!r} matches no file')
+      raise errors.MissingInput(f'file pattern {pattern!r} matches no file')
     files.extend(matched)
   files = sorted(set(files))
   # A list, not a generator: every file is checked, not only up to the first good one.
   if validate and not any([check_tfrecord_file(f) for f in files]):
-    raise ValueError(f'all {len(files)} files of {patterns} are empty: {files[:3]}...')
+    raise errors.UserError(f'all {len(files)} files of {patterns} are empty: {files[:3]}...')
   return files
 
 
@@ -77,24 +78,50 @@ def shard_files(files: List[str], input_context: Optional[tf.distribute.InputCon
     return files, 0, 1
   n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
   if len(files) < n:
-    raise ValueError(f'{len(files)} files cannot be sharded over {n} input pipelines; '
+    raise errors.UserError(f'{len(files)} files cannot be sharded over {n} input pipelines; '
                      'write more shards')
   return files[i::n], i, n
+
+
+FILE_PROBLEM = -1  # Index of the element that stands for a file cut short (read_records).
 
 
 def read_records(files: List[str], shuffle: bool, repeat: bool, seed: Optional[int],
                  cycle_length: int, deterministic: bool) -> tf.data.Dataset:
   """-> (file string, index-in-file int64, serialized record) triples, files read in
-  parallel (interleaved), optionally shuffled at file level and repeated."""
-  ds = tf.data.Dataset.from_tensor_slices(files)
+  parallel (interleaved), optionally shuffled at file level and repeated.
+
+  Each file is read on its own and tolerantly: a file that is truncated or corrupt
+  (DataLossError mid-file) gives the records before the damage, then one triple
+  (file, FILE_PROBLEM, what happened) that no parser accepts, so the damage is counted
+  and named like a bad record (data/bad_examples.py) and the other files read on.
+  Damage is told from a clean end by the bytes read: a TFRecord of n bytes takes 16 + n.
+  """
+  sizes = [tf.io.gfile.stat(f).length for f in files]
+  ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
   if shuffle:
     ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
 
   @tf.autograph.experimental.do_not_convert
-  def per_file(f):
-    return tf.data.TFRecordDataset(f).enumerate().map(lambda i, r: (f, i, r))
+  def per_file(f, size):
+    read = tf.data.TFRecordDataset(f).ignore_errors().map(lambda r: (r, False))
+    end = tf.data.Dataset.from_tensors((tf.constant(b''), True))
+
+    def step(state, element):
+      (index, offset), (record, is_end) = state, element
+      problem = tf.strings.format(
+          'the file ends in a truncated or corrupt record after {} records (byte {} of '
+          '{}); records after it are lost', (index, offset, size))
+      keep = tf.logical_or(tf.logical_not(is_end), tf.not_equal(offset, size))
+      out = (keep, f, tf.where(is_end, tf.constant(FILE_PROBLEM, tf.int64), index),
+             tf.where(is_end, problem, record))
+      return (index + 1, offset + 16 + tf.cast(tf.strings.length(record), tf.int64)), out
+
+    triples = read.concatenate(end).scan((tf.constant(0, tf.int64),
+                                          tf.constant(0, tf.int64)), step)
+    return triples.filter(lambda keep, *_: keep).map(lambda _, f, i, r: (f, i, r))
 
   return ds.interleave(per_file, cycle_length=min(cycle_length, len(files)),
                        block_length=1, num_parallel_calls=AUTOTUNE,
@@ -126,7 +153,8 @@ def parse_checked(file: tf.Tensor, index: tf.Tensor, record: tf.Tensor,
   with tf.control_dependencies(
       [tf.debugging.Assert(has_frames, ['record without frames:'] + where)]):
     ex = records.parse_sequence_example(tf.identity(record))
-  checks = [tf.debugging.Assert(ex['num_frames'] > 0, ['record without frames:'] + where)]
+  checks = [tf.debugging.Assert(ex['num_frames'] > 0, ['record without frames:'] + where),
+            tf.debugging.Assert(index >= 0, ['damaged file:'] + where)]
   if need_label:
     checks.append(tf.debugging.Assert(
         ex['label'] >= 0, ['record without label (clip/label/index < 0):'] + where))
@@ -147,7 +175,7 @@ def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> L
   Returns keys 'file\\nindex' of the kept records.
   """
   if not 0.0 < fraction <= 1.0:
-    raise ValueError(f'label fraction must be in (0, 1], got {fraction}')
+    raise errors.UserError(f'label fraction must be in (0, 1], got {fraction}')
   spec = {records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
           records.MEDIA_ID_KEY: tf.io.FixedLenFeature([], tf.string, '')}
 
@@ -155,7 +183,9 @@ def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> L
     ctx, _ = tf.io.parse_single_sequence_example(r, context_features=spec)
     return f, i, ctx[records.LABEL_INDEX_KEY], ctx[records.MEDIA_ID_KEY]
 
-  ds = read_records(list(files), False, False, None, 16, True).map(context, AUTOTUNE)
+  # Damaged files and records are skipped here; the training pipeline names them.
+  ds = read_records(list(files), False, False, None, 16, True).filter(
+      lambda f, i, r: i >= 0).map(context, AUTOTUNE).ignore_errors()
   by_class: Dict[int, list] = {}
   for f, i, label, media_id in ds.batch(4096).as_numpy_iterator():
     for entry in zip(f, i, label, media_id):
@@ -179,7 +209,8 @@ def filter_keys(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset:
       tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys)),
                                           tf.ones([len(keys)], tf.int32)), 0)
   key = lambda f, i: tf.strings.join([f, tf.strings.as_string(i)], separator=_SEP)
-  return ds.filter(lambda f, i, r: table.lookup(key(f, i)) > 0)
+  # A damaged file's FILE_PROBLEM element stays, to be counted as bad.
+  return ds.filter(lambda f, i, r: tf.logical_or(i < 0, table.lookup(key(f, i)) > 0))
 
 
 def count_videos(file_pattern: FilePatterns) -> int:
@@ -197,4 +228,5 @@ def count_videos(file_pattern: FilePatterns) -> int:
               shard['num_examples'])
   if all(f in per_shard for f in files):
     return sum(per_shard[f] for f in files)
-  return int(tf.data.TFRecordDataset(files).reduce(0, lambda n, _: n + 1))
+  records = read_records(files, False, False, None, 16, False).filter(lambda f, i, r: i >= 0)
+  return int(records.reduce(0, lambda n, _: n + 1))

@@ -23,6 +23,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from cvrl_tf import errors as errors_lib
 from cvrl_tf import files as files_lib
 
 VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg',
@@ -35,7 +36,7 @@ _HMDB_CODES = {'train': '1', 'test': '2'}
 _CLASS_INDEX_LINE = re.compile(r'^\d+\s+(\S.*)$')
 
 
-class SourceError(Exception):
+class SourceError(errors_lib.UserError):
   """The listing itself is unusable (a usage error: nothing should be written)."""
 
 

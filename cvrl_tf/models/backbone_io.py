@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import r3d
 from cvrl_tf.runtime import config
@@ -94,7 +95,7 @@ def latest_head(model_dir: str) -> Optional[str]:
 def read_spec(model_dir: str) -> Dict[str, Any]:
   spec = _read_json(model_dir, SPEC_FILE)
   if spec is None:
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f'no backbone found in {model_dir!r}: '
         f'{os.path.join(model_dir, BACKBONE_SUBDIR, SPEC_FILE)} is missing. Point to the '
         f'model_dir of a finished pretraining run (it writes {BACKBONE_SUBDIR}/ at the end).')
@@ -106,14 +107,14 @@ def load_backbone(model_dir: str, **overrides) -> tf_keras.Model:
   spec = read_spec(model_dir)
   prefix = latest_backbone(model_dir)
   if prefix is None:
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f'{model_dir}/{BACKBONE_SUBDIR} has {SPEC_FILE} but no checkpoint (ckpt-N.index); '
         f'the pretraining run did not finish. Re-run it to completion.')
   encoder = build_from_spec(spec, **overrides)
   try:
     tf.train.Checkpoint(encoder=encoder).read(prefix).assert_consumed()
   except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
-    raise ValueError(
+    raise errors.UserError(
         f'backbone checkpoint {prefix} does not match the architecture in {SPEC_FILE} '
         f'({spec.get("name")}, width x{spec.get("width_multiplier")}): {e}') from e
   return encoder

@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
@@ -36,7 +37,7 @@ def check_architecture(spec: dict, pretrain_dir: str) -> None:
           files_lib.normalized(v) != files_lib.normalized(spec[k])}
   if diff:
     detail = ', '.join(f'{k}: bound {a!r} but stored {b!r}' for k, (a, b) in diff.items())
-    raise ValueError(
+    raise errors.UserError(
         f'the encoder in {pretrain_dir}/backbone is not the architecture the gin config '
         f'asks for ({detail}). Remove those build_backbone bindings (the stored '
         f'backbone.json defines the architecture) or point pretrain_dir to the right run.')
@@ -45,14 +46,14 @@ def check_architecture(spec: dict, pretrain_dir: str) -> None:
 def hub_layer(hub_handle: Optional[str], trainable: bool) -> tf_keras.layers.Layer:
   import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
   if not hub_handle:
-    raise ValueError("encoder_source='hub' needs hub_handle (an exported SavedModel dir "
+    raise errors.UserError("encoder_source='hub' needs hub_handle (an exported SavedModel dir "
                      'or a TF Hub handle)')
   try:
     path = hub.resolve(hub_handle)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'cannot resolve hub_handle {hub_handle!r}: {e}') from e
+    raise errors.UserError(f'cannot resolve hub_handle {hub_handle!r}: {e}') from e
   if not tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
-    raise FileNotFoundError(f'hub_handle {hub_handle!r} is not a SavedModel (no '
+    raise errors.MissingInput(f'hub_handle {hub_handle!r} is not a SavedModel (no '
                             f'saved_model.pb in {path}); export one with cvrl_export.')
   # dtype float32: the SavedModel takes and computes float32 clips (cvrl_export); under a
   # mixed policy the layer would otherwise cast its input to bfloat16 / float16, which no
@@ -65,7 +66,7 @@ def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
                   use_sync_bn: bool = False) -> Tuple[tf_keras.layers.Layer, dict]:
   """(encoder, description): the description rebuilds it (`rebuild_encoder`)."""
   if encoder_source not in ENCODER_SOURCES:
-    raise ValueError(f'encoder_source must be one of {ENCODER_SOURCES}, got '
+    raise errors.UserError(f'encoder_source must be one of {ENCODER_SOURCES}, got '
                      f'{encoder_source!r}')
   info = {'encoder_source': encoder_source}
   if encoder_source == 'hub':
@@ -77,7 +78,7 @@ def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
                        'kernel_gradient', 'auto'))
   if encoder_source == 'model_dir':
     if not pretrain_dir:
-      raise ValueError("encoder_source='model_dir' needs pretrain_dir (the model_dir of a "
+      raise errors.UserError("encoder_source='model_dir' needs pretrain_dir (the model_dir of a "
                        "pretraining run); use encoder_source='random' for the baseline")
     spec = backbone_io.read_spec(pretrain_dir)
     check_architecture(spec, pretrain_dir)

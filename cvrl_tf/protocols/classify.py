@@ -40,7 +40,9 @@ from typing import Optional
 import gin
 import tensorflow as tf
 
+from cvrl_tf import errors
 from cvrl_tf import files as files_lib
+from cvrl_tf.data import bad_examples
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
@@ -171,8 +173,8 @@ def _write_classifier_info(model_dir: str, info: dict) -> None:
     diff = [k for k in keys
             if files_lib.normalized(stored.get(k)) != files_lib.normalized(info.get(k))]
     if diff:
-      raise ValueError(f'{model_dir} already holds a different classifier (differs in '
-                       f'{diff}); use a new model_dir.')
+      raise errors.UserError(f'{model_dir} already holds a different classifier (differs '
+                             f'in {diff}); use a new model_dir.')
   tf.io.gfile.makedirs(model_dir)
   files_lib.write_json(path, info)
 
@@ -181,8 +183,8 @@ def read_classifier_info(model_dir: str) -> dict:
   path = os.path.join(model_dir, CLASSIFIER_FILE)
   info = files_lib.read_json(path)
   if info is None:
-    raise FileNotFoundError(f'{path} is missing: {model_dir!r} is not the model_dir of a '
-                            f'linear_eval or finetune run.')
+    raise errors.MissingInput(f'{path} is missing: {model_dir!r} is not the model_dir of '
+                              f'a linear_eval or finetune run.')
   return info
 
 
@@ -191,7 +193,7 @@ def resolve_num_classes(num_classes, label_map_file) -> int:
     return int(num_classes)
   if label_map_file:
     return len(records.read_label_map(label_map_file))
-  raise ValueError('set num_classes (or label_map_file, whose line count is used)')
+  raise errors.UserError('set num_classes (or label_map_file, whose line count is used)')
 
 
 # ------------------------------------------------------------------------- training
@@ -216,14 +218,16 @@ def train_classifier(model_dir: str, recipe: ClassifierRecipe,
       config.save_operative_config(model_dir)
       precision.record(model_dir, choice, recipe.protocol, facts)
     _say_plan(recipe, schedule, info, model, strategy, progress_stream)
+    bad = bad_examples.BadExamples(train_loop.worker_dir(model_dir, strategy), 'train',
+                                   bad_examples.limit(), True, progress_stream)
     make_dataset, example_name = _training_stream(recipe, model, info, schedule, model_dir,
-                                                  strategy, progress_stream)
+                                                  strategy, bad, progress_stream)
     logs = train_loop.fit_resumable(
         model, make_dataset, model_dir, schedule.total_steps, strategy,
         checkpoint_every=recipe.checkpoint_every,
         keep_checkpoints=recipe.keep_checkpoints, log_every=recipe.log_every,
         examples_per_step=recipe.global_batch_size, example_name=example_name,
-        progress_stream=progress_stream)
+        progress_stream=progress_stream, bad_examples=bad)
     results = None
     if recipe.test_files:
       results = multiview.multiview_test(
@@ -273,7 +277,8 @@ def _say_plan(recipe, schedule, info, model, strategy, progress_stream) -> None:
       f'{model.encoder.count_params():,} encoder parameters')
 
 
-def _training_stream(recipe, model, info, schedule, model_dir, strategy, progress_stream):
+def _training_stream(recipe, model, info, schedule, model_dir, strategy, bad,
+                     progress_stream):
   """make_dataset(start_step) for the train loop: augmented clips, or the features
   the frozen encoder gives for them, cached (linear eval with cache_features)."""
   def clip_stream(start_step, data_seed_base=recipe.seed):
@@ -282,7 +287,7 @@ def _training_stream(recipe, model, info, schedule, model_dir, strategy, progres
         lambda ctx: pipeline.build_classification_dataset(
             recipe.train_files, recipe.global_batch_size,
             label_fraction=recipe.label_fraction, label_seed=recipe.label_seed,
-            seed=data_seed, input_context=ctx))
+            seed=data_seed, input_context=ctx, bad_examples=bad))
 
   cache_dir = recipe.feature_cache_dir(model_dir)
   if cache_dir is None:
@@ -338,8 +343,8 @@ def evaluate(model_dir: str, recipe: Evaluate,
   checkpoint_dir = os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)
   prefix = recipe.checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
   if not prefix:
-    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir}: the training run has '
-                            f'not saved one yet.')
+    raise errors.MissingInput(f'no checkpoint in {checkpoint_dir}: the training run has '
+                              f'not saved one yet.')
   facts = precision.detect_devices(strategy)
   mixed_precision = recipe.mixed_precision
   if mixed_precision == 'trained':
@@ -360,8 +365,8 @@ def evaluate(model_dir: str, recipe: Evaluate,
         tf.train.Checkpoint(model=model).read(
             prefix).expect_partial().assert_existing_objects_matched()
       except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise ValueError(f'checkpoint {prefix} does not match the classifier described '
-                         f'in {model_dir}/{CLASSIFIER_FILE}: {e}') from e
+        raise errors.UserError(f'checkpoint {prefix} does not match the classifier '
+                               f'described in {model_dir}/{CLASSIFIER_FILE}: {e}') from e
     step = int(tf.train.load_checkpoint(prefix).get_tensor(
         'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
     progress_lib.say(progress_stream, f'evaluate: {prefix} (step {step})')

@@ -216,6 +216,30 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray,
   return out
 
 
+def unreadable_summary(unreadable: Sequence[dict], num_videos: int,
+                       top1: Optional[float]) -> Dict[str, object]:
+  """What a test's accuracy was computed over, for its results file: the videos that
+  could not be read (data/bad_examples.py entries) are listed, never silently missing
+  from the denominator; `top1_counting_unreadable_as_wrong` is the bound with them in.
+  A damaged file (record -1) also lost the records after the damage, uncounted."""
+  videos = [e for e in unreadable if e['record'] >= 0]
+  damaged = sorted({e['shard'] for e in unreadable if e['record'] < 0})
+  over = f'{num_videos} videos that could be read'
+  if videos:
+    over += f'; {len(videos)} could not (unreadable_videos)'
+  if damaged:
+    over += f'; {len(damaged)} damaged file(s) lost the records after the damage'
+  if not unreadable:
+    over = f'all {num_videos} videos'
+  total = num_videos + len(videos)
+  return {'accuracy_over': over,
+          'unreadable_videos': {'count': len(videos),
+                                'media_ids': [e['media_id'] for e in videos],
+                                'damaged_files': damaged, 'examples': list(unreadable)},
+          'top1_counting_unreadable_as_wrong': (
+              None if top1 is None or not total else top1 * num_videos / total)}
+
+
 # ------------------------------------------------------------------------- k-NN
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   x = np.asarray(x, np.float32)
@@ -298,8 +322,10 @@ def _label_map_beside(shard: str):
 def _names_from_records(files, num_classes, max_records):
   spec = {records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
           records.LABEL_STRING_KEY: tf.io.FixedLenFeature([], tf.string, '')}
-  ds = tf.data.TFRecordDataset(list(files)).take(max_records).map(
-      lambda r: tf.io.parse_single_sequence_example(r, context_features=spec)[0])
+  # Bad records and damaged files are skipped (the test names them).
+  ds = tf.data.TFRecordDataset(list(files)).ignore_errors().take(max_records).map(
+      lambda r: tf.io.parse_single_sequence_example(r, context_features=spec)[0]
+  ).ignore_errors()
   names = [''] * num_classes
   for ctx in ds.as_numpy_iterator():
     label = int(ctx[records.LABEL_INDEX_KEY])

@@ -74,9 +74,10 @@ def knn_eval(model_dir: str, recipe: KnnEval,
         tf.cast(encoder(clips, training=False), tf.float32), axis=-1)
     memory = multiview.run_views(strategy, recipe.train_files, recipe.eval_batch_size,
                                  features, MEMORY_SCOPE, progress_stream,
-                                 'k-NN memory (train)')
+                                 'k-NN memory (train)', model_dir, 'knn_memory')
     queries = multiview.run_views(strategy, recipe.test_files, recipe.eval_batch_size,
-                                  features, None, progress_stream, 'k-NN queries (test)')
+                                  features, None, progress_stream, 'k-NN queries (test)',
+                                  model_dir, 'knn_test')
   if memory is None:
     return None
   num_classes = recipe.num_classes
@@ -102,7 +103,10 @@ def knn_eval(model_dir: str, recipe: KnnEval,
              'num_test_videos': len(queries['label']), 'class_names': names,
              'views': views, 'train_files': files_lib.normalized(recipe.train_files),
              'test_files': files_lib.normalized(recipe.test_files),
-             'mixed_precision': choice.policy}
+             'mixed_precision': choice.policy,
+             'memory_unreadable_videos': memory['unreadable'],
+             **evaluation.unreadable_summary(queries['unreadable'], len(queries['label']),
+                                             None)}
   if train_loop.is_chief(strategy):
     tf.io.gfile.makedirs(model_dir)
     config.save_operative_config(model_dir)

@@ -22,6 +22,7 @@ import gin
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
+from cvrl_tf.data import bad_examples as bad_examples_lib
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
@@ -38,11 +39,13 @@ def is_multi_worker(strategy) -> bool:
       strategy.extended._num_workers > 1)  # pylint: disable=protected-access
 
 
-def _eval_input(strategy, files, batch_size: int, scope: Optional[str] = None):
+def _eval_input(strategy, files, batch_size: int, scope: Optional[str] = None,
+                tracker: Optional[bad_examples_lib.BadExamples] = None):
   """Flat eval views, padded for the replicas; a plain dataset when strategy is None."""
   def build(ctx):
     with gin.config_scope(scope) if scope else contextlib.nullcontext():
-      ds = pipeline.build_eval_dataset(files, batch_size, input_context=ctx)
+      ds = pipeline.build_eval_dataset(files, batch_size, input_context=ctx,
+                                       bad_examples=tracker)
     if ctx is None:
       return evaluation.pad_for_replicas(ds, batch_size, 1)
     per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
@@ -54,8 +57,11 @@ def _eval_input(strategy, files, batch_size: int, scope: Optional[str] = None):
 
 
 def run_views(strategy, files, batch_size, output_fn, scope=None, progress_stream=None,
-              what='test'):
+              what='test', model_dir=None, stage='test'):
   """Per-video mean of output_fn over every view of `files` (evaluation.collect_views).
+
+  Videos that cannot be read are skipped and returned under 'unreadable' (shard, record,
+  media_id, reason; also in <model_dir>/bad_examples.json under `stage`).
 
   Multi-worker: the chief evaluates alone over its local devices (the others return
   None), so no worker waits on another's last batch.
@@ -71,8 +77,12 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
   progress_lib.say(
       progress_stream, f'{what}: {total} videos x {args["num_clips"]} clips x '
       f'{args["num_crops"]} crops ({args["clip_len"]} frames, {args["crop_size"]} px)')
-  return evaluation.collect_views(_eval_input(strategy, files, batch_size, scope),
-                                  output_fn, total, views, strategy, progress_stream)
+  tracker = bad_examples_lib.BadExamples(model_dir, stage, None, False, progress_stream,
+                                         keep_earlier=False)
+  videos = evaluation.collect_views(_eval_input(strategy, files, batch_size, scope, tracker),
+                                    output_fn, total, views, strategy, progress_stream)
+  videos['unreadable'] = tracker.examples
+  return videos
 
 
 def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
@@ -98,7 +108,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
                        f'(top1={previous["top1"]:.4f}); delete it to test again.')
       return previous
   videos = run_views(strategy, test_files, eval_batch_size, model.probabilities,
-                     progress_stream=progress_stream)
+                     progress_stream=progress_stream, model_dir=model_dir)
   if videos is None:
     return None
   names = evaluation.class_names(model.num_classes, label_map_file,
@@ -122,7 +132,9 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
                                             metrics['per_class_count'])},
       'confusion_matrix': metrics['confusion'], 'class_names': names,
       'confusion_matrix_png': os.path.basename(png),
-      'predictions_csv': os.path.basename(csv)}
+      'predictions_csv': os.path.basename(csv),
+      **evaluation.unreadable_summary(videos['unreadable'], metrics['num_videos'],
+                                      metrics['top1'])}
   files_lib.write_json(path, results)
   writer = tf.summary.create_file_writer(
       os.path.join(model_dir, train_loop.SUMMARY_SUBDIR, 'eval'))
@@ -134,6 +146,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
   top5 = 'n/a' if results['top5'] is None else f'{results["top5"]:.4f}'
   progress_lib.say(progress_stream, f'{protocol} multi-view test at step {step}: top1='
                    f'{results["top1"]:.4f} top5={top5} mean class='
-                   f'{results["mean_class_accuracy"]:.4f} -> {path}')
+                   f'{results["mean_class_accuracy"]:.4f} over {results["accuracy_over"]}'
+                   f' -> {path}')
   return results
 

@@ -11,6 +11,7 @@ import dataclasses
 import gin
 import tf_keras
 
+from cvrl_tf.data import bad_examples
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
@@ -86,11 +87,15 @@ def pretrain(model_dir: str, recipe: Pretrain, progress_stream=progress_lib.STDE
           f'{gflops:.2f} GFLOPs per clip at {_clip_shape(clips)}', file=progress_stream,
           flush=True)
 
+  bad = bad_examples.BadExamples(train_loop.worker_dir(model_dir, strategy), 'pretrain',
+                                 bad_examples.limit(), progress_stream=progress_stream)
+
   def make_dataset(start_step):
     data_seed = None if recipe.seed is None else recipe.seed + start_step
     return strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.build_pretrain_dataset(
-            recipe.train_files, batch, seed=data_seed, input_context=ctx))
+            recipe.train_files, batch, seed=data_seed, input_context=ctx,
+            bad_examples=bad))
 
   make_dataset(0)  # Fails fast on bad data before anything is written.
   if train_loop.is_chief(strategy):
@@ -100,7 +105,7 @@ def pretrain(model_dir: str, recipe: Pretrain, progress_stream=progress_lib.STDE
       model, make_dataset, model_dir, total_steps, strategy,
       checkpoint_every=recipe.checkpoint_every, keep_checkpoints=recipe.keep_checkpoints,
       log_every=recipe.log_every, examples_per_step=2 * batch,
-      progress_stream=progress_stream)
+      progress_stream=progress_stream, bad_examples=bad)
   out_dir = train_loop.worker_dir(model_dir, strategy)
   spec = backbone_io.current_spec(use_sync_bn=False, output='pooled')
   backbone_io.save_run_specs(out_dir, head.spec(), clips)

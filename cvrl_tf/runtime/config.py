@@ -11,6 +11,8 @@ import tensorflow as tf
 from cvrl_tf import files as files_lib
 
 OPERATIVE_CONFIG = 'operative_config.gin'
+# Objects a caller passes at run time, not settings (never bound in gin, never stored).
+_RUNTIME_ARGS = ('input_context', 'bad_examples')
 
 
 def bindings(fn, scope: Optional[str] = None) -> dict:
@@ -26,7 +28,7 @@ def effective_args(fn, scope: Optional[str] = None) -> dict:
   args = {k: p.default for k, p in inspect.signature(target).parameters.items()
           if p.default is not inspect.Parameter.empty}
   args.update(bindings(fn, scope))
-  return files_lib.normalized({k: v for k, v in args.items() if k != 'input_context'})
+  return files_lib.normalized({k: v for k, v in args.items() if k not in _RUNTIME_ARGS})
 
 
 def save_operative_config(model_dir: str) -> str:

@@ -12,10 +12,14 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
   the last checkpoint is kept, nothing before it is lost.
 - A NaN/Inf loss stops training before any checkpoint of the bad weights is written and
   raises `NonFiniteLossError`; the last good checkpoint stays the latest one.
+- Bad input (data/bad_examples.py): the count of skipped examples is a TensorBoard
+  scalar and part of the progress line; past the tracker's limit the input ends, training
+  stops and errors.TooManyBadExamples is raised, the last checkpoint again the latest.
 - Under MultiWorkerMirroredStrategy every worker saves (saving is collective), but only
   the chief writes into `model_dir`; the others write to a scratch dir deleted afterwards.
 """
 
+import logging
 import math
 import os
 import re
@@ -66,8 +70,10 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
   """Checkpoints, TensorBoard scalars, a progress line and the NaN guard."""
 
   def __init__(self, manager, summary_writer, total_steps, checkpoint_every,
-               log_every, examples_per_step, example_name, chief, progress_stream):
+               log_every, examples_per_step, example_name, chief, progress_stream,
+               bad_examples=None):
     super().__init__()
+    self._bad = bad_examples
     self._manager = manager
     self._writer = summary_writer
     self._total = total_steps
@@ -97,6 +103,9 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
       self.model.stop_training = True
       return
     self.last_logs = logs
+    if self._bad is not None and self._bad.error is not None:
+      self.model.stop_training = True  # Nothing more is saved: see fit_resumable.
+      return
     if step % self._log_every == 0 or step >= self._total:
       self._log(step, logs)
       self.model.reset_metrics()  # the next line averages over the next interval only
@@ -116,6 +125,8 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
           tf.summary.scalar(key, value)
         tf.summary.scalar('learning_rate', lr)
         tf.summary.scalar(f'{self._name}_per_sec', rate)
+        if self._bad is not None:
+          tf.summary.scalar('bad_examples', self._bad.bad_reads)
       self._writer.flush()
     if self._chief and self._stream is not None:
       done = step - self._start_step
@@ -123,9 +134,23 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
       eta = elapsed / max(done, 1) * (self._total - step)
       metrics = ' '.join(f'{k}={v:.4g}' for k, v in sorted(logs.items())
                          if k != 'learning_rate')
+      bad = '' if self._bad is None else f' bad={self._bad.bad_reads}'
       print(f'step {step}/{self._total} {metrics} lr={lr:.4g} '
-            f'{self._name}/s={rate:.1f} eta={format_duration(eta)}',
+            f'{self._name}/s={rate:.1f} eta={format_duration(eta)}{bad}',
             file=self._stream, flush=True)
+
+
+class _QuietEndOfInput(logging.Filter):
+  """Drops Keras' warning that the input ran out when the bad-examples limit ended it:
+  the one line of errors.TooManyBadExamples says what happened."""
+
+  def __init__(self, bad_examples):
+    super().__init__()
+    self._bad = bad_examples
+
+  def filter(self, record):
+    stopped = self._bad is not None and self._bad.error is not None
+    return not (stopped and 'ran out of data' in record.getMessage())
 
 
 _LOSS_SCALE_KEY = 'optimizer/loss_scale/current_loss_scale/.ATTRIBUTES/VARIABLE_VALUE'
@@ -168,12 +193,14 @@ def fit_resumable(model: tf_keras.Model,
                   examples_per_step: int = 1,
                   example_name: str = 'clips',
                   extra_checkpoint_items: Optional[dict] = None,
-                  progress_stream=progress_lib.STDERR) -> Dict[str, float]:
+                  progress_stream=progress_lib.STDERR,
+                  bad_examples=None) -> Dict[str, float]:
   """Trains `model` (compiled, built, under `strategy.scope()`) until `total_steps`.
 
   `make_dataset(start_step)` returns the (distributed) dataset to read from; it is called
   once, after restoring, with the step training resumes at. Returns the last logged
-  metrics. Raises NonFiniteLossError on a NaN/Inf loss.
+  metrics. Raises NonFiniteLossError on a NaN/Inf loss, and errors.TooManyBadExamples
+  when the input's `bad_examples` tracker (data/bad_examples.BadExamples) stopped it.
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
   out_dir = worker_dir(model_dir, strategy)
@@ -191,13 +218,27 @@ def fit_resumable(model: tf_keras.Model,
     return {}
   writer = tf.summary.create_file_writer(os.path.join(out_dir, SUMMARY_SUBDIR)) if chief else None
   callback = _ChunkCallback(manager, writer, total_steps, checkpoint_every, log_every,
-                            examples_per_step, example_name, chief, progress_stream)
-  dataset = make_dataset(start_step)
+                            examples_per_step, example_name, chief, progress_stream,
+                            bad_examples)
+  try:
+    dataset = make_dataset(start_step)  # A feature cache reads its input here.
+  except (StopIteration, tf.errors.OutOfRangeError):
+    if bad_examples is not None:
+      bad_examples.raise_if_stopped()
+    raise
   remaining = total_steps - start_step
   # One fit call over an endless dataset; the callback stops at `total_steps`.
-  model.fit(dataset, epochs=1, steps_per_epoch=remaining, verbose=0, callbacks=[callback])
+  quiet = _QuietEndOfInput(bad_examples)
+  tf.get_logger().addFilter(quiet)
+  try:
+    model.fit(dataset, epochs=1, steps_per_epoch=remaining, verbose=0,
+              callbacks=[callback])
+  finally:
+    tf.get_logger().removeFilter(quiet)
   if writer is not None:
     writer.close()
+  if bad_examples is not None:
+    bad_examples.raise_if_stopped()
   if callback.bad_step is not None:
     latest = manager.latest_checkpoint or '(none yet)'
     raise NonFiniteLossError(

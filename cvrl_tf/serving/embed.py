@@ -28,6 +28,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 import tensorflow as tf
 
+from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import augment
 from cvrl_tf.data import progress as progress_lib
@@ -48,7 +49,7 @@ class Video:
   error: str = ''  # Set when the listing itself already failed (a malformed CSV row).
 
 
-class UsageError(ValueError):
+class UsageError(errors.UserError):
   """Bad flags or inputs as a whole; nothing is written."""
 
 

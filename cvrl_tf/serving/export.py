@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
@@ -186,12 +187,12 @@ def load_projection_head(model_dir: str, input_dim: int) -> heads.ProjectionHead
   prefix = (backbone_io.latest_head(model_dir) or
             tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)))
   if prefix is None:
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f'--with_projection_head needs the training checkpoint in '
         f'{os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)}, and there is none.')
   spec = backbone_io.read_head_spec(model_dir)
   if spec is None:
-    raise FileNotFoundError(
+    raise errors.MissingInput(
         f'--with_projection_head needs {model_dir}/{backbone_io.BACKBONE_SUBDIR}/'
         f'{backbone_io.HEAD_SPEC_FILE}, which runs pretrained before it existed do not '
         f'have; export this run without --with_projection_head.')
@@ -202,7 +203,7 @@ def load_projection_head(model_dir: str, input_dim: int) -> heads.ProjectionHead
   try:
     status.expect_partial().assert_existing_objects_matched()
   except AssertionError as e:
-    raise ValueError(f'the projection head in {prefix} does not match '
+    raise errors.UserError(f'the projection head in {prefix} does not match '
                      f'{backbone_io.HEAD_SPEC_FILE}: {e}') from e
   return head
 
@@ -287,9 +288,9 @@ def export_encoder(encoder: tf_keras.Model,
   export_dir = export_dir.rstrip('/')
   if tf.io.gfile.exists(export_dir):
     if not overwrite:
-      raise FileExistsError(f'{export_dir} already exists; pass --overwrite to replace it.')
+      raise errors.OutputExists(f'{export_dir} already exists; pass --overwrite to replace it.')
     if not _looks_like_export(export_dir):
-      raise FileExistsError(f'{export_dir} exists and is not a SavedModel; refusing to '
+      raise errors.OutputExists(f'{export_dir} exists and is not a SavedModel; refusing to '
                             f'replace it even with --overwrite.')
   metadata = {**build_metadata(), **(metadata or {})}
   metadata['architecture'] = metadata['architecture'] or encoder.name
@@ -333,7 +334,8 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
                      overwrite: bool = False, verify: bool = True) -> str:
   """Exports the backbone (and head) of a finished pretraining run in `model_dir`."""
   if not tf.io.gfile.isdir(model_dir):
-    raise FileNotFoundError(f'--model_dir {model_dir!r} does not exist.')
+    raise errors.MissingInput(f'--model_dir {model_dir!r} does not exist: give the '
+                              f'model_dir of a pretraining run.')
   spec = backbone_io.read_spec(model_dir)
   with precision.dtype_policy('float32'):
     encoder = backbone_io.load_backbone(model_dir, **_EXPORT_OVERRIDES)

@@ -1,0 +1,32 @@
+"""The user's mistakes, as exception types the command-line tools print as one line.
+
+Why a type: a console script must tell a mistake in what the user gave (a file pattern
+that matches nothing, a model dir that is not a run, a missing backbone) from a bug.
+The first is printed as one line naming the file, flag or binding and what to do, exit
+status 2; anything else keeps its traceback. Raise these where the message already says
+all that; they subclass ValueError (and FileNotFoundError) so callers that caught
+those before still do. This module imports nothing heavy (the converter's workers use
+it).
+"""
+
+
+class UserError(ValueError):
+  """Something the user gave is wrong; the message names it and what to do."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+  """A file, folder or checkpoint the user pointed at is not there."""
+
+
+def one_line(message) -> str:
+  """An error's message (or any text) on one line."""
+  return ' '.join(str(message).split())
+
+
+class OutputExists(UserError, FileExistsError):
+  """The output the user named is there already (and may not be replaced)."""
+
+
+class TooManyBadExamples(RuntimeError):
+  """More examples than the limit could not be used; the message gives the count, the
+  fraction and the file that lists them (data/bad_examples.py). Exit status 1."""
