@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import configs
 from cvrl_tf.demo import report as demo_report
 from cvrl_tf.demo import run as demo
 
@@ -84,9 +85,9 @@ def test_quick_settings_bind_the_protocol_name():
 
 # ------------------------------------------------------------------------- end to end
 @pytest.mark.skipif(
-    not all(os.path.exists(os.path.join(REPO, 'gin', 'demo', f))
+    not all(os.path.exists(configs.path(f'demo/{f}'))
             for f in ('linear_eval.gin', 'knn_eval.gin')),
-    reason='gin/demo/linear_eval.gin and knn_eval.gin (downstream protocols) not there')
+    reason='demo/linear_eval.gin and knn_eval.gin (downstream protocols) not there')
 def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
   out = tmp_path / 'demo'
   cmd = [sys.executable, os.path.join(REPO, 'tools', 'demo.py'), f'--out={out}', '--quick']
