@@ -29,8 +29,8 @@ def find(name: str) -> Optional[str]:
   if name.startswith(LEGACY_PREFIX):
     candidates.append(name[len(LEGACY_PREFIX):])
   for candidate in candidates:
-    full = path(os.path.normpath(candidate).replace(os.sep, '/'))
-    if full.startswith(ROOT + os.sep) and os.path.isfile(full):
+    full = os.path.normpath(path(candidate))
+    if full.startswith(ROOT + os.sep) and full.endswith('.gin') and os.path.isfile(full):
       return full
   return None
 
