@@ -23,6 +23,7 @@ Exit code: 0 all videos embedded, 1 some failed (listed on stderr and in the ind
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple
@@ -139,10 +140,11 @@ class ClipSettings:
     return record
 
 
+@functools.lru_cache(maxsize=8)
 def make_frames_fn(short_side: int, crop_size: int):
   """(JPEG frames [N], frame indices int32 [K, T]) -> float32 [K, T, crop, crop, 3] in
   [0, 1]: the evaluation pipeline's operations in its order (JPEG decode, short side
-  resized with uint8 kept, centre crop, 1/255)."""
+  resized with uint8 kept, centre crop, 1/255). One per sizes: traced once a process."""
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string),
                                 tf.TensorSpec([None, None], tf.int32)])
