@@ -36,6 +36,7 @@ import tensorflow as tf
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
+from cvrl_tf.data import tfds_source
 
 VOTES = ('weighted', 'majority')
 PAD_INDEX = -1  # video_index of the padding views added to fill the last batches.
@@ -267,10 +268,13 @@ def class_names(num_classes: int, label_map_file: Optional[str] = None,
                 files: Optional[Sequence[str]] = None, max_records: int = 5000):
   """Names of the classes: from the label map given, else the label map cvrl_convert
   wrote beside the shards, else `clip/label/string` of the first records (up to
-  max_records), else 'class_<i>'."""
+  max_records), else 'class_<i>'. A `tfds:` source: its ClassLabel names."""
   names = None
   if label_map_file:
     names = records.read_label_map(label_map_file)
+  elif files and tfds_source.is_tfds(files[0]):
+    names = tfds_source.class_names(files[0])  # The ClassLabel's names.
+    files = None
   elif files:
     names = _label_map_beside(files[0])
   if names is None and files:
