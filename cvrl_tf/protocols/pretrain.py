@@ -20,6 +20,7 @@ from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer as pretrainer_lib
 from cvrl_tf.models import r3d
+from cvrl_tf.protocols import knn_monitor
 from cvrl_tf.runtime import config
 from cvrl_tf.runtime import distribute
 from cvrl_tf.runtime import optim
@@ -115,7 +116,7 @@ def pretrain(model_dir: str,
       model, make_dataset, model_dir, total_steps, strategy,
       checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
       log_every=log_every, examples_per_step=2 * global_batch_size,
-      progress_stream=progress_stream)
+      progress_stream=progress_stream, monitors=knn_monitor.monitors(encoder, strategy))
   out_dir = train_loop.worker_dir(model_dir, strategy)
   spec = backbone_io.current_spec(use_sync_bn=False, output='pooled')
   backbone_io.save_run_specs(out_dir, head.spec(), clips)
