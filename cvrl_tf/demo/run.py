@@ -191,7 +191,10 @@ class Demo:
     model_dir = self.path('runs', name)
     if os.path.exists(os.path.join(model_dir, 'backbone', 'backbone.json')):
       return self.skip(model_dir)
-    bindings = [f"pretrain.train_files='{self.records('train')}'"]
+    bindings = [f"pretrain.train_files='{self.records('train')}'",
+                f"knn_monitor.train_files='{self.records('train')}'",
+                f"knn_monitor.test_files='{self.records('test')}'"]
+    bindings += ['knn_monitor/' + b for b in self.settings['views']]
     self.run(f'pretrain_{name}', self.train(
         ['pretrain.gin'], model_dir, bindings + self.settings['pretrain'] + list(extra)))
 
@@ -289,15 +292,17 @@ class Demo:
       f.write(text)
     self.say(table)
 
-    curves = {}
+    curves, knn_curves = {}, {}
     for name, label, _ in variants:
       summaries = self.path('runs', name, 'summaries')
       if os.path.isdir(summaries):
         curves[label] = demo_report.read_scalars(summaries, 'loss')
+        knn_curves[label] = demo_report.read_scalars(summaries, 'knn_top1')
     batch = self._pretrain_batch_size()
     demo_report.plot_loss_curves(
         curves, self.path('pretrain_loss.png'),
-        None if batch is None else math.log(2 * batch - 1))
+        None if batch is None else math.log(2 * batch - 1),
+        knn_curves=knn_curves, num_classes=NUM_CLASSES)
     demo_report.plot_accuracy_bars(rows, NUM_CLASSES, self.path('accuracy.png'))
     embeddings, labels = demo_report.read_embeddings(self.path('embeddings', 'test'))
     demo_report.plot_embeddings(

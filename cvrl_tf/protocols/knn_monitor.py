@@ -4,7 +4,7 @@ Why: loss, contrastive accuracy and entropy do not say whether the representatio
 better; a k-NN classifier on frozen features does, and without training anything. Bind
 labelled train (the memory) and test (the queries) records, and pretraining reports
 `knn_top1` at step 0, every `every_steps` and at the end, in TensorBoard and on the
-progress line:
+progress line (with `knn_seconds`, its cost):
 
   knn_monitor.train_files = 'data/train-*.tfrecord'
   knn_monitor.test_files = 'data/test-*.tfrecord'
@@ -19,6 +19,7 @@ memory and queries alike), features (L2-normalized, BN in inference mode) and vo
 """
 
 import dataclasses
+import time
 from typing import Dict, Optional, Sequence, Union
 
 import gin
@@ -64,6 +65,7 @@ class KnnMonitor:
 
   def __call__(self, step: int) -> Dict[str, float]:
     del step
+    start = time.perf_counter()
     r = self._recipe
     memory = multiview.run_views(self._strategy, r.train_files, r.eval_batch_size,
                                  self.features, SCOPE)
@@ -73,7 +75,8 @@ class KnnMonitor:
       return {}
     per_k = evaluation.knn_top1(memory, queries, (r.k,), r.num_classes, r.vote,
                                 r.temperature)
-    return {'knn_top1': per_k[str(r.k)]['top1']}
+    return {'knn_top1': per_k[str(r.k)]['top1'],
+            'knn_seconds': time.perf_counter() - start}  # What the monitor costs.
 
 
 def monitors(encoder, strategy) -> list:
