@@ -70,7 +70,8 @@ def test_monitor_reports_what_knn_eval_measures(tmp_path):
   gin.clear_config()
 
 
-def test_monitor_is_off_unless_both_sets_are_bound():
+def test_monitor_is_off_unless_both_sets_are_bound(tmp_path):
+  shard = _shard(str(tmp_path / 'x-00000-of-00001.tfrecord'), 1, 0)
   gin.clear_config()
   assert knn_monitor.monitors(encoder=None, strategy=None) == []
   with gin.unlock_config():
@@ -78,6 +79,11 @@ def test_monitor_is_off_unless_both_sets_are_bound():
   assert knn_monitor.monitors(encoder=None, strategy=None) == []
   with gin.unlock_config():
     gin.bind_parameter('knn_monitor.test_files', 'b')
+  with pytest.raises(ValueError, match="'a' matches no file"):  # Before any training.
+    knn_monitor.monitors(encoder=None, strategy=None)
+  with gin.unlock_config():
+    gin.bind_parameter('knn_monitor.train_files', shard)
+    gin.bind_parameter('knn_monitor.test_files', shard)
     gin.bind_parameter('knn_monitor.every_steps', 0)
   with pytest.raises(ValueError, match='every_steps'):
     knn_monitor.monitors(encoder=None, strategy=None)

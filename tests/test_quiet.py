@@ -33,13 +33,24 @@ def test_verbosity_requested_reads_the_command_line():
   assert not quiet.verbosity_requested(['--verbosity=1'])  # argv[0] is the program.
 
 
-def test_before_tensorflow_sets_warning_level_unless_told(monkeypatch):
+@pytest.fixture
+def no_log_env(monkeypatch):
+  """Neither variable set, both restored after the test (set first: monkeypatch only
+  restores what it saw), and TensorFlow looking not imported yet."""
+  for name in (quiet.TF_LOG_ENV, quiet.MARKER_ENV):
+    monkeypatch.setenv(name, 'x')
+    monkeypatch.delenv(name)
   monkeypatch.delitem(sys.modules, 'tensorflow')
-  monkeypatch.delenv(quiet.TF_LOG_ENV, raising=False)
+  return monkeypatch
+
+
+def test_before_tensorflow_sets_warning_level_unless_told(no_log_env):
+  monkeypatch = no_log_env
   assert quiet.before_tensorflow(['x', '--verbosity=0']) is False
   assert quiet.TF_LOG_ENV not in os.environ
   assert quiet.before_tensorflow(['x']) is True
   assert os.environ[quiet.TF_LOG_ENV] == '1'
+  assert os.environ[quiet.MARKER_ENV] == '1'  # Set by us, not by the user.
   monkeypatch.setenv(quiet.TF_LOG_ENV, '0')  # The user's choice stays.
   assert quiet.before_tensorflow(['x']) is False
   assert os.environ[quiet.TF_LOG_ENV] == '0'
@@ -94,3 +105,21 @@ def test_a_tensorflow_start_is_quiet_and_verbosity_brings_logs_back(tmp_path):
   verbose = _list_configs(tmp_path, '--verbosity=0')
   assert verbose.returncode == 0
   assert TF_CPP_LINE.search(verbose.stderr), verbose.stderr  # e.g. oneDNN's, I level.
+
+
+def test_a_late_tensorflow_tool_turns_cpp_logs_off_unless_the_user_chose(no_log_env):
+  monkeypatch = no_log_env
+  monkeypatch.setattr(sys, 'argv', ['cvrl_convert'])
+  for env, want in (({}, '3'), ({quiet.TF_LOG_ENV: '1', quiet.MARKER_ENV: '1'}, '3'),
+                    ({quiet.TF_LOG_ENV: '0'}, '0')):
+    monkeypatch.delenv(quiet.TF_LOG_ENV, raising=False)
+    monkeypatch.delenv(quiet.MARKER_ENV, raising=False)
+    for key, value in env.items():
+      monkeypatch.setenv(key, value)
+    quiet.tensorflow_errors_off()
+    assert os.environ[quiet.TF_LOG_ENV] == want, env
+  monkeypatch.delenv(quiet.TF_LOG_ENV)
+  monkeypatch.delenv(quiet.MARKER_ENV, raising=False)
+  monkeypatch.setattr(sys, 'argv', ['cvrl_convert', '--verbosity=0'])
+  quiet.tensorflow_errors_off()
+  assert quiet.TF_LOG_ENV not in os.environ

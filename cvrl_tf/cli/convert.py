@@ -1,8 +1,8 @@
 """`cvrl_convert`: videos to TFRecord shards (data/convert.py does the work)."""
 
-import os
 import sys
 
+from cvrl_tf.cli import quiet
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.data import sources
 from cvrl_tf.data.convert import _SIZE_SAMPLE, Options, UsageError, convert, validate
@@ -69,7 +69,7 @@ def listing_from_flags() -> sources.Listing:
 def main(argv):
   """absl entry point: exit 0 all converted, 1 some failed, 2 usage error."""
   # TensorFlow is only a record writer here: silence its device-probing noise.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  quiet.tensorflow_errors_off()
   try:
     if len(argv) > 1:
       raise UsageError(f'unexpected arguments: {" ".join(argv[1:])}')

@@ -21,6 +21,8 @@ import tempfile
 from typing import Iterator, Optional, Sequence, Tuple
 
 TF_LOG_ENV = 'TF_CPP_MIN_LOG_LEVEL'
+# Set beside it when quiet set it (not the user), so a tool may quieten it further.
+MARKER_ENV = 'CVRL_TF_SET_TF_CPP_MIN_LOG_LEVEL'
 CUDA_PROBE_LINE = 'failed call to cuInit'
 _VERBOSITY_FLAGS = ('--verbosity', '-v', '--v')
 
@@ -36,7 +38,18 @@ def before_tensorflow(argv: Optional[Sequence[str]] = None) -> bool:
   if verbosity_requested(argv) or TF_LOG_ENV in os.environ or 'tensorflow' in sys.modules:
     return False
   os.environ[TF_LOG_ENV] = '1'
+  os.environ[MARKER_ENV] = '1'
   return True
+
+
+def tensorflow_errors_off() -> None:
+  """For a tool that imports TensorFlow late, only to write files (cvrl_convert): its C++
+  logs off entirely, unless the user set the level or asked for --verbosity. Before
+  TensorFlow is imported; after_flags cannot probe its devices then."""
+  if 'tensorflow' in sys.modules or verbosity_requested():
+    return
+  if TF_LOG_ENV not in os.environ or os.environ.get(MARKER_ENV) == '1':
+    os.environ[TF_LOG_ENV] = '3'
 
 
 def has_nvidia_device() -> bool:

@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
+from cvrl_tf.data import shards
 from cvrl_tf.protocols import evaluation
 from cvrl_tf.protocols import multiview
 
@@ -58,8 +59,10 @@ class KnnMonitor:
       raise ValueError(f'knn_monitor.every_steps must be >= 1, got {recipe.every_steps}')
     self.every = recipe.every_steps
     self._encoder, self._strategy, self._recipe = encoder, strategy, recipe
+    # A tf.function of its own: traced once, not again at every evaluation.
+    self.features = tf.function(self._features, reduce_retracing=True)
 
-  def features(self, clips: tf.Tensor) -> tf.Tensor:
+  def _features(self, clips: tf.Tensor) -> tf.Tensor:
     return tf.math.l2_normalize(
         tf.cast(self._encoder(clips, training=False), tf.float32), axis=-1)
 
@@ -80,6 +83,11 @@ class KnnMonitor:
 
 
 def monitors(encoder, strategy) -> list:
-  """The monitors pretraining runs: [KnnMonitor] when bound, else []."""
+  """The monitors pretraining runs: [KnnMonitor] when bound, else []. Their files are
+  checked here, so a bad pattern fails before training, not at the first evaluation."""
   recipe = KnnMonitorRecipe()
-  return [KnnMonitor(encoder, strategy, recipe)] if recipe.enabled else []
+  if not recipe.enabled:
+    return []
+  for files in (recipe.train_files, recipe.test_files):
+    shards.list_files(files)
+  return [KnnMonitor(encoder, strategy, recipe)]
