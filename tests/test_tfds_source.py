@@ -6,7 +6,6 @@ import collections
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import shards

@@ -5,7 +5,8 @@
 
 `--gin_file` takes a path or the name of a config shipped with cvrl_tf (`cvrl_train
 --list_configs` prints them). The gin files bind `run.experiment` to the protocol (e.g.
-`@pretrain`); bindings given on the command line override the files. Bad files or bindings fail before any work.
+`@pretrain`); bindings given on the command line override the files. Bad files or
+bindings fail before any work.
 """
 
 import sys

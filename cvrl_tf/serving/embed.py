@@ -12,7 +12,8 @@ with one centre crop): decoded like the converter (video_io: optional fps resamp
 short side resized, frames kept as JPEG so memory stays small for long videos), then
 `num_clips` clips evenly spaced in time (sampling.eval_indices), short side resized and
 centre-cropped (augment), scaled to [0, 1]. The embedding is the mean of the clip
-embeddings (per window: of the clips covering the window). Defaults for frames and stride come from the export's metadata.
+embeddings (per window: of the clips covering the window). Defaults for frames and
+stride come from the export's metadata.
 
 The model is loaded with hub.KerasLayer, so any encoder taking float32 [B, T, H, W, 3]
 in [0, 1] works (give --num_frames and --frame_stride when it has no CVRL metadata).
@@ -34,7 +35,6 @@ import tensorflow as tf
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import augment
 from cvrl_tf.data import progress as progress_lib
-from cvrl_tf.data import sampling
 from cvrl_tf.data import sources
 from cvrl_tf.data import video_io
 from cvrl_tf.serving import embed_store
