@@ -5,13 +5,13 @@
   TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/bench_demo_step.py   # TensorFlow's default
                                                   # on AVX2-only CPUs: Eigen kernels
 
-Builds the demo's models from its gin files (gin/demo/encoder.gin: R3D-18 at 0.25x,
+Builds the demo's models from its gin files (configs/demo/encoder.gin: R3D-18 at 0.25x,
 8 x 32 x 32 clips) and times, under `model.fit` on one in-memory batch (input pipeline
 excluded; bench_e2e.py has it):
-  pretrain    CVRLPretrainer.train_step, 2 x --batch clips (gin/demo/pretrain.gin: 32
+  pretrain    CVRLPretrainer.train_step, 2 x --batch clips (configs/demo/pretrain.gin: 32
               videos, head 256-256-64)
   supervised  VideoClassifier.train_step (fine-tuning, all weights), --batch clips
-              (gin/demo/supervised.gin)
+              (configs/demo/supervised.gin)
 One row per step x policy: s/step median (min..max), clips/s, GFLOP/s (train FLOPs =
 3 x forward - stem forward, as bench_train_step.py). A policy the CPU cannot run
 (e.g. bfloat16 under ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 CPU) is a FAILED row.
@@ -33,6 +33,7 @@ import tensorflow as tf
 
 import bench_train_step
 import common
+from cvrl_tf import configs
 from cvrl_tf.cli import gin_files
 from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.models import classifier
@@ -48,7 +49,7 @@ STEPS = ('pretrain', 'supervised')
 def build(step: str, policy: str):
   """The demo's model for `step` under `policy`, compiled, every variable created."""
   with precision.dtype_policy(policy):
-    encoder = r3d.build_backbone()  # gin/demo/encoder.gin's bindings
+    encoder = r3d.build_backbone()  # configs/demo/encoder.gin's bindings
     if step == 'pretrain':
       model = pretrainer.CVRLPretrainer(encoder, heads.ProjectionHead(
           num_hidden_layers=2, hidden_dim=256, output_dim=64), weight_decay=1e-6)
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
   if args.quick:
     args.batch, args.reps, args.warmup = 4, 2, 1
   gin_files.register_configurables()
-  gin.parse_config_file(os.path.join(REPO, 'gin', 'demo', 'encoder.gin'))
+  gin.parse_config_file(configs.path('demo/encoder.gin'))
   clip_shape = (8, 32, 32, 3)
   rng = np.random.RandomState(0)
   rows = []
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
                   [f'{gflops:.1f}'])
       print(f'  {step:10s} {policy:15s} {np.median(walls):.3f} s/step', flush=True)
   print('\n' + common.machine_line('per row'))
-  print(f'demo models (gin/demo/encoder.gin), clips of {"x".join(map(str, clip_shape[:3]))}, '
+  print(f'demo models (configs/demo/encoder.gin), clips of {"x".join(map(str, clip_shape[:3]))}, '
         f'{args.reps} timed steps per row (warm-up {args.warmup} excluded)')
   common.print_table(['step', 'policy', 'clips', 's/step', 'CPU-s', 'clips/s',
                       'clips/CPU-s', 'GFLOP/s'], rows)

@@ -8,7 +8,7 @@ frames of 256x340 per video), then measures, alternating the three variants with
 repetition so that load drift hits them alike (warm-up excluded; median and min..max of
 --reps repetitions):
   pipeline   cvrl_tf.data.pipeline.build_pretrain_dataset alone (defer='resize', canvas
-             fitted to the records; gin/pretrain.gin uses canvas=None, as fast in
+             fitted to the records; configs/pretrain.gin uses canvas=None, as fast in
              bench_input.py): batches pulled and materialised (bench_input.time_batches)
   step       CVRLPretrainer.train_step under model.fit on one cached batch of that
              pipeline (Dataset.from_tensors(batch).repeat()): the step alone, including

@@ -13,17 +13,20 @@ Reading order, one pretraining step from a TFRecord to the weight update:
                         scaling of the gradients, metrics, XLA guard
   losses.py             InfoNCE over the global batch, with its derivation
 The layout, by role:
-  data/       TFRecords in and out: conversion, parsing, sampling, decoding, augmentation
+  data/       TFRecords in and out: conversion, parsing, sampling, decoding, augmentation;
+              tfds_source.py reads TensorFlow Datasets (`tfds:` sources) instead
   models/     Keras models: encoder, heads, the pretrainer and classifier train steps
   losses.py   the contrastive loss
   protocols/  what cvrl_train runs: pretrain.py, classify.py (linear eval, fine-tune,
-              semi-supervised, evaluate), knn.py; multiview.py, feature_cache.py and
-              evaluation.py (metrics) serve them
+              semi-supervised, evaluate), knn.py (knn_monitor.py: the same during
+              pretraining); multiview.py, feature_cache.py and evaluation.py serve them
   runtime/    what runs any protocol: train_loop (checkpoints, resume, NaN guard), optim,
               distribute, precision (+ hardware), config (gin's read side)
-  serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py,
+  serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py
+              (features per video or per window: windows.py; resumable: embed_store.py),
               model_garden.py (cvrl_import: Model Garden checkpoints in and out)
   cli/        every console script's flags and main; gin is parsed only here
+  configs/    the gin files, shipped as package data (`--gin_file=pretrain.gin`)
   demo/       `make demo`
 """
 

@@ -192,3 +192,15 @@ def test_demo_step_quick(runs):
   for row in rows:
     if row[1] == 'float32':  # bfloat16 may be refused where oneDNN is capped below it
       assert len(row) == 8 and float(row[-1]) > 0, row
+
+
+def test_embed_quick(runs):
+  out = runs['bench_embed.py'].output()
+  rows = _table_rows(out, 'model ')
+  assert [(r[0], r[1]) for r in rows] == [('demo', 'video, 4 clips'),
+                                          ('demo', 'windows of 16 frames')], out
+  for row in rows:
+    assert row[3] == '2' and float(row[4].split()[0]) > 0 and float(row[-1]) > 0, row
+  # 2 videos of 1 s at 25 fps: 25 frames each, 50 decoded frames per repetition.
+  videos_per_s, frames_per_s = (float(rows[0][i].split()[0]) for i in (4, 5))
+  assert abs(frames_per_s - 25 * videos_per_s) <= 0.01 * frames_per_s + 1, rows[0]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import configs
 from cvrl_tf.demo import report as demo_report
 from cvrl_tf.demo import run as demo
 
@@ -69,6 +70,10 @@ def test_plots_are_png(tmp_path):
   paths = [
       demo_report.plot_loss_curves({'a': (np.arange(3), np.ones(3))},
                                    str(tmp_path / 'loss.png'), chance_loss=4.1),
+      demo_report.plot_loss_curves({'a': (np.arange(3), np.ones(3))},
+                                   str(tmp_path / 'loss_knn.png'), chance_loss=4.1,
+                                   knn_curves={'a': (np.arange(2), np.full(2, 0.5))},
+                                   num_classes=8),
       demo_report.plot_accuracy_bars(rows, 8, str(tmp_path / 'acc.png')),
       demo_report.plot_embeddings(np.random.default_rng(0).normal(size=(6, 4)),
                                   ['a', 'b'] * 3, str(tmp_path / 'pca.png'), 'x')]
@@ -84,9 +89,9 @@ def test_quick_settings_bind_the_protocol_name():
 
 # ------------------------------------------------------------------------- end to end
 @pytest.mark.skipif(
-    not all(os.path.exists(os.path.join(REPO, 'gin', 'demo', f))
+    not all(os.path.exists(configs.path(f'demo/{f}'))
             for f in ('linear_eval.gin', 'knn_eval.gin')),
-    reason='gin/demo/linear_eval.gin and knn_eval.gin (downstream protocols) not there')
+    reason='demo/linear_eval.gin and knn_eval.gin (downstream protocols) not there')
 def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
   out = tmp_path / 'demo'
   cmd = [sys.executable, os.path.join(REPO, 'tools', 'demo.py'), f'--out={out}', '--quick']
@@ -104,6 +109,12 @@ def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
     assert 0 <= linear <= 100 and 0 <= knn <= 100
   supervised = json.loads((out / 'runs' / 'supervised' / 'eval_results.json').read_text())
   assert float(rows[3].split('|')[2]) == pytest.approx(100 * supervised['top1'], abs=0.05)
+
+  # The online k-NN monitor ran at step 0 and at the end (2 steps), into the loss plot.
+  steps, top1 = demo_report.read_scalars(str(out / 'runs' / 'cvrl' / 'summaries'),
+                                         'knn_top1')
+  np.testing.assert_array_equal(steps, [0, 2])
+  assert np.all((0 <= top1) & (top1 <= 1))
 
   for name in ('pretrain_loss.png', 'accuracy.png', 'embeddings_pca.png'):
     with open(out / name, 'rb') as f:

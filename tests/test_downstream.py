@@ -24,7 +24,6 @@ from cvrl_tf.protocols import multiview
 from cvrl_tf.runtime import precision
 from cvrl_tf.serving import export
 
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 H, W, FRAMES, CLASSES = 40, 48, 8, ('red', 'green', 'blue')
 NUM_CLIPS, NUM_CROPS = 2, 3
 GIN = f"""
@@ -297,7 +296,7 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
 ])
 def test_protocol_gin_files(path, protocol, expected):
   from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
-  gin_files.parse([os.path.join(GIN_DIR, path)], [])
+  gin_files.parse([path], [])  # By name: the shipped configs.
   assert gin.query_parameter('run.experiment').selector == protocol
   for key, value in expected.items():
     assert gin.query_parameter(f'{protocol}.{key}') == value, key

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf.data import records
+from test_quiet import error_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -57,6 +58,7 @@ def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, sha
                      'build_pretrain_dataset.canvas=(40, 48)'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 3/3' in result.stderr
+  assert not error_lines(result.stderr), result.stderr  # A healthy start is quiet.
   assert tf.train.latest_checkpoint(str(model_dir / 'checkpoints')).endswith('ckpt-3')
   assert os.listdir(model_dir / 'summaries')
   config_text = (model_dir / 'operative_config.gin').read_text()

@@ -1,7 +1,9 @@
 """Console entry points (see setup.cfg): every command's flags and absl `main` live in
 this package, one module per command (train, convert, synth, export, embed, inspect,
 import_checkpoint), imported lazily so `--help` of one tool does not load the others. The
-library below never reads flags; gin is parsed here (gin_files.py) and nowhere else."""
+library below never reads flags; gin is parsed here (gin_files.py) and nowhere else.
+Every tool starts quiet (quiet.py): no error-level lines on a healthy start unless
+--verbosity is given."""
 
 import importlib
 import sys
@@ -9,8 +11,13 @@ import sys
 from absl import app
 from absl import flags
 
+from cvrl_tf.cli import quiet
+
 
 def _run(command: str):
+  quiet.before_tensorflow()  # The tool's module may import TensorFlow.
+  # Before TensorFlow's own after-init callbacks (one lists the GPUs: the CUDA probe).
+  app.call_after_init(quiet.after_flags)
   module = importlib.import_module(f'cvrl_tf.cli.{command}')
   # absl's --help lists the key flags of the module named sys.argv[0] (the script).
   for name in module.TOOL_FLAGS.defaults:

@@ -4,11 +4,11 @@ With `--runner=...` the shards are written by Apache Beam (data/convert_beam.py)
 command line's other `--name=value` arguments are then Beam pipeline options.
 """
 
-import os
 import sys
 
 from absl import flags
 
+from cvrl_tf.cli import quiet
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.data import sources
 from cvrl_tf.data.convert import (_SIZE_SAMPLE, DEFAULT_DECODE_TIMEOUT, Options,
@@ -107,7 +107,7 @@ def beam_args_from_flags(rest) -> list:
 def main(argv):
   """absl entry point: exit 0 all converted, 1 some failed, 2 usage error."""
   # TensorFlow is only a record writer here: silence its device-probing noise.
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  quiet.tensorflow_errors_off()
   try:
     if TOOL_FLAGS.given('num_shards') and TOOL_FLAGS.given('shard_size_mb'):
       raise UsageError('give --num_shards or --shard_size_mb, not both')

@@ -1,6 +1,11 @@
 """gin at the edge: `cvrl_train` parses files and bindings here, with errors that name the
 bad file or binding, before any protocol runs; `run` builds the bound recipe and runs it.
 
+A --gin_file is looked for as typed (the user's own file wins), then in each
+--gin_search_path, then among the configs shipped in the package (cvrl_tf/configs):
+`pretrain.gin`, `demo/pretrain.gin` and today's `gin/pretrain.gin` all work from any
+folder, also from a wheel install. Includes inside gin files resolve the same way.
+
 Every configurable must be registered before parsing, otherwise gin cannot tell an
 unknown binding from a module not yet imported; `register_configurables` imports them all.
 """
@@ -12,11 +17,10 @@ from typing import Sequence
 import gin
 import tensorflow as tf
 
+from cvrl_tf import configs
 from cvrl_tf import errors
+from cvrl_tf.cli import quiet
 from cvrl_tf.models import backbone_io
-
-# The checkout holding gin/ (cvrl_tf/cli/gin_files.py -> three folders up).
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ConfigError(errors.UserError):
@@ -38,14 +42,19 @@ def run(model_dir: str, experiment=gin.REQUIRED):
   return experiment().run(model_dir)
 
 
-def _resolve(path: str, search_paths: Sequence[str]) -> str:
+def resolve(path: str, search_paths: Sequence[str] = ()) -> str:
+  """The file a --gin_file names: as typed, in a search path, or shipped (see above)."""
   candidates = [path] + [os.path.join(p, path) for p in search_paths]
   for candidate in candidates:
     if tf.io.gfile.exists(candidate):
       return candidate
+  shipped = configs.find(path)
+  if shipped:
+    return shipped
   raise ConfigError(
-      f'gin file {path!r} not found (looked in: {", ".join(candidates)}). Check the '
-      f'--gin_file path, or add its folder with --gin_search_path.')
+      f'gin file {path!r} not found (looked in: {", ".join(candidates)} and the configs '
+      f'shipped with cvrl_tf). Check the --gin_file path, add its folder with '
+      f'--gin_search_path, or see `cvrl_train --list_configs`.')
 
 
 def parse(files: Sequence[str], bindings: Sequence[str],
@@ -55,14 +64,13 @@ def parse(files: Sequence[str], bindings: Sequence[str],
   gin.clear_config()
   for path in search_paths:
     gin.add_config_file_search_path(path)
-  # Files are resolved before parsing, relative to the working directory, the search
-  # paths and the folder of the repo's gin/ files, so include statements also work.
-  gin.add_config_file_search_path(os.path.join(REPO, 'gin'))
-  gin.add_config_file_search_path(REPO)
-  resolved = [_resolve(f, list(search_paths) + [REPO]) for f in files]
+  # Includes: gin tries the working directory, then these folders, in order.
+  gin.add_config_file_search_path(configs.ROOT)
+  resolved = [resolve(f, search_paths) for f in files]
   for path in resolved:
     try:
-      gin.parse_config_file(path)
+      with quiet.gin_probing_silenced():
+        gin.parse_config_file(path)
     except Exception as e:  # gin raises ValueError, KeyError, SyntaxError, IOError ...
       raise ConfigError(f'in gin file {path}: {e}') from e
   for binding in bindings:

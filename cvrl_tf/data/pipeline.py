@@ -41,6 +41,7 @@ from cvrl_tf.data import bad_examples as bad_examples_lib
 from cvrl_tf.data import batch
 from cvrl_tf.data import sampling
 from cvrl_tf.data import shards
+from cvrl_tf.data import tfds_source
 
 FilePatterns = shards.FilePatterns
 Tracker = bad_examples_lib.BadExamples
@@ -175,6 +176,20 @@ def _tracker(tracker: Optional[Tracker], stage: str, need_label: bool,
   return tracker
 
 
+def _read_videos(file_pattern: FilePatterns, shuffle: bool, repeat: bool,
+                 seed: Optional[int], cycle_length: int, deterministic: bool,
+                 input_context, validate_files: bool):
+  """-> ((source, index, payload) elements, their parse function, this pipeline's id,
+  number of pipelines): TFRecord shards, or a `tfds:` source (data/tfds_source.py)."""
+  if tfds_source.is_tfds(file_pattern):
+    return tfds_source.read(file_pattern, shuffle, repeat, seed, deterministic,
+                            input_context)
+  files, pipeline_id, num_pipelines = shards.shard_files(
+      shards.list_files(file_pattern, validate_files), input_context)
+  ds = shards.read_records(files, shuffle, repeat, seed, cycle_length, deterministic)
+  return ds, shards.parse_checked, pipeline_id, num_pipelines
+
+
 def _check_defer(defer: str) -> None:
   if defer not in DEFER_MODES:
     raise ValueError(f'defer must be one of {DEFER_MODES}, got {defer!r}')
@@ -220,14 +235,13 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
   """
   _check_defer(defer)
   dtype = tf.as_dtype(output_dtype)
-  files, pipeline_id, _ = shards.shard_files(
-      shards.list_files(file_pattern, validate_files), input_context)
-  ds = shards.read_records(files, True, True, seed, cycle_length, deterministic)
+  ds, parse, pipeline_id, _ = _read_videos(file_pattern, True, True, seed, cycle_length,
+                                           deterministic, input_context, validate_files)
   ds = ds.shuffle(shuffle_buffer, seed=seed)
   ds = _element_seeds(ds, seed, pipeline_id)
 
   def video_to_views(seed, element):
-    ex = shards.parse_checked(*element, need_label=False)
+    ex = parse(*element, need_label=False)
     s = tf.random.experimental.stateless_split(seed, num=5)
     stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
     indices = sampling.sample_pretrain_indices(s[0], ex['num_frames'], clip_len,
@@ -280,8 +294,8 @@ def build_classification_dataset(file_pattern: FilePatterns,
   _check_defer(defer)
   dtype = tf.as_dtype(output_dtype)
   all_files = shards.list_files(file_pattern, validate_files)
-  files, pipeline_id, _ = shards.shard_files(all_files, input_context)
-  ds = shards.read_records(files, True, True, seed, cycle_length, deterministic)
+  ds, parse, pipeline_id, _ = _read_videos(file_pattern, True, True, seed, cycle_length,
+                                           deterministic, input_context, validate_files)
   if label_fraction is not None:
     keys = shards.label_subset_keys(all_files, label_fraction, label_seed)
     ds = shards.filter_keys(ds, keys)
@@ -289,7 +303,7 @@ def build_classification_dataset(file_pattern: FilePatterns,
   ds = _element_seeds(ds, seed, pipeline_id)
 
   def video_to_clip(seed, element):
-    ex = shards.parse_checked(*element, need_label=True)
+    ex = parse(*element, need_label=True)
     s = tf.random.experimental.stateless_split(seed, num=3)
     stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
     indices = sampling.sample_train_indices(s[0], ex['num_frames'], clip_len, stride_frames)
@@ -330,12 +344,12 @@ def build_eval_dataset(file_pattern: FilePatterns,
   """
   if crop_size > min_resize:
     raise ValueError(f'crop_size {crop_size} exceeds the resized short side {min_resize}')
-  files, pipeline_id, num_pipelines = shards.shard_files(
-      shards.list_files(file_pattern, validate_files), input_context)
-  ds = shards.read_records(files, False, False, None, cycle_length, True).enumerate()
+  ds, parse, pipeline_id, num_pipelines = _read_videos(
+      file_pattern, False, False, None, cycle_length, True, input_context, validate_files)
+  ds = ds.enumerate()
 
   def video_to_clips(local_index, element):
-    ex = shards.parse_checked(*element, need_label=need_label)
+    ex = parse(*element, need_label=need_label)
     stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
     indices = sampling.eval_indices(ex['num_frames'], clip_len, stride_frames, num_clips)
     jpegs = tf.gather(ex['frames'], tf.reshape(indices, [-1]))

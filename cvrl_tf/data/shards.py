@@ -1,7 +1,9 @@
 """Shard files: listing, validation, sharding, reading with provenance, label subsets.
 
 Every record travels with its file name and index in the file, so a bad record fails
-with an error naming them, and label subsets can be selected by position.
+with an error naming them, and label subsets can be selected by position. A `tfds:`
+source (data/tfds_source.py) goes wherever a pattern goes: list_files keeps it as it is,
+count_videos and label_subset_keys ask TFDS.
 """
 
 import hashlib
@@ -14,6 +16,7 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf.data import records
+from cvrl_tf.data import tfds_source
 
 FilePatterns = Union[str, Sequence[str]]
 AUTOTUNE = tf.data.AUTOTUNE
@@ -55,6 +58,9 @@ def list_files(file_pattern: FilePatterns, validate: bool = True) -> List[str]:
   TFRecord file. Empty files are kept (a shard may legitimately hold no video) unless
   all of them are empty.
   """
+  if tfds_source.is_tfds(file_pattern):
+    tfds_source.parse_spec(file_pattern)  # A bad spec fails here, naming itself.
+    return [file_pattern]
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
   if not patterns:
     raise errors.UserError('no file pattern given')
@@ -176,6 +182,8 @@ def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> L
   """
   if not 0.0 < fraction <= 1.0:
     raise errors.UserError(f'label fraction must be in (0, 1], got {fraction}')
+  if len(files) == 1 and tfds_source.is_tfds(files[0]):
+    return tfds_source.label_subset_keys(files[0], fraction, seed, _SEP)
   spec = {records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
           records.MEDIA_ID_KEY: tf.io.FixedLenFeature([], tf.string, '')}
 
@@ -216,6 +224,8 @@ def filter_keys(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset:
 def count_videos(file_pattern: FilePatterns) -> int:
   """Number of videos behind a file pattern: from the converter's manifests when every
   shard is listed in one (instant), else by counting records (one pass over the files)."""
+  if tfds_source.is_tfds(file_pattern):
+    return tfds_source.count_videos(file_pattern)
   files = list_files(file_pattern)
   per_shard = {}
   for folder in sorted({os.path.dirname(f) for f in files}):

@@ -86,8 +86,28 @@ def format_table(rows: Sequence[dict], num_classes: int) -> str:
 
 # ------------------------------------------------------------------------- plots
 def plot_loss_curves(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: str,
-                     chance_loss: Optional[float] = None) -> str:
-  fig, ax = plt.subplots(figsize=(6, 4))
+                     chance_loss: Optional[float] = None,
+                     knn_curves: Optional[Dict[str, Tuple[np.ndarray, np.ndarray]]] = None,
+                     num_classes: Optional[int] = None) -> str:
+  """The InfoNCE loss per step; beside it, the online k-NN monitor's top-1 when any
+  run logged it (knn_top1)."""
+  knn_curves = {k: v for k, v in (knn_curves or {}).items() if len(v[0])}
+  fig, axes = plt.subplots(1, 2 if knn_curves else 1,
+                           figsize=(11 if knn_curves else 6, 4), squeeze=False)
+  ax = axes[0, 0]
+  if knn_curves:
+    knn_ax = axes[0, 1]
+    for name, (steps, values) in knn_curves.items():
+      knn_ax.plot(steps, 100 * values, label=name, marker='.')
+    if num_classes:
+      knn_ax.axhline(100 / num_classes, color='gray', linestyle='--', linewidth=1,
+                     label=f'chance (1/{num_classes})')
+    knn_ax.set_xlabel('step')
+    knn_ax.set_ylabel('k-NN top-1 (%)')
+    knn_ax.set_ylim(0, 100)
+    knn_ax.set_title('Online k-NN monitor (frozen encoder, test videos)')
+    knn_ax.grid(alpha=0.3)
+    knn_ax.legend()
   for name, (steps, values) in curves.items():
     if len(steps):
       ax.plot(steps, values, label=name, marker='.' if len(steps) < 20 else None)

@@ -1,16 +1,16 @@
 """`make demo`: the whole CVRL pipeline on the embedded synthetic dataset, step by step.
 
 Every step runs the command a user would type (console scripts of this venv, gin files
-under gin/demo/), as a subprocess whose progress output is passed through:
+shipped under cvrl_tf/configs/demo/), as a subprocess whose progress output is passed through:
 
   1. cvrl_synth                          -> OUT/videos (8 motion classes, train/test CSVs)
   2. cvrl_convert (train, test)          -> OUT/records
-  3. cvrl_train gin/demo/pretrain.gin    -> OUT/runs/cvrl
-  4. cvrl_train gin/demo/linear_eval.gin -> OUT/runs/cvrl_linear, random_linear
-  5. cvrl_train gin/demo/knn_eval.gin    -> OUT/runs/cvrl_knn, random_knn
+  3. cvrl_train demo/pretrain.gin        -> OUT/runs/cvrl
+  4. cvrl_train demo/linear_eval.gin     -> OUT/runs/cvrl_linear, random_linear
+  5. cvrl_train demo/knn_eval.gin        -> OUT/runs/cvrl_knn, random_knn
   6. cvrl_export                         -> OUT/export (TF Hub SavedModel)
   7. cvrl_embed (hub.KerasLayer)         -> OUT/embeddings/test.npy
-  8. cvrl_train gin/demo/supervised.gin  -> OUT/runs/supervised (reference: the same
+  8. cvrl_train demo/supervised.gin      -> OUT/runs/supervised (reference: the same
                                             encoder trained from scratch with labels)
   9. results.md + plots                  -> OUT/results.md, OUT/*.png
 
@@ -34,7 +34,7 @@ from cvrl_tf import files as files_lib
 from cvrl_tf.demo import report as demo_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GIN_DIR = os.path.join('gin', 'demo')
+GIN_DIR = 'demo'  # A shipped config folder (cvrl_tf/configs/demo) or one of yours.
 TIMINGS_FILE = 'timings.json'
 NUM_CLASSES = 8  # of the synthetic dataset (cvrl_tf/data/synthetic.py)
 
@@ -191,7 +191,10 @@ class Demo:
     model_dir = self.path('runs', name)
     if os.path.exists(os.path.join(model_dir, 'backbone', 'backbone.json')):
       return self.skip(model_dir)
-    bindings = [f"pretrain.train_files='{self.records('train')}'"]
+    bindings = [f"pretrain.train_files='{self.records('train')}'",
+                f"knn_monitor.train_files='{self.records('train')}'",
+                f"knn_monitor.test_files='{self.records('test')}'"]
+    bindings += ['knn_monitor/' + b for b in self.settings['views']]
     self.run(f'pretrain_{name}', self.train(
         ['pretrain.gin'], model_dir, bindings + self.settings['pretrain'] + list(extra)))
 
@@ -289,15 +292,17 @@ class Demo:
       f.write(text)
     self.say(table)
 
-    curves = {}
+    curves, knn_curves = {}, {}
     for name, label, _ in variants:
       summaries = self.path('runs', name, 'summaries')
       if os.path.isdir(summaries):
         curves[label] = demo_report.read_scalars(summaries, 'loss')
+        knn_curves[label] = demo_report.read_scalars(summaries, 'knn_top1')
     batch = self._pretrain_batch_size()
     demo_report.plot_loss_curves(
         curves, self.path('pretrain_loss.png'),
-        None if batch is None else math.log(2 * batch - 1))
+        None if batch is None else math.log(2 * batch - 1),
+        knn_curves=knn_curves, num_classes=NUM_CLASSES)
     demo_report.plot_accuracy_bars(rows, NUM_CLASSES, self.path('accuracy.png'))
     embeddings, labels = demo_report.read_embeddings(self.path('embeddings', 'test'))
     demo_report.plot_embeddings(
@@ -311,7 +316,7 @@ class Demo:
     """pretrain.global_batch_size of the main run: its gin file and bindings, parsed."""
     from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
     import gin  # pylint: disable=g-import-not-at-top
-    gin_files.parse([os.path.join(REPO, self.gin_dir, 'pretrain.gin')],
+    gin_files.parse([os.path.join(self.gin_dir, 'pretrain.gin')],
                     self.settings['pretrain'] + list(MAIN_RUN[2]))
     return gin.query_parameter('pretrain.global_batch_size')
 
@@ -350,7 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='tiny smoke run (tests): 2 videos per class, 32 px, 4 frames')
   parser.add_argument('--gin_dir', default=GIN_DIR,
                       help=f'folder of pretrain.gin, linear_eval.gin, knn_eval.gin and '
-                      f'encoder.gin (default {GIN_DIR}, relative to the repo)')
+                      f'encoder.gin (default {GIN_DIR}: the shipped demo configs)')
   args = parser.parse_args(argv)
   try:
     Demo(args.out, quick=args.quick, ablations=args.ablations,

@@ -11,7 +11,7 @@ ProjectionHead (pretraining only, dropped afterwards):
   `output_bn=True` is SimCLR v2's variant: the last Dense has no bias and is followed by a
   BN without offset (center=False). Batch-centring the embeddings removes the component
   every clip shares, which is how small-batch runs collapse (all embeddings one direction,
-  loss log(2B - 1), see gin/demo/pretrain.gin); the CVRL recipe leaves it off.
+  loss log(2B - 1), see configs/demo/pretrain.gin); the CVRL recipe leaves it off.
 
 LinearClassifier (linear evaluation and fine-tuning):
   [L2-normalize] -> [Dropout] -> Dense(num_classes) -> logits

@@ -14,7 +14,7 @@ Encoder (`encoder_source`):
   'hub'        an exported SavedModel or TF Hub handle (`hub_handle`) via hub.KerasLayer.
   'random'     random initialization from the `build_backbone` bindings (the baseline).
 
-Protocols (paper settings in gin/):
+Protocols (paper settings in configs/):
   linear_eval  frozen encoder (BN in inference mode), L2-normalized features, one Dense
                layer, softmax cross-entropy, no weight decay, SGD momentum + warm-up +
                cosine. Optional feature cache (feature_cache.py); online by default.
@@ -115,7 +115,7 @@ class ClassifierRecipe(recipe_lib.TrainingRecipe):
 @dataclasses.dataclass(frozen=True)
 class Finetune(ClassifierRecipe):
   """Fine-tunes encoder + Dense layer; with label_fraction, the semi-supervised protocol.
-  Defaults: the paper's UCF-101 / HMDB-51 fine-tuning (gin/finetune_*.gin)."""
+  Defaults: the paper's UCF-101 / HMDB-51 fine-tuning (configs/finetune_*.gin)."""
   protocol = 'finetune'
 
 

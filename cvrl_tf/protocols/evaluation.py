@@ -37,6 +37,7 @@ from cvrl_tf import files as files_lib
 from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import records
+from cvrl_tf.data import tfds_source
 
 VOTES = ('weighted', 'majority')
 PAD_INDEX = -1  # video_index of the padding views added to fill the last batches.
@@ -286,15 +287,36 @@ def knn_classify(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndar
   return preds
 
 
+def knn_top1(memory: dict, queries: dict, ks: Sequence[int],
+             num_classes: Optional[int] = None, vote: str = 'weighted',
+             temperature: float = 0.07) -> Dict[str, dict]:
+  """{str(k): {'top1', 'mean_class_accuracy'}} of the queries' k-NN votes among the
+  memory (both from collect_views: 'scores' = features, 'label'); num_classes defaults
+  to the largest label + 1. knn_eval's numbers and the pretraining k-NN monitor's."""
+  if not num_classes:
+    num_classes = int(max(memory['label'].max(), queries['label'].max())) + 1
+  predictions = knn_classify(memory['scores'], memory['label'], queries['scores'], ks,
+                             num_classes, vote, temperature)
+  per_k = {}
+  for k, pred in predictions.items():
+    scores = np.eye(num_classes, dtype=np.float32)[pred]
+    m = classification_metrics(scores, queries['label'], num_classes, ks=(1,))
+    per_k[str(k)] = {'top1': m['top1'], 'mean_class_accuracy': m['mean_class_accuracy']}
+  return per_k
+
+
 # ------------------------------------------------------------------------- outputs
 def class_names(num_classes: int, label_map_file: Optional[str] = None,
                 files: Optional[Sequence[str]] = None, max_records: int = 5000):
   """Names of the classes: from the label map given, else the label map cvrl_convert
   wrote beside the shards, else `clip/label/string` of the first records (up to
-  max_records), else 'class_<i>'."""
+  max_records), else 'class_<i>'. A `tfds:` source: its ClassLabel names."""
   names = None
   if label_map_file:
     names = records.read_label_map(label_map_file)
+  elif files and tfds_source.is_tfds(files[0]):
+    names = tfds_source.class_names(files[0])  # The ClassLabel's names.
+    files = None
   elif files:
     names = _label_map_beside(files[0])
   if names is None and files:

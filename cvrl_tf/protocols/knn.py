@@ -11,7 +11,6 @@ import os
 from typing import Optional, Sequence
 
 import gin
-import numpy as np
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
@@ -85,14 +84,8 @@ def knn_eval(model_dir: str, recipe: KnnEval,
     num_classes = (classify.resolve_num_classes(None, recipe.label_map_file)
                    if recipe.label_map_file else
                    int(max(memory['label'].max(), queries['label'].max())) + 1)
-  predictions = evaluation.knn_classify(memory['scores'], memory['label'],
-                                        queries['scores'], recipe.ks, num_classes,
-                                        recipe.vote, recipe.temperature)
-  per_k = {}
-  for k, pred in predictions.items():
-    scores = np.eye(num_classes, dtype=np.float32)[pred]
-    m = evaluation.classification_metrics(scores, queries['label'], num_classes, ks=(1,))
-    per_k[str(k)] = {'top1': m['top1'], 'mean_class_accuracy': m['mean_class_accuracy']}
+  per_k = evaluation.knn_top1(memory, queries, recipe.ks, num_classes, recipe.vote,
+                               recipe.temperature)
   names = evaluation.class_names(num_classes, recipe.label_map_file,
                                  shards.list_files(recipe.test_files))
   views = {'memory': config.effective_args(pipeline.build_eval_dataset, MEMORY_SCOPE),

@@ -1,6 +1,6 @@
 """CVRL pretraining: the `pretrain` protocol (gin-configurable, run by `cvrl_train`).
 
-Reading order for a newcomer: gin/pretrain.gin -> `pretrain` below -> data/pipeline.py
+Reading order for a newcomer: configs/pretrain.gin -> `pretrain` below -> data/pipeline.py
 (clips) -> data/batch.py (what the step finishes) -> models/r3d.py + heads.py (encoder,
 head) -> models/pretrainer.py + train_step.py (train step) -> losses.py (InfoNCE over the
 global batch); cvrl_tf/__init__.py lists the same path.
@@ -20,6 +20,7 @@ from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer as pretrainer_lib
 from cvrl_tf.models import r3d
+from cvrl_tf.protocols import knn_monitor
 from cvrl_tf.protocols import recipe as recipe_lib
 from cvrl_tf.runtime import config
 from cvrl_tf.runtime import distribute
@@ -35,7 +36,7 @@ class Pretrain(recipe_lib.TrainingRecipe):
 
   Fields: recipe.TrainingRecipe's, with the paper's defaults (batch 1024 videos, each
   giving two clips; 800 epochs; 5 warm-up epochs). The encoder, head, clips and
-  augmentation are bound on their own builders (gin/pretrain.gin).
+  augmentation are bound on their own builders (configs/pretrain.gin).
   """
   global_batch_size: int = 1024
   train_epochs: float = 800
@@ -105,7 +106,8 @@ def pretrain(model_dir: str, recipe: Pretrain, progress_stream=progress_lib.STDE
       model, make_dataset, model_dir, total_steps, strategy,
       checkpoint_every=recipe.checkpoint_every, keep_checkpoints=recipe.keep_checkpoints,
       log_every=recipe.log_every, examples_per_step=2 * batch,
-      progress_stream=progress_stream, bad_examples=bad)
+      progress_stream=progress_stream, bad_examples=bad,
+      monitors=knn_monitor.monitors(encoder, strategy))
   out_dir = train_loop.worker_dir(model_dir, strategy)
   spec = backbone_io.current_spec(use_sync_bn=False, output='pooled')
   backbone_io.save_run_specs(out_dir, head.spec(), clips)

@@ -28,7 +28,7 @@ decoupled decay (`lars_weight_decay`) stays 0 unless asked for.
 The loss scale matters for SGD: the pretrainer makes gradients equal those of the mean
 loss over the global batch on one device. Model Garden's video_ssl sums the two view
 directions and sums replica gradients unscaled, so its LR x corresponds to 2 R x here
-(R replicas; gin/pretrain.gin uses 2 x 0.32, the part independent of R); LARS is
+(R replicas; configs/pretrain.gin uses 2 x 0.32, the part independent of R); LARS is
 insensitive to the gradient scale (trust ratio).
 """
 

@@ -24,7 +24,7 @@ import math
 import os
 import re
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Protocol, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -66,14 +66,25 @@ def format_duration(seconds: float) -> str:
   return f'{h:d}:{m:02d}:{s:02d}' if h else f'{m:d}:{s:02d}'
 
 
+class Monitor(Protocol):
+  """Measures the model every `every` steps (and at step 0 of a fresh run, and at the
+  end); its numbers join that step's TensorBoard scalars and progress line. Its time is
+  left out of the examples/s rate. E.g. protocols/knn_monitor.py."""
+  every: int
+
+  def __call__(self, step: int) -> Dict[str, float]:
+    ...
+
+
 class _ChunkCallback(tf_keras.callbacks.Callback):
-  """Checkpoints, TensorBoard scalars, a progress line and the NaN guard."""
+  """Checkpoints, TensorBoard scalars, a progress line, monitors and the NaN guard."""
 
   def __init__(self, manager, summary_writer, total_steps, checkpoint_every,
                log_every, examples_per_step, example_name, chief, progress_stream,
-               bad_examples=None):
+               bad_examples=None, monitors: Sequence[Monitor] = ()):
     super().__init__()
     self._bad = bad_examples
+    self._monitors = list(monitors)
     self._manager = manager
     self._writer = summary_writer
     self._total = total_steps
@@ -90,6 +101,17 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
     self._start_step = self._step()
     self._t0 = self._t_log = time.perf_counter()
     self._step_log = self._start_step
+    if self._start_step == 0 and self._monitors:  # Where the curve starts: the init.
+      self._write(0, self._measure(0, at_start=True))
+
+  def _measure(self, step: int, at_start: bool = False) -> Dict[str, float]:
+    """The monitors due at `step`; their time is moved out of the rate's interval."""
+    out, start = {}, time.perf_counter()
+    for monitor in self._monitors:
+      if at_start or step % monitor.every == 0 or step >= self._total:
+        out.update(monitor(step))
+    self._t_log += time.perf_counter() - start
+    return out
 
   def _step(self) -> int:
     return int(self.model.optimizer.iterations.numpy())
@@ -106,8 +128,9 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
     if self._bad is not None and self._bad.error is not None:
       self.model.stop_training = True  # Nothing more is saved: see fit_resumable.
       return
-    if step % self._log_every == 0 or step >= self._total:
-      self._log(step, logs)
+    measured = self._measure(step) if self._monitors else {}
+    if measured or step % self._log_every == 0 or step >= self._total:
+      self._log(step, {**logs, **measured})
       self.model.reset_metrics()  # the next line averages over the next interval only
     if step % self._checkpoint_every == 0 or step >= self._total:
       self._manager.save(checkpoint_number=step)
@@ -119,15 +142,10 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
     rate = (step - self._step_log) * self._examples_per_step / max(now - self._t_log, 1e-9)
     self._t_log, self._step_log = now, step
     lr = float(optim.current_learning_rate(self.model.optimizer))
-    if self._writer is not None:
-      with self._writer.as_default(step=step):
-        for key, value in logs.items():
-          tf.summary.scalar(key, value)
-        tf.summary.scalar('learning_rate', lr)
-        tf.summary.scalar(f'{self._name}_per_sec', rate)
-        if self._bad is not None:
-          tf.summary.scalar('bad_examples', self._bad.bad_reads)
-      self._writer.flush()
+    scalars = dict(logs, learning_rate=lr, **{f'{self._name}_per_sec': rate})
+    if self._bad is not None:
+      scalars['bad_examples'] = self._bad.bad_reads
+    self._write(step, scalars)
     if self._chief and self._stream is not None:
       done = step - self._start_step
       elapsed = now - self._t0
@@ -137,6 +155,17 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
       bad = '' if self._bad is None else f' bad={self._bad.bad_reads}'
       print(f'step {step}/{self._total} {metrics} lr={lr:.4g} '
             f'{self._name}/s={rate:.1f} eta={format_duration(eta)}{bad}',
+            file=self._stream, flush=True)
+
+  def _write(self, step: int, scalars: Dict[str, float]) -> None:
+    """TensorBoard scalars at `step` (the chief's writer only)."""
+    if self._writer is not None and scalars:
+      with self._writer.as_default(step=step):
+        for key, value in scalars.items():
+          tf.summary.scalar(key, value)
+      self._writer.flush()
+    if step == 0 and scalars and self._chief and self._stream is not None:
+      print('step 0 ' + ' '.join(f'{k}={v:.4g}' for k, v in sorted(scalars.items())),
             file=self._stream, flush=True)
 
 
@@ -194,13 +223,15 @@ def fit_resumable(model: tf_keras.Model,
                   example_name: str = 'clips',
                   extra_checkpoint_items: Optional[dict] = None,
                   progress_stream=progress_lib.STDERR,
-                  bad_examples=None) -> Dict[str, float]:
+                  bad_examples=None,
+                  monitors: Sequence[Monitor] = ()) -> Dict[str, float]:
   """Trains `model` (compiled, built, under `strategy.scope()`) until `total_steps`.
 
   `make_dataset(start_step)` returns the (distributed) dataset to read from; it is called
   once, after restoring, with the step training resumes at. Returns the last logged
   metrics. Raises NonFiniteLossError on a NaN/Inf loss, and errors.TooManyBadExamples
   when the input's `bad_examples` tracker (data/bad_examples.BadExamples) stopped it.
+  `monitors` (see Monitor) add their numbers to the logs of the steps they run at.
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
   out_dir = worker_dir(model_dir, strategy)
@@ -219,7 +250,7 @@ def fit_resumable(model: tf_keras.Model,
   writer = tf.summary.create_file_writer(os.path.join(out_dir, SUMMARY_SUBDIR)) if chief else None
   callback = _ChunkCallback(manager, writer, total_steps, checkpoint_every, log_every,
                             examples_per_step, example_name, chief, progress_stream,
-                            bad_examples)
+                            bad_examples, monitors)
   try:
     dataset = make_dataset(start_step)  # A feature cache reads its input here.
   except (StopIteration, tf.errors.OutOfRangeError):

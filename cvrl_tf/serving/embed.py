@@ -1,15 +1,19 @@
-"""Embeds video files with any TF Hub video encoder: one vector per video.
+"""Embeds video files with any TF Hub video encoder: one vector per video, or one per
+window with its start and end time (windows.py).
 
-  cvrl_embed --input=VIDEOS --output=PREFIX --hub_model=EXPORT_DIR
-writes PREFIX.npy (float32 [N, D], one row per video embedded) and PREFIX_index.csv
-(row, path, label, num_frames_decoded, status, error; row -1 for a failed video).
+  cvrl_embed --input=VIDEOS --output=PREFIX --hub_model=EXPORT_DIR [--window=2s]
+writes PREFIX.npy (float32 [N, D], one row per video or window embedded) and
+PREFIX_index.csv (row, path, label, num_frames_decoded, status, error; row -1 for a failed
+video; with windows also video_row, start_s, end_s), appended and resumed by
+embed_store.py: re-running the same command skips the videos already done.
 
 Each video goes the way of the evaluation pipeline (data/pipeline.build_eval_dataset
 with one centre crop): decoded like the converter (video_io: optional fps resampling,
 short side resized, frames kept as JPEG so memory stays small for long videos), then
 `num_clips` clips evenly spaced in time (sampling.eval_indices), short side resized and
 centre-cropped (augment), scaled to [0, 1]. The embedding is the mean of the clip
-embeddings. Defaults for frames and stride come from the export's metadata.
+embeddings (per window: of the clips covering the window). Defaults for frames and
+stride come from the export's metadata.
 
 The model is loaded with hub.KerasLayer, so any encoder taking float32 [B, T, H, W, 3]
 in [0, 1] works (give --num_frames and --frame_stride when it has no CVRL metadata).
@@ -19,10 +23,10 @@ Exit code: 0 all videos embedded, 1 some failed (listed on stderr and in the ind
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
-import io
+import functools
 import os
+import time
 from typing import Callable, Iterable, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
@@ -32,14 +36,14 @@ from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import augment
 from cvrl_tf.data import progress as progress_lib
-from cvrl_tf.data import sampling
 from cvrl_tf.data import sources
 from cvrl_tf.data import video_io
+from cvrl_tf.serving import embed_store
+from cvrl_tf.serving import windows as windows_lib
 
-INDEX_SUFFIX = '_index.csv'
+INDEX_SUFFIX = embed_store.INDEX_SUFFIX
 # Written by export.py (not imported here: it would add cvrl_export's flags to ours).
 METADATA_PATH = ('assets', 'cvrl_metadata.json')
-INDEX_COLUMNS = ('row', 'path', 'label', 'num_frames_decoded', 'status', 'error')
 
 
 @dataclasses.dataclass
@@ -105,20 +109,48 @@ def embed_batch(layer, clips: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- clips
-def make_clip_fn(num_frames: int, frame_stride: int, num_clips: int, short_side: int,
-                 crop_size: int) -> Callable[[List[bytes]], tf.Tensor]:
-  """JPEG frames of one video -> float32 [num_clips, num_frames, crop, crop, 3] in [0, 1].
+@dataclasses.dataclass(frozen=True)
+class ClipSettings:
+  """How videos become clips: the model's frames and stride, the evaluation protocol's
+  sizes, and either `num_clips` per video or per-window features (windows.py)."""
+  num_frames: int
+  frame_stride: int
+  num_clips: int = 10
+  short_side: int = 256
+  crop_size: int = 256
+  fps: float = 0.0
+  batch_size: int = 10
+  window: Optional[windows_lib.Span] = None
+  window_stride: Optional[windows_lib.Span] = None
 
-  The operations of the evaluation pipeline, in its order: evenly spaced clip indices,
-  JPEG decode, short side resized (uint8 kept), centre crop, scale by 1/255.
-  """
-  if crop_size > short_side:
-    raise UsageError(f'--crop_size {crop_size} exceeds --short_side {short_side}')
+  def check(self) -> None:
+    if self.crop_size > self.short_side:
+      raise UsageError(f'--crop_size {self.crop_size} exceeds --short_side '
+                       f'{self.short_side}')
+    if self.window_stride is not None and self.window is None:
+      raise UsageError('--window_stride goes with --window')
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-  def clips_of(jpegs):
-    indices = sampling.eval_indices(tf.shape(jpegs)[0], num_frames, frame_stride, num_clips)
-    # Clips of short videos overlap: decode each needed frame once.
+  def record(self) -> dict:
+    """What the output's settings file keeps (strings for the window specs)."""
+    record = dataclasses.asdict(self)
+    record.pop('batch_size')  # Changes nothing in the features.
+    for key in ('window', 'window_stride'):
+      record[key] = None if getattr(self, key) is None else str(getattr(self, key))
+    if self.window is not None:
+      record['num_clips'] = None  # As many as cover each window.
+    return record
+
+
+@functools.lru_cache(maxsize=8)
+def make_frames_fn(short_side: int, crop_size: int):
+  """(JPEG frames [N], frame indices int32 [K, T]) -> float32 [K, T, crop, crop, 3] in
+  [0, 1]: the evaluation pipeline's operations in its order (JPEG decode, short side
+  resized with uint8 kept, centre crop, 1/255). One per sizes: traced once a process."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string),
+                                tf.TensorSpec([None, None], tf.int32)])
+  def clips_at(jpegs, indices):
+    # Overlapping clips (short videos, windows) share frames: decode each once.
     unique, position = tf.unique(tf.reshape(indices, [-1]))
     frames = tf.map_fn(lambda j: tf.image.decode_jpeg(j, channels=3),
                        tf.gather(jpegs, unique),
@@ -126,10 +158,26 @@ def make_clip_fn(num_frames: int, frame_stride: int, num_clips: int, short_side:
     frames = tf.gather(augment.resize_short_side(frames, short_side, keep_dtype=True),
                        position)
     crops = augment.eval_crops(frames, crop_size, 1)[0]
-    clips = tf.reshape(crops, [num_clips, num_frames, crop_size, crop_size, 3])
+    shape = tf.shape(indices)
+    clips = tf.reshape(crops, [shape[0], shape[1], crop_size, crop_size, 3])
     return tf.cast(clips, tf.float32) * (1.0 / 255.0)
 
-  return lambda jpegs: clips_of(tf.constant(jpegs, tf.string))
+  return clips_at
+
+
+def make_clip_fn(num_frames: int, frame_stride: int, num_clips: int, short_side: int,
+                 crop_size: int) -> Callable[[List[bytes]], tf.Tensor]:
+  """JPEG frames of one video -> float32 [num_clips, num_frames, crop, crop, 3] in [0, 1]:
+  clips evenly spaced over the whole video (sampling.eval_indices)."""
+  ClipSettings(num_frames, frame_stride, num_clips, short_side, crop_size).check()
+  clips_at = make_frames_fn(short_side, crop_size)
+
+  def clip_fn(jpegs):
+    whole = windows_lib.Window(0, len(jpegs), 1.0)
+    indices = windows_lib.clip_indices(whole, num_clips, num_frames, frame_stride)
+    return clips_at(tf.constant(jpegs, tf.string), indices)
+
+  return clip_fn
 
 
 def decode_video(path: str, fps: float, short_side: int) -> dict:
@@ -151,58 +199,72 @@ def _prefetched(fn, items: Sequence, depth: int = 2) -> Iterable:
       yield pending.popleft().result()
 
 
-def embed_videos(videos: Sequence[Video], layer, num_frames: int, frame_stride: int,
-                 num_clips: int = 10, short_side: int = 256, crop_size: int = 256,
-                 fps: float = 0.0, batch_size: int = 10,
-                 progress_stream: Optional[TextIO] = None
-                 ) -> Tuple[np.ndarray, List[dict]]:
-  """Embeds every video; returns (float32 [N_ok, D], one index row per input video).
+def embed_decoded(decoded: dict, layer, settings: ClipSettings, clips_at=None
+                  ) -> Tuple[List[windows_lib.Window], np.ndarray]:
+  """(windows, float32 [len(windows), D]) of one decoded video; without a window spec
+  one 'window' over the whole video, embedded as the mean of `num_clips` clips."""
+  clips_at = clips_at or make_frames_fn(settings.short_side, settings.crop_size)
+  fps = float(decoded.get('fps') or settings.fps or 1.0)
+  spans = windows_lib.video_windows(len(decoded['jpegs']), fps, settings.window,
+                                    settings.window_stride)
+  counts = [settings.num_clips if settings.window is None else
+            windows_lib.clips_to_cover(w.length, settings.num_frames, settings.frame_stride)
+            for w in spans]
+  indices = np.concatenate([
+      windows_lib.clip_indices(w, k, settings.num_frames, settings.frame_stride)
+      for w, k in zip(spans, counts)])
+  jpegs = tf.constant(decoded['jpegs'], tf.string)
+  per_clip = np.concatenate([
+      embed_batch(layer, clips_at(jpegs, indices[j:j + settings.batch_size]))
+      for j in range(0, len(indices), settings.batch_size)])
+  ends = np.cumsum(counts)
+  return spans, np.stack([per_clip[e - k:e].mean(axis=0) for e, k in zip(ends, counts)])
 
-  Failures and progress go to `progress_stream` (the CLI passes stderr).
-  """
-  clip_fn = make_clip_fn(num_frames, frame_stride, num_clips, short_side, crop_size)
-  progress = progress_lib.Progress(len(videos), stream=progress_stream)
-  embeddings, rows = [], []
+
+def embed_videos(videos: Sequence[Video], layer, settings: ClipSettings,
+                 store: embed_store.Store, progress_stream: Optional[TextIO] = None,
+                 flush_every_s: float = 60.0) -> dict:
+  """Embeds the videos the store does not hold yet, appending to it and flushing it every
+  `flush_every_s` seconds and at the end (also when interrupted); returns the counts
+  {'skipped', 'embedded', 'failed', 'rows'}. Failures and progress (videos/s) go to
+  `progress_stream` (the CLI passes stderr)."""
+  settings.check()
+  done = store.open()
+  todo = [v for v in videos if v.error or v.path not in done]
+  counts = {'skipped': len(videos) - len(todo), 'embedded': 0, 'failed': 0}
+  progress = progress_lib.Progress(len(videos), done=counts['skipped'],
+                                   stream=progress_stream)
+  clips_at = make_frames_fn(settings.short_side, settings.crop_size)
 
   def decode(video):
     if video.error:
       return {'ok': False, 'reason': video.error}
-    return decode_video(video.path, fps, short_side)
+    return decode_video(video.path, settings.fps, settings.short_side)
 
-  for video, decoded in zip(videos, _prefetched(decode, videos)):
-    row = {'row': -1, 'path': video.path, 'label': video.label,
-           'num_frames_decoded': len(decoded.get('jpegs', ())), 'status': 'ok', 'error': ''}
-    try:
-      if not decoded['ok']:
-        raise video_io.VideoError(decoded['reason'])
-      clips = clip_fn(decoded['jpegs']).numpy()
-      per_clip = np.concatenate([embed_batch(layer, clips[j:j + batch_size])
-                                 for j in range(0, len(clips), batch_size)])
-      row['row'] = len(embeddings)
-      embeddings.append(per_clip.mean(axis=0))
-    except (video_io.VideoError, tf.errors.OpError, ValueError) as e:
-      reason = e.message if isinstance(e, tf.errors.OpError) else str(e)
-      row.update(status='failed', error=' '.join(reason.split())[:500])
-      progress.message(f'cvrl_embed: failed: {video.path}: {row["error"]}')
-    rows.append(row)
-    progress.advance(row['status'] == 'ok')
-  if embeddings:
-    return np.stack(embeddings).astype(np.float32), rows
-  return np.zeros([0, 0], np.float32), rows
-
-
-def write_outputs(prefix: str, embeddings: np.ndarray, rows: Sequence[dict]) -> None:
-  """PREFIX.npy and PREFIX_index.csv, each written atomically (both built first)."""
-  folder = os.path.dirname(os.path.abspath(prefix))
-  os.makedirs(folder, exist_ok=True)
-  npy = io.BytesIO()
-  np.save(npy, embeddings)
-  index = io.StringIO(newline='')
-  writer = csv.DictWriter(index, INDEX_COLUMNS)
-  writer.writeheader()
-  writer.writerows(rows)
-  files_lib.atomic_write(prefix + '.npy', npy.getvalue(), 'wb')
-  files_lib.atomic_write(prefix + INDEX_SUFFIX, index.getvalue())
+  last_flush = time.monotonic()
+  try:
+    for video, decoded in zip(todo, _prefetched(decode, todo)):
+      num_decoded = len(decoded.get('jpegs', ()))
+      try:
+        if not decoded['ok']:
+          raise video_io.VideoError(decoded['reason'])
+        spans, features = embed_decoded(decoded, layer, settings, clips_at)
+        store.add(video.path, video.label, num_decoded, spans, features)
+        counts['embedded'] += 1
+      except (video_io.VideoError, tf.errors.OpError, ValueError) as e:
+        reason = e.message if isinstance(e, tf.errors.OpError) else str(e)
+        reason = ' '.join(reason.split())[:500]
+        store.add(video.path, video.label, num_decoded, error=reason)
+        counts['failed'] += 1
+        progress.message(f'cvrl_embed: failed: {video.path}: {reason}')
+      progress.advance(not store.rows[-1]['error'])
+      if time.monotonic() - last_flush >= flush_every_s:
+        store.flush()
+        last_flush = time.monotonic()
+  finally:
+    store.flush()  # Also on Ctrl-C: what is done stays done.
+  counts['rows'] = len(store.features())
+  return counts
 
 
 def resolve_settings(metadata: Optional[dict], num_frames: Optional[int],
