@@ -53,7 +53,7 @@ def test_monitor_reports_what_knn_eval_measures(tmp_path):
       'knn_monitor.every_steps=2', 'knn_monitor.k=3', 'knn_monitor.num_classes=4'] +
       [f'knn_monitor/build_eval_dataset.{v}' for v in VIEWS])
   stream = io.StringIO()
-  pretrain.pretrain(run, progress_stream=stream)
+  pretrain.Pretrain().run(run, progress_stream=stream)  # Its fields from the bindings.
   steps, top1 = report.read_scalars(os.path.join(run, 'summaries'), 'knn_top1')
   np.testing.assert_array_equal(steps, [0, 2, 4])
   lines = [l for l in stream.getvalue().splitlines() if 'knn_top1=' in l]
@@ -65,7 +65,7 @@ def test_monitor_reports_what_knn_eval_measures(tmp_path):
       'knn_eval.num_classes=4', "knn_eval.mixed_precision='float32'"] +
       [f'build_eval_dataset.{v}' for v in VIEWS] +
       [f'knn_memory/build_eval_dataset.{v}' for v in VIEWS])
-  results = knn.knn_eval(str(tmp_path / 'knn'), progress_stream=None)
+  results = knn.KnnEval().run(str(tmp_path / 'knn'), progress_stream=None)
   assert top1[-1] == pytest.approx(results['results']['3']['top1'], abs=1e-6)
   gin.clear_config()
 

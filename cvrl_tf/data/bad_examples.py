@@ -151,6 +151,14 @@ def _placeholder(spec):
       lambda s: tf.zeros([0 if d is None else d for d in s.shape], s.dtype), spec)
 
 
+def _serialized(record) -> tf.Tensor:
+  """The serialized record the tracker diagnoses (record_check); b'' where the source
+  yields parsed features instead (a `tfds:` source): its reason then is the error's."""
+  if isinstance(record, tf.Tensor) and record.dtype == tf.string and record.shape.rank == 0:
+    return record
+  return tf.constant(b'')
+
+
 def guarded_map(ds: tf.data.Dataset, fn: Callable, tracker: BadExamples,
                 deterministic: bool) -> tf.data.Dataset:
   """ds of (x, (file, index, record)) -> fn(x, (file, index, record)), in parallel, with
@@ -167,7 +175,8 @@ def guarded_map(ds: tf.data.Dataset, fn: Callable, tracker: BadExamples,
         graph(lambda x_, t: (True, traced(x_, t), (t[0], t[1], tf.constant(b'')))))
     # Built here, not in a map: one function less to instantiate per video.
     failed = tf.data.Dataset.from_tensors(
-        (False, _placeholder(tried.element_spec[1]), triple))
+        (False, _placeholder(tried.element_spec[1]),
+         (triple[0], triple[1], _serialized(triple[2]))))
     return tried.ignore_errors().concatenate(failed).take(1)
 
   def count(pending, element):

@@ -127,6 +127,8 @@ def diagnose(index: int, record: bytes, need_label: bool) -> Tuple[str, str]:
   a damaged file (shards.FILE_PROBLEM) whose `record` says what happened."""
   if index < 0:
     return '', record.decode('utf-8', 'replace')
+  if not record:  # A source of parsed elements (tfds:), no record to look into.
+    return '', 'the pipeline failed on this element (a TFDS example; its index names it)'
   facts = check_record(record, need_label)
   return facts.media_id, facts.problem or (
       'the pipeline failed on it, but every frame decodes: check the clip settings '
