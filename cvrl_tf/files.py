@@ -20,7 +20,6 @@ def is_local(path: str) -> bool:
   return '://' not in path
 
 
-
 def _gfile():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.io.gfile
@@ -85,6 +84,20 @@ def publish(tmp: str, final: str) -> None:
     os.replace(tmp, final)
   else:
     _gfile().rename(tmp, final, overwrite=True)
+
+
+def replace_dir(tmp: str, final: str) -> None:
+  """Moves the complete folder `tmp` to `final` (same filesystem). An existing `final` is
+  swapped out by two renames and then deleted: no half-written folder is ever visible
+  under the final name."""
+  gfile = _gfile()
+  if gfile.exists(final):
+    old = f'{final}.old-{uuid.uuid4().hex[:8]}'
+    gfile.rename(final, old)
+    gfile.rename(tmp, final)
+    gfile.rmtree(old)
+  else:
+    gfile.rename(tmp, final)
 
 
 def size(path: str) -> int:

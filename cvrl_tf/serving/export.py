@@ -317,13 +317,7 @@ def export_encoder(encoder: tf_keras.Model,
       f.write(_model_card(metadata))
     if verify:
       _verify(tmp, encoder, (metadata.get('training') or {}).get('num_frames') or 8)
-    if tf.io.gfile.exists(export_dir):  # Two renames: no half-written export is visible.
-      old = f'{export_dir}.old-{uuid.uuid4().hex[:8]}'
-      tf.io.gfile.rename(export_dir, old)
-      tf.io.gfile.rename(tmp, export_dir)
-      tf.io.gfile.rmtree(old)
-    else:
-      tf.io.gfile.rename(tmp, export_dir)
+    files_lib.replace_dir(tmp, export_dir)
   finally:
     if tf.io.gfile.exists(tmp):
       tf.io.gfile.rmtree(tmp)

@@ -236,13 +236,7 @@ def _write_model_dir(model_dir, encoder, spec, head, training, source) -> None:
     # The spec last but one, the checkpoint last: load_backbone trusts a dir only once
     # both exist, and the rename below makes the whole dir visible at once anyway.
     backbone_io.save_backbone(encoder, spec, tmp, 0)
-    if tf.io.gfile.exists(model_dir):
-      old = f'{model_dir}.old-{uuid.uuid4().hex[:8]}'
-      tf.io.gfile.rename(model_dir, old)
-      tf.io.gfile.rename(tmp, model_dir)
-      tf.io.gfile.rmtree(old)
-    else:
-      tf.io.gfile.rename(tmp, model_dir)
+    files_lib.replace_dir(tmp, model_dir)
   finally:
     if tf.io.gfile.exists(tmp):
       tf.io.gfile.rmtree(tmp)
