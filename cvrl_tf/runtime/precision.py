@@ -16,7 +16,7 @@ start with `resolve`, which prints the choice and why, and `record` appends it t
                                                                   on Eigen, ~50x than
                                                                   oneDNN's float32
 With several GPUs the oldest decides. A CPU counts as native only if TensorFlow's oneDNN
-kernels are on and ONEDNN_MAX_CPU_ISA does not cap bf16 away (cvrl_tf/hardware.py).
+kernels are on and ONEDNN_MAX_CPU_ISA does not cap bf16 away (runtime/hardware.py).
 An explicit 'float32', 'mixed_bfloat16' or 'mixed_float16' is honoured; a one-line
 warning says when the hardware has no native support for it. None means 'float32'.
 
