@@ -92,3 +92,19 @@ def test_label_subset_of_a_tfds_split():
     kept_labels = {int(ex['label']) for ex in ids if ex['tfds_id'].numpy().decode() in kept}
     seen = {int(l) for b in ds.take(4).as_numpy_iterator() for l in b['label']}
     assert seen <= kept_labels
+
+
+def test_cvrl_trains_pre_run_check_lets_a_tfds_source_through_and_names_a_bad_one():
+  # pylint: disable=g-import-not-at-top
+  import gin
+  from cvrl_tf import errors
+  from cvrl_tf.cli import gin_files
+  common = ['run.experiment=@finetune', "finetune.encoder_source='random'"]
+  try:
+    gin_files.parse([], common + ["finetune.train_files='tfds:ucf101?split=train'"])
+    assert gin_files.check_protocol() == 'finetune'  # Not "matches no file".
+    gin_files.parse([], common + ["finetune.train_files='tfds:ucf101'"])
+    with pytest.raises(errors.UserError, match='split'):
+      gin_files.check_protocol()
+  finally:
+    gin.clear_config()

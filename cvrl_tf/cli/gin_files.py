@@ -20,6 +20,7 @@ import tensorflow as tf
 from cvrl_tf import configs
 from cvrl_tf import errors
 from cvrl_tf.cli import quiet
+from cvrl_tf.data import tfds_source
 from cvrl_tf.models import backbone_io
 
 
@@ -90,7 +91,7 @@ def check_protocol() -> str:
     raise ConfigError(  # pylint: disable=raise-missing-from
         'no protocol: bind run.experiment (e.g. --gin_bindings="run.experiment='
         '@pretrain"; protocols: pretrain, linear_eval, finetune, evaluate, knn_eval) or '
-        'give a protocol file such as --gin_file=gin/pretrain.gin') from None
+        'give a protocol file such as --gin_file=pretrain.gin') from None
   configurable = getattr(reference, 'configurable', None)
   if configurable is None or not callable(configurable.wrapped):
     raise ConfigError(f'run.experiment = {reference!r} is not a protocol; bind it to one '
@@ -104,6 +105,9 @@ def check_protocol() -> str:
                         f'pass --gin_bindings="{name}.{param.name}=..."')
     if param.name.endswith('_files') and value:
       for pattern in [value] if isinstance(value, str) else list(value):
+        if tfds_source.is_tfds(pattern):
+          tfds_source.parse_spec(pattern)  # A malformed spec: one line; data read later.
+          continue
         if not tf.io.gfile.glob(pattern):
           raise errors.MissingInput(
               f'{name}.{param.name}: file pattern {pattern!r} matches no file; write the '

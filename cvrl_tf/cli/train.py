@@ -19,7 +19,8 @@ from cvrl_tf.cli import gin_files
 from cvrl_tf.cli import tool_flags
 
 TOOL_FLAGS = tool_flags.ToolFlags([
-    ('multi_string', 'gin_file', [], 'gin config file(s), parsed in order.'),
+    ('multi_string', 'gin_file', [], 'gin config file(s), parsed in order: a path, or the '
+     'name of a shipped config (e.g. pretrain.gin, demo/pretrain.gin; see --list_configs).'),
     ('multi_string', 'gin_bindings', [], 'gin bindings, e.g. "pretrain.train_steps=10".'),
     ('multi_string', 'gin_search_path', [], 'folders searched for gin files/includes.'),
     ('string', 'model_dir', None, 'where checkpoints, summaries and results go; '

@@ -25,6 +25,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
+from cvrl_tf import errors
+
 PREFIX = 'tfds:'
 _OPTIONS = ('split', 'data_dir', 'fps', 'video', 'label')
 
@@ -52,14 +54,14 @@ def parse_spec(text: str) -> TfdsSpec:
   options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
   unknown = sorted(set(options) - set(_OPTIONS))
   if not name or 'split' not in options or unknown:
-    raise ValueError(
+    raise errors.UserError(
         f'{text!r}: a TFDS source reads tfds:NAME[/CONFIG][:VERSION]?split=SPLIT with '
         f'options {", ".join(_OPTIONS)} joined by &'
         + (f' (unknown: {", ".join(unknown)})' if unknown else ''))
   try:
     fps = float(options.get('fps', 0.0))
   except ValueError as e:
-    raise ValueError(f'{text!r}: fps={options["fps"]!r} is not a number') from e
+    raise errors.UserError(f'{text!r}: fps={options["fps"]!r} is not a number') from e
   return TfdsSpec(name, options['split'], options.get('data_dir') or None, fps,
                   options.get('video', 'video'), options.get('label', 'label'))
 
@@ -68,7 +70,7 @@ def _tfds():
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError("tfds: sources need tensorflow-datasets: pip install "
+    raise errors.UserError("tfds: sources need tensorflow-datasets: pip install "
                      "'cvrl_tf[tfds]'") from e
   return tfds
 
@@ -80,7 +82,7 @@ def builder(text: str):
   try:
     return tfds.builder(spec.name, data_dir=spec.data_dir)
   except Exception as e:  # DatasetNotFoundError, bad version or config ...
-    raise ValueError(f'{text!r}: no such TFDS dataset ({type(e).__name__}: '
+    raise errors.UserError(f'{text!r}: no such TFDS dataset ({type(e).__name__}: '
                      f'{str(e).splitlines()[0]})') from e
 
 
@@ -94,7 +96,7 @@ def _as_dataset(text: str, shuffle: bool = False, seed: Optional[int] = None,
       ds_builder.info.features) else None
   encoding = getattr(getattr(video, 'feature', None), 'encoding_format', None)
   if video is None or encoding not in ('jpeg', None):
-    raise ValueError(f'{text!r}: needs a video feature {spec.video_key!r} of JPEG frames '
+    raise errors.UserError(f'{text!r}: needs a video feature {spec.video_key!r} of JPEG frames '
                      f'(found {type(video).__name__ if video else "none"}, {encoding})')
   read_config = tfds.ReadConfig(add_tfds_id=True, shuffle_seed=seed,
                                 input_context=input_context)
@@ -103,7 +105,7 @@ def _as_dataset(text: str, shuffle: bool = False, seed: Optional[int] = None,
         split=spec.split, shuffle_files=shuffle, read_config=read_config,
         decoders={spec.video_key: tfds.decode.SkipDecoding()})
   except Exception as e:  # Not prepared (AssertionError), unknown split (ValueError) ...
-    raise ValueError(f'{text!r}: cannot read split {spec.split!r} ({type(e).__name__}: '
+    raise errors.UserError(f'{text!r}: cannot read split {spec.split!r} ({type(e).__name__}: '
                      f'{str(e).splitlines()[0] if str(e) else ""}); prepare the dataset '
                      f'first, e.g. `tfds build {spec.name}`') from e
 

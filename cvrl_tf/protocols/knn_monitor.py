@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
+from cvrl_tf import errors
 from cvrl_tf.data import shards
 from cvrl_tf.protocols import evaluation
 from cvrl_tf.protocols import multiview
@@ -56,7 +57,8 @@ class KnnMonitor:
 
   def __init__(self, encoder, strategy, recipe: KnnMonitorRecipe):
     if recipe.every_steps < 1:
-      raise ValueError(f'knn_monitor.every_steps must be >= 1, got {recipe.every_steps}')
+      raise errors.UserError(f'knn_monitor.every_steps must be >= 1, got '
+                             f'{recipe.every_steps}')
     self.every = recipe.every_steps
     self._encoder, self._strategy, self._recipe = encoder, strategy, recipe
     # A tf.function of its own: traced once, not again at every evaluation.
@@ -78,7 +80,9 @@ class KnnMonitor:
       return {}
     per_k = evaluation.knn_top1(memory, queries, (r.k,), r.num_classes, r.vote,
                                 r.temperature)
-    return {'knn_top1': per_k[str(r.k)]['top1'],
+    # Videos that could not be read are left out of top-1: counted, never silent.
+    unreadable = len(memory.get('unreadable', ())) + len(queries.get('unreadable', ()))
+    return {'knn_top1': per_k[str(r.k)]['top1'], 'knn_unreadable': float(unreadable),
             'knn_seconds': time.perf_counter() - start}  # What the monitor costs.
 
 
