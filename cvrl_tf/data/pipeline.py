@@ -31,7 +31,7 @@ malformed record, damaged file) is skipped, counted and named (data/bad_examples
 """
 
 import random
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import gin
 import tensorflow as tf
@@ -176,16 +176,16 @@ def _tracker(tracker: Optional[Tracker], stage: str, need_label: bool,
   return tracker
 
 
-def _read_videos(file_pattern: FilePatterns, shuffle: bool, repeat: bool,
+def _read_videos(all_files: List[str], shuffle: bool, repeat: bool,
                  seed: Optional[int], cycle_length: int, deterministic: bool,
-                 input_context, validate_files: bool):
+                 input_context):
   """-> ((source, index, payload) elements, their parse function, this pipeline's id,
-  number of pipelines): TFRecord shards, or a `tfds:` source (data/tfds_source.py)."""
-  if tfds_source.is_tfds(file_pattern):
-    return tfds_source.read(file_pattern, shuffle, repeat, seed, deterministic,
+  number of pipelines) of `shards.list_files`' result: TFRecord shards, or a `tfds:`
+  source (data/tfds_source.py; listed as itself)."""
+  if len(all_files) == 1 and tfds_source.is_tfds(all_files[0]):
+    return tfds_source.read(all_files[0], shuffle, repeat, seed, deterministic,
                             input_context)
-  files, pipeline_id, num_pipelines = shards.shard_files(
-      shards.list_files(file_pattern, validate_files), input_context)
+  files, pipeline_id, num_pipelines = shards.shard_files(all_files, input_context)
   ds = shards.read_records(files, shuffle, repeat, seed, cycle_length, deterministic)
   return ds, shards.parse_checked, pipeline_id, num_pipelines
 
@@ -235,8 +235,9 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
   """
   _check_defer(defer)
   dtype = tf.as_dtype(output_dtype)
-  ds, parse, pipeline_id, _ = _read_videos(file_pattern, True, True, seed, cycle_length,
-                                           deterministic, input_context, validate_files)
+  ds, parse, pipeline_id, _ = _read_videos(shards.list_files(file_pattern, validate_files),
+                                           True, True, seed, cycle_length, deterministic,
+                                           input_context)
   ds = ds.shuffle(shuffle_buffer, seed=seed)
   ds = _element_seeds(ds, seed, pipeline_id)
 
@@ -294,8 +295,8 @@ def build_classification_dataset(file_pattern: FilePatterns,
   _check_defer(defer)
   dtype = tf.as_dtype(output_dtype)
   all_files = shards.list_files(file_pattern, validate_files)
-  ds, parse, pipeline_id, _ = _read_videos(file_pattern, True, True, seed, cycle_length,
-                                           deterministic, input_context, validate_files)
+  ds, parse, pipeline_id, _ = _read_videos(all_files, True, True, seed, cycle_length,
+                                           deterministic, input_context)
   if label_fraction is not None:
     keys = shards.label_subset_keys(all_files, label_fraction, label_seed)
     ds = shards.filter_keys(ds, keys)
@@ -345,7 +346,8 @@ def build_eval_dataset(file_pattern: FilePatterns,
   if crop_size > min_resize:
     raise ValueError(f'crop_size {crop_size} exceeds the resized short side {min_resize}')
   ds, parse, pipeline_id, num_pipelines = _read_videos(
-      file_pattern, False, False, None, cycle_length, True, input_context, validate_files)
+      shards.list_files(file_pattern, validate_files), False, False, None, cycle_length,
+      True, input_context)
   ds = ds.enumerate()
 
   def video_to_clips(local_index, element):
