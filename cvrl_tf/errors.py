@@ -27,6 +27,16 @@ class OutputExists(UserError, FileExistsError):
   """The output the user named is there already (and may not be replaced)."""
 
 
-class TooManyBadExamples(RuntimeError):
+class DataProblem(RuntimeError):
+  """The input data, not the command, stopped a run; the message says what and how to
+  resume. Exit status 1."""
+
+
+class TooManyBadExamples(DataProblem):
   """More examples than the limit could not be used; the message gives the count, the
-  fraction and the file that lists them (data/bad_examples.py). Exit status 1."""
+  fraction and the file that lists them (data/bad_examples.py)."""
+
+
+class InputEnded(DataProblem):
+  """The training input ended before the last step: under MultiWorkerMirroredStrategy,
+  another worker's input stopped on bad examples (all workers end their input together)."""

@@ -3,8 +3,10 @@ past the limit a run stops with one line and resumes once the data is fixed; the
 lists the videos it could not read. Checked against hand-made records whose defects and
 good videos are known here."""
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -132,6 +134,42 @@ def _eval_ids(files, tracker):
   return sorted(set(ids)), len(ids)
 
 
+def _guarded(n, bad, limit, window):
+  """guarded_map over n elements (x = i, (file, i, record)) whose fn fails on `bad`."""
+  tracker = bad_examples.BadExamples(None, 'train', limit, progress_stream=None)
+  files = tf.constant(['f'] * n)
+  ds = tf.data.Dataset.from_tensor_slices((tf.range(n, dtype=tf.int64), (
+      files, tf.range(n, dtype=tf.int64), tf.constant([b'rec'] * n))))
+
+  def fn(x, triple):
+    del triple
+    ok = tf.reduce_all(tf.not_equal(x, tf.constant(sorted(bad) or [-1], tf.int64)))
+    with tf.control_dependencies([tf.debugging.Assert(ok, ['bad', x])]):
+      return x * 10
+
+  out = [int(v) for v in bad_examples.guarded_map(ds, fn, tracker, window).as_numpy_iterator()]
+  return out, tracker
+
+
+@pytest.mark.parametrize('window', [1, 4, 16])
+def test_guarded_map_keeps_order_and_names_each_failure_across_windows(window):
+  # 3 windows of 16 (the last partial); window 1 fails whole at window=4 (16..19).
+  bad = {0, 5, 16, 17, 18, 19, 39}
+  out, tracker = _guarded(40, bad, None, window)
+  assert out == [10 * i for i in range(40) if i not in bad]  # Order kept, none lost.
+  assert tracker.reads == 40 and tracker.bad_reads == len(bad)
+  assert [(e['shard'], e['record']) for e in tracker.examples] == [('f', i) for i in
+                                                                  sorted(bad)]
+  # Over the limit (> 2 bad and > 0%): counted as if read one by one, so the stop comes at
+  # the third bad read, the 17th; the good videos of its window (mapped before its roll
+  # call) still pass, none after it.
+  out, tracker = _guarded(40, bad, bad_examples.Limit(0.0, 2), window)
+  assert isinstance(tracker.error, errors.TooManyBadExamples)
+  assert tracker.reads == 17 and tracker.bad_reads == 3
+  window_end = window * -(-17 // window)
+  assert out == [10 * i for i in range(window_end) if i not in bad]
+
+
 def test_eval_keeps_every_good_video_and_names_every_bad_one(shards, tmp_path):
   tracker = bad_examples.BadExamples(str(tmp_path), 'test', None, keep_earlier=False,
                                      progress_stream=None)
@@ -183,7 +221,7 @@ def test_training_stream_skips_bad_videos_and_stops_past_the_limit(shards):
 TINY = [
     "build_backbone.name='r3d18'", 'build_backbone.width_multiplier=0.125',
     'build_pretrain_dataset.clip_len=2', 'build_pretrain_dataset.crop_size=32',
-    'build_pretrain_dataset.stride=1', 'build_pretrain_dataset.shuffle_buffer=8',
+    'build_pretrain_dataset.stride=1', 'build_pretrain_dataset.shuffle_buffer=1',
     'ProjectionHead.hidden_dim=16', 'ProjectionHead.output_dim=8',
     'pretrain.global_batch_size=4', 'pretrain.log_every=1', 'pretrain.warmup_epochs=0',
     "pretrain.mixed_precision='float32'", 'pretrain.checkpoint_every=2', 'pretrain.seed=0',
@@ -206,13 +244,14 @@ def test_pretraining_survives_a_bad_video_stops_past_the_limit_and_resumes(tmp_p
     _write(data / f'train-{s}.tfrecord', [_video(f'v{s}_{i}', 0) for i in range(8)])
   third = data / 'train-2.tfrecord'
   # First in its shard: the interleave of the repeated file list reads it in the first
-  # round (elements 0-15), whatever the prefetch depth, so 4 steps always meet it.
+  # round, and no shuffle buffer (TINY) moves it out of the first guarded window
+  # (elements 0-15), which is counted at its end: 6 steps (24 videos) always pass it.
   _write(third, [_video('the_bad_one', 0, bad_frames=True)] +
          [_video(f'o{i}', 0) for i in range(9)])
   files, run = str(data / 'train-*.tfrecord'), tmp_path / 'run'
-  result = _train(run, files, 4)
+  result = _train(run, files, 6)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'step 4/4' in result.stderr and ' bad=' in result.stderr
+  assert 'step 6/6' in result.stderr and ' bad=' in result.stderr
   listed = json.loads((run / bad_examples.FILE).read_text())['pretrain']['examples']
   assert [e['media_id'] for e in listed] == ['the_bad_one']
   assert sum('skipped a bad example' in line and 'the_bad_one' in line
@@ -264,8 +303,11 @@ def test_linear_eval_and_knn_list_unreadable_test_videos_a_broken_train_set_stop
   kw = dict(num_classes=2, encoder_source='random', train_steps=2, global_batch_size=4,
             warmup_epochs=0, eval_batch_size=6, seed=0, mixed_precision='float32')
   test_files = [shards['mixed'], shards['cut']]
+  progress = io.StringIO()
   out = classify.LinearEval(train_files=shards['good'], test_files=test_files, **kw).run(
-      str(tmp_path / 'ok'), progress_stream=None)['test']
+      str(tmp_path / 'ok'), progress_stream=progress)['test']
+  # The progress line ends at the total, the unreadable videos counted as failed.
+  assert re.search(r'\] 16/16 videos .* failed 4\n', progress.getvalue())
   stored = json.loads((tmp_path / 'ok' / 'eval_results.json').read_text())
   assert stored['num_videos'] == out['num_videos'] == 12  # m0..m8, c0..c2.
   unreadable = stored['unreadable_videos']  # A test video needs a label too.

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import errors
 from cvrl_tf.runtime import train_loop
 
 
@@ -88,6 +89,35 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     value = reader.get_tensor(name)
     if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
       assert np.all(np.isfinite(value)), name
+
+
+def test_an_input_that_ends_early_is_an_error_not_a_finished_run(tmp_path):
+  # 3 batches for 10 steps: what a worker sees when another worker's input stopped on
+  # bad examples (the distributed iterator ends every worker's input together).
+  finite = lambda start: _data(start).take(3)
+  with pytest.raises(errors.InputEnded, match=r'ended at step 3 of 10 .*re-run the same'):
+    train_loop.fit_resumable(_model(), finite, str(tmp_path), total_steps=10,
+                             strategy=tf.distribute.get_strategy(), checkpoint_every=2,
+                             log_every=5, progress_stream=None)
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith('ckpt-2')
+
+
+def test_workers_agree_on_a_bad_input_stop_at_log_steps(tmp_path, monkeypatch):
+  # Under MultiWorkerMirroredStrategy a collective tells each worker whether any worker's
+  # input went past the bad-examples limit; here a stand-in for it: another worker's
+  # input goes bad at step 7, so all stop at the next log step, 10, with one error.
+  calls = []
+
+  def any_worker(flag):
+    step = calls.append(flag) or 5 * len(calls)
+    return flag or step >= 7
+  monkeypatch.setattr(train_loop, 'any_worker', lambda strategy: any_worker)
+  model = _model()
+  with pytest.raises(errors.TooManyBadExamples, match='another worker stopped training '
+                     r'at step 10: .*re-run the same command on every worker'):
+    _fit(model, tmp_path, 30)
+  assert calls == [False, False]  # Asked at steps 5 and 10 only; this worker's input good.
+  assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith('ckpt-5')
 
 
 def test_format_duration():

@@ -2,7 +2,8 @@
 
 errors.UserError (a file pattern that matches nothing, a model dir that is not a run, a
 bad gin binding, ...) -> `TOOL: error: <message>` and exit status 2;
-errors.TooManyBadExamples (the input data, not the command) -> exit status 1. Anything
+errors.DataProblem (the input data, not the command: too many bad examples) -> exit
+status 1. Anything
 else is a bug and keeps its traceback. `--verbose` prints the traceback of the first two
 as well.
 """
@@ -22,7 +23,7 @@ def run_reporting(tool: str, fn: Callable[[], object], verbose: bool = False):
   """fn()'s result, or the exit status of the error it raised, printed on one line."""
   try:
     return fn()
-  except (errors.UserError, errors.TooManyBadExamples) as e:
+  except (errors.UserError, errors.DataProblem) as e:
     if verbose:
       traceback.print_exc(file=sys.stderr)
     message = errors.one_line(str(e).split(_GIN_CONTEXT)[0])

@@ -74,7 +74,7 @@ def inspect_shards(file_patterns: Sequence[str], label_map: Optional[List[str]] 
                                      keep_earlier=False)
   ds = shards.read_records(files, False, False, None, 16, False)
   ds = ds.map(lambda f, i, r: (tf.strings.length(r), (f, i, r)))
-  ds = bad_examples.guarded_map(ds, _facts_fn(need_label, decode), tracker, False)
+  ds = bad_examples.guarded_map(ds, _facts_fn(need_label, decode), tracker)
   progress = progress_lib.Progress(max(1, int(round(total_mb))), stream=stream, unit='MB')
   lengths, sizes, fps, labels, other = [], collections.Counter(), collections.Counter(), \
       collections.Counter(), 0

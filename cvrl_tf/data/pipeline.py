@@ -254,7 +254,7 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
         for v in range(2))
 
   ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_views),
-                                    _tracker(bad_examples, 'pretrain', False), deterministic)
+                                    _tracker(bad_examples, 'pretrain', False))
   ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
   if defer == 'none':
     ds = ds.map(lambda v1, v2: {
@@ -314,7 +314,7 @@ def build_classification_dataset(file_pattern: FilePatterns,
     return out
 
   ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clip),
-                                    _tracker(bad_examples, 'train', True), deterministic)
+                                    _tracker(bad_examples, 'train', True))
   ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
   return _finish(ds, deterministic)
 
@@ -376,7 +376,7 @@ def build_eval_dataset(file_pattern: FilePatterns,
     return out
 
   tracker = _tracker(bad_examples, 'test', need_label, limited=False)
-  ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clips), tracker, True).unbatch()
+  ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clips), tracker).unbatch()
   ds = ds.map(_graph_fn(clip_to_crops), AUTOTUNE, deterministic=True).unbatch()
   ds = ds.batch(_batch_size(batch_size, input_context), drop_remainder=False)
   if tf.as_dtype(output_dtype) != tf.uint8:

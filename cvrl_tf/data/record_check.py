@@ -128,8 +128,20 @@ def diagnose(index: int, record: bytes, need_label: bool) -> Tuple[str, str]:
   if index < 0:
     return '', record.decode('utf-8', 'replace')
   if not record:  # A source of parsed elements (tfds:), no record to look into.
-    return '', 'the pipeline failed on this element (a TFDS example; its index names it)'
+    return '', ('the pipeline failed on this element (no record to look into: a TFDS '
+                'example, or a shard that changed since it was read)')
   facts = check_record(record, need_label)
   return facts.media_id, facts.problem or (
       'the pipeline failed on it, but every frame decodes: check the clip settings '
       '(e.g. crop_size larger than the frames)')
+
+
+def read_record(path: str, index: int) -> bytes:
+  """Record `index` of TFRecord file `path`, read again to diagnose it (b'' when it cannot
+  be: the file changed or is damaged before it; diagnose then says the pipeline failed)."""
+  try:
+    for record in tf.data.TFRecordDataset(path).skip(index).take(1):
+      return record.numpy()
+  except (tf.errors.OpError, ValueError):
+    pass
+  return b''

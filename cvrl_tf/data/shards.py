@@ -117,12 +117,15 @@ def read_records(files: List[str], shuffle: bool, repeat: bool, seed: Optional[i
 
     def step(state, element):
       (index, offset), (record, is_end) = state, element
-      problem = tf.strings.format(
-          'the file ends in a truncated or corrupt record after {} records (byte {} of '
-          '{}); records after it are lost', (index, offset, size))
+
+      def problem():  # Only for the end element; a record passes on uncopied.
+        return tf.strings.format(
+            'the file ends in a truncated or corrupt record after {} records (byte {} of '
+            '{}); records after it are lost', (index, offset, size))
+
       keep = tf.logical_or(tf.logical_not(is_end), tf.not_equal(offset, size))
       out = (keep, f, tf.where(is_end, tf.constant(FILE_PROBLEM, tf.int64), index),
-             tf.where(is_end, problem, record))
+             tf.cond(is_end, problem, lambda: record))
       return (index + 1, offset + 16 + tf.cast(tf.strings.length(record), tf.int64)), out
 
     triples = read.concatenate(end).scan((tf.constant(0, tf.int64),

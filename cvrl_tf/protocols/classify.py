@@ -219,7 +219,8 @@ def train_classifier(model_dir: str, recipe: ClassifierRecipe,
       precision.record(model_dir, choice, recipe.protocol, facts)
     _say_plan(recipe, schedule, info, model, strategy, progress_stream)
     bad = bad_examples.BadExamples(train_loop.worker_dir(model_dir, strategy), 'train',
-                                   bad_examples.limit(), True, progress_stream)
+                                   bad_examples.limit(), True, progress_stream,
+                                   end_input=not train_loop.is_multi_worker(strategy))
     make_dataset, example_name = _training_stream(recipe, model, info, schedule, model_dir,
                                                   strategy, bad, progress_stream)
     logs = train_loop.fit_resumable(
@@ -293,7 +294,7 @@ def _training_stream(recipe, model, info, schedule, model_dir, strategy, bad,
   if cache_dir is None:
     clip_stream(0)  # Fails fast on bad data before training starts.
     return clip_stream, 'clips'
-  if multiview.is_multi_worker(strategy):
+  if train_loop.is_multi_worker(strategy):
     raise NotImplementedError('cache_features=True runs on one worker (default, '
                               'mirrored or TPU strategy); use the online path.')
   signature = {k: info.get(k) for k in (

@@ -145,12 +145,14 @@ def _pad_rows(batch: Dict[str, tf.Tensor], size: int) -> Dict[str, tf.Tensor]:
 def collect_views(dataset, output_fn: Callable[[tf.Tensor], tf.Tensor],
                   total_videos: Optional[int], views_per_video: Optional[int],
                   strategy: Optional[tf.distribute.Strategy] = None,
-                  progress_stream=None, unit: str = 'videos') -> Dict[str, np.ndarray]:
+                  progress_stream=None, unit: str = 'videos',
+                  skipped: Optional[Callable[[], int]] = None) -> Dict[str, np.ndarray]:
   """Runs `output_fn(clips) -> [b, D]` over every view and averages per video.
 
   `dataset` is a distributed dataset of `strategy` (each replica runs output_fn on its
   share), or a plain tf.data.Dataset when `strategy` is None. Progress: videos done /
-  total and videos/s on `progress_stream`.
+  total and videos/s on `progress_stream`; `skipped()`, the videos the pipeline skipped so
+  far (unreadable), counts them done and failed, so the line still ends at the total.
   """
   keys = (batch_lib.VIDEO_INDEX, batch_lib.LABEL, batch_lib.MEDIA_ID, batch_lib.VIEW_INDEX)
 
@@ -171,11 +173,22 @@ def collect_views(dataset, output_fn: Callable[[tf.Tensor], tf.Tensor],
 
   accumulator = ViewAccumulator(views_per_video)
   progress = progress_lib.Progress(total_videos or 0, stream=progress_stream, unit=unit)
+  counted_skips = 0
+
+  def count_skips():
+    nonlocal counted_skips
+    now = skipped() if skipped else 0
+    for _ in range(now - counted_skips):
+      progress.advance(ok=False)
+    counted_skips = now
+
   for batch in dataset:
     out = local(step(batch))
     done = accumulator.add(out['outputs'], *(out[k] for k in keys))
+    count_skips()
     for _ in range(done):
       progress.advance()
+  count_skips()
   return accumulator.result()
 
 

@@ -34,11 +34,6 @@ FilePatterns = Union[str, Sequence[str]]
 RESULTS_FILE = 'eval_results.json'
 
 
-def is_multi_worker(strategy) -> bool:
-  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
-      strategy.extended._num_workers > 1)  # pylint: disable=protected-access
-
-
 def _eval_input(strategy, files, batch_size: int, scope: Optional[str] = None,
                 tracker: Optional[bad_examples_lib.BadExamples] = None):
   """Flat eval views, padded for the replicas; a plain dataset when strategy is None."""
@@ -67,7 +62,7 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
   None), so no worker waits on another's last batch.
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
-  if is_multi_worker(strategy):
+  if train_loop.is_multi_worker(strategy):
     if not train_loop.is_chief(strategy):
       return None
     strategy = None
@@ -80,7 +75,9 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
   tracker = bad_examples_lib.BadExamples(model_dir, stage, None, False, progress_stream,
                                          keep_earlier=False)
   videos = evaluation.collect_views(_eval_input(strategy, files, batch_size, scope, tracker),
-                                    output_fn, total, views, strategy, progress_stream)
+                                    output_fn, total, views, strategy, progress_stream,
+                                    skipped=lambda: sum(  # Videos, not damaged files.
+                                        e['record'] >= 0 for e in tracker.examples))
   videos['unreadable'] = tracker.examples
   return videos
 

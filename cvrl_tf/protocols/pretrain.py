@@ -89,7 +89,8 @@ def pretrain(model_dir: str, recipe: Pretrain, progress_stream=progress_lib.STDE
           flush=True)
 
   bad = bad_examples.BadExamples(train_loop.worker_dir(model_dir, strategy), 'pretrain',
-                                 bad_examples.limit(), progress_stream=progress_stream)
+                                 bad_examples.limit(), progress_stream=progress_stream,
+                                 end_input=not train_loop.is_multi_worker(strategy))
 
   def make_dataset(start_step):
     data_seed = None if recipe.seed is None else recipe.seed + start_step

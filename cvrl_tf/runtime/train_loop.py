@@ -15,8 +15,11 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
 - Bad input (data/bad_examples.py): the count of skipped examples is a TensorBoard
   scalar and part of the progress line; past the tracker's limit the input ends, training
   stops and errors.TooManyBadExamples is raised, the last checkpoint again the latest.
+  Under MultiWorkerMirroredStrategy the workers' inputs end together (the distributed
+  iterator agrees on the end), so the other workers stop too, with errors.InputEnded.
 - Under MultiWorkerMirroredStrategy every worker saves (saving is collective), but only
-  the chief writes into `model_dir`; the others write to a scratch dir deleted afterwards.
+  the chief writes into `model_dir`; the others write to model_dir/.scratch/<task> (kept:
+  a worker's bad_examples.json is there).
 """
 
 import logging
@@ -29,6 +32,7 @@ from typing import Callable, Dict, Optional, Protocol, Sequence
 import tensorflow as tf
 import tf_keras
 
+from cvrl_tf import errors
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.runtime import optim
 
@@ -38,6 +42,23 @@ SUMMARY_SUBDIR = 'summaries'
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+def is_multi_worker(strategy) -> bool:
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+      strategy.extended._num_workers > 1)  # pylint: disable=protected-access
+
+
+def any_worker(strategy) -> Optional[Callable[[bool], bool]]:
+  """Under MultiWorkerMirroredStrategy, a function telling whether a flag is set on any
+  worker (a collective: every worker must call it at the same step); else None."""
+  if not is_multi_worker(strategy):
+    return None
+
+  def agree(flag: bool) -> bool:
+    votes = strategy.run(lambda: tf.constant(int(flag), tf.int32))
+    return int(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
+  return agree
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -81,9 +102,12 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
 
   def __init__(self, manager, summary_writer, total_steps, checkpoint_every,
                log_every, examples_per_step, example_name, chief, progress_stream,
-               bad_examples=None, monitors: Sequence[Monitor] = ()):
+               bad_examples=None, monitors: Sequence[Monitor] = (),
+               any_worker: Optional[Callable[[bool], bool]] = None):
     super().__init__()
     self._bad = bad_examples
+    self._any_worker = any_worker
+    self.peer_stop_step: Optional[int] = None  # Another worker's input went bad here.
     self._monitors = list(monitors)
     self._manager = manager
     self._writer = summary_writer
@@ -96,9 +120,11 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
     self._stream = progress_stream
     self.bad_step: Optional[int] = None
     self.last_logs: Dict[str, float] = {}
+    self.done_step: Optional[int] = None  # The last step trained (Keras counts one more
+    # in `iterations` when the input ends).
 
   def on_train_begin(self, logs=None):
-    self._start_step = self._step()
+    self._start_step = self.done_step = self._step()
     self._t0 = self._t_log = time.perf_counter()
     self._step_log = self._start_step
     if self._start_step == 0 and self._monitors:  # Where the curve starts: the init.
@@ -118,14 +144,14 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     logs = {k: float(v) for k, v in (logs or {}).items()}
-    step = self._step()
+    step = self.done_step = self._step()
     loss = logs.get('loss', 0.0)
     if not math.isfinite(loss):
       self.bad_step = step
       self.model.stop_training = True
       return
     self.last_logs = logs
-    if self._bad is not None and self._bad.error is not None:
+    if self._bad_input_stops(step):
       self.model.stop_training = True  # Nothing more is saved: see fit_resumable.
       return
     measured = self._measure(step) if self._monitors else {}
@@ -136,6 +162,21 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
       self._manager.save(checkpoint_number=step)
     if step >= self._total:
       self.model.stop_training = True
+
+  def _bad_input_stops(self, step: int) -> bool:
+    """Whether the bad-examples limit stops training now: this worker's, or, under
+    MultiWorkerMirroredStrategy, any worker's, agreed at log steps so that all stop
+    together (a worker stopping alone leaves the others waiting in a collective)."""
+    mine = self._bad is not None and self._bad.error is not None
+    if self._any_worker is None:
+      return mine
+    if step % self._log_every and step < self._total:
+      return False
+    if not self._any_worker(mine):
+      return False
+    if not mine:
+      self.peer_stop_step = step
+    return True
 
   def _log(self, step, logs):
     now = time.perf_counter()
@@ -250,7 +291,7 @@ def fit_resumable(model: tf_keras.Model,
   writer = tf.summary.create_file_writer(os.path.join(out_dir, SUMMARY_SUBDIR)) if chief else None
   callback = _ChunkCallback(manager, writer, total_steps, checkpoint_every, log_every,
                             examples_per_step, example_name, chief, progress_stream,
-                            bad_examples, monitors)
+                            bad_examples, monitors, any_worker(strategy))
   try:
     dataset = make_dataset(start_step)  # A feature cache reads its input here.
   except (StopIteration, tf.errors.OutOfRangeError):
@@ -270,10 +311,33 @@ def fit_resumable(model: tf_keras.Model,
     writer.close()
   if bad_examples is not None:
     bad_examples.raise_if_stopped()
+  if callback.peer_stop_step is not None:
+    raise errors.TooManyBadExamples(
+        f'another worker stopped training at step {callback.peer_stop_step}: more of its '
+        f'examples than the limit could not be used; its log and '
+        f'{os.path.join(model_dir, ".scratch", "*", "bad_examples.json")} name them. '
+        f'Replace or remove those shards (cvrl_inspect finds every bad example), then '
+        f're-run the same command on every worker to resume from '
+        f'{manager.latest_checkpoint or "the start"}.')
   if callback.bad_step is not None:
     latest = manager.latest_checkpoint or '(none yet)'
     raise NonFiniteLossError(
         f'loss became NaN/Inf at step {callback.bad_step}; training stopped. The last good '
         f'checkpoint is {latest}. Lower the learning rate or check the input data, then '
         f're-run the same command to resume from it.')
+  if callback.done_step < total_steps:
+    raise errors.InputEnded(_input_ended_message(callback.done_step, total_steps, model_dir,
+                                                 manager.latest_checkpoint, strategy))
   return callback.last_logs
+
+
+def _input_ended_message(step: int, total: int, model_dir: str, latest: Optional[str],
+                         strategy) -> str:
+  """Why training stopped early with no error of its own: its input ended."""
+  where = ('another worker stopped on bad examples: its log and '
+           f'{os.path.join(model_dir, ".scratch", "*", "bad_examples.json")} name them'
+           if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else
+           'a training input must be endless (repeated)')
+  return (f'the training input ended at step {step} of {total} ({where}). The last '
+          f'checkpoint is {latest or "(none yet)"}; fix the input, then re-run the same '
+          f'command to resume from it.')
