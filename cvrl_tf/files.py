@@ -8,9 +8,11 @@ Object stores have no atomic rename: there `rename` copies, and the final name a
 only when the copy is complete (an object is visible whole or not at all).
 """
 
+import glob
 import json
 import os
 import shutil
+import time
 import uuid
 
 import numpy as np
@@ -110,7 +112,8 @@ def atomic_write(path: str, data, mode: str = 'w') -> str:
   Why: a reader (a resumed run, a concurrent evaluation) sees the old file or the new
   one, never a part. The temp file beside `path` has a name of its own per call, so two
   processes writing the same file do not write into each other's temp file (the last
-  rename wins), and it is removed when the write fails.
+  rename wins), and it is removed when the write fails. One a killed process left
+  (SIGKILL runs no clean-up) goes with the next write of the same file (_sweep_stale).
   """
   if mode not in ('w', 'wb'):
     raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
@@ -124,6 +127,7 @@ def atomic_write(path: str, data, mode: str = 'w') -> str:
         f.flush()
         os.fsync(f.fileno())  # The data is on disk before the rename makes it visible.
       os.replace(tmp, path)
+      _sweep_stale(path)
     else:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       with tf.io.gfile.GFile(tmp, mode) as f:
@@ -133,6 +137,34 @@ def atomic_write(path: str, data, mode: str = 'w') -> str:
     _remove_quietly(tmp, local)
     raise
   return path
+
+
+STALE_AFTER_S = 600.0  # A temp file this old, of a process gone, is garbage.
+
+
+def _sweep_stale(path: str) -> None:
+  """Removes `path`'s temp files (atomic_write's `<path>.tmp-<pid>-<hex>`) left by a process
+  that is gone from this machine, untouched for STALE_AFTER_S (so a writer on another
+  machine sharing the folder, whose pid means nothing here, keeps its file)."""
+  for tmp in glob.glob(glob.escape(path) + '.tmp-*-*'):
+    pid = tmp[len(path) + len('.tmp-'):].split('-', 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+      continue
+    try:
+      if time.time() - os.path.getmtime(tmp) > STALE_AFTER_S:
+        os.remove(tmp)
+    except OSError:
+      pass  # Gone already, or not ours to remove.
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True  # Exists, another user's.
+  return True
 
 
 def _remove_quietly(path: str, local: bool) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -34,6 +35,26 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path):
     files.atomic_write(path, 'x', 'a')
   assert open(path).read() == 'old'
   assert os.listdir(tmp_path) == ['a.txt']
+
+
+def test_the_next_write_removes_temp_files_of_killed_writers_only(tmp_path):
+  path = tmp_path / 'results.json'
+  dead_pid = subprocess.Popen(['true'])  # Its pid: of a process that is gone.
+  dead_pid.wait()
+  old = time.time() - files.STALE_AFTER_S - 5
+  left = {name: tmp_path / f'results.json.tmp-{pid}-0123abcd' for name, pid in [
+      ('killed', dead_pid.pid), ('alive', os.getppid()), ('mine', os.getpid())]}
+  recent = tmp_path / f'results.json.tmp-{dead_pid.pid}-recent00'
+  other = tmp_path / f'other.json.tmp-{dead_pid.pid}-0123abcd'
+  for tmp in (*left.values(), recent, other):
+    tmp.write_text('part of a write')
+    if tmp != recent:
+      os.utime(tmp, (old, old))
+  files.write_json(str(path), {'a': 1})
+  assert json.loads(path.read_text()) == {'a': 1}
+  # Only the killed writer's old temp file of this very file is gone.
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      [path.name, left['alive'].name, left['mine'].name, recent.name, other.name])
 
 
 def test_concurrent_writers_do_not_share_a_temp_file(tmp_path):
