@@ -23,6 +23,9 @@ hits all of them alike (warm-up excluded; median and min..max printed):
   eval             build_eval_dataset, the paper's multi-view test (10 clips x 3 crops of
                    256 per video; --quick: 2 x 3 of 64): B views per batch, the 3 crops
                    of a clip share its decoded frames
+  V/unguarded      (not by default) variant V built as before the bad-example guard: a
+                   plain parallel map and a plain TFRecord reader (`unguarded`); the
+                   guard's cost is printed as V / V/unguarded, paired by repetition
 Rates are clips/s (a pretraining video = two clips, an eval view = one clip); decode_only
 is converted at clip_len frames per clip, so 'vs dec' compares frames delivered with frames
 decoded. Besides wall-clock rates, clips per CPU-second of this process are reported:
@@ -33,6 +36,7 @@ process per variant costs a TensorFlow import (~10 s) each.
 """
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -47,6 +51,7 @@ import tensorflow as tf
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path)
+from cvrl_tf.data import bad_examples
 from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import records
@@ -101,6 +106,42 @@ def decode_only_dataset(pattern: str, batch_size: int, clip_len: int, stride: in
 
   ds = ds.map(decode, tf.data.AUTOTUNE, deterministic=False)
   return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+@contextlib.contextmanager
+def unguarded():
+  """Pipelines built inside run as before the bad-example guard (issue 18): the
+  per-video work in a plain parallel map (a bad video would stop them) and the files
+  read by a plain TFRecordDataset (a damaged one would too): what the guard and the
+  tolerant reader cost is the difference."""
+  def plain_map(ds, fn, tracker):
+    del tracker
+    return ds.map(tf.function(fn, autograph=False), num_parallel_calls=tf.data.AUTOTUNE)
+
+  def plain_read(files, shuffle, repeat, seed, cycle_length, deterministic):
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+      ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+      ds = ds.repeat()
+    return ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f).enumerate().map(lambda i, r: (f, i, r)),
+        cycle_length=min(cycle_length, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic)
+
+  saved = bad_examples.guarded_map, shards.read_records
+  bad_examples.guarded_map, shards.read_records = plain_map, plain_read
+  try:
+    yield
+  finally:
+    bad_examples.guarded_map, shards.read_records = saved
+
+
+def _built_unguarded(make_iter):
+  def make():
+    with unguarded():
+      return make_iter()
+  return make
 
 
 def train_step_stand_in(dataset: tf.data.Dataset, crop_size: int):
@@ -169,7 +210,8 @@ def main(argv=None):
                       'resize/cNone,'
                       'defer=colour/u8,defer=none,step:resize+col,step:colour,'
                       'classify,classify/resize,eval',
-                      help='also available: defer=colour/f32')
+                      help='also available: defer=colour/f32, and V/unguarded for the '
+                      'pipeline variants V (the guard\'s cost)')
   parser.add_argument('--records_dir', default=None, help='reuse records written before')
   parser.add_argument('--no_rss', action='store_true',
                       help='skip the peak RSS column (a fresh process per variant)')
@@ -223,9 +265,12 @@ def main(argv=None):
           num_clips=2 if args.quick else 10, num_crops=3, min_resize=min(height, 256),
           crop_size=args.crop_size if args.quick else 256).repeat()),
   }
+  for v in list(makers):
+    if not v.startswith('step:') and v != 'decode_only':
+      makers[f'{v}/unguarded'] = _built_unguarded(makers[v])
   # Clips per batch: two views per video in pretraining, one clip or view otherwise.
-  clips_in = {'classify': args.batch_size, 'classify/resize': args.batch_size,
-              'eval': args.batch_size}
+  clips_in = {f'{v}{tail}': args.batch_size for v in ('classify', 'classify/resize', 'eval')
+              for tail in ('', '/unguarded')}
   slow = ('defer=none', 'step:resize+col', 'step:colour')
   if args.rss_variant:  # Child process of isolated_peak_rss.
     if args.rss_variant != 'idle':
@@ -271,6 +316,12 @@ def main(argv=None):
     print(f'{v:17s} {stats(rates[v], rates.get("decode_only"))}   '
           f'   {stats(cpu_rates[v], cpu_rates.get("decode_only"))}   '
           + ('       -' if args.no_rss else f'{peaks[v]:8.0f}'))
+  for v in variants:
+    if v.endswith('/unguarded') and v[:-len('/unguarded')] in rates:
+      paired = [g / u for g, u in zip(rates[v[:-len('/unguarded')]], rates[v])]
+      print(f'guard cost, {v[:-len("/unguarded")]} / {v}: clips/s ratio median '
+            f'{statistics.median(paired):.3f} ({min(paired):.2f}..{max(paired):.2f} over '
+            f'{len(paired)} reps)')
   if tmp:
     tmp.cleanup()
 

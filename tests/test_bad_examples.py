@@ -134,7 +134,7 @@ def _eval_ids(files, tracker):
   return sorted(set(ids)), len(ids)
 
 
-def _guarded(n, bad, limit, window):
+def _guarded(n, bad, limit):
   """guarded_map over n elements (x = i, (file, i, record)) whose fn fails on `bad`."""
   tracker = bad_examples.BadExamples(None, 'train', limit, progress_stream=None)
   files = tf.constant(['f'] * n)
@@ -147,27 +147,27 @@ def _guarded(n, bad, limit, window):
     with tf.control_dependencies([tf.debugging.Assert(ok, ['bad', x])]):
       return x * 10
 
-  out = [int(v) for v in bad_examples.guarded_map(ds, fn, tracker, window).as_numpy_iterator()]
+  out = [int(v) for v in bad_examples.guarded_map(ds, fn, tracker).as_numpy_iterator()]
   return out, tracker
 
 
-@pytest.mark.parametrize('window', [1, 4, 16])
-def test_guarded_map_keeps_order_and_names_each_failure_across_windows(window):
-  # 3 windows of 16 (the last partial); window 1 fails whole at window=4 (16..19).
+def test_guarded_map_keeps_order_and_names_each_failure():
+  # Failures first, in a run, between good ones and last (found at the stream's end).
   bad = {0, 5, 16, 17, 18, 19, 39}
-  out, tracker = _guarded(40, bad, None, window)
+  out, tracker = _guarded(40, bad, None)
   assert out == [10 * i for i in range(40) if i not in bad]  # Order kept, none lost.
   assert tracker.reads == 40 and tracker.bad_reads == len(bad)
   assert [(e['shard'], e['record']) for e in tracker.examples] == [('f', i) for i in
                                                                   sorted(bad)]
   # Over the limit (> 2 bad and > 0%): counted as if read one by one, so the stop comes at
-  # the third bad read, the 17th; the good videos of its window (mapped before its roll
-  # call) still pass, none after it.
-  out, tracker = _guarded(40, bad, bad_examples.Limit(0.0, 2), window)
+  # the third bad read, the 17th; nothing after it passes.
+  out, tracker = _guarded(40, bad, bad_examples.Limit(0.0, 2))
   assert isinstance(tracker.error, errors.TooManyBadExamples)
   assert tracker.reads == 17 and tracker.bad_reads == 3
-  window_end = window * -(-17 // window)
-  assert out == [10 * i for i in range(window_end) if i not in bad]
+  assert out == [10 * i for i in range(16) if i not in bad]
+  # Nothing good after the failures (found by the markers that follow every 16 videos).
+  out, tracker = _guarded(40, set(range(3, 40)), bad_examples.Limit(0.0, 2))
+  assert out == [0, 10, 20] and tracker.reads == 6 and tracker.bad_reads == 3
 
 
 def test_eval_keeps_every_good_video_and_names_every_bad_one(shards, tmp_path):
@@ -244,8 +244,8 @@ def test_pretraining_survives_a_bad_video_stops_past_the_limit_and_resumes(tmp_p
     _write(data / f'train-{s}.tfrecord', [_video(f'v{s}_{i}', 0) for i in range(8)])
   third = data / 'train-2.tfrecord'
   # First in its shard: the interleave of the repeated file list reads it in the first
-  # round, and no shuffle buffer (TINY) moves it out of the first guarded window
-  # (elements 0-15), which is counted at its end: 6 steps (24 videos) always pass it.
+  # round, and no shuffle buffer (TINY) moves it; a failure is found within 16 elements
+  # (bad_examples.MARK_EVERY), so 6 steps (24 videos) always pass it.
   _write(third, [_video('the_bad_one', 0, bad_frames=True)] +
          [_video(f'o{i}', 0) for i in range(9)])
   files, run = str(data / 'train-*.tfrecord'), tmp_path / 'run'

@@ -4,18 +4,14 @@ Why: an undecodable JPEG, a record without frames or label, a malformed record o
 cut mid-record must not stop a run of 800 epochs (again after each resume); but a data
 set that is mostly broken must not silently train on what is left either.
 
-How, in tf.data (which has no try/except): `guarded_map` maps the videos in windows of
-WINDOW, each a little dataset whose map skips a failed video (`ignore_errors`) and ends
-with a roll call of the window's (shard, record index); a scan below sees which slots
-never came. So a failure drops that video only and never a good one
-(shards.read_records reads each file on its own for the same reason), and the guard
-costs a few dataset ops per window, not per video (an input rate within a few percent
-of an unguarded map: benchmarks/README.md). Bad videos, rare, reach Python through a
-py_function: `BadExamples` reads the record again and finds out why
-(record_check.diagnose), logs one line naming the shard, record and clip/media_id, keeps
-the list in <model_dir>/bad_examples.json (atomically rewritten, one section per stage)
-and counts reads (at each window's end: a run that stops mid-window leaves that
-window's last few reads uncounted). When the bad reads
+How, in tf.data (which has no try/except): `guarded_map` numbers the videos, maps them
+in one ordered parallel map that drops a failure (`ignore_errors`) and finds the
+numbers that never came; so a failure drops that video only and never a good one
+(shards.read_records reads each file on its own for the same reason). Bad videos, rare,
+reach Python through a py_function: `BadExamples` reads the record again and finds out
+why (record_check.diagnose), logs one line naming the shard, record and clip/media_id,
+keeps the list in <model_dir>/bad_examples.json (atomically rewritten, one section per
+stage) and counts reads. When the bad reads
 exceed both `max_fraction` of the reads and `min_count` (gin: bad_examples.max_fraction,
 bad_examples.min_count), the pipeline ends and the run stops with
 errors.TooManyBadExamples; checkpoints are untouched, a re-run resumes.
@@ -38,7 +34,7 @@ from cvrl_tf.data import record_check
 
 FILE = 'bad_examples.json'
 REPORT_EVERY = 64  # Reads are passed to Python in bunches: no py_function per video.
-WINDOW = 16  # Videos per guarded window (guarded_map): its cost is per window.
+MARK_EVERY = 16  # guarded_map: a marker after every this many videos (see there).
 REWRITE_EVERY_S = 60.0  # bad_examples.json: at once for a new example, else at most this often.
 _FILE_LOCK = threading.Lock()  # Trackers of one process share the file.
 
@@ -119,18 +115,17 @@ class BadExamples:
       self.reads += int(reads) - counted
       return self.error is not None and self.end_input
 
-  def report_window(self, earlier_reads, bad, files, indices, notes, reread: bool) -> bool:
-    """report() of `earlier_reads` good reads, then one guarded window (guarded_map): `bad`
-    masks its elements (file, index, note). A bad record is read again from its shard to
-    be diagnosed (`reread`); a damaged file's note says what happened."""
-    def record_of(file: bytes, index: int, note: bytes) -> Callable[[], bytes]:
+  def report_gaps(self, reads, earlier_reads, bad, reread: bool) -> bool:
+    """report() from guarded_map: `reads` reads, `earlier_reads` good ones first, then
+    the bad ones, rows (file, index, note) of `bad`. A bad record is read again from its
+    shard to be diagnosed (`reread`); a damaged file's note says what happened."""
+    def record_of(file: bytes, index: int, note: bytes):
       if index < 0 or not reread:
         return lambda: note
       return lambda: record_check.read_record(file.decode('utf-8', 'replace'), index)
-    named = [(earlier_reads + slot + 1, f.decode('utf-8', 'replace'), int(i),
-              record_of(f, int(i), n))
-             for slot, (b, f, i, n) in enumerate(zip(bad, files, indices, notes)) if b]
-    return self.report(int(earlier_reads) + len(files), named)
+    named = [(int(earlier_reads) + k + 1, f.decode('utf-8', 'replace'), int(i),
+              record_of(f, int(i), n)) for k, (f, i, n) in enumerate(bad)]
+    return self.report(int(reads), named)
 
   def _add(self, shard: str, index: int, record: Callable[[], bytes]) -> None:
     key = (shard, index)
@@ -190,65 +185,79 @@ def _is_record(payload_spec) -> bool:
           payload_spec.shape.rank == 0)
 
 
-def guarded_map(ds: tf.data.Dataset, fn: Callable, tracker: BadExamples,
-                window: int = WINDOW) -> tf.data.Dataset:
-  """ds of (x, (file, index, payload)) -> fn(x, (file, index, payload)), in parallel, with
-  every element whose fn fails reported to `tracker` and dropped (see module docstring).
-  The dataset ends when the tracker's limit is exceeded.
+def guarded_map(ds: tf.data.Dataset, fn: Callable, tracker: BadExamples) -> tf.data.Dataset:
+  """ds of (x, (file, index, payload)) -> fn(x, (file, index, payload)), in parallel and in
+  order, with every element whose fn fails reported to `tracker` and dropped. The dataset
+  ends when the tracker's limit is exceeded (and tracker.end_input).
 
-  How: the elements go in windows of `window`; each window maps its elements tagged with
-  their slot, drops the failures (ignore_errors), and ends with a roll call naming its
-  elements (file, index); the count below it sees which slots never came. Per window,
-  not per video, so the guard costs a few dataset ops per `window` videos. The output
-  keeps the input's order (a roll call must follow its window's videos), as a
-  deterministic parallel map would; measured, that costs little (benchmarks/README.md).
+  How: the elements are numbered, their names (file, index) put in a table on the way
+  in, and mapped by one ordered parallel map whose failures are dropped (ignore_errors);
+  below it a scan sees the numbers that never came, takes their names from the table and
+  reports them (a py_function: rare). A marker that cannot fail follows every
+  MARK_EVERY videos (and ends the stream), so failures are found within that many
+  elements even when nothing after them succeeds. About 0.1 ms of CPU per video on a
+  2-core EPYC, ~1% of a video at 224 px (benchmarks/README.md).
+  One iterator at a time per dataset (training and evaluation make one): the table is
+  shared by the dataset's iterators.
   """
   graph = tf.autograph.experimental.do_not_convert
   traced = tf.function(fn, autograph=False, reduce_retracing=True)
   record_payload = _is_record(ds.element_spec[1][2])
-  out_spec = ds.map(graph(traced)).element_spec  # Built for its spec only, never run.
-  no_names = (tf.zeros([0], tf.string), tf.zeros([0], tf.int64), tf.zeros([0], tf.string))
+  out_spec = ds.map(graph(traced)).element_spec
+  # number -> (file, index as text, a damaged file's note), while in flight.
+  names = tf.lookup.experimental.MutableHashTable(tf.int64, tf.string,
+                                                  tf.constant(['', '', '']))
+  video, marker, end = 0, 1, 2  # What an element is (its tag).
+  blank = _placeholder(ds.element_spec)
+  tagged = ds.map(graph(lambda *e: (tf.constant(video), e)))
+  markers = tf.data.Dataset.from_tensors((tf.constant(marker), blank)).repeat()
+  every = tf.data.Dataset.from_tensor_slices(tf.constant([0] * MARK_EVERY + [1], tf.int64))
+  ds = tf.data.Dataset.choose_from_datasets([tagged, markers], every.repeat(),
+                                            stop_on_empty_dataset=True)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors((tf.constant(end), blank))).enumerate()
 
-  def roll_call(file, index, payload):  # The damage message of a FILE_PROBLEM element.
+  def enter(seq, element):
+    tag, (x, (file, index, payload)) = element
     note = (tf.where(index < 0, payload, tf.constant(b'')) if record_payload
             else tf.constant(b''))
-    return file, index, note
+    put = names.insert(seq[None], tf.stack([file, tf.strings.as_string(index), note])[None])
+    with tf.control_dependencies([put]):
+      return tf.identity(seq), element
 
-  def per_window(x_ds, triple_ds):  # window(): a dataset per component of the element.
-    videos = tf.data.Dataset.zip((x_ds, triple_ds))
-    # One window is mapped in order; windows are mapped in parallel (the interleave).
-    done = videos.enumerate().map(
-        graph(lambda slot, e: (tf.cast(slot, tf.int32), traced(*e), no_names))
-    ).ignore_errors()
-    names = tf.data.Dataset.zip(triple_ds).map(graph(roll_call)).batch(window).map(
-        graph(lambda f, i, n: (tf.constant(-1, tf.int32), _placeholder(out_spec), (f, i, n))))
-    return done.concatenate(names)
+  def attempt(seq, element):
+    tag, args = element
+    out = tf.cond(tag == video, lambda: traced(*args), lambda: _placeholder(out_spec))
+    return seq, tag, out
 
   def count(state, element):
-    """(good reads not yet reported, slots of this window seen) -> (stop, ok, out)."""
-    pending, seen = state
-    slot, out, (files, indices, notes) = element
-    is_roll_call = slot < 0
-    n = tf.shape(files)[0]  # 0 but in a roll call.
-    missing = tf.logical_not(seen[:n])
-    due = tf.logical_and(is_roll_call, tf.logical_or(
-        tf.reduce_any(missing), pending + tf.cast(n, tf.int64) >= REPORT_EVERY))
+    """(next number due, good reads not yet reported) -> (stop, is a video, out)."""
+    expected, pending = state
+    seq, tag, out = element
+    missing = tf.range(expected, seq)
+    n_missing = seq - expected
+    reads = pending + n_missing + tf.cast(tag == video, tf.int64)
+    due = tf.logical_or(n_missing > 0, tf.logical_or(reads >= REPORT_EVERY, tag == end))
 
     def report():
-      stop = tf.py_function(
-          lambda *a: tracker.report_window(*(t.numpy() for t in a), reread=record_payload),
-          [pending, missing, files, indices, notes], tf.bool)
+      found = names.lookup(missing)
+      with tf.control_dependencies([found]):
+        removed = names.remove(missing)
+      with tf.control_dependencies([removed]):
+        stop = tf.py_function(
+            lambda r, p, f: tracker.report_gaps(r.numpy(), p.numpy(), f.numpy(),
+                                                reread=record_payload),
+            [reads, pending, found], tf.bool)
       return tf.ensure_shape(stop, [])
 
     stop = tf.cond(due, report, lambda: tf.constant(False))
-    pending = tf.where(due, tf.constant(0, tf.int64), pending + tf.cast(n, tf.int64))
-    seen = tf.where(is_roll_call, tf.zeros([window], tf.bool),
-                    tf.tensor_scatter_nd_update(seen, [[tf.maximum(slot, 0)]], [True]))
-    return (pending, seen), (stop, tf.logical_not(is_roll_call), out)
+    with tf.control_dependencies([names.remove(seq[None])]):
+      stop = tf.identity(stop)
+    return ((seq + 1, tf.where(due, tf.constant(0, tf.int64), reads)),
+            (stop, tag == video, out))
 
-  ds = ds.window(window).interleave(
-      graph(per_window), block_length=window + 1, num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=True)  # Keeps each window's elements together, its roll call last.
-  ds = ds.scan((tf.constant(0, tf.int64), tf.zeros([window], tf.bool)), graph(count))
+  ds = ds.map(graph(enter))
+  ds = ds.map(graph(attempt), num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True).ignore_errors()
+  ds = ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), graph(count))
   ds = ds.take_while(graph(lambda stop, ok, out: tf.logical_not(stop)))
   return ds.filter(graph(lambda stop, ok, out: ok)).map(graph(lambda stop, ok, out: out))
