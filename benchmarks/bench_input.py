@@ -137,6 +137,28 @@ def unguarded():
     bad_examples.guarded_map, shards.read_records = saved
 
 
+def guard_fixed_cost_us(n: int) -> tuple:
+  """CPU microseconds per element that the bad-example guard adds to a map, measured on a
+  per-element function that does nothing (so nothing else varies): (guarded, plain).
+  Divided by a video's CPU time it is the guard's share, steadier than an A/B of rates."""
+  def source():
+    return tf.data.Dataset.range(n).map(
+        lambda i: (i, (tf.constant('shard'), i, tf.constant(b'record'))))
+  fn = lambda x, triple: x + 1
+  tracker = bad_examples.BadExamples(None, 'bench', None, progress_stream=None)
+  made = {'guarded': lambda: bad_examples.guarded_map(source(), fn, tracker),
+          'plain': lambda: source().map(tf.function(fn), num_parallel_calls=tf.data.AUTOTUNE,
+                                        deterministic=True)}
+  cost = {k: [] for k in made}
+  for _ in range(3):
+    for k, make in made.items():
+      ds, start = make().batch(256), time.process_time()
+      for _ in ds:
+        pass
+      cost[k].append(1e6 * (time.process_time() - start) / n)
+  return statistics.median(cost['guarded']), statistics.median(cost['plain'])
+
+
 def _built_unguarded(make_iter):
   def make():
     with unguarded():
@@ -316,6 +338,10 @@ def main(argv=None):
     print(f'{v:17s} {stats(rates[v], rates.get("decode_only"))}   '
           f'   {stats(cpu_rates[v], cpu_rates.get("decode_only"))}   '
           + ('       -' if args.no_rss else f'{peaks[v]:8.0f}'))
+  guarded_us, plain_us = guard_fixed_cost_us(2000 if args.quick else 20000)
+  print(f'guard fixed cost: {guarded_us - plain_us:.0f} us of CPU per video '
+        f'({guarded_us:.0f} guarded vs {plain_us:.0f} plain, per element of a function '
+        f'that does nothing; median of 3)')
   for v in variants:
     if v.endswith('/unguarded') and v[:-len('/unguarded')] in rates:
       paired = [g / u for g, u in zip(rates[v[:-len('/unguarded')]], rates[v])]
