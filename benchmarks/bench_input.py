@@ -339,7 +339,7 @@ def main(argv=None):
           f'   {stats(cpu_rates[v], cpu_rates.get("decode_only"))}   '
           + ('       -' if args.no_rss else f'{peaks[v]:8.0f}'))
   guarded_us, plain_us = guard_fixed_cost_us(2000 if args.quick else 20000)
-  print(f'guard fixed cost: {guarded_us - plain_us:.0f} us of CPU per video '
+  print(f'\nguard fixed cost: {guarded_us - plain_us:.0f} us of CPU per video '
         f'({guarded_us:.0f} guarded vs {plain_us:.0f} plain, per element of a function '
         f'that does nothing; median of 3)')
   for v in variants:

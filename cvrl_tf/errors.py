@@ -38,5 +38,5 @@ class TooManyBadExamples(DataProblem):
 
 
 class InputEnded(DataProblem):
-  """The training input ended before the last step: under MultiWorkerMirroredStrategy,
-  another worker's input stopped on bad examples (all workers end their input together)."""
+  """The training input ended before the last step (it must be endless): a finite
+  dataset, or a worker whose videos all fail (runtime/train_loop.py)."""

@@ -112,8 +112,9 @@ def atomic_write(path: str, data, mode: str = 'w') -> str:
   Why: a reader (a resumed run, a concurrent evaluation) sees the old file or the new
   one, never a part. The temp file beside `path` has a name of its own per call, so two
   processes writing the same file do not write into each other's temp file (the last
-  rename wins), and it is removed when the write fails. One a killed process left
-  (SIGKILL runs no clean-up) goes with the next write of the same file (_sweep_stale).
+  rename wins), and it is removed when the write fails. On a local disk, one a killed
+  process left (SIGKILL runs no clean-up) goes with the next write of the same file
+  (_sweep_stale).
   """
   if mode not in ('w', 'wb'):
     raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
@@ -127,7 +128,6 @@ def atomic_write(path: str, data, mode: str = 'w') -> str:
         f.flush()
         os.fsync(f.fileno())  # The data is on disk before the rename makes it visible.
       os.replace(tmp, path)
-      _sweep_stale(path)
     else:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       with tf.io.gfile.GFile(tmp, mode) as f:
@@ -136,6 +136,8 @@ def atomic_write(path: str, data, mode: str = 'w') -> str:
   except BaseException:
     _remove_quietly(tmp, local)
     raise
+  if local:
+    _sweep_stale(path)
   return path
 
 
@@ -147,14 +149,13 @@ def _sweep_stale(path: str) -> None:
   that is gone from this machine, untouched for STALE_AFTER_S (so a writer on another
   machine sharing the folder, whose pid means nothing here, keeps its file)."""
   for tmp in glob.glob(glob.escape(path) + '.tmp-*-*'):
-    pid = tmp[len(path) + len('.tmp-'):].split('-', 1)[0]
-    if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-      continue
     try:
-      if time.time() - os.path.getmtime(tmp) > STALE_AFTER_S:
+      pid = int(tmp[len(path) + len('.tmp-'):].split('-', 1)[0])
+      if (pid != os.getpid() and not _alive(pid) and
+          time.time() - os.path.getmtime(tmp) > STALE_AFTER_S):
         os.remove(tmp)
-    except OSError:
-      pass  # Gone already, or not ours to remove.
+    except (ValueError, OverflowError, OSError):
+      pass  # Not one of ours, gone already, or not ours to remove.
 
 
 def _alive(pid: int) -> bool:

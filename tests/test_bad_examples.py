@@ -134,9 +134,10 @@ def _eval_ids(files, tracker):
   return sorted(set(ids)), len(ids)
 
 
-def _guarded(n, bad, limit):
+def _guarded(n, bad, limit, end_input=True):
   """guarded_map over n elements (x = i, (file, i, record)) whose fn fails on `bad`."""
-  tracker = bad_examples.BadExamples(None, 'train', limit, progress_stream=None)
+  tracker = bad_examples.BadExamples(None, 'train', limit, progress_stream=None,
+                                     end_input=end_input)
   files = tf.constant(['f'] * n)
   ds = tf.data.Dataset.from_tensor_slices((tf.range(n, dtype=tf.int64), (
       files, tf.range(n, dtype=tf.int64), tf.constant([b'rec'] * n))))
@@ -168,6 +169,31 @@ def test_guarded_map_keeps_order_and_names_each_failure():
   # Nothing good after the failures (found by the markers that follow every 16 videos).
   out, tracker = _guarded(40, set(range(3, 40)), bad_examples.Limit(0.0, 2))
   assert out == [0, 10, 20] and tracker.reads == 6 and tracker.bad_reads == 3
+  # Multi-worker (end_input=False): past the limit the stream goes on, every read counted,
+  # until the workers agree to stop; unless nothing good comes any more (a worker whose
+  # videos all fail would never reach that step): then it ends after STARVED_AFTER.
+  out, tracker = _guarded(40, bad, bad_examples.Limit(0.0, 2), end_input=False)
+  assert out == [10 * i for i in range(40) if i not in bad]
+  assert tracker.error and tracker.reads == 40 and tracker.bad_reads == len(bad)
+  out, tracker = _guarded(400, set(range(400)), bad_examples.Limit(0.0, 2),
+                          end_input=False)
+  assert out == [] and tracker.reads == tracker.bad_reads == bad_examples.STARVED_AFTER
+
+
+def test_a_failure_before_the_guard_is_counted_and_said_not_a_crash():
+  # E.g. a read error inside a TFDS source: the element never gets a name.
+  tracker = bad_examples.BadExamples(None, 'train', None, progress_stream=None)
+  ds = tf.data.Dataset.range(20).map(lambda i: (i, (tf.constant('f'), i, tf.constant(b''))))
+  ds = ds.map(lambda x, t: _fail_on(x, 7, t))
+  out = list(bad_examples.guarded_map(ds, lambda x, t: x, tracker).as_numpy_iterator())
+  assert out == [i for i in range(20) if i != 7] and tracker.bad_reads == 1
+  (entry,) = tracker.examples
+  assert entry['shard'] == '(input before the guard)' and 'TFDS' in entry['reason']
+
+
+def _fail_on(x, value, triple):
+  with tf.control_dependencies([tf.debugging.Assert(tf.not_equal(x, value), [x])]):
+    return tf.identity(x), triple
 
 
 def test_eval_keeps_every_good_video_and_names_every_bad_one(shards, tmp_path):

@@ -130,12 +130,15 @@ def test_input_quick(runs):
   out = runs['bench_input.py'].output()
   lines = out.splitlines()
   header = next(i for i, l in enumerate(lines) if l.startswith('variant '))
-  names = [l.split()[0] for l in lines[header + 1:] if l.strip()]
+  table = lines[header + 1:]
+  table = table[:table.index('')] if '' in table else table
+  names = [l.split()[0] for l in table]
   assert names == ['decode_only', 'defer=resize', 'resize/c456', 'resize/cNone',
                    'defer=colour/u8', 'defer=none', 'step:resize+col', 'step:colour',
                    'classify', 'classify/resize', 'eval'], out
   for line in lines[header + 1:header + 1 + len(names)]:
     assert float(line.split()[1]) > 0, line
+  assert re.search(r'^guard fixed cost: -?\d+ us of CPU per video', out, re.M), out
 
 
 def test_train_step_quick_covers_bf16_and_xla(runs):

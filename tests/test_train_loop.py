@@ -92,8 +92,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_an_input_that_ends_early_is_an_error_not_a_finished_run(tmp_path):
-  # 3 batches for 10 steps: what a worker sees when another worker's input stopped on
-  # bad examples (the distributed iterator ends every worker's input together).
+  # 3 batches for 10 steps: a finite training input (or a worker whose videos all fail,
+  # which ends its input past the limit).
   finite = lambda start: _data(start).take(3)
   with pytest.raises(errors.InputEnded, match=r'ended at step 3 of 10 .*re-run the same'):
     train_loop.fit_resumable(_model(), finite, str(tmp_path), total_steps=10,

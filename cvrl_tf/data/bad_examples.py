@@ -14,7 +14,8 @@ keeps the list in <model_dir>/bad_examples.json (atomically rewritten, one secti
 stage) and counts reads. When the bad reads
 exceed both `max_fraction` of the reads and `min_count` (gin: bad_examples.max_fraction,
 bad_examples.min_count), the pipeline ends and the run stops with
-errors.TooManyBadExamples; checkpoints are untouched, a re-run resumes.
+errors.TooManyBadExamples; checkpoints are untouched, a re-run resumes. (Multi-worker:
+the pipeline goes on and the workers agree on the stop: runtime/train_loop.py.)
 The py_function keeps such a pipeline in this process (no tf.data service).
 """
 
@@ -35,6 +36,7 @@ from cvrl_tf.data import record_check
 FILE = 'bad_examples.json'
 REPORT_EVERY = 64  # Reads are passed to Python in bunches: no py_function per video.
 MARK_EVERY = 16  # guarded_map: a marker after every this many videos (see there).
+STARVED_AFTER = 256  # Bad reads in a row that end the input past the limit, whatever.
 REWRITE_EVERY_S = 60.0  # bad_examples.json: at once for a new example, else at most this often.
 _FILE_LOCK = threading.Lock()  # Trackers of one process share the file.
 
@@ -79,6 +81,7 @@ class BadExamples:
     self.path = os.path.join(model_dir, FILE) if model_dir else None
     self.stage, self.limit, self.need_label = stage, limit, need_label
     self.end_input = end_input
+    self._bad_in_a_row = 0
     self._stream = progress_lib.resolve_stream(progress_stream)
     self._lock = threading.Lock()
     self.reads = self.bad_reads = 0
@@ -100,18 +103,27 @@ class BadExamples:
     """Adds `reads` reads and the bad examples among them, each (its place among the
     reads, 1-based; shard; index; a function giving its record, called only for an
     example not seen before), in order; True: stop (the reads after the one that crossed
-    the limit are not counted: the stream ends there)."""
+    the limit are not counted: the stream ends there).
+
+    Without end_input (multi-worker) the stream goes on past the limit until the workers
+    agree to stop, unless it starves: STARVED_AFTER bad reads in a row past the limit end
+    it anyway (a worker whose videos all fail would never reach the next step)."""
     with self._lock:
       counted = 0
       for at, shard, index, record in bad:
         self.reads += int(at) - counted
+        self._bad_in_a_row = 1 + (self._bad_in_a_row if int(at) == counted + 1 else 0)
         counted = int(at)
         self.bad_reads += 1
         self._add(shard, int(index), record)
         if (self.error is None and self.limit is not None and
             self.limit.exceeded(self.bad_reads, self.reads)):
           self.error = errors.TooManyBadExamples(self._limit_message())  # Raised later.
-          return self.end_input
+        if self.error is not None and (
+            self.end_input or self._bad_in_a_row >= STARVED_AFTER):
+          return True
+      if int(reads) > counted:
+        self._bad_in_a_row = 0
       self.reads += int(reads) - counted
       return self.error is not None and self.end_input
 
@@ -123,8 +135,13 @@ class BadExamples:
       if index < 0 or not reread:
         return lambda: note
       return lambda: record_check.read_record(file.decode('utf-8', 'replace'), index)
-    named = [(int(earlier_reads) + k + 1, f.decode('utf-8', 'replace'), int(i),
-              record_of(f, int(i), n)) for k, (f, i, n) in enumerate(bad)]
+    def name(file: bytes, index: bytes, note: bytes):
+      if not file:  # No name in the table: the input failed before the guard saw it.
+        return ('(input before the guard)', -1, lambda: (
+            b'the input failed before this element reached the guard (e.g. a read error '
+            b'in a TFDS source, or two iterators of one dataset at once)'))
+      return (file.decode('utf-8', 'replace'), int(index), record_of(file, int(index), note))
+    named = [(int(earlier_reads) + k + 1, *name(*row)) for k, row in enumerate(bad)]
     return self.report(int(reads), named)
 
   def _add(self, shard: str, index: int, record: Callable[[], bytes]) -> None:

@@ -15,8 +15,10 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
 - Bad input (data/bad_examples.py): the count of skipped examples is a TensorBoard
   scalar and part of the progress line; past the tracker's limit the input ends, training
   stops and errors.TooManyBadExamples is raised, the last checkpoint again the latest.
-  Under MultiWorkerMirroredStrategy the workers' inputs end together (the distributed
-  iterator agrees on the end), so the other workers stop too, with errors.InputEnded.
+  Under MultiWorkerMirroredStrategy the input goes on and the workers agree at each log
+  step whether any is past its limit (`any_worker`); then all stop at that step, the
+  others with an error pointing at that worker's list. An input that ends before the
+  last step raises errors.InputEnded.
 - Under MultiWorkerMirroredStrategy every worker saves (saving is collective), but only
   the chief writes into `model_dir`; the others write to model_dir/.scratch/<task> (kept:
   a worker's bad_examples.json is there).
@@ -270,8 +272,10 @@ def fit_resumable(model: tf_keras.Model,
 
   `make_dataset(start_step)` returns the (distributed) dataset to read from; it is called
   once, after restoring, with the step training resumes at. Returns the last logged
-  metrics. Raises NonFiniteLossError on a NaN/Inf loss, and errors.TooManyBadExamples
-  when the input's `bad_examples` tracker (data/bad_examples.BadExamples) stopped it.
+  metrics. Raises NonFiniteLossError on a NaN/Inf loss, errors.TooManyBadExamples
+  when the input's `bad_examples` tracker (data/bad_examples.BadExamples) stopped it (or,
+  under MultiWorkerMirroredStrategy, another worker's), and errors.InputEnded when the
+  input ended before the last step.
   `monitors` (see Monitor) add their numbers to the logs of the steps they run at.
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
@@ -314,8 +318,10 @@ def fit_resumable(model: tf_keras.Model,
   if callback.peer_stop_step is not None:
     raise errors.TooManyBadExamples(
         f'another worker stopped training at step {callback.peer_stop_step}: more of its '
-        f'examples than the limit could not be used; its log and '
-        f'{os.path.join(model_dir, ".scratch", "*", "bad_examples.json")} name them. '
+        f'examples than the limit could not be used; its log and its bad_examples.json '
+        f'({os.path.join(model_dir, "bad_examples.json")} for the chief, '
+        f'{os.path.join(model_dir, ".scratch", "*", "bad_examples.json")} for the others) '
+        f'name them. '
         f'Replace or remove those shards (cvrl_inspect finds every bad example), then '
         f're-run the same command on every worker to resume from '
         f'{manager.latest_checkpoint or "the start"}.')
@@ -334,10 +340,9 @@ def fit_resumable(model: tf_keras.Model,
 def _input_ended_message(step: int, total: int, model_dir: str, latest: Optional[str],
                          strategy) -> str:
   """Why training stopped early with no error of its own: its input ended."""
-  where = ('another worker stopped on bad examples: its log and '
-           f'{os.path.join(model_dir, ".scratch", "*", "bad_examples.json")} name them'
-           if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else
-           'a training input must be endless (repeated)')
+  where = ('a training input must be endless (repeated); with several workers, a worker '
+           'whose videos all fail ends its input: see each worker\'s log' if
+           is_multi_worker(strategy) else 'a training input must be endless (repeated)')
   return (f'the training input ended at step {step} of {total} ({where}). The last '
           f'checkpoint is {latest or "(none yet)"}; fix the input, then re-run the same '
           f'command to resume from it.')
