@@ -131,16 +131,15 @@ class BadExamples:
     """report() from guarded_map: `reads` reads, `earlier_reads` good ones first, then
     the bad ones, rows (file, index, note) of `bad`. A bad record is read again from its
     shard to be diagnosed (`reread`); a damaged file's note says what happened."""
-    def record_of(file: bytes, index: int, note: bytes):
-      if index < 0 or not reread:
-        return lambda: note
-      return lambda: record_check.read_record(file.decode('utf-8', 'replace'), index)
-    def name(file: bytes, index: bytes, note: bytes):
+    def name(file: bytes, index: bytes, note: bytes):  # -> (shard, index, record fn)
       if not file:  # No name in the table: the input failed before the guard saw it.
         return ('(input before the guard)', -1, lambda: (
             b'the input failed before this element reached the guard (e.g. a read error '
             b'in a TFDS source, or two iterators of one dataset at once)'))
-      return (file.decode('utf-8', 'replace'), int(index), record_of(file, int(index), note))
+      shard, index = file.decode('utf-8', 'replace'), int(index)
+      if index < 0 or not reread:
+        return shard, index, lambda: note
+      return shard, index, lambda: record_check.read_record(shard, index)
     named = [(int(earlier_reads) + k + 1, *name(*row)) for k, row in enumerate(bad)]
     return self.report(int(reads), named)
 
@@ -212,8 +211,8 @@ def guarded_map(ds: tf.data.Dataset, fn: Callable, tracker: BadExamples) -> tf.d
   below it a scan sees the numbers that never came, takes their names from the table and
   reports them (a py_function: rare). A marker that cannot fail follows every
   MARK_EVERY videos (and ends the stream), so failures are found within that many
-  elements even when nothing after them succeeds. About 0.1 ms of CPU per video on a
-  2-core EPYC, ~1% of a video at 224 px (benchmarks/README.md).
+  elements even when nothing after them succeeds. About 0.2 ms of CPU per video on an
+  AMD EPYC (Zen 4), ~1-2% of a video's input work at 224 px (benchmarks/README.md).
   One iterator at a time per dataset (training and evaluation make one): the table is
   shared by the dataset's iterators.
   """

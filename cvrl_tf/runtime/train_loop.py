@@ -35,6 +35,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import errors
+from cvrl_tf.data.bad_examples import FILE as BAD_EXAMPLES_FILE
 from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.runtime import optim
 
@@ -122,8 +123,8 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
     self._stream = progress_stream
     self.bad_step: Optional[int] = None
     self.last_logs: Dict[str, float] = {}
-    self.done_step: Optional[int] = None  # The last step trained (Keras counts one more
-    # in `iterations` when the input ends).
+    # The last step trained (Keras counts one more in `iterations` when the input ends).
+    self.done_step: Optional[int] = None
 
   def on_train_begin(self, logs=None):
     self._start_step = self.done_step = self._step()
@@ -318,9 +319,9 @@ def fit_resumable(model: tf_keras.Model,
   if callback.peer_stop_step is not None:
     raise errors.TooManyBadExamples(
         f'another worker stopped training at step {callback.peer_stop_step}: more of its '
-        f'examples than the limit could not be used; its log and its bad_examples.json '
-        f'({os.path.join(model_dir, "bad_examples.json")} for the chief, '
-        f'{os.path.join(model_dir, ".scratch", "*", "bad_examples.json")} for the others) '
+        f'examples than the limit could not be used; its log and its {BAD_EXAMPLES_FILE} '
+        f'({os.path.join(model_dir, BAD_EXAMPLES_FILE)} for the chief, '
+        f'{os.path.join(model_dir, ".scratch", "*", BAD_EXAMPLES_FILE)} for the others) '
         f'name them. '
         f'Replace or remove those shards (cvrl_inspect finds every bad example), then '
         f're-run the same command on every worker to resume from '
@@ -332,17 +333,12 @@ def fit_resumable(model: tf_keras.Model,
         f'checkpoint is {latest}. Lower the learning rate or check the input data, then '
         f're-run the same command to resume from it.')
   if callback.done_step < total_steps:
-    raise errors.InputEnded(_input_ended_message(callback.done_step, total_steps, model_dir,
-                                                 manager.latest_checkpoint, strategy))
+    why = 'a training input must be endless (repeated)' + (
+        '; with several workers, a worker whose videos all fail ends its input: see each '
+        'worker\'s log' if is_multi_worker(strategy) else '')
+    raise errors.InputEnded(
+        f'the training input ended at step {callback.done_step} of {total_steps} ({why}). '
+        f'The last checkpoint is {manager.latest_checkpoint or "(none yet)"}; fix the '
+        f'input, then re-run the same command to resume from it.')
   return callback.last_logs
 
-
-def _input_ended_message(step: int, total: int, model_dir: str, latest: Optional[str],
-                         strategy) -> str:
-  """Why training stopped early with no error of its own: its input ended."""
-  where = ('a training input must be endless (repeated); with several workers, a worker '
-           'whose videos all fail ends its input: see each worker\'s log' if
-           is_multi_worker(strategy) else 'a training input must be endless (repeated)')
-  return (f'the training input ended at step {step} of {total} ({where}). The last '
-          f'checkpoint is {latest or "(none yet)"}; fix the input, then re-run the same '
-          f'command to resume from it.')
