@@ -3,8 +3,10 @@ bf16 -> float32, metadata, atomic writes and error messages. Tiny R3D-18 (x0.25)
 
 import json
 import os
+import re
 import subprocess
 import sys
+from unittest import mock
 
 from absl import flags
 from absl.testing import flagsaver
@@ -81,8 +83,11 @@ def run(tmp_path_factory):
   tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, 'checkpoints'), 1).save()
   with open(os.path.join(model_dir, 'operative_config.gin'), 'w') as f:
     f.write(GIN)  # Kept in the metadata as text; nothing is read from it.
-  # What experiments.pretrain writes beside the backbone: the head's spec, the clips.
+  # What experiments.pretrain writes beside the backbone: the head's spec, the clips;
+  # and the precision it ran in (run_info.json).
   backbone_io.save_run_specs(model_dir, head.spec(), TRAINING)
+  precision.record(model_dir, precision.PrecisionChoice('mixed_bfloat16', 'auto', 'test'),
+                   'pretrain')
   export_dir = export.export_model_dir(model_dir, str(root / 'hub'),
                                        with_projection_head=True)
   # The fresh-process round trip starts now and runs while the other tests do.
@@ -133,11 +138,78 @@ def test_metadata_and_model_card(run):
   assert metadata['backbone_spec'] == run['spec']
   assert metadata['gin_config'] == GIN
   assert metadata['embedding_dim'] == 128 and metadata['projection_dim'] == 8
-  card = open(os.path.join(run['export_dir'], export.MODEL_CARD)).read()
-  assert 'hub.KerasLayer' in card and 'Trained on 4' in card and '[batch, 128]' in card
+  assert metadata['output'] == {
+      'shape': [None, 128], 'dtype': 'float32', 'description': export.OUTPUT_POOLED,
+      'l2_normalized': False}
+  assert metadata['precision'] == {'weights': 'float32', 'compute': 'float32',
+                                   'trained': 'mixed_bfloat16'}
+  assert metadata['cpu_kernels']['env'] == {'TF_ENABLE_ONEDNN_OPTS': '1'}
   assert not [p for p in os.listdir(run['root']) if '.tmp-' in p or '.old-' in p]
   assert sorted(os.listdir(run['export_dir'])) == [
       'README.md', 'assets', 'fingerprint.pb', 'saved_model.pb', 'variables']
+
+
+def _card(export_dir):
+  with open(os.path.join(export_dir, export.MODEL_CARD)) as f:
+    return f.read()
+
+
+def _flat(card):
+  """The card with its line wrapping undone, to look for phrases."""
+  return ' '.join(card.split())
+
+
+def test_model_card_says_what_the_model_takes_and_gives(run):
+  """The card's figures are the model's: checked against the export itself."""
+  card = _card(run['export_dir'])
+  text = _flat(card)
+  loaded = hub.KerasLayer(run['export_dir'])
+  assert card.startswith('# CVRL video encoder: r3d18, width x0.25\n')
+  # Input: the training clips (4 frames, stride 2, 32 px crops) as a shape the model takes.
+  assert 'float32 `[batch, frames, height, width, 3]`, RGB in [0, 1]' in text
+  assert 'Trained on clips of 4 frames, every 2 stored frames' in text
+  assert 'fps of its videos was not recorded' in text  # target_fps None
+  assert '32 x 32 crops: `[batch, 4, 32, 32, 3]`' in text
+  embedding = loaded(_clips((3, 4, 32, 32, 3), seed=5)).numpy()
+  # Output: its width, and what the card says of its values (pooled ReLU features).
+  width = int(re.search(r'`__call__`: float32 `\[batch, (\d+)\]`', text).group(1))
+  assert embedding.shape == (3, width) == (3, 128)
+  assert '"embedding": [batch, 128]' in text
+  assert 'non-negative); not L2-normalized' in text
+  assert embedding.min() >= 0
+  assert np.abs(np.linalg.norm(embedding, axis=-1) - 1).max() > 0.1
+  assert '(8-d, not normalized)' in text  # the projection head
+  # Precision, and the one variable that makes it fast where TensorFlow leaves oneDNN off.
+  assert 'Weights float32, computes float32 (the run trained in mixed_bfloat16' in text
+  assert '## Fast on AVX2-only CPUs: `TF_ENABLE_ONEDNN_OPTS=1`' in text
+  assert ('Set `TF_ENABLE_ONEDNN_OPTS=1` in the environment before TensorFlow is imported'
+          in text)
+  assert 'Eigen' in text and 'AVX512_BF16' in text
+  # The card's example runs as written (its variable set first, as it says).
+  code = re.search(r'```python\n(.*?)```', card, re.S).group(1)
+  assert code.index("os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')") < code.index(
+      'import tensorflow_hub')
+  scope = dict(EXPORT_DIR=run['export_dir'], clips=_clips((2, 4, 32, 32, 3)), num_classes=3)
+  with mock.patch.dict(os.environ):
+    exec(code, scope)  # pylint: disable=exec-used
+  assert scope['embeddings'].shape == (2, 128)
+  assert scope['model'](scope['clips']).shape == (2, 3)
+
+
+def test_model_card_of_a_resampled_run_and_of_an_unknown_encoder():
+  metadata = export.build_metadata(
+      backbone_io.current_spec(**TINY),
+      {'num_frames': 16, 'frame_stride': 2, 'target_fps': 25, 'crop_size': 224},
+      embedding_dim=512)
+  text = _flat(export._model_card(metadata))  # pylint: disable=protected-access
+  assert 'clips of 16 frames, every 2 frames at 25 fps' in text
+  assert '`cvrl_embed --fps=25`' in text and '`[batch, 16, 224, 224, 3]`' in text
+  assert 'Weights float32, computes float32.' in text  # the run did not say
+  # Nothing recorded: the card says so instead of inventing figures.
+  text = _flat(export._model_card(export.build_metadata()))  # pylint: disable=protected-access
+  assert 'The clips it was trained on were not recorded' in text
+  assert '`[batch, D]`.' in text and 'not L2-normalized' not in text
+  assert 'TF_ENABLE_ONEDNN_OPTS=1' in text
 
 
 def test_run_specs_round_trip_and_missing_ones(run, tmp_path):
@@ -278,6 +350,13 @@ def test_clear_errors_for_bad_model_dirs(run, tmp_path):
 
 
 def test_main_reports_errors_with_exit_code(run, tmp_path, capsys):
+  with flagsaver.flagsaver():
+    flags.FLAGS(['cvrl_export', f'--model_dir={run["model_dir"]}',
+                 f'--export_dir={tmp_path}/ok'])
+    assert export_cli.main([]) == 0
+  out = capsys.readouterr().out
+  assert f'Model card: {tmp_path}/ok/README.md' in out
+  assert 'Set TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow is imported' in out
   with flagsaver.flagsaver():
     flags.FLAGS(['cvrl_export', f'--model_dir={run["model_dir"]}',
                  f'--export_dir={run["export_dir"]}'])

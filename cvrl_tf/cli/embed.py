@@ -1,4 +1,11 @@
-"""`cvrl_embed`: features of any video from an exported encoder (serving/embed.py)."""
+"""`cvrl_embed`: features of any video from an exported encoder (serving/embed.py).
+
+It runs the export on TensorFlow's oneDNN CPU kernels (`import cvrl_tf` sets
+TF_ENABLE_ONEDNN_OPTS=1 unless you set it). Code of your own that loads an export with
+hub.KerasLayer without importing cvrl_tf must set TF_ENABLE_ONEDNN_OPTS=1 itself, before
+TensorFlow is imported: on AVX2-only CPUs TensorFlow's default is Eigen's kernels, many
+times slower (the export's README.md and benchmarks/README.md).
+"""
 
 import os
 import sys
@@ -15,7 +22,11 @@ _FLAGS = [  # (kind, name, default, help); see tool_flags
      'label = first sub-folder) or a CSV of path[,label] rows.'),
     ('string', 'output', None, 'Writes OUTPUT.npy, OUTPUT_index.csv and '
      'OUTPUT_settings.json; re-running with the same output skips what is done.'),
-    ('string', 'hub_model', None, 'Export dir (cvrl_export) or TF Hub handle.'),
+    ('string', 'hub_model', None, 'Export dir (cvrl_export) or TF Hub handle. Runs on '
+     "TensorFlow's oneDNN CPU kernels (cvrl_tf sets TF_ENABLE_ONEDNN_OPTS=1 unless you "
+     'did); to load an export fast in your own code without cvrl_tf, set '
+     "TF_ENABLE_ONEDNN_OPTS=1 before importing TensorFlow (AVX2-only CPUs otherwise get "
+     "Eigen: see the export's README.md)."),
     ('integer', 'num_clips', 10, 'Clips per video, evenly spaced in time (whole-video '
      'features; a window takes as many clips as cover it).'),
     ('integer', 'num_frames', None, 'Frames per clip (default: training).'),

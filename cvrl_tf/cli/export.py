@@ -1,8 +1,12 @@
-"""`cvrl_export`: a pretraining run's backbone as a TF Hub SavedModel (serving/export.py)."""
+"""`cvrl_export`: a pretraining run's backbone as a TF Hub SavedModel (serving/export.py),
+with a model card (README.md) saying how to feed it and how to load it fast without cvrl_tf."""
+
+import os
 
 from cvrl_tf import errors
 from cvrl_tf.cli import failures
 from cvrl_tf.cli import tool_flags
+from cvrl_tf.serving import export
 from cvrl_tf.serving.export import export_model_dir, read_metadata
 
 _FLAGS = [  # (kind, name, default, help); see tool_flags
@@ -27,6 +31,10 @@ def _export(argv, fv) -> int:
   metadata = read_metadata(path)
   print(f'Exported {metadata["architecture"]} ({metadata["embedding_dim"]}-d embedding'
         f'{", projection head" if metadata.get("projection_dim") else ""}) to {path}')
+  env = ' '.join(f'{k}={v}' for k, v in export.CPU_KERNELS['env'].items())
+  print(f'Model card: {os.path.join(path, export.MODEL_CARD)}. Loading it without cvrl_tf '
+        f'on a CPU? Set {env} before TensorFlow is imported (AVX2-only CPUs otherwise get '
+        f"TensorFlow's slow Eigen kernels; the card says why).")
   return 0
 
 

@@ -13,15 +13,18 @@ TF Hub "reusable SavedModel" conventions, so `hub.KerasLayer(path)` (frozen) and
 T, H, W are dynamic. The export always computes in float32, also for a `mixed_bfloat16`
 model: the encoder is rebuilt under the float32 policy and its (float32) weights copied.
 Beside the model: `assets/cvrl_metadata.json` (input convention, training frames /
-stride / crop from the run's backbone/training.json, backbone spec, the run's gin text for
-reference) and a model card
-`README.md`; TF Hub ignores both. Atomic: written to `<export_dir>.tmp-XXXXXXXX`,
-reloaded and checked, then renamed into place.
+stride / fps / crop from the run's backbone/training.json, output, precision, backbone
+spec, the run's gin text for reference) and a model card `README.md` written from it,
+which also names TF_ENABLE_ONEDNN_OPTS=1: a process that loads the export without
+cvrl_tf gets TensorFlow's default kernels, Eigen's on AVX2-only CPUs (many times slower,
+benchmarks/README.md); TF Hub ignores both files. Atomic: written to
+`<export_dir>.tmp-XXXXXXXX`, reloaded and checked, then renamed into place.
 """
 
 import datetime
 import json
 import os
+import textwrap
 import uuid
 from typing import Any, Dict, Optional
 
@@ -29,11 +32,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+import cvrl_tf
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 from cvrl_tf.runtime import config
+from cvrl_tf.runtime import hardware
 from cvrl_tf.runtime import precision
 from cvrl_tf.runtime import train_loop
 
@@ -91,46 +96,131 @@ def read_metadata(export_dir: str) -> Optional[Dict[str, Any]]:
   return files_lib.read_json(os.path.join(export_dir, 'assets', METADATA_FILE))
 
 
-_CARD = """# CVRL video encoder: {architecture}, width x{width}
+# TensorFlow's oneDNN switch: what the card tells a user who loads the export without
+# cvrl_tf (which sets it itself, runtime/hardware.py). Measured: benchmarks/README.md
+# "Exports loaded without cvrl_tf" (bench_export.py).
+CPU_KERNELS = {
+    'env': {hardware.ONEDNN_ENV: '1'},
+    'when': 'before TensorFlow is imported (TensorFlow reads it once, at import)',
+    'why': ("TensorFlow's Linux x86 wheels turn their oneDNN kernels on by default only "
+            'on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX; AVX2-only CPUs (AMD '
+            'before Zen 4, Intel before Cascade Lake / Alder Lake) get Eigen kernels, '
+            'whose 3-D convolutions are many times slower. The features are the same up '
+            'to float32 rounding.'),
+}
+OUTPUT_POOLED = ('global average over time, height and width of the last stage (after its '
+                 'ReLU: non-negative); not L2-normalized')
 
-Self-supervised video encoder (CVRL, Qian et al., CVPR 2021), a TF Hub reusable SavedModel
-written by `cvrl_export`.
 
-Input: float32 clips [batch, frames, height, width, 3], RGB in [0, 1] (uint8 / 255, no
-mean/std normalization); frames, height and width are free. Trained on {num_frames}
-frames, stride {frame_stride} ({stride_unit}), {crop_size} px crops.
+def _output_description(encoder: tf_keras.Model) -> Optional[str]:
+  """What the export returns, from the encoder's last layer: our backbones end in a
+  global average pool; for anything else the card says only the shape."""
+  layers = getattr(encoder, 'layers', None) or [None]
+  return (OUTPUT_POOLED if isinstance(layers[-1], tf_keras.layers.GlobalAveragePooling3D)
+          else None)
 
-Output: `hub.KerasLayer` / `__call__` -> float32 [batch, {dim}] pooled embedding; signature
-`serving_default` -> {{"embedding": [batch, {dim}]}}.{head}
 
-```python
-import tensorflow_hub as hub
-import tf_keras
-encoder = hub.KerasLayer(EXPORT_DIR)                  # frozen, BN in inference mode
-embeddings = encoder(clips)                           # [B, T, H, W, 3] -> [B, {dim}]
-model = tf_keras.Sequential([                         # fine-tuning
-    tf_keras.Input([None, None, None, 3]),
-    hub.KerasLayer(EXPORT_DIR, trainable=True), tf_keras.layers.Dense(num_classes)])
-```
-Whole videos: `cvrl_embed --input=FOLDER --output=PREFIX --hub_model=EXPORT_DIR`.
-`regularization_losses` is empty (CVRL applies weight decay in its train step: add your
-own when fine-tuning). `assets/{metadata_file}`: architecture, training settings, gin.
-"""
+def read_trained_precision(model_dir: str) -> Optional[str]:
+  """The policies the pretraining run computed in (runtime/precision.record's
+  run_info.json), in order, e.g. 'mixed_bfloat16'; None when the run did not say."""
+  starts = (files_lib.read_json(os.path.join(model_dir, precision.RUN_INFO_FILE)) or
+            {}).get('starts', [])
+  policies = []
+  for start in starts:
+    policy = (start.get('precision') or {}).get('policy')
+    if start.get('protocol') == 'pretrain' and policy and policy not in policies:
+      policies.append(policy)
+  return ', then '.join(policies) or None
+
+
+def _value(value, unknown='unknown'):
+  return unknown if value is None else value
+
+
+def _para(text: str, bullet: bool = False) -> str:
+  """A Markdown paragraph (or '- ' item) wrapped at 90 columns, never inside `code`."""
+  parts = text.split('`')
+  parts[1::2] = [p.replace(' ', '\0') for p in parts[1::2]]
+  return textwrap.fill('`'.join(parts), 90, initial_indent='- ' if bullet else '',
+                       subsequent_indent='  ' if bullet else '', break_long_words=False,
+                       break_on_hyphens=False).replace('\0', ' ')
 
 
 def _model_card(metadata: Dict[str, Any]) -> str:
-  training = {k: 'unknown' if v is None else v
-              for k, v in (metadata.get('training') or {}).items()}
-  fps = training.pop('target_fps', 'unknown')
-  stride_unit = 'stored frames' if fps == 'unknown' else f'frames at {fps} fps'
+  """The export's README.md, from its metadata: input, output, precision, how to load it
+  and the one environment variable that makes it fast on AVX2-only CPUs."""
+  training = metadata.get('training') or {}
+  frames, stride = training.get('num_frames'), training.get('frame_stride')
+  crop, fps = training.get('crop_size'), training.get('target_fps')
+  dim = _value(metadata.get('embedding_dim'), 'D')
+  env_name, env_value = next(iter(CPU_KERNELS['env'].items()))
+  if fps:
+    sampling = (f'every {_value(stride)} frames at {fps} fps (the run resampled each video '
+                f'to {fps} fps: sample your clips at that rate, `cvrl_embed --fps={fps}`)')
+  else:
+    sampling = (f"every {_value(stride)} stored frames at each video's own frame rate "
+                '(the run did not resample; the fps of its videos was not recorded)')
+  shape = (f'[batch, {frames}, {crop}, {crop}, 3]' if frames and crop else
+           '[batch, frames, height, width, 3]')
+  output = (metadata.get('output') or {}).get('description')
   head = metadata.get('projection_dim')
-  return _CARD.format(
-      architecture=metadata.get('architecture'), width=metadata.get('width_multiplier'),
-      dim=metadata.get('embedding_dim'), metadata_file=METADATA_FILE,
-      head=(f'\nSignature `{PROJECTION_SIGNATURE}` -> {{"embedding", "projection"}}: the '
-            f'pretraining projection head ({head}-d, not normalized).' if head else ''),
-      stride_unit=stride_unit,
-      **{k: training.get(k, 'unknown') for k in TRAINING_KEYS if k != 'target_fps'})
+  trained = (metadata.get('precision') or {}).get('trained')
+  blocks = [
+      f"# CVRL video encoder: {metadata.get('architecture')}, width "
+      f"x{_value(metadata.get('width_multiplier'))}",
+      _para('Self-supervised video encoder (CVRL, Qian et al., CVPR 2021), a TF Hub '
+            f'reusable SavedModel written by `cvrl_export` (cvrl_tf '
+            f"{metadata.get('cvrl_tf_version')}, TensorFlow "
+            f"{metadata.get('tensorflow_version')}, {metadata.get('created')})."),
+      '## Input\n' + '\n'.join([
+          _para('`clips`: float32 `[batch, frames, height, width, 3]`, RGB in [0, 1] '
+                '(uint8 / 255, no mean/std normalization). Batch, frames, height and '
+                'width are free.', bullet=True),
+          _para(f'Trained on clips of {_value(frames)} frames, {sampling}, '
+                f'{_value(crop)} x {_value(crop)} crops: `{shape}`.' if frames else
+                'The clips it was trained on were not recorded (backbone/training.json '
+                'is missing: a run from before it existed, or not a CVRL run).',
+                bullet=True)]),
+      '## Output\n' + '\n'.join([
+          _para(f'`hub.KerasLayer` / `__call__`: float32 `[batch, {dim}]`' +
+                (f', the {output}. CVRL\'s protocols L2-normalize it before a linear '
+                 'classifier or k-NN: do the same for cosine similarity.' if output
+                 else '.'), bullet=True),
+          _para(f'signature `serving_default`: clips -> {{"embedding": [batch, {dim}]}}.',
+                bullet=True)] +
+          ([_para(f'signature `{PROJECTION_SIGNATURE}`: clips -> {{"embedding", '
+                  f'"projection"}}, the pretraining projection head ({head}-d, not '
+                  'normalized).', bullet=True)] if head else [])),
+      '## Precision\n' + _para(
+          'Weights float32, computes float32' +
+          (f' (the run trained in {trained}: its variables were float32 and are copied '
+           'unchanged).' if trained and trained != 'float32' else '.')),
+      f"""## Load it
+```python
+import os
+os.environ.setdefault('{env_name}', '{env_value}')  # before TensorFlow is imported: see below
+import tensorflow_hub as hub
+import tf_keras
+
+encoder = hub.KerasLayer(EXPORT_DIR)          # frozen, BN in inference mode
+embeddings = encoder(clips)                   # {shape} -> [batch, {dim}]
+model = tf_keras.Sequential([                 # fine-tuning
+    tf_keras.Input([None, None, None, 3]),
+    hub.KerasLayer(EXPORT_DIR, trainable=True), tf_keras.layers.Dense(num_classes)])
+```
+""" + _para('`regularization_losses` is empty (CVRL applies weight decay in its train '
+            'step: add your own when fine-tuning). Whole videos: `cvrl_embed '
+            '--input=FOLDER --output=PREFIX --hub_model=EXPORT_DIR`.'),
+      f'## Fast on AVX2-only CPUs: `{env_name}={env_value}`\n' + _para(
+          f'Set `{env_name}={env_value}` in the environment {CPU_KERNELS["when"]}: '
+          f'setting it later, even before loading the model, changes nothing. '
+          f'{CPU_KERNELS["why"]} For example `{env_name}={env_value} python '
+          f"my_script.py`. cvrl_tf's own tools (`cvrl_embed`, `cvrl_train`) set it "
+          f'themselves; `{env_name}=0` forces Eigen.'),
+      _para(f'`assets/{METADATA_FILE}`: the above as JSON, with the backbone spec and the '
+            "run's gin config."),
+  ]
+  return '\n\n'.join(blocks) + '\n'
 
 
 # --------------------------------------------------------------------------- float32
@@ -294,8 +384,18 @@ def export_encoder(encoder: tf_keras.Model,
                             f'replace it even with --overwrite.')
   metadata = {**build_metadata(), **(metadata or {})}
   metadata['architecture'] = metadata['architecture'] or encoder.name
+  trained = (metadata.get('precision') or {}).get('trained')
+  if trained is None and not _computes_float32(encoder):
+    trained = getattr(encoder.dtype_policy, 'name', None)
   encoder = float32_encoder(encoder, metadata.get('backbone_spec'))
   embedding_dim = int(encoder.output_shape[-1])
+  description = _output_description(encoder)
+  metadata.update(
+      output={'shape': [None, embedding_dim], 'dtype': 'float32',
+              'description': description,
+              'l2_normalized': False if description else None},
+      precision={'weights': 'float32', 'compute': 'float32', 'trained': trained},
+      cpu_kernels=CPU_KERNELS)
   if projection_head is not None:
     projection_head = float32_head(projection_head, embedding_dim)
     metadata['projection_dim'] = int(
@@ -305,7 +405,7 @@ def export_encoder(encoder: tf_keras.Model,
       signatures=['serving_default'] + ([PROJECTION_SIGNATURE] if projection_head else []),
       regularization_losses='none: weight decay is applied by the CVRL train step',
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      tensorflow_version=tf.__version__)
+      tensorflow_version=tf.__version__, cvrl_tf_version=cvrl_tf.__version__)
   tmp = f'{export_dir}.tmp-{uuid.uuid4().hex[:8]}'
   try:
     root, signatures = _hub_object(encoder, projection_head)
@@ -340,5 +440,6 @@ def export_model_dir(model_dir: str, export_dir: str, with_projection_head: bool
                             read_gin_text(model_dir),
                             source_model_dir=os.path.abspath(model_dir),
                             backbone_checkpoint=backbone_io.latest_backbone(model_dir),
-                            imported_from=backbone_io.read_source(model_dir))
+                            imported_from=backbone_io.read_source(model_dir),
+                            precision={'trained': read_trained_precision(model_dir)})
   return export_encoder(encoder, export_dir, metadata, head, overwrite, verify)
