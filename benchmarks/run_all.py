@@ -11,7 +11,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ('bench_convert.py', 'bench_input.py', 'bench_train_step.py',
-              'bench_e2e.py', 'bench_gather.py', 'bench_demo_step.py', 'bench_embed.py')
+              'bench_e2e.py', 'bench_gather.py', 'bench_demo_step.py', 'bench_embed.py',
+              'bench_export.py')
 
 
 def main(argv):

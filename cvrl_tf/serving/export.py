@@ -16,9 +16,10 @@ Beside the model: `assets/cvrl_metadata.json` (input convention, training frames
 stride / fps / crop from the run's backbone/training.json, output, precision, backbone
 spec, the run's gin text for reference) and a model card `README.md` written from it,
 which also names TF_ENABLE_ONEDNN_OPTS=1: a process that loads the export without
-cvrl_tf gets TensorFlow's default kernels, Eigen's on AVX2-only CPUs (many times slower,
-benchmarks/README.md); TF Hub ignores both files. Atomic: written to
-`<export_dir>.tmp-XXXXXXXX`, reloaded and checked, then renamed into place.
+cvrl_tf gets TensorFlow's default kernels, Eigen's on AVX2-only CPUs (2.3-3.4x fewer
+clips/s for the demo encoder, training steps 22-32x slower: benchmarks/README.md); TF Hub
+ignores both files. Atomic: written to `<export_dir>.tmp-XXXXXXXX`, reloaded and checked,
+then renamed into place.
 """
 
 import datetime
@@ -104,9 +105,11 @@ CPU_KERNELS = {
     'when': 'before TensorFlow is imported (TensorFlow reads it once, at import)',
     'why': ("TensorFlow's Linux x86 wheels turn their oneDNN kernels on by default only "
             'on CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX; AVX2-only CPUs (AMD '
-            'before Zen 4, Intel before Cascade Lake / Alder Lake) get Eigen kernels, '
-            'whose 3-D convolutions are many times slower. The features are the same up '
-            'to float32 rounding.'),
+            'before Zen 4, Intel before Cascade Lake / Alder Lake) get Eigen kernels '
+            "instead. On cvrl_tf's demo encoder Eigen gave 2.3-3.4x fewer clips/s when "
+            'embedding and 22-32x slower training steps (fine-tuning) than oneDNN\'s AVX2 '
+            "kernels (cvrl_tf's benchmarks/README.md). The features are the same up to "
+            'float32 rounding.'),
 }
 OUTPUT_POOLED = ('global average over time, height and width of the last stage (after its '
                  'ReLU: non-negative); not L2-normalized')
