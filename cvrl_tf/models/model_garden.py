@@ -13,10 +13,19 @@ Model Garden's ResNet3D fixes what our build_backbone leaves free (bottleneck bl
 `model_garden_settings` turns one of our specs into its arguments or says what stands
 in the way. The projection head: Model Garden's hidden Dense layers have a bias, ours
 none (the BN after it has an offset): the bias is folded into the BN's moving mean,
-exact in inference (BN(Wx + b) with mean m is BN(Wx) with mean m - b) and irrelevant in
-training, where the batch mean absorbs it.
+exact in inference up to one rounding (BN(Wx + b) with mean m is BN(Wx) with mean m - b)
+and irrelevant in training, where the batch mean absorbs it.
+
+What no weight records (batch-norm epsilon and momentum, strides in time, the stem pool)
+comes from the Model Garden experiment a checkpoint was trained with: `experiment_settings`
+reads them off the exp_factory config with the released yaml's overrides, never off the
+config classes' defaults (the NormActivation dataclass has epsilon 1e-3, momentum 0.99;
+the video experiments the release used set 1e-5 and 0.9). `float32_bound` is how close
+two float32 evaluations of one network are expected to be.
 """
 
+import dataclasses
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,8 +33,7 @@ import tf_keras
 
 from cvrl_tf.models import r3d
 
-# Settings of the released CVRL checkpoints that no weight shape records (their configs
-# in Model Garden's video_ssl project): strides in time and the stem's conv type.
+# Settings of the CVRL R3D that Model Garden's ResNet3D hard-codes or that we keep fixed.
 STEM_TYPE = 'v0'
 TEMPORAL_STRIDES = 1
 _FIXED = {  # our spec key -> the value Model Garden's ResNet3D hard-codes
@@ -35,27 +43,272 @@ _FIXED = {  # our spec key -> the value Model Garden's ResNet3D hard-codes
 }
 
 
-def norm_defaults() -> Dict[str, Dict[str, float]]:
-  """BN momentum / epsilon of Model Garden's configs: backbone and projection head.
+# --------------------------------------------------------------------------- experiments
+# The released checkpoints were trained (and evaluated) by Model Garden experiments: an
+# exp_factory config of tf-models-official plus the overrides of a yaml file in the
+# tensorflow/models repository, EXPERIMENTS_DIR, which tf-models-official does not ship.
+# Their `task.model` parts, value for value (the rest of the yaml is data and schedule;
+# README section 5 compares the linear-evaluation one with our configs):
+EXPERIMENTS_DIR = 'tensorflow/models official/projects/video_ssl/configs/experiments'
+PRETRAIN_YAML = 'cvrl_pretrain_k600_200ep.yaml'
+LINEAR_EVAL_YAML = 'cvrl_linear_eval_k600.yaml'
+_CVRL_RESNET_3D = {
+    'model_id': 50,
+    'stem_conv_temporal_kernel_size': 5,
+    'stem_conv_temporal_stride': 2,
+    'stem_pool_temporal_stride': 1,
+    'block_specs': [
+        {'temporal_kernel_sizes': [1, 1, 1], 'temporal_strides': 1,
+         'use_self_gating': False},
+        {'temporal_kernel_sizes': [1, 1, 1, 1], 'temporal_strides': 1,
+         'use_self_gating': False},
+        {'temporal_kernel_sizes': [3, 3, 3, 3, 3, 3], 'temporal_strides': 1,
+         'use_self_gating': False},
+        {'temporal_kernel_sizes': [3, 3, 3], 'temporal_strides': 1,
+         'use_self_gating': False},
+    ],
+}
+YAML_MODEL_OVERRIDES = {
+    PRETRAIN_YAML: {'dropout_rate': 1.0,
+                    'norm_activation': {'use_sync_bn': True},
+                    'hidden_norm_activation': {'use_sync_bn': True},
+                    'backbone': {'resnet_3d': _CVRL_RESNET_3D}},
+    LINEAR_EVAL_YAML: {'dropout_rate': 1.0,
+                       'norm_activation': {'use_sync_bn': False},
+                       'backbone': {'resnet_3d': _CVRL_RESNET_3D}},
+}
 
-  The released CVRL configs leave them at these defaults, so the checkpoints were
-  trained (and must be evaluated) with them: epsilon 1e-3 in the backbone.
-  """
-  from official.projects.video_ssl.configs import video_ssl  # pylint: disable=g-import-not-at-top
-  model = video_ssl.VideoSSLModel()
-  return {part: {'bn_momentum': float(norm.norm_momentum),
-                 'bn_epsilon': float(norm.norm_epsilon)}
-          for part, norm in (('backbone', model.norm_activation),
-                             ('head', model.hidden_norm_activation))}
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+  """A released checkpoint: the experiment whose settings it needs, and its origin."""
+  experiment: str   # exp_factory name (tf-models-official)
+  yaml: str         # the released yaml whose task.model overrides apply
+  trained: str      # how the weights came about
 
 
-def released_training() -> Dict[str, Any]:
-  """Clips of the released pretraining (video_ssl_pretrain_kinetics400): training.json."""
-  from official.projects.video_ssl.configs import video_ssl  # pylint: disable=g-import-not-at-top
-  data = video_ssl.video_ssl_pretrain_kinetics400().task.train_data
-  return {'num_frames': int(data.feature_shape[0]),
-          'frame_stride': int(data.temporal_stride),
-          'target_fps': None, 'crop_size': int(data.feature_shape[1])}
+RELEASES = {
+    'imagenet': Release(
+        'video_ssl_linear_eval_kinetics600', LINEAR_EVAL_YAML,
+        'a 2D ResNet-50 trained on ImageNet, inflated to R3D-50 outside video_ssl; its '
+        'released numbers come from video_ssl\'s linear evaluation, this experiment'),
+    'r3d_1x_k400_200ep': Release(
+        'video_ssl_pretrain_kinetics400', PRETRAIN_YAML,
+        'CVRL pretraining on Kinetics-400, 200 epochs (no K400 yaml was released: the '
+        'K600 yaml\'s model part, on the K400 experiment, whose model is the same)'),
+    'r3d_1x_k400_800ep': Release(
+        'video_ssl_pretrain_kinetics400', PRETRAIN_YAML,
+        'CVRL pretraining on Kinetics-400, 800 epochs (model part of the K600 yaml, as '
+        'for 200 epochs)'),
+    'r3d_1x_k600_800ep': Release(
+        'video_ssl_pretrain_kinetics600', PRETRAIN_YAML,
+        'CVRL pretraining on Kinetics-600, 800 epochs (the released yaml is the '
+        '200-epoch one: the length differs, not the model)'),
+}
+# A checkpoint under none of the released names: video_ssl's pretraining experiment, whose
+# settings the four releases share (tests/test_model_garden.py checks that they do).
+OTHER = 'video_ssl_pretrain'
+_ALL = {**RELEASES, OTHER: Release('video_ssl_pretrain_kinetics600', PRETRAIN_YAML,
+                                   'not a released file name: the settings of '
+                                   'video_ssl\'s CVRL pretraining')}
+
+# Settings a flag may replace (flag name -> settings key): a checkpoint trained from
+# another config. The architecture flags (--backbone, --temporal_kernel_sizes) are apart.
+FLAG_SETTINGS = {
+    'bn_epsilon': 'norm_epsilon',
+    'bn_momentum': 'norm_momentum',
+    'head_bn_epsilon': 'hidden_norm_epsilon',
+    'head_bn_momentum': 'hidden_norm_momentum',
+    'stem_conv_temporal_stride': 'stem_conv_temporal_stride',
+    'stem_pool_temporal_stride': 'stem_pool_temporal_stride',
+}
+
+
+def release_in(names: Sequence[str]) -> Optional[str]:
+  """The released checkpoint whose name one of `names` (file or folder names, e.g.
+  'r3d_1x_k400_800ep.tar.gz', 'r3d_1x_k600_800ep_backbone-1') starts with, or None."""
+  for name in names:
+    for release in sorted(RELEASES, key=len, reverse=True):
+      if name.startswith(release):
+        return release
+  return None
+
+
+def experiment_config(release: str):
+  """Model Garden's ExperimentConfig of `release` (a RELEASES key or OTHER): the
+  exp_factory config with the released yaml's task.model overrides."""
+  # pylint: disable=g-import-not-at-top
+  from official.core import exp_factory
+  from official.projects.video_ssl.configs import video_ssl  # registers the experiments
+  # pylint: enable=g-import-not-at-top
+  del video_ssl
+  entry = _ALL[release]
+  config = exp_factory.get_exp_config(entry.experiment)
+  config.override({'task': {'model': YAML_MODEL_OVERRIDES[entry.yaml]}}, is_strict=True)
+  return config
+
+
+def experiment_settings(release: str) -> Dict[str, Any]:
+  """What the experiment of `release` sets for everything a checkpoint does not record
+  (read off the config, not the config classes' defaults), as plain data."""
+  if release not in _ALL:
+    raise ValueError(f'unknown release {release!r}; known: {", ".join(RELEASES)} '
+                     f'(or {OTHER})')
+  config = experiment_config(release)
+  model, data = config.task.model, config.task.train_data
+  resnet = model.backbone.resnet_3d
+  specs = resnet.block_specs
+  return {
+      'release': release,
+      'experiment': _ALL[release].experiment,
+      'yaml': _ALL[release].yaml,
+      'trained': _ALL[release].trained,
+      'backbone_type': model.backbone.type,
+      'model_id': int(resnet.model_id),
+      'stem_type': resnet.stem_type,
+      'stem_conv_temporal_kernel_size': int(resnet.stem_conv_temporal_kernel_size),
+      'stem_conv_temporal_stride': int(resnet.stem_conv_temporal_stride),
+      'stem_pool_temporal_stride': int(resnet.stem_pool_temporal_stride),
+      'temporal_kernel_sizes': [[int(k) for k in b.temporal_kernel_sizes] for b in specs],
+      'temporal_strides': [int(b.temporal_strides) for b in specs],
+      'use_self_gating': [bool(b.use_self_gating) for b in specs],
+      'se_ratio': float(resnet.se_ratio),
+      'stochastic_depth_drop_rate': float(resnet.stochastic_depth_drop_rate),
+      'activation': model.norm_activation.activation,
+      'norm_epsilon': float(model.norm_activation.norm_epsilon),
+      'norm_momentum': float(model.norm_activation.norm_momentum),
+      'use_sync_bn': bool(model.norm_activation.use_sync_bn),
+      'hidden_activation': model.hidden_norm_activation.activation,
+      'hidden_norm_epsilon': float(model.hidden_norm_activation.norm_epsilon),
+      'hidden_norm_momentum': float(model.hidden_norm_activation.norm_momentum),
+      'aggregate_endpoints': bool(model.aggregate_endpoints),
+      'normalize_feature': bool(model.normalize_feature),
+      'num_frames': int(data.feature_shape[0]),
+      'frame_stride': int(data.temporal_stride),
+      'crop_size': int(data.feature_shape[1]),
+  }
+
+
+def with_flags(settings: Dict[str, Any], backbone: Optional[str] = None,
+               temporal_kernel_sizes: Optional[Sequence[int]] = None,
+               **flags) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """`settings` with the values the user gave instead (None: not given); returns the new
+  settings and {flag: (given, the experiment's)} for what changed."""
+  unknown = set(flags) - set(FLAG_SETTINGS)
+  if unknown:
+    raise ValueError(f'unknown settings {sorted(unknown)}; known: {sorted(FLAG_SETTINGS)}')
+  settings, changed = dict(settings), {}
+  for flag, value in flags.items():
+    key = FLAG_SETTINGS[flag]
+    if value is not None and value != settings[key]:
+      changed[flag] = (value, settings[key])
+      settings[key] = type(settings[key])(value)
+  kernels = [k[0] for k in settings['temporal_kernel_sizes']]
+  depth = settings['model_id']
+  if backbone is not None and r3d.parse_name(backbone) != depth:
+    changed['backbone'] = (backbone, f'r3d{depth}')
+    depth = r3d.parse_name(backbone)
+  if temporal_kernel_sizes is not None and list(temporal_kernel_sizes) != kernels:
+    if len(temporal_kernel_sizes) != 4:
+      raise ValueError(f'temporal_kernel_sizes={list(temporal_kernel_sizes)}: one per '
+                       f'stage (res2..res5), 4 in all')
+    changed['temporal_kernel_sizes'] = (list(temporal_kernel_sizes), kernels)
+    kernels = [int(k) for k in temporal_kernel_sizes]
+  if depth != settings['model_id'] or 'temporal_kernel_sizes' in changed:
+    _, blocks = r3d.LAYOUTS[depth]
+    settings.update(model_id=depth,
+                    temporal_kernel_sizes=[[k] * n for k, n in zip(kernels, blocks)])
+  return settings, changed
+
+
+def unsupported(settings: Dict[str, Any]) -> Optional[str]:
+  """The first experiment setting that changes inference and that our R3D does not have,
+  in one sentence; None when there is none. (stochastic depth and use_sync_bn act in
+  training only; normalize_feature is the linear evaluation's, applied by its head.)"""
+  kernels = settings['temporal_kernel_sizes']
+  checks = [
+      (settings['backbone_type'] == 'resnet_3d',
+       f'backbone type {settings["backbone_type"]!r} (not resnet_3d)'),
+      (settings['stem_type'] == STEM_TYPE,
+       f'stem_type {settings["stem_type"]!r} (ours is Model Garden\'s {STEM_TYPE!r})'),
+      (settings['se_ratio'] == 0, f'squeeze-excitation (se_ratio {settings["se_ratio"]})'),
+      (set(settings['temporal_strides']) == {TEMPORAL_STRIDES},
+       f'temporal strides {settings["temporal_strides"]} in the blocks (ours: 1)'),
+      (not any(settings['use_self_gating']), 'self-gating'),
+      (settings['activation'] == settings['hidden_activation'] == 'relu',
+       f'activation {settings["activation"]!r} / {settings["hidden_activation"]!r} '
+       f'(ours: relu)'),
+      (not settings['aggregate_endpoints'], 'aggregate_endpoints (features of every '
+       'stage; ours: the last)'),
+      (all(len(set(k)) == 1 for k in kernels),
+       f'temporal kernels {kernels} changing within a stage'),
+  ]
+  for ok, what in checks:
+    if not ok:
+      return f'the experiment has {what}, which the CVRL R3D here has not'
+  return None
+
+
+def describe_settings(settings: Dict[str, Any]) -> List[str]:
+  """The settings that change the features, in a few lines for people."""
+  kernels = ','.join(str(k[0]) for k in settings['temporal_kernel_sizes'])
+  return [
+      f'backbone batch norm: epsilon {settings["norm_epsilon"]:g}, momentum '
+      f'{settings["norm_momentum"]:g}; projection head batch norm: epsilon '
+      f'{settings["hidden_norm_epsilon"]:g}, momentum {settings["hidden_norm_momentum"]:g}',
+      f'R3D-{settings["model_id"]}, temporal kernels {kernels} (res2..res5), temporal '
+      f'strides {",".join(map(str, settings["temporal_strides"]))}, no self-gating; stem '
+      f'conv temporal kernel {settings["stem_conv_temporal_kernel_size"]} stride '
+      f'{settings["stem_conv_temporal_stride"]}, stem pool temporal stride '
+      f'{settings["stem_pool_temporal_stride"]}',
+      f'clips: {settings["num_frames"]} frames at stride {settings["frame_stride"]}, '
+      f'{settings["crop_size"]} px',
+  ]
+
+
+def training_clips(settings: Dict[str, Any]) -> Dict[str, Any]:
+  """training.json of an import: the clips of the experiment's training data."""
+  return {'num_frames': settings['num_frames'], 'frame_stride': settings['frame_stride'],
+          'target_fps': None, 'crop_size': settings['crop_size']}
+
+
+# --------------------------------------------------------------------------- float32
+# Two float32 evaluations of one network (Model Garden's and ours, or one model on two
+# CPUs) differ by rounding alone. A dot product of n terms carries a rounding error that
+# grows like sqrt(n) * u times the terms' magnitudes when the rounding errors have random
+# signs (n * u at worst; Higham & Mary 2019), u = eps / 2 the unit roundoff. Layer after
+# layer these relative errors add like independent random errors (batch norm keeps each
+# layer's scale near its input's), so through layers of fan-ins n_1 .. n_d the output's
+# relative error is about u * sqrt(n_1 + ... + n_d): sqrt growth in depth and in
+# reduction length at once (R3D-50: sum 73,119 along its deepest path, 49 convs; R3D-101:
+# 168,863). The global average pool adds sqrt(positions) * u, below one layer's share.
+# The bound takes eps (= 2u) and a margin of 10 for what this leaves out: other CPUs'
+# summation orders and vector widths (oneDNN blocks sums differently on AVX2 and AVX-512
+# machines: an AVX2-only Zen 3 measured 1.14e-5 on R3D-101 features of scale above 1,
+# over the absolute 1e-5 a test had) and sums that cancel. R3D-50: 3.2e-4 of the
+# outputs' scale, R3D-101 4.9e-4; measured on a Zen 4 (AVX-512): 3e-7 and 4e-7. A wrong
+# batch-norm epsilon (1e-3 for 1e-5) misses by ~0.4 of the scale on random statistics.
+# Relative to the outputs' scale (max |output|): an absolute bound means nothing for
+# outputs of any size.
+FLOAT32_EPS = float(np.finfo(np.float32).eps)  # 1.19e-7
+ROUNDING_MARGIN = 10.0
+
+
+def float32_bound(fan_ins: Sequence[int]) -> float:
+  """Bound on max |a - b| / max |b| for float32 evaluations of layers of these fan-ins."""
+  return ROUNDING_MARGIN * FLOAT32_EPS * math.sqrt(float(sum(fan_ins)))
+
+
+def fan_ins(layers: Sequence[tf_keras.layers.Layer]) -> List[int]:
+  """Inputs per output of each conv / dense layer: the kernel's size but its last dim."""
+  return [int(np.prod(layer.kernel.shape[:-1])) for layer in layers
+          if isinstance(layer, (tf_keras.layers.Conv3D, tf_keras.layers.Dense))]
+
+
+def encoder_fan_ins(encoder: tf_keras.Model) -> List[int]:
+  """Fan-ins of our R3D's convs along its longest path (the shortcut projections run
+  beside the block they belong to: not counted)."""
+  return fan_ins([layer for layer in encoder.layers if not layer.name.endswith('_proj')])
 
 
 # --------------------------------------------------------------------------- settings
@@ -96,9 +349,12 @@ def _plain(value):
   return list(value) if isinstance(value, (tuple, list)) else value
 
 
-def model_config(settings: Dict[str, Any], head: Optional[Dict[str, int]] = None):
+def model_config(settings: Dict[str, Any], head: Optional[Dict[str, int]] = None,
+                 head_norm: Optional[Dict[str, float]] = None):
   """Model Garden's VideoSSLModel config (its `.backbone`, `.norm_activation` serve a
-  backbone alone); head: {'hidden_layer_num', 'hidden_dim', 'projection_dim'}."""
+  backbone alone) for `model_garden_settings`; head: {'hidden_layer_num', 'hidden_dim',
+  'projection_dim'}, head_norm: {'norm_momentum', 'norm_epsilon'} of its batch norms
+  (required with a hidden layer: the experiment's values, never a class default)."""
   # pylint: disable=g-import-not-at-top
   from official.projects.video_ssl.configs import video_ssl
   from official.vision.configs import backbones_3d
@@ -120,20 +376,27 @@ def model_config(settings: Dict[str, Any], head: Optional[Dict[str, int]] = None
           norm_epsilon=settings['norm_epsilon']))
   config.hidden_norm_activation.use_sync_bn = False
   if head:
+    if head['hidden_layer_num'] and head_norm is None:
+      raise ValueError('a head with hidden layers needs head_norm (its batch norm '
+                       'settings from the experiment)')
     config.hidden_layer_num = head['hidden_layer_num']
     config.hidden_dim = head['hidden_dim']
     config.projection_dim = head['projection_dim']
+  if head_norm:
+    config.hidden_norm_activation.norm_momentum = head_norm['norm_momentum']
+    config.hidden_norm_activation.norm_epsilon = head_norm['norm_epsilon']
   return config
 
 
-def build_model(settings: Dict[str, Any], head: Optional[Dict[str, int]] = None):
+def build_model(settings: Dict[str, Any], head: Optional[Dict[str, int]] = None,
+                head_norm: Optional[Dict[str, float]] = None):
   """Model Garden's model through its own builders: the ResNet3D backbone alone, or the
-  video_ssl model (backbone, pooling, MLP) when `head` is given."""
+  video_ssl model (backbone, pooling, MLP) when `head` is given (see model_config)."""
   # pylint: disable=g-import-not-at-top
   from official.projects.video_ssl.modeling import video_ssl_model
   from official.vision.modeling.backbones import factory
   # pylint: enable=g-import-not-at-top
-  config = model_config(settings, head)
+  config = model_config(settings, head, head_norm)
   input_specs = tf_keras.layers.InputSpec(shape=[None, None, None, None, 3])
   if head is None:
     return factory.build_backbone(input_specs=input_specs, backbone_config=config.backbone,

@@ -2,19 +2,25 @@
 
 import_checkpoint writes what pretraining would (backbone_io), so cvrl_export, cvrl_embed
 and encoder_source='model_dir' take it unchanged:
-  backbone/backbone.json, ckpt-0   the encoder in our layout (BN settings of Model Garden)
+  backbone/backbone.json, ckpt-0   the encoder in our layout (the experiment's BN settings)
   backbone/head.json, head-0       the projection head, where the checkpoint has one
-  backbone/training.json           the clips of the released pretraining (16 x stride 2, 224)
-  backbone/source.json             the source checkpoint, its layout, Model Garden's version
-Steps: the layout is read off the checkpoint's shapes and compared with the one asked
-for (one line on what differs); Model Garden's model is built by its own builders and
-restored (every object matched); the weights are copied unit by unit
-(models/model_garden.py) and both models must give the same features on a random clip
-before anything is written. The dir appears complete or not at all (temp dir + rename).
+  backbone/training.json           the clips of the experiment (16 x stride 2, 224)
+  backbone/source.json             the source checkpoint, its layout, the settings assumed
+                                   and where they came from, Model Garden's version
+Steps: the settings no weight records (batch-norm epsilon and momentum, temporal strides
+of the stem and its pool ...) are those of the Model Garden experiment the checkpoint
+came from (models/model_garden.py: RELEASES; found by the checkpoint's released name or
+--release; flags replace single values), printed and stored; the layout is read off the
+checkpoint's shapes and compared with the one asked for (one line on what differs);
+Model Garden's model is built by its own builders with those settings and restored (every
+object matched); the weights are copied unit by unit and both models must give the same
+features on a random clip, within float32 rounding (model_garden.float32_bound), before
+anything is written. The dir appears complete or not at all (temp dir + rename).
 
 export_checkpoint is the reverse: our backbone as tf.train.Checkpoint(backbone=ResNet3D),
 the form video_ssl's linear eval reads (init_checkpoint_modules: backbone), with the
-ResNet3D and BN config to put in a Model Garden experiment beside it.
+ResNet3D and batch-norm config to put in a Model Garden experiment beside it: PREFIX.yaml
+(for Model Garden's --config_file) and PREFIX.json.
 """
 
 import inspect
@@ -26,6 +32,7 @@ from typing import Any, Dict, Optional, Sequence, TextIO
 
 import numpy as np
 import tensorflow as tf
+import yaml  # a tf-models-official requirement
 
 from cvrl_tf import files as files_lib
 from cvrl_tf.data import progress as progress_lib
@@ -36,7 +43,6 @@ from cvrl_tf.models import model_garden
 from cvrl_tf.models import r3d
 from cvrl_tf.runtime import precision
 
-CVRL_TEMPORAL_KERNELS = (1, 1, 3, 3)
 _CHECK_CLIPS = (1, 5, 33, 33, 3)  # Odd sizes: 'same' padding's uneven split is used.
 
 
@@ -44,16 +50,21 @@ class ModelGardenError(ValueError):
   """A checkpoint or model dir that cannot be carried over; the message says why."""
 
 
-def backbone_spec(backbone: str = 'r3d50',
-                  temporal_kernel_sizes: Sequence[int] = CVRL_TEMPORAL_KERNELS,
-                  **overrides) -> Dict[str, Any]:
-  """Our spec for a Model Garden R3D: build_backbone's own defaults (the CVRL layout, not
-  gin's bindings: an import is data), Model Garden's BN settings, then `overrides`."""
+def backbone_spec(settings: Dict[str, Any], **overrides) -> Dict[str, Any]:
+  """Our spec for the Model Garden R3D of `settings` (model_garden.experiment_settings):
+  build_backbone's own defaults (not gin's bindings: an import is data), the
+  experiment's architecture and batch-norm settings, then `overrides`."""
   target = getattr(r3d.build_backbone, '__wrapped__', r3d.build_backbone)
   spec = {k: p.default for k, p in inspect.signature(target).parameters.items()
           if p.default is not inspect.Parameter.empty}
-  spec.update(name=backbone, temporal_kernel_sizes=tuple(temporal_kernel_sizes),
-              use_sync_bn=False, output='pooled', **model_garden.norm_defaults()['backbone'])
+  pool_t = settings['stem_pool_temporal_stride']
+  spec.update(name=f'r3d{settings["model_id"]}',
+              temporal_kernel_sizes=tuple(k[0] for k in settings['temporal_kernel_sizes']),
+              stem_kernel=(settings['stem_conv_temporal_kernel_size'], 7, 7),
+              stem_strides=(settings['stem_conv_temporal_stride'], 2, 2),
+              pool_size=(1 if pool_t == 1 else 3, 3, 3), pool_strides=(pool_t, 2, 2),
+              bn_epsilon=settings['norm_epsilon'], bn_momentum=settings['norm_momentum'],
+              use_sync_bn=False, output='pooled')
   spec.update(overrides)
   return files_lib.normalized(spec)
 
@@ -71,13 +82,20 @@ def _pooled(mg_backbone):
   return features
 
 
-def _check_equal(ours, theirs, what: str) -> float:
+def _check_equal(ours, theirs, what: str, fan_ins) -> Dict[str, float]:
+  """max |ours - theirs| on a random clip, relative to max |theirs|, must be within
+  float32 rounding of the layers' fan-ins (model_garden.float32_bound: eps * sqrt(sum of
+  fan-ins) * 10): a misplaced or transposed tensor gives far more."""
   clips = tf.random.stateless_uniform(_CHECK_CLIPS, seed=[19, 1])
   error = _max_difference(ours, theirs, clips)
   scale = float(np.abs(np.asarray(theirs(clips, training=False))).max())
-  if not error <= 1e-4 * max(1.0, scale):
-    raise RuntimeError(f'{what} differs from Model Garden\'s by {error} after the copy')
-  return error
+  bound = model_garden.float32_bound(fan_ins)
+  if not (scale > 0 and error <= bound * scale):
+    raise RuntimeError(f'{what} differs from Model Garden\'s by {error:.3g} (outputs up '
+                       f'to {scale:.3g}; float32 rounding allows {bound * scale:.3g}) after '
+                       f'the copy')
+  return {'max_difference': error, 'output_scale': scale, 'relative': error / scale,
+          'relative_bound': bound}
 
 
 def _unpack(path: str, workdir: str) -> str:
@@ -108,71 +126,129 @@ def _prepare_target(model_dir: str, overwrite: bool) -> None:
                           f'(no backbone/{backbone_io.SOURCE_FILE}); refusing to replace it')
 
 
-def import_checkpoint(checkpoint: str, model_dir: str, backbone: str = 'r3d50',
-                      temporal_kernel_sizes: Sequence[int] = CVRL_TEMPORAL_KERNELS,
+def import_checkpoint(checkpoint: str, model_dir: str, backbone: Optional[str] = None,
+                      temporal_kernel_sizes: Optional[Sequence[int]] = None,
                       training: Optional[Dict[str, Any]] = None, overwrite: bool = False,
-                      progress_stream: Optional[TextIO] = None) -> Dict[str, Any]:
+                      progress_stream: Optional[TextIO] = None,
+                      release: Optional[str] = None, **flags) -> Dict[str, Any]:
   """Writes the Model Garden checkpoint at `checkpoint` as a cvrl_tf model dir.
 
   Args:
     checkpoint: a ckpt prefix, a checkpoint dir, an extracted release folder or the
       release .tar.gz.
     model_dir: the model dir to write (must not exist unless `overwrite`).
-    backbone, temporal_kernel_sizes: the architecture the checkpoint must have (CVRL's
-      R3D-50 by default); another one is refused with what differs.
-    training: training.json (default: the released pretraining's clips).
+    backbone, temporal_kernel_sizes: the architecture the checkpoint must have (default:
+      the experiment's, CVRL's R3D-50 with 1,1,3,3); another one is refused with what
+      differs.
+    training: training.json values (the rest: the clips of the experiment's training
+      data; imagenet: of its linear evaluation).
     overwrite: replace an earlier import in model_dir.
-    progress_stream: one line per step.
+    progress_stream: one line per step, the settings assumed among them.
+    release: the released checkpoint this is (model_garden.RELEASES: 'imagenet',
+      'r3d_1x_k400_200ep', ...), whose experiment gives the settings no weight records;
+      default: the released name in the checkpoint's path, else model_garden.OTHER.
+    **flags: settings given instead of the experiment's (model_garden.FLAG_SETTINGS:
+      bn_epsilon, bn_momentum, head_bn_epsilon, head_bn_momentum,
+      stem_conv_temporal_stride, stem_pool_temporal_stride); None: the experiment's.
 
   Returns:
     source.json's content.
   """
   model_dir = model_dir.rstrip('/')
   _prepare_target(model_dir, overwrite)
-  spec = backbone_spec(backbone, temporal_kernel_sizes)
-  settings = model_garden.model_garden_settings(spec)
+  say = lambda text: progress_lib.say(progress_stream, f'cvrl_import: {text}')
   with tempfile.TemporaryDirectory() as workdir:
     unpacked = _unpack(checkpoint, workdir)
     prefix = mg_checkpoint.resolve(unpacked)
     # What the user can find again: the archive and the member, not the temp dir.
+    member = os.path.relpath(prefix, workdir)
     name = (_absolute(prefix) if unpacked == checkpoint else
-            f'{_absolute(checkpoint)}:{os.path.relpath(prefix, workdir)}')
+            f'{_absolute(checkpoint)}:{member}')
+    settings, origin = _settings(release, flags, backbone, temporal_kernel_sizes,
+                                 [checkpoint.rstrip('/'), prefix] +
+                                 ([] if unpacked == checkpoint else [member]))
+    spec = backbone_spec(settings)
+    mg_settings = model_garden.model_garden_settings(spec)
     layout = mg_checkpoint.read_layout(prefix)
-    problem = mg_checkpoint.difference(layout, settings, f'--backbone={backbone} '
-                                       f'--temporal_kernel_sizes='
-                                       f'{",".join(map(str, temporal_kernel_sizes))}')
+    kernels = ','.join(str(k[0]) for k in settings['temporal_kernel_sizes'])
+    problem = mg_checkpoint.difference(layout, mg_settings, f'--backbone={spec["name"]} '
+                                       f'--temporal_kernel_sizes={kernels}')
     if problem:
       raise ModelGardenError(f'{name} is not the architecture asked for: {problem}')
-    say = lambda text: progress_lib.say(progress_stream, f'cvrl_import: {text}')
-    say(f'{name}: Model Garden R3D-{settings["model_id"]}'
+    say(f'{name}: Model Garden R3D-{mg_settings["model_id"]}'
         + (f' + projection head {layout.head}' if layout.head else '')
         + (f' + {layout.classifier}-way classifier (not imported)'
            if layout.classifier else ''))
+    for line in _settings_lines(settings, origin):
+      say(line)
     with precision.dtype_policy('float32'):
-      mg_model, mg_backbone = _restore(layout, settings, name)
+      mg_model, mg_backbone = _restore(layout, mg_settings, settings, name)
       say('restored into Model Garden\'s model; copying into ours')
-      encoder, head, count, error = _carry_over(mg_model, mg_backbone, layout, spec)
+      encoder, head, count, check = _carry_over(mg_model, mg_backbone, layout, spec,
+                                                settings)
   source = {
       'format': 'Model Garden video_ssl / video classification checkpoint',
       'checkpoint': name,
       'layout': mg_checkpoint.describe(layout),
-      'model_garden_resnet3d': files_lib.normalized(settings),
+      'settings': settings,
+      'settings_from': origin,
+      'model_garden_resnet3d': files_lib.normalized(mg_settings),
       'values_copied': count,
-      'max_feature_difference': error,
+      'max_feature_difference': check['max_difference'],
+      'feature_check': check,
       'tf_models_official': _version(),
   }
   _write_model_dir(model_dir, encoder, spec, head,
-                   training or model_garden.released_training(), source)
+                   {**model_garden.training_clips(settings), **(training or {})}, source)
   say(f'wrote {model_dir} ({encoder.count_params():,} encoder parameters, features equal '
-      f'to Model Garden\'s within {error:.1e})')
+      f'to Model Garden\'s within {check["relative"]:.1e} of their scale; float32 '
+      f'rounding allows {check["relative_bound"]:.1e})')
   return source
 
 
-def _restore(layout: mg_checkpoint.Layout, settings: Dict[str, Any], name: str):
+def _settings(release: Optional[str], flags: Dict[str, Any], backbone, kernels,
+              names: Sequence[str]):
+  """The experiment's settings with the flags' values: (settings, where they came from)."""
+  if release:
+    how = '--release'
+  else:
+    release = model_garden.release_in([os.path.basename(n) for n in names] +
+                                      [part for n in names[2:] for part in n.split(os.sep)])
+    how = 'the checkpoint\'s name' if release else 'no released name in the path'
+    release = release or model_garden.OTHER
+  try:
+    settings, changed = model_garden.with_flags(
+        model_garden.experiment_settings(release), backbone, kernels, **flags)
+  except ValueError as e:
+    raise ModelGardenError(str(e)) from e
+  problem = model_garden.unsupported(settings)
+  if problem:
+    raise ModelGardenError(f'{release}: {problem}')
+  origin = {'release': release, 'release_from': how,
+            'experiment': settings['experiment'],
+            'yaml_overrides': f'{model_garden.EXPERIMENTS_DIR}/{settings["yaml"]} '
+                              f'(task.model)',
+            'flags': {flag: {'given': given, 'experiment': theirs}
+                      for flag, (given, theirs) in changed.items()}}
+  return settings, files_lib.normalized(origin)
+
+
+def _settings_lines(settings: Dict[str, Any], origin: Dict[str, Any]):
+  yield (f'settings of {origin["release"]} (from {origin["release_from"]}): Model Garden '
+         f'experiment {origin["experiment"]} + {origin["yaml_overrides"]}, '
+         f'tf-models-official {_version()}; {settings["trained"]}')
+  for line in model_garden.describe_settings(settings):
+    yield f'  {line}'
+  for flag, values in origin['flags'].items():
+    yield f'  --{flag}={values["given"]} instead of the experiment\'s {values["experiment"]}'
+
+
+def _restore(layout: mg_checkpoint.Layout, mg_settings: Dict[str, Any],
+             settings: Dict[str, Any], name: str):
   """Model Garden's model for `layout`, restored from it: (model, its backbone)."""
   head = layout.head or ({'hidden_layer_num': 0, 'hidden_dim': 0,
                           'projection_dim': layout.classifier} if layout.classifier else None)
-  model = model_garden.build_model(settings, head)
+  model = model_garden.build_model(mg_settings, head, _head_norm(settings))
   backbone = model.backbone if head else model
   if layout.root == 'model':
     root = tf.train.Checkpoint(model=model)
@@ -190,31 +266,41 @@ def _restore(layout: mg_checkpoint.Layout, settings: Dict[str, Any], name: str):
   return model, backbone
 
 
-def _carry_over(mg_model, mg_backbone, layout: mg_checkpoint.Layout, spec: Dict[str, Any]):
+def _head_norm(settings: Dict[str, Any]) -> Dict[str, float]:
+  return {'norm_momentum': settings['hidden_norm_momentum'],
+          'norm_epsilon': settings['hidden_norm_epsilon']}
+
+
+def _carry_over(mg_model, mg_backbone, layout: mg_checkpoint.Layout, spec: Dict[str, Any],
+                settings: Dict[str, Any]):
   """Our encoder (and head) with Model Garden's weights, checked on a clip: (encoder,
-  head or None, number of values copied, max feature difference)."""
+  head or None, number of values copied, the encoder's check)."""
   encoder = backbone_io.build_from_spec(spec)
   count = model_garden.copy_units(model_garden.model_garden_units(mg_backbone),
                                   model_garden.our_units(encoder, spec))
-  error = _check_equal(encoder, _pooled(mg_backbone), 'the encoder')
+  encoder_fan_ins = model_garden.encoder_fan_ins(encoder)
+  check = _check_equal(encoder, _pooled(mg_backbone), 'the encoder', encoder_fan_ins)
   if not layout.head:
-    return encoder, None, count, error
-  head = heads.ProjectionHead.from_spec(_head_spec(layout.head), name='projection_head')
+    return encoder, None, count, check
+  head = heads.ProjectionHead.from_spec(_head_spec(layout.head, settings),
+                                        name='projection_head')
   head.build(tf.TensorShape([None, int(encoder.output_shape[-1])]))
   model_garden.copy_head(mg_model, head)
   _check_equal(lambda clips, training: head(encoder(clips, training=training),
                                              training=training),
                lambda clips, training: mg_model({'image': clips}, training=training),
-               'the projection head')
-  return encoder, head, count, error
+               'the projection head',
+               encoder_fan_ins + model_garden.fan_ins(model_garden.head_layers(mg_model)))
+  return encoder, head, count, check
 
 
-def _head_spec(head_layout: Dict[str, int]) -> Dict[str, Any]:
-  """Our ProjectionHead for video_ssl's MLP, with video_ssl's BN settings."""
+def _head_spec(head_layout: Dict[str, int], settings: Dict[str, Any]) -> Dict[str, Any]:
+  """Our ProjectionHead for video_ssl's MLP, with the experiment's BN settings."""
   return heads.ProjectionHead(
       num_hidden_layers=head_layout['hidden_layer_num'], hidden_dim=head_layout['hidden_dim'],
       output_dim=head_layout['projection_dim'], use_sync_bn=False,
-      **model_garden.norm_defaults()['head']).spec()
+      bn_momentum=settings['hidden_norm_momentum'],
+      bn_epsilon=settings['hidden_norm_epsilon']).spec()
 
 
 def _version() -> Optional[str]:
@@ -245,8 +331,10 @@ def _write_model_dir(model_dir, encoder, spec, head, training, source) -> None:
 # --------------------------------------------------------------------------- reverse
 def export_checkpoint(model_dir: str, prefix: str,
                       progress_stream: Optional[TextIO] = None) -> str:
-  """Writes the backbone of `model_dir` as a Model Garden checkpoint at `prefix` (plus
-  PREFIX.json: the ResNet3D and BN settings it needs); returns the checkpoint path."""
+  """Writes the backbone of `model_dir` as a Model Garden checkpoint at `prefix`, plus
+  PREFIX.yaml (the experiment overrides it needs, for Model Garden's --config_file) and
+  PREFIX.json (the same and where it came from); prints the settings a Model Garden
+  experiment must use. Returns the checkpoint path."""
   spec = backbone_io.read_spec(model_dir)
   try:
     settings = model_garden.model_garden_settings(spec)
@@ -257,21 +345,69 @@ def export_checkpoint(model_dir: str, prefix: str,
     mg_backbone = model_garden.build_model(settings)
     model_garden.copy_units(model_garden.our_units(encoder, spec),
                             model_garden.model_garden_units(mg_backbone))
-    error = _check_equal(_pooled(mg_backbone), encoder, 'Model Garden\'s backbone')
+    check = _check_equal(_pooled(mg_backbone), encoder, 'Model Garden\'s backbone',
+                         model_garden.encoder_fan_ins(encoder))
   if tf.io.gfile.exists(prefix + '.index'):
     raise FileExistsError(f'--to_model_garden {prefix}: {prefix}.index already exists')
   parent = os.path.dirname(prefix)
   if parent:
     tf.io.gfile.makedirs(parent)
+  overrides = experiment_overrides(settings, _absolute(prefix))
+  files_lib.atomic_write(prefix + '.yaml', (
+      f'# Model Garden experiment overrides for the backbone checkpoint {prefix}\n'
+      f'# (cvrl_import --to_model_garden from {_absolute(model_dir)}). E.g.:\n'
+      f'#   python -m official.projects.video_ssl.train --mode=train_and_eval \\\n'
+      f'#     --experiment=video_ssl_linear_eval_kinetics600 \\\n'
+      f'#     --config_file=cvrl_linear_eval_k600.yaml \\\n'
+      f'#     --config_file={os.path.basename(prefix)}.yaml --model_dir=...\n'
+      f'# norm_activation: the batch-norm settings this backbone was trained with.\n'
+      + yaml.safe_dump(overrides, sort_keys=False)))
   config = model_garden.model_config(settings)
   files_lib.write_json(prefix + '.json', {
-      'init_checkpoint': prefix, 'init_checkpoint_modules': 'backbone',
-      'backbone': config.backbone.as_dict(),
+      'init_checkpoint': _absolute(prefix), 'init_checkpoint_modules': 'backbone',
+      'backbone': files_lib.normalized(config.backbone.as_dict()),
       'norm_activation': config.norm_activation.as_dict(),
-      'source_model_dir': os.path.abspath(model_dir)})
+      'experiment_overrides': overrides,
+      'feature_check': check,
+      'source_model_dir': _absolute(model_dir)})
   # Checkpoint.write writes the index last: a killed run leaves no readable checkpoint.
   path = tf.train.Checkpoint(backbone=mg_backbone).write(prefix)
-  progress_lib.say(progress_stream, f'cvrl_import: wrote {path} (Model Garden ResNet3D-'
-                   f'{settings["model_id"]}, features equal within {error:.1e}) and '
-                   f'{prefix}.json')
+  say = lambda text: progress_lib.say(progress_stream, f'cvrl_import: {text}')
+  say(f'wrote {path} (Model Garden ResNet3D-{settings["model_id"]}, features equal within '
+      f'{check["relative"]:.1e} of their scale), {prefix}.yaml and {prefix}.json')
+  for line in _model_garden_instructions(settings, prefix):
+    say(line)
   return path
+
+
+def experiment_overrides(settings: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+  """The `task` overrides of a Model Garden experiment that loads the backbone at
+  `prefix` as it was trained (model_garden_settings of its spec)."""
+  config = model_garden.model_config(settings)
+  norm = config.norm_activation
+  return {'task': {
+      'init_checkpoint': prefix, 'init_checkpoint_modules': 'backbone',
+      'model': {'backbone': files_lib.normalized(config.backbone.as_dict()),
+                'norm_activation': {'norm_epsilon': float(norm.norm_epsilon),
+                                    'norm_momentum': float(norm.norm_momentum),
+                                    'activation': norm.activation}}}}
+
+
+def _model_garden_instructions(settings: Dict[str, Any], prefix: str):
+  video_ssl = model_garden.experiment_settings(model_garden.OTHER)
+  same = (settings['norm_epsilon'], settings['norm_momentum']) == (
+      video_ssl['norm_epsilon'], video_ssl['norm_momentum'])
+  kernels = ','.join(str(k[0]) for k in settings['temporal_kernel_sizes'])
+  yield ('in the Model Garden experiment (e.g. --experiment=video_ssl_linear_eval_kinetics600 '
+         f'--config_file=cvrl_linear_eval_k600.yaml --config_file={prefix}.yaml), use:')
+  yield (f'  task.model.norm_activation: norm_epsilon {settings["norm_epsilon"]:g}, '
+         f'norm_momentum {settings["norm_momentum"]:g} ('
+         + ('as video_ssl\'s experiments have them' if same else
+            f'video_ssl\'s experiments have {video_ssl["norm_epsilon"]:g} / '
+            f'{video_ssl["norm_momentum"]:g}: set these') + ')')
+  yield (f'  task.model.backbone.resnet_3d: model_id {settings["model_id"]}, temporal '
+         f'kernels {kernels} per stage (block_specs), no self-gating, stem conv temporal '
+         f'kernel {settings["stem_conv_temporal_kernel_size"]} stride '
+         f'{settings["stem_conv_temporal_stride"]}, stem pool temporal stride '
+         f'{settings["stem_pool_temporal_stride"]}')
+  yield f'  task.init_checkpoint: {prefix}, task.init_checkpoint_modules: backbone'
