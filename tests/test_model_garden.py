@@ -21,6 +21,7 @@ import tarfile
 
 from absl import flags
 from absl.testing import flagsaver
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -28,6 +29,7 @@ import tf_keras
 
 from cvrl_tf import files as files_lib
 from cvrl_tf.cli import import_checkpoint as import_cli
+from cvrl_tf.data import augment
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import encoder_source
 from cvrl_tf.models import mg_checkpoint
@@ -531,3 +533,54 @@ def test_import_export_hub_in_fresh_process(r3d50, tmp_path):
     got = np.load(f'{out_prefix}_{name}.npy')
     assert got.shape == (2, 2048)
     assert _relative(got, expected) <= _encoder_bound(r3d50['encoder']), name
+
+
+# --------------------------------------------------------------------------- linear eval
+def test_imported_linear_eval_config_is_the_released_yaml():
+  """configs/linear_eval_k600_imported.gin against cvrl_linear_eval_k600.yaml (on its
+  experiment), field by field; README section 5 states the differences left."""
+  # pylint: disable=g-import-not-at-top
+  from official.core import exp_factory
+  from official.projects.video_ssl.configs import video_ssl  # registers the experiments
+  from cvrl_tf.cli import gin_files
+  from cvrl_tf.protocols import classify
+  # pylint: enable=g-import-not-at-top
+  del video_ssl
+  released = exp_factory.get_exp_config('video_ssl_linear_eval_kinetics600')
+  released.override(_released_yaml(LINEAR_EVAL_YAML), is_strict=True)
+  task, trainer = released.task, released.trainer
+  try:
+    gin_files.parse(['linear_eval_k600_imported.gin'], [])
+    recipe = classify.LinearEval()
+    q = gin.query_parameter
+    schedule = recipe.schedule(recipe.num_train_examples)
+    assert recipe.num_train_examples == task.train_data.num_examples  # 366,016
+    assert schedule.total_steps == trainer.train_steps == 35744
+    optimizer = trainer.optimizer_config
+    assert schedule.warmup_steps == optimizer.warmup.linear.warmup_steps == 1787
+    assert recipe.learning_rate == optimizer.learning_rate.cosine.initial_learning_rate == 32
+    sgd = optimizer.optimizer.sgd
+    assert (recipe.optimizer, recipe.momentum, sgd.momentum, sgd.nesterov) == (
+        'sgd', 0.9, 0.9, False)  # ours: no Nesterov (optim.build_optimizer's default)
+    assert recipe.global_batch_size == task.train_data.global_batch_size
+    assert recipe.weight_decay == task.losses.l2_weight_decay == 0
+    assert recipe.freeze_encoder and recipe.l2_normalize == task.model.normalize_feature
+    assert recipe.dropout_rate == 0  # video_ssl's model never applies its dropout_rate.
+    assert recipe.num_classes == task.train_data.num_classes == 600
+    assert recipe.encoder_source == 'model_dir'
+    assert [q(f'build_classification_dataset.{k}') for k in ('clip_len', 'stride',
+                                                             'crop_size')] == [
+        task.train_data.feature_shape[0], task.train_data.temporal_stride,
+        task.train_data.feature_shape[1]]
+    assert augment.CROP_AREA_RANGE == (task.train_data.aug_min_area_ratio,
+                                       task.train_data.aug_max_area_ratio)
+    assert augment.CROP_ASPECT_RANGE == (task.train_data.aug_min_aspect_ratio,
+                                         task.train_data.aug_max_aspect_ratio)
+    assert [q(f'build_eval_dataset.{k}') for k in ('clip_len', 'stride', 'num_clips',
+                                                   'num_crops', 'min_resize',
+                                                   'crop_size')] == [
+        task.validation_data.feature_shape[0], task.validation_data.temporal_stride,
+        task.validation_data.num_test_clips, task.validation_data.num_test_crops,
+        task.validation_data.min_image_size, task.validation_data.feature_shape[1]]
+  finally:
+    gin.clear_config()
