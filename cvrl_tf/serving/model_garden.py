@@ -236,7 +236,8 @@ def _settings(release: Optional[str], flags: Dict[str, Any], backbone, kernels,
 def _settings_lines(settings: Dict[str, Any], origin: Dict[str, Any]):
   yield (f'settings of {origin["release"]} (from {origin["release_from"]}): Model Garden '
          f'experiment {origin["experiment"]} + {origin["yaml_overrides"]}, '
-         f'tf-models-official {_version()}; {settings["trained"]}')
+         f'tf-models-official {_version()}')
+  yield f'  weights: {settings["trained"]}'
   for line in model_garden.describe_settings(settings):
     yield f'  {line}'
   for flag, values in origin['flags'].items():
