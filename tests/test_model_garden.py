@@ -90,8 +90,9 @@ def _randomize(model, seed, quiet_fraction=0.1):
   About `quiet_fraction` of each BN's channels are quiet, as dead channels of a trained
   network are: moving variance 1e-7..1e-4, around and below epsilon 1e-5, so epsilon
   sets their scale (1e-3 instead gives 3-10x less); their gamma is drawn relative to
-  sqrt(variance), or the random convs' non-quiet inputs times 1/sqrt(1e-7 + 1e-5) would
-  grow without bound through the blocks."""
+  sqrt(variance): the random convs give these channels inputs of ordinary size, which
+  1/sqrt(variance + 1e-5) alone would amplify up to ~300x at every batch norm,
+  compounding through the blocks."""
   rng = np.random.default_rng(seed)
   for layer in model.submodules:
     if not getattr(layer, 'weights', None):
