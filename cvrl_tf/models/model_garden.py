@@ -90,8 +90,9 @@ class Release:
 RELEASES = {
     'imagenet': Release(
         'video_ssl_linear_eval_kinetics600', LINEAR_EVAL_YAML,
-        'a 2D ResNet-50 trained on ImageNet, inflated to R3D-50 outside video_ssl; its '
-        'released numbers come from video_ssl\'s linear evaluation, this experiment'),
+        'a 2D ResNet-50 trained on ImageNet, inflated to R3D-50 (no video_ssl experiment '
+        'trained it); its released numbers come from video_ssl\'s linear evaluation, this '
+        'experiment'),
     'r3d_1x_k400_200ep': Release(
         'video_ssl_pretrain_kinetics400', PRETRAIN_YAML,
         'CVRL pretraining on Kinetics-400, 200 epochs (no K400 yaml was released: the '
@@ -109,8 +110,9 @@ RELEASES = {
 # settings the four releases share (tests/test_model_garden.py checks that they do).
 OTHER = 'video_ssl_pretrain'
 _ALL = {**RELEASES, OTHER: Release('video_ssl_pretrain_kinetics600', PRETRAIN_YAML,
-                                   'not a released file name: the settings of '
-                                   'video_ssl\'s CVRL pretraining')}
+                                   'unknown (no released name); the settings of '
+                                   'video_ssl\'s CVRL pretraining, which all four '
+                                   'releases share')}
 
 # Settings a flag may replace (flag name -> settings key): a checkpoint trained from
 # another config. The architecture flags (--backbone, --temporal_kernel_sizes) are apart.
