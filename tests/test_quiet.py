@@ -123,3 +123,32 @@ def test_a_late_tensorflow_tool_turns_cpp_logs_off_unless_the_user_chose(no_log_
   monkeypatch.setattr(sys, 'argv', ['cvrl_convert', '--verbosity=0'])
   quiet.tensorflow_errors_off()
   assert quiet.TF_LOG_ENV not in os.environ
+
+
+@pytest.mark.parametrize('level', [None, '0', '2'])
+def test_convert_start_is_quiet_whatever_the_users_log_level(tmp_path, level):
+  # cvrl_convert imports TensorFlow late, inside absl's app.run: the import itself probes
+  # CUDA then. 0 and 2 both show error lines (1 only adds warnings): what differs for the
+  # code is unset (our level) or set by the user. The rest of the tools at level 2: the
+  # quick demo test (tests/test_demo.py) asserts the same of all of its output.
+  from cvrl_tf.data import synthetic  # pylint: disable=g-import-not-at-top
+  lines = []
+  for i in range(2):
+    path = str(tmp_path / f'v{i}.mp4')
+    synthetic.write_video(path, 'train', i, label=i, seed=0,
+                          cfg_dict={'size': 32, 'seconds': 0.5})
+    lines.append(f'{path},c{i}\n')
+  (tmp_path / 'list.csv').write_text(''.join(lines))
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop(quiet.TF_LOG_ENV, None)
+  env.pop(quiet.MARKER_ENV, None)
+  if level is not None:
+    env[quiet.TF_LOG_ENV] = level
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'tools', 'cvrl_convert.py'),
+       f'--csv={tmp_path / "list.csv"}', f'--output_dir={tmp_path / "out"}',
+       '--num_shards=1', '--short_side=0', '--workers=1'],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert '2 of 2 videos converted' in result.stderr
+  assert not error_lines(result.stdout + result.stderr), result.stderr

@@ -45,11 +45,16 @@ def before_tensorflow(argv: Optional[Sequence[str]] = None) -> bool:
 def tensorflow_errors_off() -> None:
   """For a tool that imports TensorFlow late, only to write files (cvrl_convert): its C++
   logs off entirely, unless the user set the level or asked for --verbosity. Before
-  TensorFlow is imported; after_flags cannot probe its devices then."""
+  TensorFlow is imported; after_flags cannot probe its devices then. Where the user's
+  level still shows errors (0, 1, 2), TensorFlow is imported now, its CUDA probe
+  filtered (probe_devices): imported later, inside app.run, it would print the probe's
+  error line."""
   if 'tensorflow' in sys.modules or verbosity_requested():
     return
   if TF_LOG_ENV not in os.environ or os.environ.get(MARKER_ENV) == '1':
     os.environ[TF_LOG_ENV] = '3'
+  if os.environ[TF_LOG_ENV] not in ('3', '4'):
+    probe_devices()
 
 
 def has_nvidia_device() -> bool:
@@ -87,11 +92,13 @@ def captured_stderr_fd() -> Iterator[list]:
 
 
 def probe_devices(gpu_expected: Optional[bool] = None) -> str:
-  """Lists TensorFlow's devices once (the CUDA probe happens then) and passes its stderr
-  on, without the probe's error line when there is no GPU; returns what was dropped."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """Imports TensorFlow if needed and lists its devices once (the CUDA probe happens then:
+  imported inside absl's app.run, TensorFlow lists them during its import), passing its
+  stderr on without the probe's error line when there is no GPU; returns what was
+  dropped."""
   gpu_expected = has_nvidia_device() if gpu_expected is None else gpu_expected
   with captured_stderr_fd() as text:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.list_physical_devices()
   kept, dropped = split_probe_lines(text[0], gpu_expected)
   sys.stderr.write(kept)
