@@ -6,7 +6,7 @@ trained: the experiment from exp_factory plus the overrides of the released yaml
 by the experiment's task, given random weights and random batch-norm statistics (some
 moving variances near zero, where epsilon decides the scale), and saved as Model Garden's
 trainer saves. After the import our encoder and projection head must give its outputs
-within float32 rounding (model_garden.float32_bound, relative to the outputs' scale), also
+within float32 rounding (rounding.float32_bound, relative to the outputs' scale), also
 through an export loaded by hub.KerasLayer in a fresh process and back through
 --to_model_garden; importing with the wrong batch-norm epsilon must miss by far. Other
 architectures are refused in one line.
@@ -34,6 +34,7 @@ from cvrl_tf.models import backbone_io
 from cvrl_tf.models import encoder_source
 from cvrl_tf.models import mg_checkpoint
 from cvrl_tf.models import model_garden
+from cvrl_tf.models import rounding
 from cvrl_tf.serving import export
 from cvrl_tf.serving import model_garden as model_garden_io
 
@@ -138,9 +139,9 @@ def _relative(got, expected):
 
 def _encoder_bound(encoder):
   """float32 rounding of our R3D against Model Garden's, relative to the features' scale:
-  eps * sqrt(sum of the fan-ins along the deepest path) * 10 (model_garden.float32_bound
+  eps * sqrt(sum of the fan-ins along the deepest path) * 10 (rounding.float32_bound
   says why); about 3e-4 for R3D-50, 5e-4 for R3D-101."""
-  return model_garden.float32_bound(model_garden.encoder_fan_ins(encoder))
+  return rounding.float32_bound(rounding.encoder_fan_ins(encoder))
 
 
 def _mg_settings(depth=50, kernels=CVRL_KERNELS):
@@ -269,7 +270,7 @@ def test_projection_head_equals_model_gardens(r3d50):
   expected = r3d50['model']({'image': clips}, training=False).numpy()
   got = head(encoder(clips, training=False), training=False).numpy()
   assert got.shape == expected.shape == (2, RELEASED_HEAD['projection_dim'])
-  bound = model_garden.float32_bound(model_garden.encoder_fan_ins(encoder) + [2048] * 4)
+  bound = rounding.float32_bound(rounding.encoder_fan_ins(encoder) + [2048] * 4)
   assert _relative(got, expected) <= bound
 
 

@@ -14,7 +14,7 @@ came from (models/model_garden.py: RELEASES; found by the checkpoint's released 
 checkpoint's shapes and compared with the one asked for (one line on what differs);
 Model Garden's model is built by its own builders with those settings and restored (every
 object matched); the weights are copied unit by unit and both models must give the same
-features on a random clip, within float32 rounding (model_garden.float32_bound), before
+features on a random clip, within float32 rounding (rounding.float32_bound), before
 anything is written. The dir appears complete or not at all (temp dir + rename).
 
 export_checkpoint is the reverse: our backbone as tf.train.Checkpoint(backbone=ResNet3D),
@@ -41,6 +41,7 @@ from cvrl_tf.models import heads
 from cvrl_tf.models import mg_checkpoint
 from cvrl_tf.models import model_garden
 from cvrl_tf.models import r3d
+from cvrl_tf.models import rounding
 from cvrl_tf.runtime import precision
 
 _CHECK_CLIPS = (1, 5, 33, 33, 3)  # Odd sizes: 'same' padding's uneven split is used.
@@ -84,12 +85,12 @@ def _pooled(mg_backbone):
 
 def _check_equal(ours, theirs, what: str, fan_ins) -> Dict[str, float]:
   """max |ours - theirs| on a random clip, relative to max |theirs|, must be within
-  float32 rounding of the layers' fan-ins (model_garden.float32_bound: eps * sqrt(sum of
+  float32 rounding of the layers' fan-ins (rounding.float32_bound: eps * sqrt(sum of
   fan-ins) * 10): a misplaced or transposed tensor gives far more."""
   clips = tf.random.stateless_uniform(_CHECK_CLIPS, seed=[19, 1])
   error = _max_difference(ours, theirs, clips)
   scale = float(np.abs(np.asarray(theirs(clips, training=False))).max())
-  bound = model_garden.float32_bound(fan_ins)
+  bound = rounding.float32_bound(fan_ins)
   if not (scale > 0 and error <= bound * scale):
     raise RuntimeError(f'{what} differs from Model Garden\'s by {error:.3g} (outputs up '
                        f'to {scale:.3g}; float32 rounding allows {bound * scale:.3g}) after '
@@ -279,7 +280,7 @@ def _carry_over(mg_model, mg_backbone, layout: mg_checkpoint.Layout, spec: Dict[
   encoder = backbone_io.build_from_spec(spec)
   count = model_garden.copy_units(model_garden.model_garden_units(mg_backbone),
                                   model_garden.our_units(encoder, spec))
-  encoder_fan_ins = model_garden.encoder_fan_ins(encoder)
+  encoder_fan_ins = rounding.encoder_fan_ins(encoder)
   check = _check_equal(encoder, _pooled(mg_backbone), 'the encoder', encoder_fan_ins)
   if not layout.head:
     return encoder, None, count, check
@@ -291,7 +292,7 @@ def _carry_over(mg_model, mg_backbone, layout: mg_checkpoint.Layout, spec: Dict[
                                              training=training),
                lambda clips, training: mg_model({'image': clips}, training=training),
                'the projection head',
-               encoder_fan_ins + model_garden.fan_ins(model_garden.head_layers(mg_model)))
+               encoder_fan_ins + rounding.fan_ins(model_garden.head_layers(mg_model)))
   return encoder, head, count, check
 
 
@@ -347,7 +348,7 @@ def export_checkpoint(model_dir: str, prefix: str,
     model_garden.copy_units(model_garden.our_units(encoder, spec),
                             model_garden.model_garden_units(mg_backbone))
     check = _check_equal(_pooled(mg_backbone), encoder, 'Model Garden\'s backbone',
-                         model_garden.encoder_fan_ins(encoder))
+                         rounding.encoder_fan_ins(encoder))
   if tf.io.gfile.exists(prefix + '.index'):
     raise FileExistsError(f'--to_model_garden {prefix}: {prefix}.index already exists')
   parent = os.path.dirname(prefix)
