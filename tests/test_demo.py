@@ -18,6 +18,7 @@ import tensorflow as tf
 from cvrl_tf import configs
 from cvrl_tf.demo import report as demo_report
 from cvrl_tf.demo import run as demo
+import test_quiet  # pylint: disable=g-bad-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -82,6 +83,29 @@ def test_plots_are_png(tmp_path):
       assert f.read(8) == PNG_SIGNATURE
 
 
+def test_side_by_side_steps_wait_for_what_they_need_and_fail_loudly(tmp_path):
+  import io  # pylint: disable=g-import-not-at-top
+  stream = io.StringIO()
+  d = demo.Demo(str(tmp_path / 'out'), jobs=2, stream=stream)
+  marker = tmp_path / 'first_done'
+  py = sys.executable
+  with d.side_by_side(after={'second': 'first'}):
+    d.header('first')
+    d.run('first', [py, '-c', f'import time; time.sleep(0.5); open({str(marker)!r}, "w")'])
+    d.header('second')  # Would fail if it started before 'first' finished.
+    d.run('second', [py, '-c', f'import os; assert os.path.exists({str(marker)!r})'])
+    d.header('third')
+    d.run('third', [py, '-c', 'print("alongside")'])
+  assert set(d.timings) == {'first', 'second', 'third'}
+  assert 'alongside' in (tmp_path / 'out' / 'logs' / 'third.log').read_text()
+  assert stream.getvalue().count('side by side; output in') == 3
+  with pytest.raises(demo.DemoError, match='exit 3'):
+    with d.side_by_side():
+      d.header('failing')
+      d.run('failing', [py, '-c', 'import sys; print("what went wrong"); sys.exit(3)'])
+  assert 'what went wrong' in stream.getvalue()  # The log's end, shown.
+
+
 def test_quick_settings_bind_the_protocol_name():
   bindings = [b.format(fn='linear_eval') for b in demo.quick_settings()['classify']]
   assert 'linear_eval.train_steps=2' in bindings
@@ -95,8 +119,17 @@ def test_quick_settings_bind_the_protocol_name():
 def test_quick_demo_end_to_end_and_rerun_skips(tmp_path):
   out = tmp_path / 'demo'
   cmd = [sys.executable, os.path.join(REPO, 'tools', 'demo.py'), f'--out={out}', '--quick']
-  first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  env = dict(os.environ)
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)  # The demo sets 2 for its tools, as for a user.
+  first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env=env)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  # Every tool is quiet on a healthy run (issue 26): no error-level line from any of
+  # them, in what they printed here or in the logs of the steps run side by side.
+  logs = ''.join(p.read_text() for p in sorted((out / 'logs').glob('*.log')))
+  assert len(list((out / 'logs').glob('*.log'))) == 7
+  assert not test_quiet.error_lines(first.stdout + first.stderr + logs), (
+      test_quiet.error_lines(first.stdout + first.stderr + logs))
 
   # Results table: CVRL, random init, the supervised reference and chance, with numbers.
   results = (out / 'results.md').read_text()

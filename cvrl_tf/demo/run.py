@@ -14,6 +14,10 @@ shipped under cvrl_tf/configs/demo/), as a subprocess whose progress output is p
                                             encoder trained from scratch with labels)
   9. results.md + plots                  -> OUT/results.md, OUT/*.png
 
+Steps 4-8 run two at a time after pretraining (--jobs; each step's output then goes to
+OUT/logs/STEP.log): each cvrl_train spends much of its time in one thread (imports,
+tracing, the input), so two fill the 2 cores of a laptop. Pretraining runs alone: its
+time is a figure of the results table.
 --ablations adds pretraining + linear (and k-NN) evaluation with per-frame augmentation
 and with uniform interval sampling. A step whose outputs exist is skipped, so re-running
 reuses everything already done (`make demo-clean` starts over); an interrupted
@@ -21,6 +25,7 @@ pretraining resumes from its last checkpoint. --quick is a seconds-long smoke ru
 same steps (tiny dataset and model, a few steps) used by the tests.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -28,7 +33,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from cvrl_tf import files as files_lib
 from cvrl_tf.demo import report as demo_report
@@ -37,6 +42,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 GIN_DIR = 'demo'  # A shipped config folder (cvrl_tf/configs/demo) or one of yours.
 TIMINGS_FILE = 'timings.json'
 NUM_CLASSES = 8  # of the synthetic dataset (cvrl_tf/data/synthetic.py)
+# Evaluation steps run two at a time on 2+ cores (Demo.side_by_side).
+DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 
 
 class DemoError(RuntimeError):
@@ -95,6 +102,14 @@ def tool_command(name: str) -> List[str]:
   return [sys.executable, os.path.join(REPO, 'tools', f'{name}.py')]
 
 
+def _quoted(cmd: Sequence[str]) -> str:
+  return ' '.join(shlex.quote(c) for c in cmd)
+
+
+def _tool_env() -> dict:
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
+
+
 def format_seconds(seconds: float) -> str:
   minutes, secs = divmod(int(round(seconds)), 60)
   return f'{minutes}:{secs:02d}'
@@ -104,8 +119,11 @@ class Demo:
   """Runs the steps in order, skipping those already done; records their durations."""
 
   def __init__(self, out: str, quick: bool = False, ablations: bool = False,
-               gin_dir: str = GIN_DIR, stream=sys.stdout):
+               gin_dir: str = GIN_DIR, stream=sys.stdout, jobs: int = DEFAULT_JOBS):
     self.out = os.path.abspath(out)
+    self.jobs = max(1, jobs)
+    self._pending = None  # While collecting steps to run side by side: [(title, key, cmd)].
+    self._title = ''
     self.gin_dir = gin_dir
     self.quick = quick
     self.ablations = ablations
@@ -124,26 +142,97 @@ class Demo:
     print(text, file=self.stream, flush=True)
 
   def header(self, title: str) -> None:
+    """Starts a step; while steps are being collected (side_by_side), it is said when the
+    step starts or is found done."""
+    self._title = title
+    if self._pending is None:
+      self._print_header(title)
+
+  def _print_header(self, title: str, note: str = '') -> None:
     self.step_number += 1
     elapsed = format_seconds(time.perf_counter() - self.t0)
-    self.say(f'\n=== [{elapsed} elapsed] step {self.step_number}: {title}')
+    self.say(f'\n=== [{elapsed} elapsed] step {self.step_number}: {title}{note}')
 
-  def run(self, key: str, cmd: Sequence[str]) -> float:
-    """Runs cmd with its output passed through; adds its duration to timings[key]."""
-    self.say('$ ' + ' '.join(shlex.quote(c) for c in cmd))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
+  def run(self, key: str, cmd: Sequence[str]) -> None:
+    """Runs cmd with its output passed through (or, while collecting, queues it); adds
+    its duration to timings[key]."""
+    if self._pending is not None:
+      self._pending.append((self._title, key, list(cmd)))
+      return
+    self.say('$ ' + _quoted(cmd))
     start = time.perf_counter()
-    code = subprocess.call(list(cmd), cwd=REPO, env=env)
-    seconds = time.perf_counter() - start
+    code = subprocess.call(list(cmd), cwd=REPO, env=_tool_env())
+    self._finished(key, cmd, code, time.perf_counter() - start)
+
+  def _finished(self, key: str, cmd: Sequence[str], code: int, seconds: float,
+                log: Optional[str] = None) -> None:
     if code != 0:
-      raise DemoError(f'step failed (exit {code}): ' + ' '.join(shlex.quote(c) for c in cmd))
+      tail = ''
+      if log:
+        with open(log, encoding='utf-8', errors='replace') as f:
+          tail = ''.join(f.readlines()[-20:])
+        self.say(f'--- failed; the end of {log}:\n{tail}')
+      raise DemoError(f'step failed (exit {code}): {_quoted(cmd)}')
     self.timings[key] = self.timings.get(key, 0.0) + seconds
     files_lib.atomic_write(self.path(TIMINGS_FILE), json.dumps(self.timings, indent=1))
-    self.say(f'--- done in {format_seconds(seconds)}')
-    return seconds
+    self.say(f'--- done in {format_seconds(seconds)}' + (f': {key} ({log})' if log else ''))
 
   def skip(self, what: str) -> None:
+    if self._pending is not None:
+      self._print_header(self._title)
     self.say(f'--- already done ({what}); `make demo-clean` to redo')
+
+  @contextlib.contextmanager
+  def side_by_side(self, after: Optional[dict] = None) -> Iterator[None]:
+    """The steps called in the block run `self.jobs` at a time once it ends (each
+    cvrl_train spends much of its time in one thread: imports, tracing, the input), their
+    output in OUT/logs/<key>.log; after maps a step's key to one it must wait for (if
+    queued too)."""
+    self._pending = []
+    try:
+      yield
+      queue, self._pending = self._pending, None
+      self._run_queue(queue, after or {})
+    finally:
+      self._pending = None
+
+  def _run_queue(self, queue: List[tuple], after: dict) -> None:
+    if self.jobs == 1:
+      for title, key, cmd in queue:
+        self._print_header(title)
+        self.run(key, cmd)
+      return
+    files_lib.makedirs(self.path('logs'))
+    queued = {key for _, key, _ in queue}
+    running = {}  # key -> (process, cmd, start, log path, log file)
+    done = set()
+    try:
+      while queue or running:
+        for key, (proc, cmd, start, log, f) in list(running.items()):
+          if proc.poll() is not None:
+            f.close()
+            del running[key]
+            self._finished(key, cmd, proc.returncode, time.perf_counter() - start, log)
+            done.add(key)
+        for item in list(queue):
+          title, key, cmd = item
+          waits_for = after.get(key)
+          if len(running) >= self.jobs or (waits_for in queued and waits_for not in done):
+            continue
+          queue.remove(item)
+          log = self.path('logs', f'{key}.log')
+          self._print_header(title, f' (side by side; output in {log})')
+          self.say('$ ' + _quoted(cmd))
+          f = open(log, 'w', encoding='utf-8')
+          proc = subprocess.Popen(cmd, cwd=REPO, env=_tool_env(), stdout=f,
+                                  stderr=subprocess.STDOUT)
+          running[key] = (proc, cmd, time.perf_counter(), log, f)
+        time.sleep(0.2)
+    finally:
+      for proc, _, _, _, f in running.values():  # A failure or Ctrl-C: stop the others.
+        proc.kill()
+        proc.wait()
+        f.close()
 
   def train(self, gin_files: Sequence[str], model_dir: str,
             bindings: Sequence[str]) -> List[str]:
@@ -285,7 +374,8 @@ class Demo:
         f'Pretraining time: wall clock of cvrl_train ({self.gin_dir}/pretrain.gin). '
         f'All steps: '
         f'{format_seconds(total)} (sum of the commands actually run, over all '
-        f'invocations of the demo; load average at the end: '
+        f'invocations of the demo; the evaluation steps ran {self.jobs} at a time, so '
+        f'the wall clock was shorter; load average at the end: '
         f'{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores).']
     text = '# CVRL demo results\n\n' + table + '\n\n' + '\n\n'.join(notes) + '\n'
     with open(self.path('results.md'), 'w', encoding='utf-8') as f:
@@ -327,18 +417,19 @@ class Demo:
              (' with ablations' if self.ablations else ''))
     self.make_dataset()
     self.convert()
-    self.pretrain(*MAIN_RUN)
-    self.linear_eval(MAIN_RUN[0], MAIN_RUN[1])
-    self.linear_eval('random', 'random init (same encoder)')
-    self.knn_eval(MAIN_RUN[0], MAIN_RUN[1])
-    self.knn_eval('random', 'random init (same encoder)')
-    self.export()
-    self.embed()
-    self.supervised()
-    for variant in ABLATIONS if self.ablations else []:
+    for variant in variants:  # Alone: the pretraining time is a figure of the table.
       self.pretrain(*variant)
-      self.linear_eval(variant[0], variant[1])
-      self.knn_eval(variant[0], variant[1])
+    with self.side_by_side(after={'embed': 'export'}):
+      self.export()
+      self.supervised()  # The longest evaluation step first.
+      self.embed()
+      self.linear_eval(MAIN_RUN[0], MAIN_RUN[1])
+      self.linear_eval('random', 'random init (same encoder)')
+      self.knn_eval(MAIN_RUN[0], MAIN_RUN[1])
+      self.knn_eval('random', 'random init (same encoder)')
+      for variant in ABLATIONS if self.ablations else []:
+        self.linear_eval(variant[0], variant[1])
+        self.knn_eval(variant[0], variant[1])
     text = self.report(variants)
     self.say(f'\n=== demo finished in {format_seconds(time.perf_counter() - self.t0)}')
     return text
@@ -353,13 +444,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       'interval sampling, and evaluate them')
   parser.add_argument('--quick', action='store_true',
                       help='tiny smoke run (tests): 2 videos per class, 32 px, 4 frames')
+  parser.add_argument('--jobs', type=int, default=DEFAULT_JOBS,
+                      help=f'evaluation steps run at once after pretraining (default '
+                      f'{DEFAULT_JOBS} here; 1: one by one, output passed through)')
   parser.add_argument('--gin_dir', default=GIN_DIR,
                       help=f'folder of pretrain.gin, linear_eval.gin, knn_eval.gin and '
                       f'encoder.gin (default {GIN_DIR}: the shipped demo configs)')
   args = parser.parse_args(argv)
   try:
     Demo(args.out, quick=args.quick, ablations=args.ablations,
-         gin_dir=args.gin_dir).run_all()
+         gin_dir=args.gin_dir, jobs=args.jobs).run_all()
   except DemoError as e:
     print(f'demo: {e}', file=sys.stderr)
     return 1
