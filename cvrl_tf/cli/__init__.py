@@ -6,6 +6,7 @@ Every tool starts quiet (quiet.py): no error-level lines on a healthy start unle
 --verbosity is given."""
 
 import importlib
+import os
 import sys
 
 from absl import app
@@ -14,7 +15,15 @@ from absl import flags
 from cvrl_tf.cli import quiet
 
 
+# tf.keras as tf_keras (Keras 2, what this package, TF Hub and Model Garden use) in our
+# own processes: TensorFlow then does not import Keras 3 (and scikit-learn with it) at
+# its import, ~1 CPU-second of every tool's start (AMD EPYC Zen 4, 2 cores).
+LEGACY_KERAS_ENV = 'TF_USE_LEGACY_KERAS'
+
+
 def _run(command: str):
+  if 'tensorflow' not in sys.modules:
+    os.environ.setdefault(LEGACY_KERAS_ENV, '1')
   quiet.before_tensorflow()  # The tool's module may import TensorFlow.
   # Before TensorFlow's own after-init callbacks (one lists the GPUs: the CUDA probe).
   app.call_after_init(quiet.after_flags)
