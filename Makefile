@@ -16,10 +16,10 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # Two test processes (pytest-xdist): the suite's subprocesses and TensorFlow imports
-# overlap with the other's compute: 7:19 instead of 10:36 serially on 2 cores of an AMD EPYC
-# (Zen 4, avx512_bf16, no AMX).
+# overlap with the other's compute. A file's tests stay on one process (loadfile: module
+# fixtures are built once), the longest files first (tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) tools/demo.py --out=$(DEMO_OUT)
