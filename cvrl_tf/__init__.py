@@ -28,11 +28,20 @@ The layout, by role:
   cli/        every console script's flags and main; gin is parsed only here
   configs/    the gin files, shipped as package data (`--gin_file=pretrain.gin`)
   demo/       `make demo`
+Imports run down LAYERS only (tests/test_layering.py checks every module): a package
+imports its own layer and the ones before it, never one after.
 """
 
 from cvrl_tf.runtime import hardware
 
 __version__ = '0.1.0'
+
+# Lowest first. errors/files/configs: plain helpers and shipped files; data: records in
+# and out; runtime: what runs a protocol; losses, models: the network and its objective;
+# protocols: what cvrl_train runs; serving: a trained encoder elsewhere; cli: the
+# commands; demo: `make demo`, which drives the commands.
+LAYERS = (('errors', 'files', 'configs'), ('data',), ('runtime',), ('losses',),
+          ('models',), ('protocols',), ('serving',), ('cli',), ('demo',))
 
 # Before TensorFlow loads: its oneDNN kernels also on CPUs where its default leaves them
 # off (AVX2-only x86: the demo's train step 32x faster, benchmarks/README.md). Opt out

@@ -1,0 +1,69 @@
+"""Imports run down cvrl_tf.LAYERS: every module of the package, read as text (nothing is
+imported or run), imports from its own layer and the layers before it only."""
+
+import ast
+import os
+
+import cvrl_tf
+
+PACKAGE = os.path.dirname(os.path.abspath(cvrl_tf.__file__))
+RANK = {name: rank for rank, layer in enumerate(cvrl_tf.LAYERS) for name in layer}
+
+
+def _top_name(module: str):
+  """'cvrl_tf.data.pipeline' -> 'data'; None for the package root itself."""
+  parts = module.split('.')
+  return parts[1] if len(parts) > 1 else None
+
+
+def imported_parts(source: str):
+  """The cvrl_tf parts (first names under cvrl_tf) a module's source imports, with lines;
+  `from cvrl_tf import files` names its part too."""
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        if alias.name.startswith('cvrl_tf.'):
+          yield _top_name(alias.name), node.lineno
+    elif isinstance(node, ast.ImportFrom) and node.module and (
+        node.module == 'cvrl_tf' or node.module.startswith('cvrl_tf.')):
+      top = _top_name(node.module)
+      if top is not None:
+        yield top, node.lineno
+      else:
+        for alias in node.names:
+          if alias.name in RANK:
+            yield alias.name, node.lineno
+
+
+def upward_imports(package_dir: str = PACKAGE):
+  found = []
+  for folder, _, names in os.walk(package_dir):
+    for name in sorted(n for n in names if n.endswith('.py')):
+      path = os.path.join(folder, name)
+      rel = os.path.relpath(path, package_dir)
+      own = rel.split(os.sep)[0]
+      own = own[:-3] if own.endswith('.py') else own
+      if own == '__init__':
+        continue  # The root: __version__, LAYERS and the oneDNN switch.
+      assert own in RANK, f'{rel}: {own} is in no layer of cvrl_tf.LAYERS'
+      with open(path, encoding='utf-8') as f:
+        source = f.read()
+      for part, line in imported_parts(source):
+        assert part in RANK, f'{rel}:{line} imports cvrl_tf.{part}, in no layer'
+        if RANK[part] > RANK[own]:
+          found.append(f'{rel}:{line} ({own}) imports {part}')
+  return found
+
+
+def test_every_import_runs_down_the_layers():
+  assert not upward_imports(), upward_imports()
+
+
+def test_an_upward_import_is_found(tmp_path):
+  for part in ('data', 'serving'):
+    (tmp_path / part).mkdir()
+  (tmp_path / 'data' / 'reader.py').write_text(
+      'import os\nfrom cvrl_tf.serving import export\n')
+  (tmp_path / 'serving' / 'export.py').write_text('from cvrl_tf import files\n')
+  assert upward_imports(str(tmp_path)) == [
+      f'{os.path.join("data", "reader.py")}:2 (data) imports serving']
