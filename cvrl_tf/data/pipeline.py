@@ -44,7 +44,6 @@ from cvrl_tf.data import shards
 from cvrl_tf.data import tfds_source
 
 FilePatterns = shards.FilePatterns
-Tracker = bad_examples_lib.BadExamples
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -167,11 +166,12 @@ def _batch_size(batch_size: int, input_context) -> int:
 
 
 # ------------------------------------------------------------------------- builders
-def _tracker(tracker: Optional[Tracker], stage: str, need_label: bool,
-             limited: bool = True) -> Tracker:
+def _tracker(tracker: Optional[bad_examples_lib.BadExamples], stage: str,
+             need_label: bool, limited: bool = True) -> bad_examples_lib.BadExamples:
   """The caller's tracker (told whether this pipeline needs labels), or a logging one."""
   if tracker is None:
-    tracker = Tracker(stage=stage, limit=bad_examples_lib.limit() if limited else None)
+    tracker = bad_examples_lib.BadExamples(
+        stage=stage, limit=bad_examples_lib.limit() if limited else None)
   tracker.need_label = need_label
   return tracker
 
@@ -214,7 +214,8 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
                            deterministic: bool = False,
                            input_context: Optional[tf.distribute.InputContext] = None,
                            validate_files: bool = True,
-                           bad_examples: Optional[Tracker] = None) -> tf.data.Dataset:
+                           bad_examples: Optional[bad_examples_lib.BadExamples] = None,
+                         ) -> tf.data.Dataset:
   """Two views per video at a random temporal interval; infinite, shuffled.
 
   batch_size: global batch in videos (the model sees 2 * per-replica batch clips).
@@ -283,7 +284,8 @@ def build_classification_dataset(file_pattern: FilePatterns,
                                  deterministic: bool = False,
                                  input_context: Optional[tf.distribute.InputContext] = None,
                                  validate_files: bool = True,
-                                 bad_examples: Optional[Tracker] = None) -> tf.data.Dataset:
+                                 bad_examples: Optional[bad_examples_lib.BadExamples] = None,
+                               ) -> tf.data.Dataset:
   """One random clip + label per video; infinite, shuffled (linear eval / fine-tuning).
 
   Augmentation: random resized crop + flip; `colour_augment` adds the view-1 colour and
@@ -334,7 +336,8 @@ def build_eval_dataset(file_pattern: FilePatterns,
                        need_label: bool = True,
                        input_context: Optional[tf.distribute.InputContext] = None,
                        validate_files: bool = True,
-                       bad_examples: Optional[Tracker] = None) -> tf.data.Dataset:
+                       bad_examples: Optional[bad_examples_lib.BadExamples] = None,
+                     ) -> tf.data.Dataset:
   """Every video once, as num_clips evenly spaced clips x num_crops crops (flat views).
 
   Deterministic, one pass, last batch may be smaller. Frames are resized so the short

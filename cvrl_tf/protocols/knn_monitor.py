@@ -20,7 +20,7 @@ memory and queries alike), features (L2-normalized, BN in inference mode) and vo
 
 import dataclasses
 import time
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional
 
 import gin
 import tensorflow as tf
@@ -30,7 +30,7 @@ from cvrl_tf.data import shards
 from cvrl_tf.protocols import evaluation
 from cvrl_tf.protocols import multiview
 
-FilePatterns = Union[str, Sequence[str]]
+FilePatterns = shards.FilePatterns  # one definition: data/shards.py
 SCOPE = 'knn_monitor'  # gin scope of build_eval_dataset for the monitor's views.
 
 

@@ -16,7 +16,7 @@ import contextlib
 import json
 import math
 import os
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import gin
 import tensorflow as tf
@@ -30,7 +30,7 @@ from cvrl_tf.protocols import evaluation
 from cvrl_tf.runtime import config
 from cvrl_tf.runtime import train_loop
 
-FilePatterns = Union[str, Sequence[str]]
+FilePatterns = shards.FilePatterns  # one definition: data/shards.py
 RESULTS_FILE = 'eval_results.json'
 
 

@@ -8,11 +8,13 @@ training protocol has; `Schedule` is what its epochs come to in steps.
 
 import dataclasses
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import gin
 
-FilePatterns = Union[str, Sequence[str]]
+from cvrl_tf.data import shards
+
+FilePatterns = shards.FilePatterns  # one definition: data/shards.py
 
 
 @dataclasses.dataclass(frozen=True)
