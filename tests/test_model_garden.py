@@ -540,7 +540,7 @@ def test_import_export_hub_in_fresh_process(r3d50, tmp_path):
 # --------------------------------------------------------------------------- linear eval
 def test_imported_linear_eval_config_is_the_released_yaml():
   """configs/linear_eval_k600_imported.gin against cvrl_linear_eval_k600.yaml (on its
-  experiment), field by field; README section 5 states the differences left."""
+  experiment), field by field; docs/import.md states the differences left."""
   # pylint: disable=g-import-not-at-top
   from official.core import exp_factory
   from official.projects.video_ssl.configs import video_ssl  # registers the experiments

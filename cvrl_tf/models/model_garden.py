@@ -47,7 +47,7 @@ _FIXED = {  # our spec key -> the value Model Garden's ResNet3D hard-codes
 # exp_factory config of tf-models-official plus the overrides of a yaml file in the
 # tensorflow/models repository, EXPERIMENTS_DIR, which tf-models-official does not ship.
 # Their `task.model` parts, value for value (the rest of the yaml is data and schedule;
-# README section 5 compares the linear-evaluation one with our configs):
+# docs/import.md compares the linear-evaluation one with our configs):
 EXPERIMENTS_DIR = 'tensorflow/models official/projects/video_ssl/configs/experiments'
 PRETRAIN_YAML = 'cvrl_pretrain_k600_200ep.yaml'
 LINEAR_EVAL_YAML = 'cvrl_linear_eval_k600.yaml'
