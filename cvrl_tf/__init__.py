@@ -40,7 +40,7 @@ __version__ = '0.1.0'
 # and out; runtime: what runs a protocol; losses, models: the network and its objective;
 # protocols: what cvrl_train runs; serving: a trained encoder elsewhere; cli: the
 # commands; demo: `make demo`, which drives the commands.
-LAYERS = (('errors', 'files', 'configs'), ('data',), ('runtime',), ('losses',),
+LAYERS = (('errors', 'files', 'configs', 'records', 'progress'), ('data',), ('runtime',), ('losses',),
           ('models',), ('protocols',), ('serving',), ('cli',), ('demo',))
 
 # Before TensorFlow loads: its oneDNN kernels also on CPUs where its default leaves them

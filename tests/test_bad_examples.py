@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf import errors
+from cvrl_tf import records
 from cvrl_tf.data import bad_examples
 from cvrl_tf.data import pipeline
 from cvrl_tf.data import record_check
-from cvrl_tf.data import records
 from cvrl_tf.protocols import classify
 from cvrl_tf.protocols import knn
 

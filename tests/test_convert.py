@@ -16,9 +16,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import records
 from cvrl_tf.cli import convert as convert_cli
 from cvrl_tf.data import convert
-from cvrl_tf.data import records
 from cvrl_tf.data import sources
 from cvrl_tf.data import video_io
 

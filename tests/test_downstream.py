@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf.data import records
+from cvrl_tf import records
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
 from cvrl_tf.protocols import classify

@@ -174,7 +174,7 @@ def test_outputs_png_json_csv_and_class_names(tmp_path):
 
 
 def test_class_names_found_beside_the_shards_or_in_the_records(tmp_path):
-  from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+  from cvrl_tf import records  # pylint: disable=g-import-not-at-top
   jpeg = tf.io.encode_jpeg(np.zeros((8, 8, 3), np.uint8)).numpy()
   shard = str(tmp_path / 'test-00000-of-00001.tfrecord')
   with tf.io.TFRecordWriter(shard) as writer:

@@ -1,5 +1,5 @@
 """files.py: atomic writes (local and through tf.io.gfile), the JSON normaliser, and the
-progress-stream argument (data/progress.py)."""
+progress-stream argument (progress.py)."""
 
 import io
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cvrl_tf import files
-from cvrl_tf.data import progress
+from cvrl_tf import progress
 
 
 def test_atomic_write_text_and_bytes_replace_and_leave_no_temp(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import records
 from cvrl_tf.cli import gin_files
-from cvrl_tf.data import records
 from cvrl_tf.demo import report
 from cvrl_tf.protocols import knn
 from cvrl_tf.protocols import knn_monitor

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cvrl_tf import records
 from cvrl_tf.data import bad_examples
 from cvrl_tf.data import batch as batch_lib
 from cvrl_tf.data import pipeline
-from cvrl_tf.data import records
 from cvrl_tf.data import sampling
 from cvrl_tf.data import shards
 

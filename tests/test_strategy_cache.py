@@ -50,7 +50,7 @@ STEPS = dict(global_batch_size=4, train_steps=2, warmup_epochs=0, checkpoint_eve
 def _write_records(root):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+  from cvrl_tf import records  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   for split, n in (('train', 8), ('test', 4)):
     with tf.io.TFRecordWriter(os.path.join(root, f'{split}-00000-of-00001.tfrecord')) as w:

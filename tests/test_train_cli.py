@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import records
+from cvrl_tf import records
 from test_quiet import error_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

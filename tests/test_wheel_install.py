@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import records
+from cvrl_tf import records
 from test_quiet import error_lines
 
 pytest.importorskip('setuptools')

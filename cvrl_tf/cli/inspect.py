@@ -11,11 +11,11 @@ import sys
 
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
+from cvrl_tf import records
 from cvrl_tf.cli import failures
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.data import inspection
 from cvrl_tf.data import record_check
-from cvrl_tf.data import records
 from cvrl_tf.data import shards
 
 _FLAGS = [  # (kind, name, default, help); see tool_flags

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
-from cvrl_tf.data import progress as progress_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import record_check
 
 FILE = 'bad_examples.json'

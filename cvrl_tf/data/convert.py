@@ -25,8 +25,8 @@ import time
 from typing import Dict, List, Optional, Sequence, TextIO
 
 from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import pool
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shard_writer
 from cvrl_tf.data import sources
 
@@ -188,7 +188,7 @@ class _Converter:
     items = [[self.items[i] for i in assignment[k]] for k in todo]
     results = shard_writer.decode(self.pool, self.task, (i for s in items for i in s))
     # Workers are busy now; TensorFlow (seconds to import) loads meanwhile.
-    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+    from cvrl_tf import records  # pylint: disable=g-import-not-at-top
     records.write_label_map(self.label_map_path, self.task.labels)
     for k, shard_items in zip(todo, items):
       shard_writer.write(self.task, names[k], shard_items, results, progress)
@@ -203,7 +203,7 @@ class _Converter:
         task=self.task, items_path=items_path, shard_names=tuple(names),
         seed=self.opts.seed), todo, beam_args, self.workers)
     # The pipeline runs now; TensorFlow (seconds to import) loads meanwhile.
-    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+    from cvrl_tf import records  # pylint: disable=g-import-not-at-top
     records.write_label_map(self.label_map_path, self.task.labels)
     running.wait(progress)
 

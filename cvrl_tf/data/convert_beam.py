@@ -23,7 +23,7 @@ import threading
 from typing import List, Optional, Sequence, Tuple
 
 from cvrl_tf import files as files_lib
-from cvrl_tf.data import progress as progress_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import shard_writer
 from cvrl_tf.data import sources
 

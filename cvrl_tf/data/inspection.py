@@ -18,10 +18,10 @@ from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
+from cvrl_tf import progress as progress_lib
+from cvrl_tf import records
 from cvrl_tf.data import bad_examples
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import record_check
-from cvrl_tf.data import records
 from cvrl_tf.data import shards
 
 _OTHER_KEYS = {'clip/label/text': tf.io.FixedLenFeature([], tf.string, default_value='')}

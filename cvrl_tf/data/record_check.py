@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
-from cvrl_tf.data import records
+from cvrl_tf import records
 
 LABEL_NAME_KEYS = (records.LABEL_STRING_KEY, 'clip/label/text')
 DECODE_MODES = ('all', 'headers')

@@ -17,8 +17,8 @@ import uuid
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import pool as pool_lib
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import sources
 from cvrl_tf.data import video_io
 
@@ -63,7 +63,7 @@ class Task:
   def record(self, item: sources.Item, res: dict) -> bytes:
     """Serialized record; takes the JPEGs out of `res` so that at most two copies of a
     video's frames (proto, bytes) are alive at once."""
-    from cvrl_tf.data import records  # pylint: disable=g-import-not-at-top
+    from cvrl_tf import records  # pylint: disable=g-import-not-at-top
     label = None if item.label is None else self.label_index[item.label]
     example = records.make_sequence_example(
         res.pop('jpegs'), item.media_id, res['fps'], res['height'], res['width'],

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import tensorflow as tf
 
 from cvrl_tf import errors
-from cvrl_tf.data import records
+from cvrl_tf import records
 from cvrl_tf.data import tfds_source
 
 FilePatterns = Union[str, Sequence[str]]

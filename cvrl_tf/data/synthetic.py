@@ -30,8 +30,8 @@ from typing import Dict, Optional, TextIO
 import numpy as np
 
 from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import pool as pool_lib
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import video_io
 
 CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down',

@@ -35,8 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import batch as batch_lib
-from cvrl_tf.data import progress as progress_lib
 
 META_FILE = 'meta.json'
 

@@ -14,8 +14,8 @@ import gin
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import pipeline
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
 from cvrl_tf.models import encoder_source as encoder_source_lib
 from cvrl_tf.protocols import classify

@@ -22,9 +22,9 @@ import gin
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import bad_examples as bad_examples_lib
 from cvrl_tf.data import pipeline
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
 from cvrl_tf.protocols import evaluation
 from cvrl_tf.runtime import config

@@ -11,9 +11,9 @@ import dataclasses
 import gin
 import tf_keras
 
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import bad_examples
 from cvrl_tf.data import pipeline
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import shards
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import flops

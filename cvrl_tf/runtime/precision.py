@@ -37,7 +37,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import files as files_lib
-from cvrl_tf.data import progress as progress_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.runtime import distribute
 from cvrl_tf.runtime import hardware
 

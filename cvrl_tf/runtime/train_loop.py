@@ -35,8 +35,8 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import errors
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data.bad_examples import FILE as BAD_EXAMPLES_FILE
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.runtime import optim
 
 CHECKPOINT_SUBDIR = 'checkpoints'

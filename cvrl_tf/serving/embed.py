@@ -34,8 +34,8 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.data import augment
-from cvrl_tf.data import progress as progress_lib
 from cvrl_tf.data import sources
 from cvrl_tf.data import video_io
 from cvrl_tf.serving import embed_store

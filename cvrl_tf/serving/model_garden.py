@@ -35,7 +35,7 @@ import tensorflow as tf
 import yaml  # a tf-models-official requirement
 
 from cvrl_tf import files as files_lib
-from cvrl_tf.data import progress as progress_lib
+from cvrl_tf import progress as progress_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 from cvrl_tf.models import mg_checkpoint
