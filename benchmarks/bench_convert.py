@@ -8,7 +8,7 @@ Writes Kinetics-like sources (480x360 H.264, 25 fps, moving texture + noise) to 
 dir, then measures, alternating variants within each repetition so that load drift hits
 all of them alike (one warm-up repetition excluded; median and min..max printed):
   decode_only  W=1|2   PyAV demux + decode of every frame, nothing else (the floor)
-  convert      W=1|2   cvrl_tf.data.convert in-process: decode, resize to short side 256,
+  convert      W=1|2   cvrl_tf.convert.convert in-process: decode, resize to short side 256,
                        JPEG q90 in W worker processes, records + shards written here
                        (includes starting the workers, excludes the TensorFlow import)
   beam         W=2     the same conversion on Apache Beam's DirectRunner with W worker
@@ -43,10 +43,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path)
-from cvrl_tf.data import convert
-from cvrl_tf.data import pool as pool_lib
-from cvrl_tf.data import sources
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import convert
+from cvrl_tf.convert import pool as pool_lib
+from cvrl_tf.convert import sources
+from cvrl_tf.convert import video_io
 
 WIDTH, HEIGHT, FPS = 480, 360, 25
 
@@ -167,7 +167,7 @@ def bench_jpeg(frame, reps=200, import_runs=3, modules=('PIL.Image', 'tensorflow
 _MEMORY_PROBE = """
 import json, sys
 sys.path.insert(0, sys.argv[2])
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import video_io
 def hwm():
   with open('/proc/self/status') as f:
     return next(int(l.split()[1]) for l in f if l.startswith('VmHWM')) / 1024
@@ -181,7 +181,7 @@ print(json.dumps({'frames': len(r['jpegs']), 'jpeg_bytes': sum(map(len, r['jpegs
 _CONVERT_PROBE = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from cvrl_tf.data import convert, sources
+from cvrl_tf.convert import convert, sources
 item = sources.Item(sys.argv[1], None, 'long')
 convert.convert(sources.Listing([item], [], {}), convert.Options(
     output_dir=sys.argv[3], num_shards=1, short_side=256, workers=0), log=None)

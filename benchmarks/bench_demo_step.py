@@ -35,7 +35,7 @@ import bench_train_step
 import common
 from cvrl_tf import configs
 from cvrl_tf.cli import gin_files
-from cvrl_tf.data import batch as batch_lib
+from cvrl_tf.input import batch as batch_lib
 from cvrl_tf.models import classifier
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer

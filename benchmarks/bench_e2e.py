@@ -7,7 +7,7 @@ Writes synthetic records (bench_input.write_records: moving textures, JPEG q90, 
 frames of 256x340 per video), then measures, alternating the three variants within each
 repetition so that load drift hits them alike (warm-up excluded; median and min..max of
 --reps repetitions):
-  pipeline   cvrl_tf.data.pipeline.build_pretrain_dataset alone (defer='resize', canvas
+  pipeline   cvrl_tf.input.pipeline.build_pretrain_dataset alone (defer='resize', canvas
              fitted to the records; configs/pretrain.gin uses canvas=None, as fast in
              bench_input.py): batches pulled and materialised (bench_input.time_batches)
   step       CVRLPretrainer.train_step under model.fit on one cached batch of that
@@ -39,7 +39,7 @@ import tf_keras
 import bench_input
 import bench_train_step
 import common
-from cvrl_tf.data import pipeline
+from cvrl_tf.input import pipeline
 
 VARIANTS = ('pipeline', 'step', 'end2end')
 

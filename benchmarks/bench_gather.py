@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
-from cvrl_tf.data import batch as batch_lib
+from cvrl_tf.input import batch as batch_lib
 from cvrl_tf.runtime import distribute
 import bench_train_step
 import common

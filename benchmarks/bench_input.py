@@ -52,11 +52,11 @@ import tensorflow as tf
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path)
 from cvrl_tf import records
-from cvrl_tf.data import bad_examples
-from cvrl_tf.data import batch as batch_lib
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import sampling
-from cvrl_tf.data import shards
+from cvrl_tf.input import bad_examples
+from cvrl_tf.input import batch as batch_lib
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import sampling
+from cvrl_tf.input import shards
 
 
 def write_records(out_dir: str, num_videos: int, num_shards: int, height: int, width: int,

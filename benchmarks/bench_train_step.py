@@ -45,7 +45,7 @@ import tensorflow as tf
 import tf_keras
 
 import common
-from cvrl_tf.data import batch as batch_lib
+from cvrl_tf.input import batch as batch_lib
 from cvrl_tf.models import flops
 from cvrl_tf.models import heads
 from cvrl_tf.models import pretrainer

@@ -4,17 +4,23 @@ Shape conventions, written once: a clip is float32 [T, H, W, 3] in [0, 1]; a bat
 [B, T, H, W, 3]; a pretraining batch holds all view-1 clips then all view-2 clips.
 
 Reading order, one pretraining step from a TFRecord to the weight update:
-  data/pipeline.py      build_pretrain_dataset: parse, sample two clips per video,
+  input/pipeline.py     build_pretrain_dataset: parse, sample two clips per video,
                         decode only their frames, augment (what it defers, the step does)
-  data/batch.py         the batch contract: keys, the step/replica seed, finish_batch
+  input/batch.py        the batch contract: keys, the step/replica seed, finish_batch
   models/r3d.py         the R3D encoder (models/heads.py: the projection head)
   models/pretrainer.py  CVRLPretrainer: objective and train_step
   models/train_step.py  what every train step shares: weight decay, the replica
                         scaling of the gradients, metrics, XLA guard
   losses.py             InfoNCE over the global batch, with its derivation
 The layout, by role:
-  data/       TFRecords in and out: conversion, parsing, sampling, decoding, augmentation;
-              tfds_source.py reads TensorFlow Datasets (`tfds:` sources) instead
+  records.py  the record schema: the one module conversion and input share
+  progress.py the progress stream every layer writes to
+  convert/    video -> TFRecord, offline: sources, video_io (PyAV), shard_writer, the
+              local pool and Apache Beam runners (convert.py, convert_beam.py), synthetic
+  input/      TFRecord shards or TFDS splits -> batches, in tf.data: shards.py and
+              tfds_source.py (`tfds:` sources), sampling, augment, batch, pipeline; the
+              bad-example guard (bad_examples.py, record_check.py); inspection.py
+              (cvrl_inspect: records read the way training reads them)
   models/     Keras models: encoder, heads, the pretrainer and classifier train steps
   losses.py   the contrastive loss
   protocols/  what cvrl_train runs: pretrain.py, classify.py (linear eval, fine-tune,
@@ -36,12 +42,15 @@ from cvrl_tf.runtime import hardware
 
 __version__ = '0.1.0'
 
-# Lowest first. errors/files/configs: plain helpers and shipped files; data: records in
-# and out; runtime: what runs a protocol; losses, models: the network and its objective;
-# protocols: what cvrl_train runs; serving: a trained encoder elsewhere; cli: the
-# commands; demo: `make demo`, which drives the commands.
-LAYERS = (('errors', 'files', 'configs', 'records', 'progress'), ('data',), ('runtime',), ('losses',),
-          ('models',), ('protocols',), ('serving',), ('cli',), ('demo',))
+# Lowest first. errors/files/configs/records/progress: plain helpers, shipped files, the
+# record schema and the progress stream; convert: video -> records (offline); input:
+# records -> batches (tf.data; it imports nothing of convert); runtime: what runs a
+# protocol; losses, models: the network and its objective; protocols: what cvrl_train
+# runs; serving: a trained encoder elsewhere; cli: the commands; demo: `make demo`, which
+# drives the commands.
+LAYERS = (('errors', 'files', 'configs', 'records', 'progress'), ('convert',), ('input',),
+          ('runtime',), ('losses',), ('models',), ('protocols',), ('serving',), ('cli',),
+          ('demo',))
 
 # Before TensorFlow loads: its oneDNN kernels also on CPUs where its default leaves them
 # off (AVX2-only x86: the demo's train step 32x faster, benchmarks/README.md). Opt out

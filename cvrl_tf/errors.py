@@ -34,7 +34,7 @@ class DataProblem(RuntimeError):
 
 class TooManyBadExamples(DataProblem):
   """More examples than the limit could not be used; the message gives the count, the
-  fraction and the file that lists them (data/bad_examples.py)."""
+  fraction and the file that lists them (input/bad_examples.py)."""
 
 
 class InputEnded(DataProblem):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import augment
+from cvrl_tf.input import augment
 
 SEED = tf.constant([3, 5])
 

@@ -17,9 +17,9 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf import records
-from cvrl_tf.data import bad_examples
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import record_check
+from cvrl_tf.input import bad_examples
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import record_check
 from cvrl_tf.protocols import classify
 from cvrl_tf.protocols import knn
 

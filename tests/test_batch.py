@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvrl_tf.data import batch
+from cvrl_tf.input import batch
 
 SEED = tf.constant([3, 5])
 

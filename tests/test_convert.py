@@ -18,9 +18,9 @@ import tensorflow as tf
 
 from cvrl_tf import records
 from cvrl_tf.cli import convert as convert_cli
-from cvrl_tf.data import convert
-from cvrl_tf.data import sources
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import convert
+from cvrl_tf.convert import sources
+from cvrl_tf.convert import video_io
 
 TOOL = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tools',
                     'cvrl_convert.py')
@@ -376,7 +376,7 @@ def test_ram_filesystem_inputs_and_outputs_give_the_local_bytes(data, tmp_path):
 
 
 def test_runner_flag_usage_errors(tmp_path, monkeypatch, capsys):
-  from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.convert import convert_beam  # pylint: disable=g-import-not-at-top
   (tmp_path / 'list.csv').write_text('a.mp4,x\n')
   base = [f'--csv={tmp_path / "list.csv"}', f'--output_dir={tmp_path / "out"}']
   flags.FLAGS(['cvrl_convert', *base, '--project=p'], known_only=True)

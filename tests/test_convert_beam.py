@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf.cli import convert as convert_cli
-from cvrl_tf.data import convert
-from cvrl_tf.data import sources
+from cvrl_tf.convert import convert
+from cvrl_tf.convert import sources
 import test_convert as helpers  # the same tiny videos
 
 pytest.importorskip('apache_beam')

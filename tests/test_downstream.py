@@ -178,7 +178,7 @@ def test_multiview_averages_exactly_k_times_3_views_per_video(data):
   stub = lambda clips: tf.reduce_mean(clips, axis=[1, 2, 3])
   videos = multiview.run_views(tf.distribute.get_strategy(), data['test'], 5, stub)
   assert list(videos['num_views']) == [NUM_CLIPS * NUM_CROPS] * 9
-  from cvrl_tf.data import pipeline  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.input import pipeline  # pylint: disable=g-import-not-at-top
   per_view = {}
   for batch in pipeline.build_eval_dataset(data['test'], 7).as_numpy_iterator():
     for clip, media, view in zip(batch['clips'], batch['media_id'], batch['view_index']):

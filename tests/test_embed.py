@@ -13,7 +13,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from cvrl_tf.cli import embed as embed_cli
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import video_io
 from cvrl_tf.models import rounding
 from cvrl_tf.serving import embed
 from cvrl_tf.serving import embed_store

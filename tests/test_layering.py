@@ -11,7 +11,7 @@ RANK = {name: rank for rank, layer in enumerate(cvrl_tf.LAYERS) for name in laye
 
 
 def _top_name(module: str):
-  """'cvrl_tf.data.pipeline' -> 'data'; None for the package root itself."""
+  """'cvrl_tf.input.pipeline' -> 'input'; None for the package root itself."""
   parts = module.split('.')
   return parts[1] if len(parts) > 1 else None
 
@@ -60,10 +60,10 @@ def test_every_import_runs_down_the_layers():
 
 
 def test_an_upward_import_is_found(tmp_path):
-  for part in ('data', 'serving'):
+  for part in ('input', 'serving'):
     (tmp_path / part).mkdir()
-  (tmp_path / 'data' / 'reader.py').write_text(
+  (tmp_path / 'input' / 'reader.py').write_text(
       'import os\nfrom cvrl_tf.serving import export\n')
   (tmp_path / 'serving' / 'export.py').write_text('from cvrl_tf import files\n')
   assert upward_imports(str(tmp_path)) == [
-      f'{os.path.join("data", "reader.py")}:2 (data) imports serving']
+      f'{os.path.join("input", "reader.py")}:2 (input) imports serving']

@@ -29,7 +29,7 @@ import tf_keras
 
 from cvrl_tf import files as files_lib
 from cvrl_tf.cli import import_checkpoint as import_cli
-from cvrl_tf.data import augment
+from cvrl_tf.input import augment
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import encoder_source
 from cvrl_tf.models import mg_checkpoint

@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from cvrl_tf import records
-from cvrl_tf.data import bad_examples
-from cvrl_tf.data import batch as batch_lib
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import sampling
-from cvrl_tf.data import shards
+from cvrl_tf.input import bad_examples
+from cvrl_tf.input import batch as batch_lib
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import sampling
+from cvrl_tf.input import shards
 
 H, W = 48, 64  # Stored frame size.
 CLIP = dict(clip_len=4, stride=2, crop_size=32)
@@ -256,7 +256,7 @@ def test_mirrored_strategy_per_replica_batch(data):
       cpu = tf.config.list_physical_devices('CPU')[0]
       tf.config.set_logical_device_configuration(
           cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-      from cvrl_tf.data import pipeline
+      from cvrl_tf.input import pipeline
       strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
       ds = strategy.distribute_datasets_from_function(
           lambda ctx: pipeline.build_pretrain_dataset(

@@ -4,7 +4,7 @@ after its time limit and fails alone, in-process mode."""
 import os
 import time
 
-from cvrl_tf.data import pool
+from cvrl_tf.convert import pool
 
 
 def _square_or_die(x):

@@ -131,7 +131,7 @@ def test_convert_start_is_quiet_whatever_the_users_log_level(tmp_path, level):
   # CUDA then. 0 and 2 both show error lines (1 only adds warnings): what differs for the
   # code is unset (our level) or set by the user. The rest of the tools at level 2: the
   # quick demo test (tests/test_demo.py) asserts the same of all of its output.
-  from cvrl_tf.data import synthetic  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.convert import synthetic  # pylint: disable=g-import-not-at-top
   lines = []
   for i in range(2):
     path = str(tmp_path / f'v{i}.mp4')

@@ -5,7 +5,7 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from cvrl_tf.data import sampling
+from cvrl_tf.input import sampling
 
 
 def _cdf(family, rate):

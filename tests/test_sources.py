@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cvrl_tf.data import sources
+from cvrl_tf.convert import sources
 
 
 def _write(path, text):

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 
-from cvrl_tf.data import synthetic
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import synthetic
+from cvrl_tf.convert import video_io
 
 TINY = synthetic.Config(size=32, seconds=0.6, fps=20)  # 12 frames
 
@@ -62,7 +62,7 @@ def test_dots_in_frame_are_as_many_for_every_class():
 def test_same_bytes_whatever_the_blas_threads():
   """The renderer's sums are float64, so the BLAS thread count (workers use 1) cannot
   change a rounded pixel, at a size where float32 GEMMs did."""
-  code = ('import hashlib; from cvrl_tf.data import synthetic as s; '
+  code = ('import hashlib; from cvrl_tf.convert import synthetic as s; '
           'v = s.render(6, s.video_rng(0, "train", 6), s.Config(size=224, seconds=2.0)); '
           'print(hashlib.sha1(v.tobytes()).hexdigest())')
   digests = set()

@@ -7,9 +7,9 @@ import collections
 import numpy as np
 import pytest
 
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import shards
-from cvrl_tf.data import tfds_source
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import shards
+from cvrl_tf.input import tfds_source
 from cvrl_tf.protocols import evaluation
 
 tfds = pytest.importorskip('tensorflow_datasets')

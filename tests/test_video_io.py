@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import video_io
 
 W, H, FPS, N = 48, 32, 10, 20  # a 2-second clip
 

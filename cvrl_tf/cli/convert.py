@@ -1,6 +1,6 @@
-"""`cvrl_convert`: videos to TFRecord shards (data/convert.py does the work).
+"""`cvrl_convert`: videos to TFRecord shards (convert/convert.py does the work).
 
-With `--runner=...` the shards are written by Apache Beam (data/convert_beam.py); the
+With `--runner=...` the shards are written by Apache Beam (convert/convert_beam.py); the
 command line's other `--name=value` arguments are then Beam pipeline options.
 """
 
@@ -10,8 +10,8 @@ from absl import flags
 
 from cvrl_tf.cli import quiet
 from cvrl_tf.cli import tool_flags
-from cvrl_tf.data import sources
-from cvrl_tf.data.convert import (_SIZE_SAMPLE, DEFAULT_DECODE_TIMEOUT, Options,
+from cvrl_tf.convert import sources
+from cvrl_tf.convert.convert import (_SIZE_SAMPLE, DEFAULT_DECODE_TIMEOUT, Options,
                                   UsageError, convert, validate)
 
 # ---------------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def beam_args_from_flags(rest) -> list:
       raise UsageError(f'unknown flags or arguments: {" ".join(rest)} (Beam pipeline options '
                        'go with --runner)')
     return None
-  from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.convert import convert_beam  # pylint: disable=g-import-not-at-top
   beam_args = [f'--runner={_flag("runner")}', *rest]
   try:
     convert_beam.pipeline_options(beam_args, 1)

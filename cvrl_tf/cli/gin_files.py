@@ -20,7 +20,7 @@ import tensorflow as tf
 from cvrl_tf import configs
 from cvrl_tf import errors
 from cvrl_tf.cli import quiet
-from cvrl_tf.data import tfds_source
+from cvrl_tf.input import tfds_source
 from cvrl_tf.models import backbone_io
 
 

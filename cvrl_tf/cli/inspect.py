@@ -1,5 +1,5 @@
 """`cvrl_inspect`: what a set of shards holds and every example in it that training
-would skip (data/inspection.py does the work).
+would skip (input/inspection.py does the work).
 
   cvrl_inspect --files='/data/k400/train-*.tfrecord' --need_label
 
@@ -14,9 +14,9 @@ from cvrl_tf import files as files_lib
 from cvrl_tf import records
 from cvrl_tf.cli import failures
 from cvrl_tf.cli import tool_flags
-from cvrl_tf.data import inspection
-from cvrl_tf.data import record_check
-from cvrl_tf.data import shards
+from cvrl_tf.input import inspection
+from cvrl_tf.input import record_check
+from cvrl_tf.input import shards
 
 _FLAGS = [  # (kind, name, default, help); see tool_flags
     ('multi_string', 'files', [], 'TFRecord file pattern(s) to check; repeatable.'),

@@ -1,10 +1,10 @@
-"""`cvrl_synth`: the embedded synthetic dataset (data/synthetic.py) as mp4 files."""
+"""`cvrl_synth`: the embedded synthetic dataset (convert/synthetic.py) as mp4 files."""
 
 import sys
 
 from cvrl_tf.cli import tool_flags
-from cvrl_tf.data import pool as pool_lib
-from cvrl_tf.data.synthetic import CLASSES, Config, generate
+from cvrl_tf.convert import pool as pool_lib
+from cvrl_tf.convert.synthetic import CLASSES, Config, generate
 
 _FLAGS = [  # (kind, name, default, help)
     ('string', 'output_dir', None, 'Folder for the videos, CSVs and class list.'),

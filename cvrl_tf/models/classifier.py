@@ -18,7 +18,7 @@ divided by the number of replicas because the optimizer sums replica gradients: 
 update equals that of the global-batch mean on one device (models/train_step.py, whose
 TrainStepModel also holds the metrics, seeding and XLA guard shared with pretraining).
 
-Batches (keys of data/batch.py): the classification pipeline's dicts (CLIPS or deferred
+Batches (keys of input/batch.py): the classification pipeline's dicts (CLIPS or deferred
 CROPS, ..., LABEL; `batch.finish_batch` completes whatever was deferred), or
 {FEATURES, LABEL} from a feature cache (linear eval only: the head trains on
 precomputed encoder outputs).
@@ -30,7 +30,7 @@ from typing import List, Optional
 import tensorflow as tf
 import tf_keras
 
-from cvrl_tf.data import batch
+from cvrl_tf.input import batch
 from cvrl_tf.models import heads
 from cvrl_tf.models import train_step as train_step_lib
 from cvrl_tf.runtime import optim

@@ -6,8 +6,8 @@ mixed precision (the loss is always computed in float32) and XLA on one replica 
 process (train_step.py says where and why not).
 
 Batch: 2b clips per replica, view 1 of b videos then view 2 of the same videos: either a
-tensor [2b, T, H, W, 3] (float in [0, 1] or uint8) or a dict from data/pipeline.py (keys
-of data/batch.py), which the step finishes with `batch.finish_batch` (resize / flip /
+tensor [2b, T, H, W, 3] (float in [0, 1] or uint8) or a dict from input/pipeline.py (keys
+of input/batch.py), which the step finishes with `batch.finish_batch` (resize / flip /
 colour the pipeline deferred to the accelerator; seeded by step and replica). Both views
 go through the encoder in one call (one BN batch over both views, as in the released
 code).
@@ -32,8 +32,8 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import losses
-from cvrl_tf.data import augment
-from cvrl_tf.data import batch
+from cvrl_tf.input import augment
+from cvrl_tf.input import batch
 from cvrl_tf.models import train_step as train_step_lib
 from cvrl_tf.runtime import optim
 

@@ -19,7 +19,7 @@ batch on one device, whatever R. Under mixed_float16 the optimizer is a
 LossScaleOptimizer: `minimize` scales the loss, unscales the gradients and skips the
 update when they overflow (precision.py).
 
-Deferred augmentation (`_finish_batch`): data/batch.py's `finish_batch`, seeded by
+Deferred augmentation (`_finish_batch`): input/batch.py's `finish_batch`, seeded by
 `batch.step_seed` from `augment_seed`, the optimizer step and the replica.
 
 XLA (`compile(jit_compile=True)`) works on one replica per process (default strategy;
@@ -37,7 +37,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import losses
-from cvrl_tf.data import batch
+from cvrl_tf.input import batch
 from cvrl_tf.models import weight_decay as weight_decay_lib
 from cvrl_tf.runtime import distribute
 from cvrl_tf.runtime import optim

@@ -44,9 +44,9 @@ from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
 from cvrl_tf import records
-from cvrl_tf.data import bad_examples
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import shards
+from cvrl_tf.input import bad_examples
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import shards
 from cvrl_tf.models import classifier as classifier_lib
 from cvrl_tf.models import encoder_source as encoder_source_lib
 from cvrl_tf.protocols import feature_cache

@@ -36,8 +36,8 @@ import tensorflow as tf
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
 from cvrl_tf import records
-from cvrl_tf.data import batch as batch_lib
-from cvrl_tf.data import tfds_source
+from cvrl_tf.input import batch as batch_lib
+from cvrl_tf.input import tfds_source
 
 VOTES = ('weighted', 'majority')
 PAD_INDEX = -1  # video_index of the padding views added to fill the last batches.
@@ -233,7 +233,7 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray,
 def unreadable_summary(unreadable: Sequence[dict], num_videos: int,
                        top1: Optional[float]) -> Dict[str, object]:
   """What a test's accuracy was computed over, for its results file: the videos that
-  could not be read (data/bad_examples.py entries) are listed, never silently missing
+  could not be read (input/bad_examples.py entries) are listed, never silently missing
   from the denominator; `top1_counting_unreadable_as_wrong` is the bound with them in.
   A damaged file (record -1) also lost the records after the damage, uncounted."""
   videos = [e for e in unreadable if e['record'] >= 0]

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import batch as batch_lib
+from cvrl_tf.input import batch as batch_lib
 
 META_FILE = 'meta.json'
 
@@ -127,7 +127,7 @@ class FeatureCache:
   def dataset(self, num_passes: int, batch_size: int, seed=None,
               input_context=None) -> tf.data.Dataset:
     """Infinite {FEATURES: float32 [b, D], LABEL: int64 [b]} batches (b per replica;
-    keys of data/batch.py)."""
+    keys of input/batch.py)."""
     dim = self.dim
     prefixes = self.passes(num_passes)
     if input_context is not None:

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import shards
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import shards
 from cvrl_tf.models import encoder_source as encoder_source_lib
 from cvrl_tf.protocols import classify
 from cvrl_tf.protocols import evaluation

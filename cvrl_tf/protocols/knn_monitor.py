@@ -26,11 +26,11 @@ import gin
 import tensorflow as tf
 
 from cvrl_tf import errors
-from cvrl_tf.data import shards
+from cvrl_tf.input import shards
 from cvrl_tf.protocols import evaluation
 from cvrl_tf.protocols import multiview
 
-FilePatterns = shards.FilePatterns  # one definition: data/shards.py
+FilePatterns = shards.FilePatterns  # one definition: input/shards.py
 SCOPE = 'knn_monitor'  # gin scope of build_eval_dataset for the monitor's views.
 
 

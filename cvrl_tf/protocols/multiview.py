@@ -23,14 +23,14 @@ import tensorflow as tf
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import bad_examples as bad_examples_lib
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import shards
+from cvrl_tf.input import bad_examples as bad_examples_lib
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import shards
 from cvrl_tf.protocols import evaluation
 from cvrl_tf.runtime import config
 from cvrl_tf.runtime import train_loop
 
-FilePatterns = shards.FilePatterns  # one definition: data/shards.py
+FilePatterns = shards.FilePatterns  # one definition: input/shards.py
 RESULTS_FILE = 'eval_results.json'
 
 

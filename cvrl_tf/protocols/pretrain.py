@@ -1,7 +1,7 @@
 """CVRL pretraining: the `pretrain` protocol (gin-configurable, run by `cvrl_train`).
 
-Reading order for a newcomer: configs/pretrain.gin -> `pretrain` below -> data/pipeline.py
-(clips) -> data/batch.py (what the step finishes) -> models/r3d.py + heads.py (encoder,
+Reading order for a newcomer: configs/pretrain.gin -> `pretrain` below -> input/pipeline.py
+(clips) -> input/batch.py (what the step finishes) -> models/r3d.py + heads.py (encoder,
 head) -> models/pretrainer.py + train_step.py (train step) -> losses.py (InfoNCE over the
 global batch); cvrl_tf/__init__.py lists the same path.
 """
@@ -12,9 +12,9 @@ import gin
 import tf_keras
 
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import bad_examples
-from cvrl_tf.data import pipeline
-from cvrl_tf.data import shards
+from cvrl_tf.input import bad_examples
+from cvrl_tf.input import pipeline
+from cvrl_tf.input import shards
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import flops
 from cvrl_tf.models import heads

@@ -12,9 +12,9 @@ from typing import Optional
 
 import gin
 
-from cvrl_tf.data import shards
+from cvrl_tf.input import shards
 
-FilePatterns = shards.FilePatterns  # one definition: data/shards.py
+FilePatterns = shards.FilePatterns  # one definition: input/shards.py
 
 
 @dataclasses.dataclass(frozen=True)

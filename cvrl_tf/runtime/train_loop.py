@@ -12,7 +12,7 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
   the last checkpoint is kept, nothing before it is lost.
 - A NaN/Inf loss stops training before any checkpoint of the bad weights is written and
   raises `NonFiniteLossError`; the last good checkpoint stays the latest one.
-- Bad input (data/bad_examples.py): the count of skipped examples is a TensorBoard
+- Bad input (input/bad_examples.py): the count of skipped examples is a TensorBoard
   scalar and part of the progress line; past the tracker's limit the input ends, training
   stops and errors.TooManyBadExamples is raised, the last checkpoint again the latest.
   Under MultiWorkerMirroredStrategy the input goes on and the workers agree at each log
@@ -36,7 +36,7 @@ import tf_keras
 
 from cvrl_tf import errors
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data.bad_examples import FILE as BAD_EXAMPLES_FILE
+from cvrl_tf.input.bad_examples import FILE as BAD_EXAMPLES_FILE
 from cvrl_tf.runtime import optim
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -274,7 +274,7 @@ def fit_resumable(model: tf_keras.Model,
   `make_dataset(start_step)` returns the (distributed) dataset to read from; it is called
   once, after restoring, with the step training resumes at. Returns the last logged
   metrics. Raises NonFiniteLossError on a NaN/Inf loss, errors.TooManyBadExamples
-  when the input's `bad_examples` tracker (data/bad_examples.BadExamples) stopped it (or,
+  when the input's `bad_examples` tracker (input/bad_examples.BadExamples) stopped it (or,
   under MultiWorkerMirroredStrategy, another worker's), and errors.InputEnded when the
   input ended before the last step.
   `monitors` (see Monitor) add their numbers to the logs of the steps they run at.

@@ -7,7 +7,7 @@ PREFIX_index.csv (row, path, label, num_frames_decoded, status, error; row -1 fo
 video; with windows also video_row, start_s, end_s), appended and resumed by
 embed_store.py: re-running the same command skips the videos already done.
 
-Each video goes the way of the evaluation pipeline (data/pipeline.build_eval_dataset
+Each video goes the way of the evaluation pipeline (input/pipeline.build_eval_dataset
 with one centre crop): decoded like the converter (video_io: optional fps resampling,
 short side resized, frames kept as JPEG so memory stays small for long videos), then
 `num_clips` clips evenly spaced in time (sampling.eval_indices), short side resized and
@@ -35,9 +35,9 @@ import tensorflow as tf
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import augment
-from cvrl_tf.data import sources
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import sources
+from cvrl_tf.convert import video_io
+from cvrl_tf.input import augment
 from cvrl_tf.serving import embed_store
 from cvrl_tf.serving import windows as windows_lib
 

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from cvrl_tf.data import sampling
+from cvrl_tf.input import sampling
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every record travels with its file name and index in the file, so a bad record fails
 with an error naming them, and label subsets can be selected by position. A `tfds:`
-source (data/tfds_source.py) goes wherever a pattern goes: list_files keeps it as it is,
+source (input/tfds_source.py) goes wherever a pattern goes: list_files keeps it as it is,
 count_videos and label_subset_keys ask TFDS.
 """
 
@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf import records
-from cvrl_tf.data import tfds_source
+from cvrl_tf.input import tfds_source
 
 FilePatterns = Union[str, Sequence[str]]
 AUTOTUNE = tf.data.AUTOTUNE
@@ -100,7 +100,7 @@ def read_records(files: List[str], shuffle: bool, repeat: bool, seed: Optional[i
   Each file is read on its own and tolerantly: a file that is truncated or corrupt
   (DataLossError mid-file) gives the records before the damage, then one triple
   (file, FILE_PROBLEM, what happened) that no parser accepts, so the damage is counted
-  and named like a bad record (data/bad_examples.py) and the other files read on.
+  and named like a bad record (input/bad_examples.py) and the other files read on.
   Damage is told from a clean end by the bytes read: a TFRecord of n bytes takes 16 + n.
   """
   sizes = [tf.io.gfile.stat(f).length for f in files]

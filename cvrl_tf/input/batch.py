@@ -33,7 +33,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from cvrl_tf.data import augment
+from cvrl_tf.input import augment
 
 CLIPS = 'clips'
 CROPS = 'crops'

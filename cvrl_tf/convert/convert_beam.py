@@ -24,8 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import shard_writer
-from cvrl_tf.data import sources
+from cvrl_tf.convert import shard_writer
+from cvrl_tf.convert import sources
 
 INSTALL_HINT = "--runner needs Apache Beam: pip install 'cvrl_tf[beam]'"
 _POLL_SECONDS = 2.0  # how often the driver looks for finished shards (progress)

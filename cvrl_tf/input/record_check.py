@@ -1,5 +1,5 @@
 """What is wrong with one record, found in Python: the reason a skipped example is named
-with (data/bad_examples.py), and the facts `cvrl_inspect` reports per record.
+with (input/bad_examples.py), and the facts `cvrl_inspect` reports per record.
 
 Why Python: the input pipelines only learn that a video failed (tf.data has no
 try/except); bad records are rare, so finding out why, frame by frame, may be slow.

@@ -31,8 +31,8 @@ import numpy as np
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import pool as pool_lib
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import pool as pool_lib
+from cvrl_tf.convert import video_io
 
 CLASSES = ('translate_left', 'translate_right', 'translate_up', 'translate_down',
            'rotate_cw', 'rotate_ccw', 'zoom_in', 'zoom_out')

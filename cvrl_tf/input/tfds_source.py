@@ -6,7 +6,7 @@
 Why: TF users have UCF-101 from TFDS (`ucf101`); converting it to shards first is a
 detour. TFDS keeps a video as its JPEG frames, as our records do, so the frames are read
 undecoded (SkipDecoding) and only those of the sampled clips are decoded, inside their
-crop, the same way (data/pipeline.py). Each example becomes the dict that
+crop, the same way (input/pipeline.py). Each example becomes the dict that
 records.parse_sequence_example returns; its TFDS id stands for the record's file (in
 error messages and in the keys of label subsets), with index 0.
 

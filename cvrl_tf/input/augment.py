@@ -13,7 +13,7 @@ Two stages, so the expensive parts can run where they are cheapest:
   colour    jitter (p 0.8, random order of brightness / contrast / saturation / hue),
             grayscale (p 0.2), Gaussian blur, solarize: `augment_batch_colour_blur`, usable
             per clip inside tf.data or on a [B, T, H, W, 3] batch inside the train step.
-`batch.finish_batch` (data/batch.py, which imports this module) runs in the train step
+`batch.finish_batch` (input/batch.py, which imports this module) runs in the train step
 whatever the pipeline deferred.
 """
 

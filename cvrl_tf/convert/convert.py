@@ -26,9 +26,9 @@ from typing import Dict, List, Optional, Sequence, TextIO
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import pool
-from cvrl_tf.data import shard_writer
-from cvrl_tf.data import sources
+from cvrl_tf.convert import pool
+from cvrl_tf.convert import shard_writer
+from cvrl_tf.convert import sources
 
 FORMAT = 'cvrl_tf.convert/1'
 _SIZE_SAMPLE = 8  # videos converted up front to estimate bytes per record
@@ -194,7 +194,7 @@ class _Converter:
       shard_writer.write(self.task, names[k], shard_items, results, progress)
 
   def _convert_on_beam(self, names, todo, progress, beam_args):
-    from cvrl_tf.data import convert_beam  # pylint: disable=g-import-not-at-top
+    from cvrl_tf.convert import convert_beam  # pylint: disable=g-import-not-at-top
     self.pool.close()  # Beam's workers have decoders of their own.
     items_path = os.path.join(self.task.work_dir, 'items.json')
     files_lib.atomic_write(items_path, _to_json(

@@ -18,9 +18,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import pool as pool_lib
-from cvrl_tf.data import sources
-from cvrl_tf.data import video_io
+from cvrl_tf.convert import pool as pool_lib
+from cvrl_tf.convert import sources
+from cvrl_tf.convert import video_io
 
 
 def to_json(value) -> str:

@@ -31,7 +31,7 @@ import tensorflow as tf
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
-from cvrl_tf.data import record_check
+from cvrl_tf.input import record_check
 
 FILE = 'bad_examples.json'
 REPORT_EVERY = 64  # Reads are passed to Python in bunches: no py_function per video.

@@ -20,9 +20,9 @@ import tensorflow as tf
 
 from cvrl_tf import progress as progress_lib
 from cvrl_tf import records
-from cvrl_tf.data import bad_examples
-from cvrl_tf.data import record_check
-from cvrl_tf.data import shards
+from cvrl_tf.input import bad_examples
+from cvrl_tf.input import record_check
+from cvrl_tf.input import shards
 
 _OTHER_KEYS = {'clip/label/text': tf.io.FixedLenFeature([], tf.string, default_value='')}
 

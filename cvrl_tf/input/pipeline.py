@@ -1,6 +1,6 @@
 """tf.data builders: records -> batches, for pretraining, classification and evaluation.
 
-Batches are dicts with the keys, dtypes and shapes of data/batch.py. T = clip_len,
+Batches are dicts with the keys, dtypes and shapes of input/batch.py. T = clip_len,
 S = crop_size; B is per replica when an `input_context` is given, i.e.
 input_context.get_per_replica_batch_size(batch_size):
   build_pretrain_dataset        N = 2B clips: view 1 of the B videos, then view 2 of the
@@ -27,7 +27,7 @@ Per video only the frames of the sampled clips are decoded, inside the crop wind
 all frames of a clip share. On CPU the bilinear resize costs half a JPEG decode, hence
 'resize' (see benchmarks/bench_input.py).
 A video that cannot be used (undecodable JPEG, no frames, no label where one is needed,
-malformed record, damaged file) is skipped, counted and named (data/bad_examples.py).
+malformed record, damaged file) is skipped, counted and named (input/bad_examples.py).
 """
 
 import random
@@ -36,12 +36,12 @@ from typing import Dict, List, Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
-from cvrl_tf.data import augment
-from cvrl_tf.data import bad_examples as bad_examples_lib
-from cvrl_tf.data import batch
-from cvrl_tf.data import sampling
-from cvrl_tf.data import shards
-from cvrl_tf.data import tfds_source
+from cvrl_tf.input import augment
+from cvrl_tf.input import bad_examples as bad_examples_lib
+from cvrl_tf.input import batch
+from cvrl_tf.input import sampling
+from cvrl_tf.input import shards
+from cvrl_tf.input import tfds_source
 
 FilePatterns = shards.FilePatterns
 AUTOTUNE = tf.data.AUTOTUNE
@@ -181,7 +181,7 @@ def _read_videos(all_files: List[str], shuffle: bool, repeat: bool,
                  input_context):
   """-> ((source, index, payload) elements, their parse function, this pipeline's id,
   number of pipelines) of `shards.list_files`' result: TFRecord shards, or a `tfds:`
-  source (data/tfds_source.py; listed as itself)."""
+  source (input/tfds_source.py; listed as itself)."""
   if len(all_files) == 1 and tfds_source.is_tfds(all_files[0]):
     return tfds_source.read(all_files[0], shuffle, repeat, seed, deterministic,
                             input_context)
@@ -231,7 +231,7 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
     any frame size; shapes vary by batch).
   shuffle_buffer: in videos; each holds its serialized record (a few MB) in memory.
   bad_examples: counts and names the videos that cannot be used (skipped) and ends the
-    stream past its limit (data/bad_examples.py); default: one logging to stderr with
+    stream past its limit (input/bad_examples.py); default: one logging to stderr with
     the bad_examples.* limit.
   """
   _check_defer(defer)
