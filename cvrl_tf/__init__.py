@@ -29,8 +29,10 @@ The layout, by role:
   runtime/    what runs any protocol: train_loop (checkpoints, resume, NaN guard), optim,
               distribute, precision (+ hardware), config (gin's read side)
   serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py
-              (features per video or per window: windows.py; resumable: embed_store.py),
-              model_garden.py (cvrl_import: Model Garden checkpoints in and out)
+              (features per video or per window: windows.py; resumable: embed_store.py)
+  interop/    Model Garden, in one place: model_garden.py (its R3D and ours, the settings
+              of its releases), checkpoint.py (a checkpoint's layout), transfer.py
+              (cvrl_import: Model Garden checkpoints in and out)
   cli/        every console script's flags and main; gin is parsed only here
   configs/    the gin files, shipped as package data (`--gin_file=pretrain.gin`)
   demo/       `make demo`
@@ -46,11 +48,11 @@ __version__ = '0.1.0'
 # record schema and the progress stream; convert: video -> records (offline); input:
 # records -> batches (tf.data; it imports nothing of convert); runtime: what runs a
 # protocol; losses, models: the network and its objective; protocols: what cvrl_train
-# runs; serving: a trained encoder elsewhere; cli: the commands; demo: `make demo`, which
-# drives the commands.
+# runs; serving, interop: a trained encoder elsewhere (TF Hub, features, Model Garden);
+# cli: the commands; demo: `make demo`, which drives the commands.
 LAYERS = (('errors', 'files', 'configs', 'records', 'progress'), ('convert',), ('input',),
-          ('runtime',), ('losses',), ('models',), ('protocols',), ('serving',), ('cli',),
-          ('demo',))
+          ('runtime',), ('losses',), ('models',), ('protocols',), ('serving', 'interop'),
+          ('cli',), ('demo',))
 
 # Before TensorFlow loads: its oneDNN kernels also on CPUs where its default leaves them
 # off (AVX2-only x86: the demo's train step 32x faster, benchmarks/README.md). Opt out

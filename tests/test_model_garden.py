@@ -1,4 +1,4 @@
-"""Model Garden checkpoints in and out (serving/model_garden.py).
+"""Model Garden checkpoints in and out (interop/transfer.py).
 
 The reference is Model Garden's own model built the way the released checkpoints were
 trained: the experiment from exp_factory plus the overrides of the released yaml files
@@ -30,13 +30,13 @@ import tf_keras
 from cvrl_tf import files as files_lib
 from cvrl_tf.cli import import_checkpoint as import_cli
 from cvrl_tf.input import augment
+from cvrl_tf.interop import checkpoint as mg_checkpoint
+from cvrl_tf.interop import model_garden
+from cvrl_tf.interop import transfer as model_garden_io
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import encoder_source
-from cvrl_tf.models import mg_checkpoint
-from cvrl_tf.models import model_garden
 from cvrl_tf.models import rounding
 from cvrl_tf.serving import export
-from cvrl_tf.serving import model_garden as model_garden_io
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 YAML_DATA = os.path.join(HERE, 'data', 'model_garden_cvrl_yaml.json')

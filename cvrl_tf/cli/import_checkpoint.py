@@ -1,5 +1,5 @@
 """`cvrl_import`: a Model Garden CVRL checkpoint as a cvrl_tf model dir, or the reverse
-(serving/model_garden.py).
+(interop/transfer.py).
 
   cvrl_import --checkpoint=r3d_1x_k400_800ep.tar.gz --model_dir=/models/cvrl_k400_800ep
   cvrl_import --model_dir=/runs/pretrain --to_model_garden=/ckpt/r3d50_backbone
@@ -70,7 +70,7 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)
   fv = _flag_values()
   # pylint: disable=g-import-not-at-top
-  from cvrl_tf.serving import model_garden as model_garden_io
+  from cvrl_tf.interop import transfer as model_garden_io
   # pylint: enable=g-import-not-at-top
   try:
     if not fv.model_dir:
@@ -90,7 +90,7 @@ def main(argv) -> int:
       except ValueError:
         raise ValueError(f'--temporal_kernel_sizes={",".join(fv.temporal_kernel_sizes)}: '
                          f'give 4 integers, e.g. 1,1,3,3') from None
-    from cvrl_tf.models import model_garden  # pylint: disable=g-import-not-at-top
+    from cvrl_tf.interop import model_garden  # pylint: disable=g-import-not-at-top
     model_garden_io.import_checkpoint(
         fv.checkpoint, fv.model_dir, fv.backbone, kernels, _training(fv),
         fv.overwrite, progress_stream=sys.stderr, release=fv.release,

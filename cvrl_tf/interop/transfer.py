@@ -9,7 +9,7 @@ and encoder_source='model_dir' take it unchanged:
                                    and where they came from, Model Garden's version
 Steps: the settings no weight records (batch-norm epsilon and momentum, temporal strides
 of the stem and its pool ...) are those of the Model Garden experiment the checkpoint
-came from (models/model_garden.py: RELEASES; found by the checkpoint's released name or
+came from (interop/model_garden.py: RELEASES; found by the checkpoint's released name or
 --release; flags replace single values), printed and stored; the layout is read off the
 checkpoint's shapes and compared with the one asked for (one line on what differs);
 Model Garden's model is built by its own builders with those settings and restored (every
@@ -36,10 +36,10 @@ import yaml  # a tf-models-official requirement
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
+from cvrl_tf.interop import checkpoint as mg_checkpoint
+from cvrl_tf.interop import model_garden
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
-from cvrl_tf.models import mg_checkpoint
-from cvrl_tf.models import model_garden
 from cvrl_tf.models import r3d
 from cvrl_tf.models import rounding
 from cvrl_tf.runtime import precision
