@@ -25,7 +25,8 @@ def read_scalars(summary_dir: str, tag: str) -> Tuple[np.ndarray, np.ndarray]:
   resumed run reads as one curve."""
   by_step = {}
   for path in sorted(glob.glob(os.path.join(summary_dir, 'events.out.tfevents.*'))):
-    for event in tf.compat.v1.train.summary_iterator(path):
+    for record in tf.data.TFRecordDataset(path):  # summary_iterator warns it is deprecated
+      event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
         if value.tag != tag:
           continue
