@@ -9,7 +9,8 @@ import csv
 import glob
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+import struct
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import matplotlib
 matplotlib.use('Agg')
@@ -19,14 +20,31 @@ import tensorflow as tf
 
 
 # ------------------------------------------------------------------------- reading
+def _tfrecords(path: str) -> Iterator[bytes]:
+  """The records of a TFRecord file (each: length, its CRC, the bytes, their CRC), read
+  in Python: TensorFlow's own readers warn that they are deprecated (summary_iterator) or
+  start its devices in this process, which prints the CUDA probe's error line
+  (tf.data)."""
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    while True:
+      header = f.read(12)
+      if len(header) < 12:
+        return
+      length = struct.unpack('<Q', header[:8])[0]
+      data = f.read(length)
+      if len(f.read(4)) < 4:
+        return  # A record still being written.
+      yield data
+
+
 def read_scalars(summary_dir: str, tag: str) -> Tuple[np.ndarray, np.ndarray]:
   """(steps, values) of one scalar tag over all event files under summary_dir (not in
   sub-folders: those hold other writers, e.g. eval/). Later writes of a step win, so a
   resumed run reads as one curve."""
   by_step = {}
   for path in sorted(glob.glob(os.path.join(summary_dir, 'events.out.tfevents.*'))):
-    for record in tf.data.TFRecordDataset(path):  # summary_iterator warns it is deprecated
-      event = tf.compat.v1.Event.FromString(record.numpy())
+    for record in _tfrecords(path):
+      event = tf.compat.v1.Event.FromString(record)
       for value in event.summary.value:
         if value.tag != tag:
           continue

@@ -41,7 +41,7 @@ from cvrl_tf.demo import report as demo_report
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GIN_DIR = 'demo'  # A shipped config folder (cvrl_tf/configs/demo) or one of yours.
 TIMINGS_FILE = 'timings.json'
-NUM_CLASSES = 8  # of the synthetic dataset (cvrl_tf/data/synthetic.py)
+NUM_CLASSES = 8  # of the synthetic dataset (cvrl_tf/convert/synthetic.py)
 # Evaluation steps run two at a time on 2+ cores (Demo.side_by_side).
 DEFAULT_JOBS = min(2, os.cpu_count() or 1)
 
