@@ -5,11 +5,14 @@ at once only makes TensorFlow's thread pools spin against each other), the slowe
 first, all scheduled when this module's fixture is first used; each test then waits for
 its own. Each imports TensorFlow (~5 CPU-seconds), so the module takes about a minute.
 
-Three run only with CVRL_SLOW_TESTS=1 (`make test` within its 10 minutes on an AVX2-only
-CPU; ~70 CPU-seconds together): bench_train_step.py, bench_gather.py and
-bench_demo_step.py. What they time is tested in `make test` all the same: the train step
-in float32, bfloat16 and XLA (test_pretrainer.py, test_train_loop.py), the cross-replica
-gather (test_losses.py, test_distribute.py), the demo's steps (test_demo.py's quick demo).
+Five run only with CVRL_SLOW_TESTS=1 (`make test` within its 10 minutes on an AVX2-only
+CPU; ~100 CPU-seconds together): bench_train_step.py, bench_gather.py,
+bench_demo_step.py, bench_e2e.py and bench_embed.py. What they time is tested in
+`make test` all the same: the train step in float32, bfloat16 and XLA
+(test_pretrainer.py, test_train_loop.py), the cross-replica gather (test_losses.py,
+test_distribute.py), the demo's steps (test_demo.py's quick demo), the input pipeline
+feeding a step (test_pipeline.py, test_train_cli.py), feature extraction (test_embed.py).
+Every `make test` runs bench_convert, bench_input and bench_export.
 """
 
 import os
@@ -28,7 +31,8 @@ PARALLEL = 2
 SLOWEST_FIRST = ('bench_train_step.py', 'bench_gather.py', 'bench_input.py',
                  'bench_e2e.py', 'bench_convert.py')
 
-SLOW = ('bench_train_step.py', 'bench_gather.py', 'bench_demo_step.py')
+SLOW = ('bench_train_step.py', 'bench_gather.py', 'bench_demo_step.py', 'bench_e2e.py',
+        'bench_embed.py')
 RUN_SLOW = bool(os.environ.get('CVRL_SLOW_TESTS'))
 slow = pytest.mark.skipif(not RUN_SLOW, reason='set CVRL_SLOW_TESTS=1')
 
@@ -171,6 +175,7 @@ def test_train_step_quick_covers_bf16_and_xla(runs):
     assert float(row[3]) > 0 and float(row[5]) > 0 and float(row[6]) > 0, row
 
 
+@slow
 def test_e2e_quick(runs):
   out = runs['bench_e2e.py'].output()
   rows = _table_rows(out, 'variant ')
@@ -211,6 +216,7 @@ def test_demo_step_quick(runs):
       assert len(row) == 8 and float(row[-1]) > 0, row
 
 
+@slow
 def test_embed_quick(runs):
   out = runs['bench_embed.py'].output()
   rows = _table_rows(out, 'model ')
