@@ -18,12 +18,15 @@ def bf16_policy():
     yield
 
 
-# Longest first (seconds on 2 cores of an AMD EPYC Zen 4, `pytest -n 2 --durations=0`);
-# the other files follow in their usual order.
-SLOW_FILES = ('test_demo.py', 'test_benchmarks.py', 'test_downstream.py',
-              'test_bad_examples.py', 'test_model_garden.py', 'test_train_cli.py',
-              'test_distribute.py', 'test_strategy_cache.py', 'test_export.py',
-              'test_convert_beam.py', 'test_knn_monitor.py')
+# Longest first, by each file's summed `pytest -n 2 --durations=0` on 2 cores of an AMD
+# EPYC Zen 4 (2026-12-07: the quick demo ~105-125 s, Model Garden ~95, downstream ~75,
+# bad examples ~65, ... wheel install ~22); the other files follow in their usual order.
+SLOW_FILES = ('test_demo.py', 'test_model_garden.py', 'test_downstream.py',
+              'test_bad_examples.py', 'test_train_cli.py', 'test_benchmarks.py',
+              'test_strategy_cache.py', 'test_pipeline.py', 'test_export.py',
+              'test_convert_beam.py', 'test_synthetic.py', 'test_quiet.py',
+              'test_distribute.py', 'test_r3d.py', 'test_knn_monitor.py',
+              'test_wheel_install.py')
 
 
 def pytest_collection_modifyitems(items):

@@ -16,8 +16,9 @@ shipped under cvrl_tf/configs/demo/), as a subprocess whose progress output is p
 
 Steps 4-8 run two at a time after pretraining (--jobs; each step's output then goes to
 OUT/logs/STEP.log): each cvrl_train spends much of its time in one thread (imports,
-tracing, the input), so two fill the 2 cores of a laptop. Pretraining runs alone: its
-time is a figure of the results table.
+tracing, the input), so two use 2 cores better (2:15 instead of 2:43 for these steps,
+AMD EPYC Zen 4 with ONEDNN_MAX_CPU_ISA=AVX2). Pretraining runs alone: its time is a
+figure of the results table.
 --ablations adds pretraining + linear (and k-NN) evaluation with per-frame augmentation
 and with uniform interval sampling. A step whose outputs exist is skipped, so re-running
 reuses everything already done (`make demo-clean` starts over); an interrupted
