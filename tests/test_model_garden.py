@@ -133,9 +133,8 @@ def _clips(shape, seed=0):
 
 def _relative(got, expected):
   """max |got - expected| / max |expected|: the difference at the outputs' scale."""
-  scale = float(np.abs(expected).max())
-  assert scale > 0.1, scale  # Not a degenerate all-zero comparison.
-  return float(np.abs(np.asarray(got) - expected).max()) / scale
+  assert float(np.abs(expected).max()) > 0.1  # Not a degenerate all-zero comparison.
+  return rounding.relative_difference(got, expected)
 
 
 def _encoder_bound(encoder):
@@ -271,7 +270,8 @@ def test_projection_head_equals_model_gardens(r3d50):
   expected = r3d50['model']({'image': clips}, training=False).numpy()
   got = head(encoder(clips, training=False), training=False).numpy()
   assert got.shape == expected.shape == (2, RELEASED_HEAD['projection_dim'])
-  bound = rounding.float32_bound(rounding.encoder_fan_ins(encoder) + [2048] * 4)
+  bound = rounding.float32_bound(rounding.encoder_fan_ins(encoder) +
+                                 rounding.fan_ins(head.submodules))
   assert _relative(got, expected) <= bound
 
 
@@ -515,10 +515,10 @@ def test_cli_errors_are_one_line_exit_2(r3d50, tmp_path, capsys):
   assert not [n for n in os.listdir(tmp_path) if n != 'missing']
 
 
-def test_import_export_hub_in_fresh_process(r3d50, tmp_path):
+def test_import_export_hub_round_trip(r3d50, tmp_path):
   """cvrl_import -> cvrl_export -> hub.KerasLayer: Model Garden's features. In a new
   interpreter with CVRL_SLOW_TESTS=1 (a TensorFlow import and the R3D-50 SavedModel's
-  load, ~20 s of the suite); in this process otherwise (test_export.py runs its round
+  load, ~20 s of the suite on 2 cores of an AMD EPYC Zen 4); in this process otherwise (test_export.py runs its round
   trip in a fresh process in every `make test`)."""
   export_dir = export.export_model_dir(r3d50['model_dir'], str(tmp_path / 'hub'),
                                        verify=False)

@@ -4,7 +4,8 @@ It runs the export on TensorFlow's oneDNN CPU kernels (`import cvrl_tf` sets
 TF_ENABLE_ONEDNN_OPTS=1 unless you set it). Code of your own that loads an export with
 hub.KerasLayer without importing cvrl_tf must set TF_ENABLE_ONEDNN_OPTS=1 itself, before
 TensorFlow is imported: on AVX2-only CPUs TensorFlow's default is Eigen's kernels, 2.3-3.4x
-fewer clips/s for the demo encoder (benchmarks/README.md; the export's README.md says why).
+fewer clips/s for the demo encoder (an AMD EPYC Zen 4 with ONEDNN_MAX_CPU_ISA=AVX2 standing
+in; benchmarks/README.md; the export's README.md says why).
 """
 
 import os

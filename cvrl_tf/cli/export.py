@@ -7,7 +7,6 @@ from cvrl_tf import errors
 from cvrl_tf.cli import failures
 from cvrl_tf.cli import tool_flags
 from cvrl_tf.serving import export
-from cvrl_tf.serving.export import export_model_dir, read_metadata
 
 _FLAGS = [  # (kind, name, default, help); see tool_flags
     ('string', 'model_dir', None, 'Pretraining model dir (holds backbone/).'),
@@ -26,9 +25,9 @@ def _export(argv, fv) -> int:
     raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not fv.model_dir or not fv.export_dir:
     raise errors.UserError('--model_dir and --export_dir are required.')
-  path = export_model_dir(fv.model_dir, fv.export_dir, fv.with_projection_head,
-                          fv.overwrite)
-  metadata = read_metadata(path)
+  path = export.export_model_dir(fv.model_dir, fv.export_dir, fv.with_projection_head,
+                                 fv.overwrite)
+  metadata = export.read_metadata(path)
   print(f'Exported {metadata["architecture"]} ({metadata["embedding_dim"]}-d embedding'
         f'{", projection head" if metadata.get("projection_dim") else ""}) to {path}')
   env = ' '.join(f'{k}={v}' for k, v in export.CPU_KERNELS['env'].items())

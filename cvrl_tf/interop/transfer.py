@@ -51,10 +51,10 @@ class ModelGardenError(ValueError):
   """A checkpoint or model dir that cannot be carried over; the message says why."""
 
 
-def backbone_spec(settings: Dict[str, Any], **overrides) -> Dict[str, Any]:
+def backbone_spec(settings: Dict[str, Any]) -> Dict[str, Any]:
   """Our spec for the Model Garden R3D of `settings` (model_garden.experiment_settings):
   build_backbone's own defaults (not gin's bindings: an import is data), the
-  experiment's architecture and batch-norm settings, then `overrides`."""
+  experiment's architecture and batch-norm settings."""
   target = getattr(r3d.build_backbone, '__wrapped__', r3d.build_backbone)
   spec = {k: p.default for k, p in inspect.signature(target).parameters.items()
           if p.default is not inspect.Parameter.empty}
@@ -66,13 +66,7 @@ def backbone_spec(settings: Dict[str, Any], **overrides) -> Dict[str, Any]:
               pool_size=(1 if pool_t == 1 else 3, 3, 3), pool_strides=(pool_t, 2, 2),
               bn_epsilon=settings['norm_epsilon'], bn_momentum=settings['norm_momentum'],
               use_sync_bn=False, output='pooled')
-  spec.update(overrides)
   return files_lib.normalized(spec)
-
-
-def _max_difference(ours, theirs, clips) -> float:
-  return float(np.abs(np.asarray(ours(clips, training=False)) -
-                      np.asarray(theirs(clips, training=False))).max())
 
 
 def _pooled(mg_backbone):
@@ -88,14 +82,18 @@ def _check_equal(ours, theirs, what: str, fan_ins) -> Dict[str, float]:
   float32 rounding of the layers' fan-ins (rounding.float32_bound: eps * sqrt(sum of
   fan-ins) * 10): a misplaced or transposed tensor gives far more."""
   clips = tf.random.stateless_uniform(_CHECK_CLIPS, seed=[19, 1])
-  error = _max_difference(ours, theirs, clips)
-  scale = float(np.abs(np.asarray(theirs(clips, training=False))).max())
-  bound = rounding.float32_bound(fan_ins)
-  if not (scale > 0 and error <= bound * scale):
+  expected = np.asarray(theirs(clips, training=False))
+  scale = float(np.abs(expected).max())
+  if scale == 0:
+    raise RuntimeError(f'{what}: Model Garden\'s outputs are all zero on the check clip, '
+                       f'so the copy cannot be checked')
+  relative = rounding.relative_difference(np.asarray(ours(clips, training=False)), expected)
+  error, bound = relative * scale, rounding.float32_bound(fan_ins)
+  if not relative <= bound:
     raise RuntimeError(f'{what} differs from Model Garden\'s by {error:.3g} (outputs up '
                        f'to {scale:.3g}; float32 rounding allows {bound * scale:.3g}) after '
                        f'the copy')
-  return {'max_difference': error, 'output_scale': scale, 'relative': error / scale,
+  return {'max_difference': error, 'output_scale': scale, 'relative': relative,
           'relative_bound': bound}
 
 

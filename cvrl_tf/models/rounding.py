@@ -43,9 +43,11 @@ def fan_ins(layers: Sequence[tf_keras.layers.Layer]) -> List[int]:
 
 
 def encoder_fan_ins(encoder: tf_keras.Model) -> List[int]:
-  """Fan-ins of our R3D's convs along its longest path (the shortcut projections run
-  beside the block they belong to: not counted)."""
-  return fan_ins([layer for layer in encoder.layers if not layer.name.endswith('_proj')])
+  """Fan-ins of an encoder's convs along its longest path (our R3D's shortcut
+  projections run beside the block they belong to: not counted); nested models and
+  layers are walked too."""
+  return fan_ins([layer for layer in encoder.submodules
+                  if not layer.name.endswith('_proj')])
 
 
 def relative_difference(got, expected) -> float:
