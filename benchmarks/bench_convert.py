@@ -3,6 +3,7 @@
   python benchmarks/bench_convert.py            # 12 videos of 4 s, 5 repetitions
   python benchmarks/bench_convert.py --quick    # smoke run (2 videos of 1 s, 1 rep)
   python benchmarks/bench_convert.py --only_beam --reps=4   # local pool vs Beam, W=2
+  python benchmarks/bench_convert.py --only_ratio            # throughput + stages only
 
 Writes Kinetics-like sources (480x360 H.264, 25 fps, moving texture + noise) to a temp
 dir, then measures, alternating variants within each repetition so that load drift hits
@@ -15,8 +16,18 @@ all of them alike (one warm-up repetition excluded; median and min..max printed)
                        processes (--runner=DirectRunner; needs the [beam] extra, else
                        skipped): includes starting Beam's workers, which import
                        TensorFlow each; compare with convert W=2 (issue 21: >= 0.8x)
+  The ratio convert / decode_only per repetition (the two ran back to back), in
+  videos/s and in videos per CPU-s, median (min..max).
 Also:
-  jpeg         Pillow vs tf.io.encode_jpeg per 256x341 frame, and their import times
+  stages       CPU ms per video of each stage alone, in this process, on 4 of the videos:
+               demux + decode, swscale's resize + colour conversion (and each alone, for
+               reference), planes -> array, JPEG encode, transfer (pickle + pipe +
+               unpickle), record build, write; `before` = the plain path (packed rgb24,
+               Pillow), `now` = the converter's; their sums and decode / sum, and the
+               floor: decode + resize alone + JPEG encode (what any converter to JPEGs
+               at short side 256 must do beyond decoding)
+  jpeg         Pillow vs OpenCV (the converter's; same bytes) vs tf.io.encode_jpeg per
+               341x256 frame, and their import times
   memory       peak RSS of a fresh process converting one 10 s vs one 60 s video
                (decode + resize + JPEG, the worker's job), next to the size the decoded
                frames would take if they were held: RSS grows only by the JPEG bytes
@@ -30,6 +41,7 @@ printed: on a machine shared with other jobs they are the steadier figure.
 """
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -111,36 +123,204 @@ def _summary(name, values, unit):
 def bench_throughput(paths, reps, tmp, kinds=('decode_only', 'convert'), workers=(1, 2)):
   variants = [(f'{kind} W={w}', kind, w) for w in workers for kind in kinds
               if kind != 'beam' or w == 2]
-  stats = {name: {'videos/s': [], 'frames/s': [], 'videos/cpu-s': []} for name, _, _ in
-           variants}
+  stats = {name: {'videos/s': [], 'frames/s': [], 'videos/cpu-s': [], 'wall': [],
+                  'cpu': []} for name, _, _ in variants}
   for rep in range(reps + 1):  # repetition 0 is the warm-up
-    for name, kind, workers in variants:
+    for name, kind, w in variants:
       t0, c0 = time.perf_counter(), _cpu()
       if kind == 'decode_only':
-        frames = run_decode_only(paths, workers)
+        frames = run_decode_only(paths, w)
       else:
-        frames = run_convert(paths, workers, os.path.join(tmp, f'out-{rep}-{kind}{workers}'),
+        frames = run_convert(paths, w, os.path.join(tmp, f'out-{rep}-{kind}{w}'),
                              beam=kind == 'beam')
       wall, cpu = time.perf_counter() - t0, _cpu() - c0
       if rep:
         stats[name]['videos/s'].append(len(paths) / wall)
         stats[name]['frames/s'].append(frames / wall)
+        stats[name]['wall'].append(wall)
         if kind != 'beam':  # Beam's decoder processes are not reaped here: not counted
           stats[name]['videos/cpu-s'].append(len(paths) / cpu)
-  print(f'\nthroughput: {len(paths)} videos of {WIDTH}x{HEIGHT} @ {FPS} fps, '
+          stats[name]['cpu'].append(cpu)
+  print(f'\nthroughput: {len(paths)} videos of {_size(paths[0])} @ {FPS} fps, '
         f'{reps} repetitions, median (min..max)')
   for name, _, _ in variants:
-    for unit, values in stats[name].items():
-      if values:
-        print(_summary(name, values, unit))
+    for unit in ('videos/s', 'frames/s', 'videos/cpu-s'):
+      if stats[name][unit]:
+        print(_summary(name, stats[name][unit], unit))
+    if stats[name]['cpu']:
+      per_video = [c / len(paths) * 1000 for c in stats[name]['cpu']]
+      print(_summary(name, per_video, 'ms CPU per video (user+sys, workers included)'))
+  # The ratio within each repetition (the two variants ran back to back), then its spread.
+  for w in workers:
+    dec, conv = stats.get(f'decode_only W={w}'), stats.get(f'convert W={w}')
+    if dec and conv and dec['wall'] and conv['wall']:
+      wall = [d / c for d, c in zip(dec['wall'], conv['wall'])]
+      cpu = [d / c for d, c in zip(dec['cpu'], conv['cpu'])]
+      print(f'convert/decode_only W={w}: {statistics.median(wall):.2f} '
+            f'({min(wall):.2f}..{max(wall):.2f}) in videos/s, {statistics.median(cpu):.2f} '
+            f'({min(cpu):.2f}..{max(cpu):.2f}) in videos per CPU-s')
   return stats
 
 
+def _size(path):
+  import av  # pylint: disable=import-outside-toplevel
+  with av.open(path) as container:
+    return f'{container.streams.video[0].width}x{container.streams.video[0].height}'
+
+
+def _frames_of(path):
+  import av  # pylint: disable=import-outside-toplevel
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    return list(container.decode(stream))
+
+
+def bench_stages(paths, reps, short_side=256, quality=90):
+  """CPU ms per video of each stage of a conversion, alone, in this process.
+
+  Each stage runs over the same videos' data (decoded frames, arrays, JPEGs kept from an
+  untimed pass), the stages alternating within each repetition. `before` is the plain
+  path (swscale into packed rgb24, Pillow's encoder), `now` what the converter runs.
+  """
+  import pickle  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  import av  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from cvrl_tf import records  # pylint: disable=import-outside-toplevel
+  from cvrl_tf.convert import record_wire  # pylint: disable=import-outside-toplevel
+  frames = [_frames_of(p) for p in paths]
+  src_w, src_h = frames[0][0].width, frames[0][0].height
+  w, h = video_io.output_size(src_w, src_h, short_side)
+  interp = 'AREA' if w < src_w else 'BICUBIC'
+  fmt = av.video.reformatter.VideoReformatter()
+
+  def swscale(out_format, width=w, height=h):
+    return [[fmt.reformat(f, width=width, height=height, format=out_format,
+                          interpolation=interp, threads=1) for f in fs] for fs in frames]
+
+  gbrp = swscale('gbrp')
+  rgb = [[f.to_ndarray() for f in fs] for fs in swscale('rgb24')]
+  bgr = [[video_io.interleave(f.planes, video_io._BGR, h, w) for f in fs]  # pylint: disable=protected-access
+         for fs in gbrp]
+  buffer = np.empty((h, w, 3), np.uint8)  # the converter fills one array per video
+  jpegs = [[video_io.encode_jpeg_bgr(f, quality) for f in fs] for fs in bgr]
+
+  def pillow(frame):
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format='JPEG', quality=quality)
+    return buf.getvalue()
+
+  def transfer(results):
+    """Pickle each video's result, through a pipe, unpickle (ProcessPool's way)."""
+    read_fd, write_fd = os.pipe()
+    got = []
+
+    def reader():
+      with os.fdopen(read_fd, 'rb') as f:
+        for _ in results:
+          size = int.from_bytes(f.read(8), 'little')
+          got.append(pickle.loads(f.read(size)))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    with os.fdopen(write_fd, 'wb') as f:
+      for result in results:
+        blob = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+        f.write(len(blob).to_bytes(8, 'little'))
+        f.write(blob)
+    thread.join()
+
+  def build():
+    return [records.make_sequence_example(list(js), 'v', 25.0, h, w, label_index=0,
+                                          label_string='x').SerializeToString(
+                                              deterministic=True) for js in jpegs]
+
+  def build_wire():
+    return [record_wire.sequence_example_bytes(js, 'v', 25.0, h, w, label_index=0,
+                                               label_string='x') for js in jpegs]
+
+  serialized = build()
+  assert serialized == build_wire()
+  results_before = [{'ok': True, 'jpegs': js, 'fps': 25.0, 'height': h, 'width': w}
+                    for js in jpegs]
+  results_now = [{'ok': True, 'num_frames': len(js), 'record': r}
+                 for js, r in zip(jpegs, serialized)]
+
+  def write():
+    with tempfile.TemporaryDirectory() as tmp:
+      with tf.io.TFRecordWriter(os.path.join(tmp, 'x.tfrecord')) as writer:
+        for record in serialized:
+          writer.write(record)
+
+  stages = [  # (name, in before, in now, fn)
+      ('demux + decode', True, True,
+       lambda: [sum(1 for _ in _frames_of(p)) for p in paths]),
+      ('colour alone (to RGB planes, source size)', False, False,
+       lambda: swscale('gbrp', src_w, src_h)),
+      ('resize alone (yuv420p, output size)', False, False, lambda: swscale('yuv420p')),
+      ('resize + colour: swscale -> rgb24 + array', True, False,
+       lambda: [[f.to_ndarray() for f in fs] for fs in swscale('rgb24')]),
+      ('resize + colour: swscale -> gbrp', False, True, lambda: swscale('gbrp')),
+      ('planes -> HxWx3 BGR array', False, True,
+       lambda: [[video_io.interleave(f.planes, video_io._BGR, h, w, buffer) for f in fs]  # pylint: disable=protected-access
+                for fs in gbrp]),
+      ('JPEG encode: Pillow', True, False, lambda: [[pillow(f) for f in fs] for fs in rgb]),
+      ('JPEG encode: OpenCV', False, True,
+       lambda: [[video_io.encode_jpeg_bgr(f, quality) for f in fs] for fs in bgr]),
+      ('transfer: pickle, pipe, unpickle JPEGs', True, False,
+       lambda: transfer(results_before)),
+      ('record build: TF proto (parent)', True, False, build),
+      ('record build: record_wire (worker)', False, True, build_wire),
+      ('transfer: pickle, pipe, unpickle record', False, True,
+       lambda: transfer(results_now)),
+      ('write (TFRecordWriter)', True, True, write),
+  ]
+  cpu = {name: [] for name, _, _, _ in stages}
+  for _ in range(reps):
+    for name, _, _, fn in stages:
+      c0 = time.process_time()
+      fn()
+      cpu[name].append((time.process_time() - c0) / len(paths) * 1000)
+  med = {name: statistics.median(v) for name, v in cpu.items()}
+  n_frames = sum(len(fs) for fs in frames) / len(paths)
+  print(f'\nstages: CPU ms per video ({n_frames:.0f} frames {src_w}x{src_h} -> {w}x{h}, '
+        f'q{quality}), one process, {len(paths)} videos, {reps} repetitions, median '
+        '(min..max)')
+  print(f'{"stage":44s} {"before":>20s} {"now":>20s}')
+  totals = {'before': 0.0, 'now': 0.0}
+  for name, before, now, _ in stages:
+    cell = f'{med[name]:.1f} ({min(cpu[name]):.1f}..{max(cpu[name]):.1f})'
+    if before or now:
+      print(f'{name:44s} {cell if before else "":>20s} {cell if now else "":>20s}')
+    else:
+      print(f'{name:44s} {cell:>20s} (reference, in neither path)')
+    totals['before'] += med[name] if before else 0.0
+    totals['now'] += med[name] if now else 0.0
+  decode = med['demux + decode']
+  print(f'{"total":44s} {totals["before"]:20.1f} {totals["now"]:20.1f}')
+  print(f'decode/total (the ratio a converter of these stages can reach): before '
+        f'{decode / totals["before"]:.2f}, now {decode / totals["now"]:.2f}')
+  floor = decode + med['resize alone (yuv420p, output size)'] + med['JPEG encode: OpenCV']
+  print(f'floor: decode + resize alone + JPEG encode = {floor:.1f} ms, decode/floor '
+        f'{decode / floor:.2f}')
+  return med
+
+
 def bench_jpeg(frame, reps=200, import_runs=3, modules=('PIL.Image', 'tensorflow')):
-  from PIL import Image  # pylint: disable=import-outside-toplevel,unused-import
+  from PIL import Image  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   timings = {}
-  for name, fn in [('pillow', lambda: video_io.encode_jpeg(frame, 90)),
+  def pillow():
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format='JPEG', quality=90)
+    return buf.getvalue()
+
+  bgr = np.ascontiguousarray(frame[..., ::-1])
+  assert video_io.encode_jpeg_bgr(bgr, 90) == pillow()  # the same bytes
+  for name, fn in [('pillow', pillow),
+                   ('opencv (the converter)', lambda: video_io.encode_jpeg_bgr(bgr, 90)),
                    ('tf.io.encode_jpeg', lambda: tf.io.encode_jpeg(frame, quality=90))]:
     fn()
     runs = []
@@ -218,9 +398,15 @@ def main():
   parser.add_argument('--quick', action='store_true', help='smoke run')
   parser.add_argument('--only_beam', action='store_true',
                       help='throughput of convert W=2 vs beam W=2 only (issue 21 A/B)')
+  parser.add_argument('--only_ratio', action='store_true',
+                      help='decode_only vs convert (W=1, 2) and the stage table only')
+  parser.add_argument('--workers', default='1,2', help='worker counts to measure')
+  parser.add_argument('--size', default=f'{WIDTH}x{HEIGHT}',
+                      help='WxH of the source videos (throughput and stages)')
   parser.add_argument('--num_videos', type=int, default=12)
   parser.add_argument('--reps', type=int, default=5)
   args = parser.parse_args()
+  width, height = (int(v) for v in args.size.split('x'))
   num, seconds, reps = (2, 1.0, 1) if args.quick else (args.num_videos, 4.0, args.reps)
   lengths = (1, 3) if args.quick else (10, 60)
   print(machine_line('n/a (decode / JPEG encode, no model)'))
@@ -230,18 +416,25 @@ def main():
     paths = []
     for i in range(num):
       paths.append(os.path.join(tmp, f'v{i:03d}.mp4'))
-      write_video(paths[-1], seconds, seed=i)
+      write_video(paths[-1], seconds, seed=i, width=width, height=height)
     if args.only_beam:
       bench_throughput(paths, reps, tmp, kinds=('convert', 'beam'), workers=(2,))
       return
-    beam = ('beam',) if beam_available() and not args.quick else ()
-    bench_throughput(paths, reps, tmp, kinds=('decode_only', 'convert') + beam)
+    beam = ('beam',) if beam_available() and not (args.quick or args.only_ratio) else ()
+    workers = tuple(int(w) for w in args.workers.split(','))
+    bench_throughput(paths, reps, tmp, kinds=('decode_only', 'convert') + beam,
+                     workers=workers)
+    # Decoded frames of the stage table's videos are held: fewer of the large ones.
+    bench_stages(paths[:4 if width * height <= 480 * 360 else 2],
+                 max(3, reps) if not args.quick else 1)
+    if args.only_ratio:
+      return
     frame = video_io.read_frames(paths[0], short_side=256)[0]
     if args.quick:
-      bench_jpeg(frame, 20, import_runs=1, modules=('PIL.Image',))
+      bench_jpeg(frame, 20, import_runs=1, modules=('PIL.Image', 'cv2'))
       bench_memory(tmp, lengths, whole_converter=False, probe_runs=1)
     else:
-      bench_jpeg(frame, 200)
+      bench_jpeg(frame, 200, modules=('PIL.Image', 'cv2', 'tensorflow'))
       bench_memory(tmp, lengths, whole_converter=True)
   print(f'load average at end: {os.getloadavg()[0]:.2f}')
 

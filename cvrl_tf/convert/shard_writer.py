@@ -19,6 +19,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
 from cvrl_tf.convert import pool as pool_lib
+from cvrl_tf.convert import record_wire
 from cvrl_tf.convert import sources
 from cvrl_tf.convert import video_io
 
@@ -56,19 +57,15 @@ class Task:
     return {name: i for i, name in enumerate(self.labels)}
 
   def decode_call(self, item: sources.Item) -> dict:
-    """kwargs of video_io.encode_video_jpeg for one video."""
+    """kwargs of decode_record for one video."""
     return dict(path=item.path, start=item.start, end=item.end, fps=self.fps,
-                short_side=self.short_side, quality=self.quality)
+                short_side=self.short_side, quality=self.quality, media_id=item.media_id,
+                label_index=None if item.label is None else self.label_index[item.label],
+                label_string=item.label or '')
 
-  def record(self, item: sources.Item, res: dict) -> bytes:
-    """Serialized record; takes the JPEGs out of `res` so that at most two copies of a
-    video's frames (proto, bytes) are alive at once."""
-    from cvrl_tf import records  # pylint: disable=g-import-not-at-top
-    label = None if item.label is None else self.label_index[item.label]
-    example = records.make_sequence_example(
-        res.pop('jpegs'), item.media_id, res['fps'], res['height'], res['width'],
-        label_index=label, label_string=item.label or '')
-    return example.SerializeToString(deterministic=True)  # map order: not per process
+  def record(self, item: sources.Item, res: dict) -> bytes:  # pylint: disable=unused-argument
+    """The serialized record of a decode_record result (taken out of `res`)."""
+    return res.pop('record')
 
   def status_path(self, name: str) -> str:
     return os.path.join(self.work_dir, name + '.json')
@@ -83,9 +80,24 @@ def new_pool(workers: int, decode_timeout: float) -> pool_lib.OrderedPool:
                              f'time limit of {decode_timeout:g} s (--decode_timeout)'})
 
 
+def decode_record(media_id: str, label_index: Optional[int], label_string: str,
+                  **decode_kwargs) -> dict:
+  """One video -> {'ok': True, 'record': serialized SequenceExample, 'num_frames'} or
+  {'ok': False, 'reason'}: the worker's unit of work. The record is built here, in the
+  worker, without TensorFlow (record_wire: the bytes of records.make_sequence_example),
+  and crosses to the writing process as one bytes object."""
+  res = video_io.encode_video_jpeg(**decode_kwargs)
+  if not res['ok']:
+    return res
+  jpegs = res.pop('jpegs')
+  return {'ok': True, 'num_frames': len(jpegs), 'record': record_wire.sequence_example_bytes(
+      jpegs, media_id, res['fps'], res['height'], res['width'], label_index=label_index,
+      label_string=label_string)}
+
+
 def decode(pool: pool_lib.OrderedPool, task: Task,
            items: Iterable[sources.Item]) -> Iterator[dict]:
-  return pool.map(video_io.encode_video_jpeg, (task.decode_call(i) for i in items))
+  return pool.map(decode_record, (task.decode_call(i) for i in items))
 
 
 def write(task: Task, name: str, items: List[sources.Item], results: Iterator[dict],
@@ -101,7 +113,7 @@ def write(task: Task, name: str, items: List[sources.Item], results: Iterator[di
         res = next(results)
         if res['ok']:
           status['num_examples'] += 1
-          status['num_frames'] += len(res['jpegs'])
+          status['num_frames'] += res['num_frames']
           writer.write(task.record(item, res))
         else:
           status['failures'].append(
