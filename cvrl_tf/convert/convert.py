@@ -2,8 +2,9 @@
 
 Flow: a listing (sources.py) -> label map -> assignment of videos to shards, fixed by
 (listing, seed, num_shards) -> each shard written by shard_writer.write: worker processes
-decode, resize and JPEG-encode (video_io.encode_video_jpeg, no TensorFlow, so they start
-fast), the records are built and the file is published when complete. The shards are
+decode, resize, JPEG-encode and serialize each video's record (shard_writer.decode_record:
+video_io.encode_video_jpeg + record_wire, no TensorFlow, so they start fast), this
+process writes the records and publishes the file when complete. The shards are
 written by this process over a local pool of decoders, or by Apache Beam workers
 (convert_beam.py, `beam_args`): the same code per shard, so the same bytes.
 

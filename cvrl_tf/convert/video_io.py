@@ -3,9 +3,10 @@
 `FrameReader` streams RGB frames of a file with optional trimming (seconds), frame-rate
 resampling and short-side resizing; frames are converted only when emitted and never
 accumulated, so memory stays flat in video length. `VideoWriter` writes mp4 (H.264 when
-this PyAV build has libx264, MPEG-4 part 2 otherwise). `encode_video_jpeg` is the unit of
-work of the converter: it lives here, away from TensorFlow, so conversion workers start
-in a fraction of a second.
+this PyAV build has libx264, MPEG-4 part 2 otherwise). `encode_video_jpeg` is the per-video
+work of the converter's workers (shard_writer.decode_record adds the record): it lives
+here, away from TensorFlow, so conversion workers start in a fraction of a second. Frames
+go through swscale into planar RGB and JPEGs through OpenCV (docs/convert.md, "Speed").
 
 This module must not import TensorFlow (it does, through tf.io.gfile, only to read a video
 that is not on a local disk: gs://, ram://, ...).
@@ -302,7 +303,7 @@ def interleave(planes, order, height: int, width: int,
 def encode_video_jpeg(path: str, start: Optional[float] = None, end: Optional[float] = None,
                       fps: float = 0.0, short_side: int = 0, quality: int = 90,
                       threads: int = 1) -> dict:
-  """Decodes one video to per-frame JPEGs; the converter's unit of work.
+  """Decodes one video to per-frame JPEGs (the converter's and the embed tool's work).
 
   Returns {'ok': True, 'jpegs', 'fps', 'height', 'width'} or {'ok': False, 'reason'}: a
   plain picklable dict so that a failure is data, not an exception crossing processes.
