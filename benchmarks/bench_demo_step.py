@@ -27,7 +27,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
 import cvrl_tf  # noqa: F401  (first: turns TensorFlow's oneDNN kernels on before TF loads)
-import gin
 import numpy as np
 import tensorflow as tf
 
@@ -35,6 +34,7 @@ import bench_train_step
 import common
 from cvrl_tf import configs
 from cvrl_tf.cli import gin_files
+from cvrl_tf.cli import settings
 from cvrl_tf.input import batch as batch_lib
 from cvrl_tf.models import classifier
 from cvrl_tf.models import heads
@@ -46,10 +46,10 @@ from cvrl_tf.runtime import precision
 STEPS = ('pretrain', 'supervised')
 
 
-def build(step: str, policy: str):
+def build(step: str, policy: str, encoder_spec: r3d.EncoderSpec):
   """The demo's model for `step` under `policy`, compiled, every variable created."""
   with precision.dtype_policy(policy):
-    encoder = r3d.build_backbone()  # configs/demo/encoder.gin's bindings
+    encoder = r3d.build_backbone(encoder_spec)  # configs/demo/encoder.gin's
     if step == 'pretrain':
       model = pretrainer.CVRLPretrainer(encoder, heads.ProjectionHead(
           num_hidden_layers=2, hidden_dim=256, output_dim=64), weight_decay=1e-6)
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.quick:
     args.batch, args.reps, args.warmup = 4, 2, 1
-  gin_files.register_configurables()
-  gin.parse_config_file(configs.path('demo/encoder.gin'))
+  gin_files.parse(['demo/encoder.gin'], [])
+  encoder_spec = settings.build_part('encoder')
   clip_shape = (8, 32, 32, 3)
   rng = np.random.RandomState(0)
   rows = []
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     ds = tf.data.Dataset.from_tensors(data).repeat()
     for policy in args.policies.split(','):
       try:
-        model = build(step, policy)
+        model = build(step, policy, encoder_spec)
         walls, cpus = common.fit_step_times(model, ds, args.warmup, args.reps)
       except (tf.errors.OpError, ValueError) as e:
         rows.append([step, policy, 'FAILED: ' + str(e).splitlines()[0][:60]] + ['-'] * 5)

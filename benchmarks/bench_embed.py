@@ -38,6 +38,7 @@ import common
 from bench_convert import write_video
 from cvrl_tf import configs
 from cvrl_tf.cli import gin_files
+from cvrl_tf.cli import settings
 from cvrl_tf.models import r3d
 from cvrl_tf.serving import embed
 from cvrl_tf.serving import embed_store
@@ -56,9 +57,8 @@ def build_export(name: str, folder: str) -> str:
   spec, frames, stride, crop = MODELS[name][:4]
   gin.clear_config()
   if spec == 'demo':
-    gin_files.register_configurables()
-    gin.parse_config_file(configs.path('demo/encoder.gin'))
-    encoder = r3d.build_backbone()
+    gin_files.parse(['demo/encoder.gin'], [])
+    encoder = r3d.build_backbone(settings.build_part('encoder'))
   else:
     encoder = r3d.build_backbone(**spec)
   gin.clear_config()

@@ -101,15 +101,17 @@ def build_demo_export(folder: str) -> str:
   # pylint: disable=g-import-not-at-top,import-outside-toplevel
   import gin
   from cvrl_tf.cli import gin_files
+  from cvrl_tf.cli import settings
   from cvrl_tf.models import backbone_io
   from cvrl_tf.models import r3d
   from cvrl_tf.protocols import pretrain
   from cvrl_tf.serving import export
   gin_files.parse(['demo/pretrain.gin'], [])
-  encoder = r3d.build_backbone(output='pooled', use_sync_bn=False)
-  spec = backbone_io.current_spec(output='pooled', use_sync_bn=False)
-  training = pretrain.training_clips()
+  recipe = settings.build_recipe('pretrain')
   gin.clear_config()
+  encoder = r3d.build_backbone(recipe.encoder, output='pooled', use_sync_bn=False)
+  spec = backbone_io.spec_dict(recipe.encoder, output='pooled', use_sync_bn=False)
+  training = pretrain.training_clips(recipe.clips)
   return export.export_encoder(encoder, os.path.join(folder, 'demo_export'),
                                export.build_metadata(spec, training), verify=False)
 

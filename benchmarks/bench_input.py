@@ -283,7 +283,7 @@ def main(argv=None):
       'classify/resize': lambda: iter(pipeline.build_classification_dataset(
           pattern, args.batch_size, defer='resize', canvas=None, **common)),
       'eval': lambda: iter(pipeline.build_eval_dataset(
-          pattern, args.batch_size, args.clip_len, args.stride,
+          pattern, args.batch_size, clip_len=args.clip_len, stride=args.stride,
           num_clips=2 if args.quick else 10, num_crops=3, min_resize=min(height, 256),
           crop_size=args.crop_size if args.quick else 256).repeat()),
   }

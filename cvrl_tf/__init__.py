@@ -4,6 +4,10 @@ Shape conventions, written once: a clip is float32 [T, H, W, 3] in [0, 1]; a bat
 [B, T, H, W, 3]; a pretraining batch holds all view-1 clips then all view-2 clips.
 
 Reading order, one pretraining step from a TFRecord to the weight update:
+  protocols/pretrain.py the recipe (Pretrain: every setting, its parts as typed objects)
+                        and the protocol that hands each part to the code using it
+  input/clips.py        what a pipeline makes of a video (PretrainClips, TrainClips,
+                        TestViews): frames, crops, augmentation settings
   input/pipeline.py     build_pretrain_dataset: parse, sample two clips per video,
                         decode only their frames, augment (what it defers, the step does)
   input/batch.py        the batch contract: keys, the step/replica seed, finish_batch
@@ -18,7 +22,8 @@ The layout, by role:
   convert/    video -> TFRecord, offline: sources, video_io (PyAV), shard_writer, the
               local pool and Apache Beam runners (convert.py, convert_beam.py), synthetic
   input/      TFRecord shards or TFDS splits -> batches, in tf.data: shards.py and
-              tfds_source.py (`tfds:` sources), sampling, augment, batch, pipeline; the
+              tfds_source.py (`tfds:` sources), clips (the settings), sampling,
+              augment, batch, pipeline; the
               bad-example guard (bad_examples.py, record_check.py); inspection.py
               (cvrl_inspect: records read the way training reads them)
   models/     Keras models: encoder, heads, the pretrainer and classifier train steps
@@ -27,13 +32,14 @@ The layout, by role:
               semi-supervised, evaluate), knn.py (knn_monitor.py: the same during
               pretraining); multiview.py, feature_cache.py and evaluation.py serve them
   runtime/    what runs any protocol: train_loop (checkpoints, resume, NaN guard), optim,
-              distribute, precision (+ hardware), config (gin's read side)
+              distribute, precision (+ hardware)
   serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py
               (features per video or per window: windows.py; resumable: embed_store.py)
   interop/    Model Garden, in one place: model_garden.py (its R3D and ours, the settings
               of its releases), checkpoint.py (a checkpoint's layout), transfer.py
               (cvrl_import: Model Garden checkpoints in and out)
-  cli/        every console script's flags and main; gin is parsed only here
+  cli/        every console script's flags and main; gin lives only here: settings.py
+              gives the settings objects their gin names and builds recipes from gin
   configs/    the gin files, shipped as package data (`--gin_file=pretrain.gin`)
   demo/       `make demo`
 Imports run down LAYERS only (tests/test_layering.py checks every module): a package

@@ -60,14 +60,9 @@ def test_colour_params_probabilities_and_ranges():
     np.testing.assert_array_equal(np.sort(p['jitter_order'], axis=1), [[0, 1, 2, 3]] * n)
 
 
-def test_colour_strength_and_probabilities_from_gin():
-  import gin  # pylint: disable=import-outside-toplevel
-  try:
-    gin.parse_config(["colour_augment.strength = 0.5",
-                      "colour_augment.probs = {'blur': (0.0, 0.0, 0.0)}"])
-    p = {k: v.numpy() for k, v in augment.draw_colour_params(SEED, 2000, 1).items()}
-  finally:
-    gin.clear_config()
+def test_colour_strength_and_probabilities():
+  settings = augment.Augmentation(colour_strength=0.5, colour_probs={'blur': (0.0, 0.0, 0.0)})
+  p = {k: v.numpy() for k, v in augment.draw_colour_params(SEED, 2000, 1, settings).items()}
   on = p['jitter']
   for key in ('brightness', 'contrast', 'saturation'):  # 1 -/+ 0.8 * 0.5
     assert p[key][on].min() >= 0.6 and p[key][on].max() <= 1.4
@@ -77,36 +72,30 @@ def test_colour_strength_and_probabilities_from_gin():
   assert abs(p['grayscale'].mean() - 0.2) < 0.04  # not overridden
 
 
-def test_jitter_ops_from_gin_keep_the_other_draws():
+def test_jitter_ops_keep_the_other_draws():
   """jitter_ops=('saturation', 'hue'): brightness and contrast stay identity, and every
   other parameter is the draw of the full jitter (same seed, same values)."""
-  import gin  # pylint: disable=import-outside-toplevel
   full = {k: v.numpy() for k, v in augment.draw_colour_params(SEED, 500, 1).items()}
-  try:
-    gin.parse_config(["colour_augment.jitter_ops = ('saturation', 'hue')"])
-    some = {k: v.numpy() for k, v in augment.draw_colour_params(SEED, 500, 1).items()}
-  finally:
-    gin.clear_config()
+  some = augment.draw_colour_params(
+      SEED, 500, 1, augment.Augmentation(jitter_ops=('saturation', 'hue')))
+  some = {k: v.numpy() for k, v in some.items()}
   np.testing.assert_array_equal(some['brightness'], 1.0)
   np.testing.assert_array_equal(some['contrast'], 1.0)
   for key in set(full) - {'brightness', 'contrast'}:
     np.testing.assert_array_equal(some[key], full[key], err_msg=key)
   assert full['jitter'].any() and (full['brightness'][full['jitter']] != 1.0).all()
-  only_hue = augment.draw_colour_params(SEED, 50, 1, jitter_ops='hue')  # gin's ('hue')
+  only_hue = augment.draw_colour_params(
+      SEED, 50, 1, augment.Augmentation(jitter_ops='hue'))  # gin's ('hue') is a string
   np.testing.assert_array_equal(only_hue['saturation'].numpy(), 1.0)
   assert (only_hue['hue'].numpy() != 0).any()
   with pytest.raises(ValueError, match='jitter_ops.*gamma'):
-    augment.draw_colour_params(SEED, 2, 1, jitter_ops=('gamma',))
+    augment.Augmentation(jitter_ops=('gamma',))
 
 
-def test_flip_probability_from_gin():
-  import gin  # pylint: disable=import-outside-toplevel
+def test_flip_probability():
   assert abs(augment.sample_flips(SEED, 4000).numpy().mean() - 0.5) < 0.03
-  try:
-    gin.parse_config(['random_flip.prob = 0.0'])
-    assert not augment.sample_flips(SEED, 4000).numpy().any()
-  finally:
-    gin.clear_config()
+  assert not augment.sample_flips(SEED, 4000, augment.Augmentation(flip_prob=0.0).flip_prob
+                                  ).numpy().any()
 
 
 def test_consistent_augmentation_keeps_a_still_scene_still():

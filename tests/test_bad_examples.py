@@ -23,6 +23,8 @@ from cvrl_tf.input import record_check
 from cvrl_tf.protocols import classify
 from cvrl_tf.protocols import knn
 
+import gin_recipes  # tests/gin_recipes.py
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W, FRAMES = 40, 48, 8
 NOT_JPEG = b'17 bytes of text.'
@@ -245,10 +247,10 @@ def test_training_stream_skips_bad_videos_and_stops_past_the_limit(shards):
 
 # ------------------------------------------------------------------------- end to end
 TINY = [
-    "build_backbone.name='r3d18'", 'build_backbone.width_multiplier=0.125',
-    'build_pretrain_dataset.clip_len=2', 'build_pretrain_dataset.crop_size=32',
-    'build_pretrain_dataset.stride=1', 'build_pretrain_dataset.shuffle_buffer=1',
-    'ProjectionHead.hidden_dim=16', 'ProjectionHead.output_dim=8',
+    "encoder.name='r3d18'", 'encoder.width_multiplier=0.125',
+    'pretrain_clips.clip_len=2', 'pretrain_clips.crop_size=32',
+    'pretrain_clips.stride=1', 'pretrain_clips.shuffle_buffer=1',
+    'projection_head.hidden_dim=16', 'projection_head.output_dim=8',
     'pretrain.global_batch_size=4', 'pretrain.log_every=1', 'pretrain.warmup_epochs=0',
     "pretrain.mixed_precision='float32'", 'pretrain.checkpoint_every=2', 'pretrain.seed=0',
 ]
@@ -324,18 +326,18 @@ def test_pretraining_survives_a_bad_video_stops_past_the_limit_and_resumes(tmp_p
 
 
 EVAL_GIN = """
-build_backbone.name = 'r3d18'
-build_backbone.width_multiplier = 0.125
-build_classification_dataset.clip_len = 2
-build_classification_dataset.stride = 1
-build_classification_dataset.crop_size = 32
-build_classification_dataset.shuffle_buffer = 8
-build_eval_dataset.clip_len = 2
-build_eval_dataset.stride = 1
-build_eval_dataset.num_clips = 2
-build_eval_dataset.num_crops = 1
-build_eval_dataset.min_resize = 32
-build_eval_dataset.crop_size = 32
+encoder.name = 'r3d18'
+encoder.width_multiplier = 0.125
+train_clips.clip_len = 2
+train_clips.stride = 1
+train_clips.crop_size = 32
+train_clips.shuffle_buffer = 8
+test_views.clip_len = 2
+test_views.stride = 1
+test_views.num_clips = 2
+test_views.num_crops = 1
+test_views.min_resize = 32
+test_views.crop_size = 32
 """
 
 
@@ -353,7 +355,7 @@ def test_linear_eval_and_knn_list_unreadable_test_videos_a_broken_train_set_stop
             warmup_epochs=0, eval_batch_size=6, seed=0, mixed_precision='float32')
   test_files = [shards['mixed'], shards['cut']]
   progress = io.StringIO()
-  out = classify.LinearEval(train_files=shards['good'], test_files=test_files, **kw).run(
+  out = gin_recipes.recipe('linear_eval', train_files=shards['good'], test_files=test_files, **kw).run(
       str(tmp_path / 'ok'), progress_stream=progress)['test']
   # The progress line ends at the total, the unreadable videos counted as failed.
   assert re.search(r'\] 16/16 videos .* failed 4\n', progress.getvalue())
@@ -370,7 +372,7 @@ def test_linear_eval_and_knn_list_unreadable_test_videos_a_broken_train_set_stop
   assert len(listed['test']['examples']) == 5 and 'train' not in listed  # None bad.
 
   # k-NN: the same test videos listed in knn_results.json.
-  knn_out = knn.KnnEval(train_files=shards['good'], test_files=test_files,
+  knn_out = gin_recipes.recipe('knn_eval', train_files=shards['good'], test_files=test_files,
                         encoder_source='random', ks=(1,), eval_batch_size=6,
                         mixed_precision='float32').run(str(tmp_path / 'knn'),
                                                        progress_stream=None)
@@ -382,7 +384,7 @@ def test_linear_eval_and_knn_list_unreadable_test_videos_a_broken_train_set_stop
   broken = _write(tmp_path / 'broken.tfrecord',
                   [_video(f'x{i}', 0, bad_frames=True) for i in range(12)])
   with pytest.raises(errors.TooManyBadExamples, match='could not be used'):
-    classify.LinearEval(train_files=[broken] + shards['good'],
+    gin_recipes.recipe('linear_eval', train_files=[broken] + shards['good'],
                         **{**kw, 'train_steps': 100}).run(str(tmp_path / 'stop'),
                                                            progress_stream=None)
 

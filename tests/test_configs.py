@@ -53,7 +53,7 @@ def test_shipped_includes_parse_from_another_folder(elsewhere):
   assert gin.query_parameter('pretrain.global_batch_size') == 1024
   assert gin.query_parameter('%TRAIN_FILES') == '/data/k600/train-*.tfrecord'
   gin_files.parse(['demo/pretrain.gin'], [])
-  assert gin.query_parameter('build_backbone.width_multiplier') == 0.25
+  assert gin.query_parameter('encoder.width_multiplier') == 0.25
   gin.clear_config()
 
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import records
+from cvrl_tf.cli import settings
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
 from cvrl_tf.protocols import classify
@@ -24,20 +25,22 @@ from cvrl_tf.protocols import multiview
 from cvrl_tf.runtime import precision
 from cvrl_tf.serving import export
 
+import gin_recipes  # tests/gin_recipes.py
+
 H, W, FRAMES, CLASSES = 40, 48, 8, ('red', 'green', 'blue')
 NUM_CLIPS, NUM_CROPS = 2, 3
 GIN = f"""
-build_classification_dataset.clip_len = 4
-build_classification_dataset.stride = 1
-build_classification_dataset.crop_size = 32
-build_classification_dataset.shuffle_buffer = 32
-build_classification_dataset.cycle_length = 2
-build_eval_dataset.clip_len = 4
-build_eval_dataset.stride = 1
-build_eval_dataset.num_clips = {NUM_CLIPS}
-build_eval_dataset.num_crops = {NUM_CROPS}
-build_eval_dataset.min_resize = 36
-build_eval_dataset.crop_size = 32
+train_clips.clip_len = 4
+train_clips.stride = 1
+train_clips.crop_size = 32
+train_clips.shuffle_buffer = 32
+train_clips.cycle_length = 2
+test_views.clip_len = 4
+test_views.stride = 1
+test_views.num_clips = {NUM_CLIPS}
+test_views.num_crops = {NUM_CROPS}
+test_views.min_resize = 36
+test_views.crop_size = 32
 """
 # float32: these toy models (maps of 1-2 px at res4/res5, BN over 8 values) diverge in
 # bfloat16 within a few steps, and the tests must behave alike on every CPU class.
@@ -75,7 +78,7 @@ def data(tmp_path_factory):
   spec = dict(name='r3d18', width_multiplier=0.25)
   tf_keras.utils.set_random_seed(0)
   encoder = r3d.build_backbone(**spec)
-  backbone_io.save_backbone(encoder, backbone_io.current_spec(**spec), str(pretrain), 7)
+  backbone_io.save_backbone(encoder, backbone_io.spec_dict(**spec), str(pretrain), 7)
   return {'root': root, 'train': str(root / 'train-*.tfrecord'),
           'test': str(root / 'test-*.tfrecord'), 'pretrain': str(pretrain)}
 
@@ -100,7 +103,7 @@ def linear_run(data, tmp_path_factory):
   gin.clear_config()
   gin.parse_config(GIN)
   model_dir = str(tmp_path_factory.mktemp('linear'))
-  out = classify.LinearEval(train_files=data['train'], test_files=data['test'],
+  out = gin_recipes.recipe('linear_eval', train_files=data['train'], test_files=data['test'],
                             num_classes=3, pretrain_dir=data['pretrain'], train_steps=60,
                             learning_rate=32.0, **TRAIN).run(model_dir)
   return model_dir, out
@@ -119,8 +122,10 @@ def test_linear_eval_learns_with_a_bit_identical_frozen_encoder(data, linear_run
   for name, value in pretrained.items():
     np.testing.assert_array_equal(trained[name], value, err_msg=name)
   for name in ('eval_results.json', 'confusion_matrix.png', 'eval_predictions.csv',
-               'classifier.json', 'operative_config.gin'):
+               'classifier.json', 'run_info.json'):
     assert os.path.exists(os.path.join(model_dir, name)), name
+  start = json.load(open(os.path.join(model_dir, 'run_info.json')))['starts'][0]
+  assert start['settings']['train_clips']['crop_size'] == 32  # GIN's, as the run used it
   results = json.load(open(os.path.join(model_dir, 'eval_results.json')))
   assert results['class_names'] == list(CLASSES)  # From the label map beside the shards.
   assert set(results['per_class']) == set(CLASSES)
@@ -136,7 +141,7 @@ def test_linear_eval_learns_with_a_bit_identical_frozen_encoder(data, linear_run
 
 def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, capfd):
   model_dir, out = linear_run
-  again = classify.LinearEval(train_files=data['train'], test_files=data['test'],
+  again = gin_recipes.recipe('linear_eval', train_files=data['train'], test_files=data['test'],
                               num_classes=3, pretrain_dir=data['pretrain'], train_steps=60,
                               learning_rate=32.0, **TRAIN).run(model_dir)
   assert 'already evaluated at step 60' in capfd.readouterr().err
@@ -144,12 +149,12 @@ def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, ca
   before = open(os.path.join(model_dir, 'eval_predictions.csv')).read()
   os.remove(os.path.join(model_dir, 'eval_predictions.csv'))
   # evaluate rebuilds the classifier from classifier.json and the latest checkpoint.
-  results = classify.Evaluate(test_files=data['test'], eval_batch_size=12).run(model_dir)
+  results = gin_recipes.recipe('evaluate', test_files=data['test'], eval_batch_size=12).run(model_dir)
   assert results['top1'] == out['test']['top1'] and results['checkpoint_step'] == 60
   assert open(os.path.join(model_dir, 'eval_predictions.csv')).read() == before
   assert '9/9 videos' in capfd.readouterr().err  # Progress of the evaluation loop.
   with pytest.raises(ValueError, match='different classifier'):
-    classify.Finetune(train_files=data['train'], num_classes=3,
+    gin_recipes.recipe('finetune', train_files=data['train'], num_classes=3,
                       pretrain_dir=data['pretrain'], train_steps=1, **TRAIN).run(model_dir)
 
 
@@ -166,7 +171,7 @@ def test_evaluate_falls_back_to_auto_where_the_trained_precision_is_not_native(
   from cvrl_tf.runtime import hardware  # pylint: disable=g-import-not-at-top
   facts = precision.DeviceFacts(cpu=hardware.CpuInfo('Test CPU', frozenset({'avx2'})))
   monkeypatch.setattr(precision, 'detect_devices', lambda strategy=None: facts)
-  results = classify.Evaluate(test_files=data['test'], eval_batch_size=12).run(model_dir)
+  results = gin_recipes.recipe('evaluate', test_files=data['test'], eval_batch_size=12).run(model_dir)
   assert 'precision: float32 (auto: CPU Test CPU (AVX2)' in capfd.readouterr().err
   assert results['top1'] == linear_run[1]['test']['top1']  # Trained in float32 really.
   starts = json.load(open(os.path.join(model_dir, precision.RUN_INFO_FILE)))['starts']
@@ -176,11 +181,12 @@ def test_evaluate_falls_back_to_auto_where_the_trained_precision_is_not_native(
 def test_multiview_averages_exactly_k_times_3_views_per_video(data):
   """A stub encoder (mean colour of each view) against a per-view NumPy recomputation."""
   stub = lambda clips: tf.reduce_mean(clips, axis=[1, 2, 3])
-  videos = multiview.run_views(tf.distribute.get_strategy(), data['test'], 5, stub)
+  views = settings.build_part('test_views')  # GIN's views
+  videos = multiview.run_views(tf.distribute.get_strategy(), data['test'], 5, stub, views)
   assert list(videos['num_views']) == [NUM_CLIPS * NUM_CROPS] * 9
   from cvrl_tf.input import pipeline  # pylint: disable=g-import-not-at-top
   per_view = {}
-  for batch in pipeline.build_eval_dataset(data['test'], 7).as_numpy_iterator():
+  for batch in pipeline.build_eval_dataset(data['test'], 7, views).as_numpy_iterator():
     for clip, media, view in zip(batch['clips'], batch['media_id'], batch['view_index']):
       per_view.setdefault(media.decode(), {})[int(view)] = clip.mean(axis=(0, 1, 2))
   for media, score, label in zip(videos['media_id'], videos['scores'], videos['label']):
@@ -191,7 +197,7 @@ def test_multiview_averages_exactly_k_times_3_views_per_video(data):
 
 
 def test_finetune_semi_supervised_subset_and_changed_encoder(data, tmp_path):
-  out = classify.Finetune(train_files=data['train'], num_classes=3,
+  out = gin_recipes.recipe('finetune', train_files=data['train'], num_classes=3,
                           pretrain_dir=data['pretrain'], train_steps=3, label_fraction=0.25,
                           learning_rate=0.05, **TRAIN).run(str(tmp_path))
   assert out['test'] is None
@@ -215,7 +221,7 @@ def test_finetune_semi_supervised_subset_and_changed_encoder(data, tmp_path):
 def deterministic_input():
   """Element order fixed too (not only seeds): at LR 32 a different order of the same
   cached features changes the last-steps training accuracy."""
-  gin.bind_parameter('build_classification_dataset.deterministic', True)
+  gin.bind_parameter('train_clips.deterministic', True)
   yield
   gin.clear_config()
 
@@ -225,23 +231,23 @@ def test_cached_linear_eval_reuses_its_cache(data, tmp_path, capfd, deterministi
   common = dict(train_files=data['train'], num_classes=3, pretrain_dir=data['pretrain'],
                 train_steps=60, learning_rate=32.0, cache_features=True, cache_passes=2,
                 cache_dir=cache, **TRAIN)
-  classify.LinearEval(**common).run(str(tmp_path / 'a'))
+  gin_recipes.recipe('linear_eval', **common).run(str(tmp_path / 'a'))
   err = capfd.readouterr().err
   assert 'feature cache: pass 2/2, 24 clips' in err
   assert os.path.getsize(os.path.join(cache, 'pass-00001.features')) == 24 * 128 * 4
-  out = classify.LinearEval(**common).run(str(tmp_path / 'b'))
+  out = gin_recipes.recipe('linear_eval', **common).run(str(tmp_path / 'b'))
   assert 'feature cache: pass' not in capfd.readouterr().err  # Reused.
   assert out['train']['accuracy'] >= 0.9  # Over the last 10 steps.
   with pytest.raises(ValueError, match='other settings'):
-    gin.bind_parameter('build_classification_dataset.crop_size', 24)
-    classify.LinearEval(**common).run(str(tmp_path / 'c'))
+    gin.bind_parameter('train_clips.crop_size', 24)
+    gin_recipes.recipe('linear_eval', **common).run(str(tmp_path / 'c'))
 
 
 def test_knn_eval_on_an_exported_hub_encoder(data, tmp_path):
   encoder = backbone_io.load_backbone(data['pretrain'])
   hub_dir = export.export_encoder(encoder, str(tmp_path / 'hub'), verify=False)
-  gin.parse_config('knn_memory/build_eval_dataset.num_clips = 1')
-  out = knn.KnnEval(train_files=data['train'], test_files=data['test'],
+  gin.parse_config('knn_memory/test_views.num_clips = 1')
+  out = gin_recipes.recipe('knn_eval', train_files=data['train'], test_files=data['test'],
                     encoder_source='hub', hub_handle=hub_dir, ks=(1, 5),
                     eval_batch_size=12).run(str(tmp_path / 'knn'))
   assert out['results']['1']['top1'] >= 0.85 and out['num_memory_videos'] == 24
@@ -257,27 +263,27 @@ def test_knn_eval_on_an_exported_hub_encoder(data, tmp_path):
 def test_encoder_source_errors_name_the_problem(data, tmp_path):
   common = dict(train_files=data['train'], num_classes=3, train_steps=1)
   with pytest.raises(FileNotFoundError, match='no backbone found'):
-    classify.LinearEval(pretrain_dir=str(tmp_path / 'nope'),
+    gin_recipes.recipe('linear_eval', pretrain_dir=str(tmp_path / 'nope'),
                         **common).run(str(tmp_path / 'a'))
   unfinished = tmp_path / 'unfinished' / 'backbone'
   unfinished.mkdir(parents=True)
   (unfinished / 'backbone.json').write_text(json.dumps({'name': 'r3d18'}))
   with pytest.raises(FileNotFoundError, match='no checkpoint'):
-    classify.LinearEval(pretrain_dir=str(unfinished.parent),
+    gin_recipes.recipe('linear_eval', pretrain_dir=str(unfinished.parent),
                         **common).run(str(tmp_path / 'u'))
   with pytest.raises(ValueError, match='needs pretrain_dir'):
-    classify.LinearEval(**common).run(str(tmp_path / 'b'))
-  with pytest.raises(ValueError, match="name: bound 'r3d50' but stored 'r3d18'"):
-    gin.bind_parameter('build_backbone.name', 'r3d50')
-    classify.LinearEval(pretrain_dir=data['pretrain'], **common).run(str(tmp_path / 'c'))
+    gin_recipes.recipe('linear_eval', **common).run(str(tmp_path / 'b'))
+  with pytest.raises(ValueError, match="name: asked 'r3d50' but stored 'r3d18'"):
+    gin.bind_parameter('encoder.name', 'r3d50')
+    gin_recipes.recipe('linear_eval', pretrain_dir=data['pretrain'], **common).run(str(tmp_path / 'c'))
   with pytest.raises(FileNotFoundError, match='not a SavedModel'):
-    knn.KnnEval(train_files=data['train'], test_files=data['test'], encoder_source='hub',
+    gin_recipes.recipe('knn_eval', train_files=data['train'], test_files=data['test'], encoder_source='hub',
                 hub_handle=str(tmp_path)).run(str(tmp_path / 'd'))
   with pytest.raises(ValueError, match='encoder_source must be one of'):
-    knn.KnnEval(train_files=data['train'], test_files=data['test'],
+    gin_recipes.recipe('knn_eval', train_files=data['train'], test_files=data['test'],
                 encoder_source='imagenet').run(str(tmp_path / 'e'))
   with pytest.raises(FileNotFoundError, match='not the model_dir of a linear_eval'):
-    classify.Evaluate(test_files=data['test']).run(str(tmp_path))
+    gin_recipes.recipe('evaluate', test_files=data['test']).run(str(tmp_path))
 
 
 @pytest.mark.parametrize('path, protocol, expected', [
@@ -301,7 +307,7 @@ def test_protocol_gin_files(path, protocol, expected):
   for key, value in expected.items():
     assert gin.query_parameter(f'{protocol}.{key}') == value, key
   if not path.startswith('demo/'):  # The paper's test: 10 clips x 3 crops of 256 px.
-    assert [gin.query_parameter(f'build_eval_dataset.{k}') for k in
+    assert [gin.query_parameter(f'test_views.{k}') for k in
             ('num_clips', 'num_crops', 'min_resize', 'crop_size', 'clip_len')] == [
                 10, 3, 256, 256, 32]
 
@@ -310,10 +316,10 @@ def test_protocol_gin_files(path, protocol, expected):
 def test_linear_eval_with_deferred_resize_learns(data, tmp_path, cache_features):
   """The paper gin files defer resize + flip to the step (defer='resize', canvas=None):
   the classifier's step (online) and the feature cache finish those batches."""
-  gin.bind_parameter('build_classification_dataset.defer', 'resize')
-  gin.bind_parameter('build_classification_dataset.canvas', None)
-  gin.bind_parameter('build_classification_dataset.deterministic', True)
-  out = classify.LinearEval(train_files=data['train'], test_files=data['test'],
+  gin.bind_parameter('train_clips.defer', 'resize')
+  gin.bind_parameter('train_clips.canvas', None)
+  gin.bind_parameter('train_clips.deterministic', True)
+  out = gin_recipes.recipe('linear_eval', train_files=data['train'], test_files=data['test'],
                             num_classes=3, pretrain_dir=data['pretrain'], train_steps=60,
                             learning_rate=32.0, cache_features=cache_features,
                             cache_passes=2, cache_dir=str(tmp_path / 'cache'),
@@ -323,9 +329,9 @@ def test_linear_eval_with_deferred_resize_learns(data, tmp_path, cache_features)
 
 
 def test_finetune_with_deferred_resize_runs(data, tmp_path):
-  gin.bind_parameter('build_classification_dataset.defer', 'resize')
-  gin.bind_parameter('build_classification_dataset.canvas', None)
-  out = classify.Finetune(train_files=data['train'], num_classes=3,
+  gin.bind_parameter('train_clips.defer', 'resize')
+  gin.bind_parameter('train_clips.canvas', None)
+  out = gin_recipes.recipe('finetune', train_files=data['train'], num_classes=3,
                           pretrain_dir=data['pretrain'], train_steps=3, learning_rate=0.05,
                           **TRAIN).run(str(tmp_path))
   assert np.isfinite(out['train']['loss'])

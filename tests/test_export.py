@@ -26,12 +26,12 @@ from cvrl_tf.serving import export
 TINY = dict(name='r3d18', width_multiplier=0.25)
 GIN = """# Parameters for build_pretrain_dataset:
 # ==============================================================================
-build_pretrain_dataset.crop_size = 32
-build_pretrain_dataset.stride = 2  # stored frames
-build_pretrain_dataset.target_fps = None
-train/build_pretrain_dataset.clip_len = 4
-build_classification_dataset.clip_len = 32
-ProjectionHead.bn_epsilon = 0.001
+pretrain_clips.crop_size = 32
+pretrain_clips.stride = 2  # stored frames
+pretrain_clips.target_fps = None
+train/pretrain_clips.clip_len = 4
+train_clips.clip_len = 32
+projection_head.bn_epsilon = 0.001
 """
 TRAINING = {'num_frames': 4, 'frame_stride': 2, 'target_fps': None, 'crop_size': 32}
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,7 +71,7 @@ def run(tmp_path_factory):
   tf_keras.utils.set_random_seed(0)
   root = tmp_path_factory.mktemp('export')
   model_dir = str(root / 'model')
-  spec = backbone_io.current_spec(**TINY)
+  spec = backbone_io.spec_dict(**TINY)
   encoder = backbone_io.build_from_spec(spec)
   _randomize_bn(encoder, 0)
   head = heads.ProjectionHead(num_hidden_layers=2, hidden_dim=16, output_dim=8,
@@ -211,7 +211,7 @@ def test_model_card_says_what_the_model_takes_and_gives(run):
 
 def test_model_card_of_a_resampled_run_and_of_an_unknown_encoder():
   metadata = export.build_metadata(
-      backbone_io.current_spec(**TINY),
+      backbone_io.spec_dict(**TINY),
       {'num_frames': 16, 'frame_stride': 2, 'target_fps': 25, 'crop_size': 224},
       embedding_dim=512)
   text = _flat(export._model_card(metadata))  # pylint: disable=protected-access
@@ -273,7 +273,7 @@ def _bf16_encoder(spec):
 
 def test_bf16_model_exports_float32(tmp_path):
   tf_keras.utils.set_random_seed(1)
-  spec = backbone_io.current_spec(**TINY)
+  spec = backbone_io.spec_dict(**TINY)
   bf16, reference = _bf16_encoder(spec)
   path = export.export_encoder(bf16, str(tmp_path / 'hub'), export.build_metadata(spec),
                                verify=False)

@@ -1,6 +1,7 @@
 """Projection head and linear classifier: structure, shapes, NumPy references, bf16."""
 
-import gin
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -135,11 +136,10 @@ def test_build_creates_all_variables():
   assert [tuple(w.shape) for w in clf.weights] == [(32, 3), (3,)]
 
 
-def test_gin_binding():
-  gin.parse_config('test_heads/ProjectionHead.output_dim = 64\n'
-                   'test_heads/LinearClassifier.l2_normalize = True')
-  with gin.config_scope('test_heads'):
-    head = heads.ProjectionHead(hidden_dim=8)
-    clf = heads.LinearClassifier(num_classes=2)
+def test_head_from_its_spec_and_back():
+  spec = heads.HeadSpec(num_hidden_layers=1, hidden_dim=8, output_dim=64)
+  head = heads.ProjectionHead.from_spec(spec)
   assert head(tf.zeros((1, 4))).shape == (1, 64)
-  assert clf.get_config()['l2_normalize']
+  stored = head.spec()  # What head.json keeps: the spec's fields, plain JSON.
+  assert set(stored) == {f.name for f in dataclasses.fields(heads.HeadSpec)}
+  assert heads.ProjectionHead.from_spec(stored).spec() == stored

@@ -16,10 +16,12 @@ from cvrl_tf.protocols import knn
 from cvrl_tf.protocols import knn_monitor
 from cvrl_tf.protocols import pretrain
 
-TINY = ["build_backbone.name='r3d18'", 'build_backbone.width_multiplier=0.125',
-        'build_pretrain_dataset.clip_len=4', 'build_pretrain_dataset.crop_size=32',
-        'build_pretrain_dataset.shuffle_buffer=8', 'ProjectionHead.hidden_dim=16',
-        'ProjectionHead.output_dim=8', 'pretrain.global_batch_size=4',
+import gin_recipes  # tests/gin_recipes.py
+
+TINY = ["encoder.name='r3d18'", 'encoder.width_multiplier=0.125',
+        'pretrain_clips.clip_len=4', 'pretrain_clips.crop_size=32',
+        'pretrain_clips.shuffle_buffer=8', 'projection_head.hidden_dim=16',
+        'projection_head.output_dim=8', 'pretrain.global_batch_size=4',
         'pretrain.warmup_epochs=0', 'pretrain.log_every=100', 'pretrain.seed=0',
         "pretrain.mixed_precision='float32'"]
 VIEWS = ['clip_len=4', 'stride=2', 'num_clips=2', 'num_crops=1', 'min_resize=32',
@@ -51,9 +53,9 @@ def test_monitor_reports_what_knn_eval_measures(tmp_path):
       f"pretrain.train_files='{train}'", 'pretrain.train_steps=4',
       f"knn_monitor.train_files='{train}'", f"knn_monitor.test_files='{test}'",
       'knn_monitor.every_steps=2', 'knn_monitor.k=3', 'knn_monitor.num_classes=4'] +
-      [f'knn_monitor/build_eval_dataset.{v}' for v in VIEWS])
+      [f'knn_monitor/test_views.{v}' for v in VIEWS])
   stream = io.StringIO()
-  pretrain.Pretrain().run(run, progress_stream=stream)  # Its fields from the bindings.
+  gin_recipes.recipe('pretrain').run(run, progress_stream=stream)  # Its fields from the bindings.
   steps, top1 = report.read_scalars(os.path.join(run, 'summaries'), 'knn_top1')
   np.testing.assert_array_equal(steps, [0, 2, 4])
   lines = [l for l in stream.getvalue().splitlines() if 'knn_top1=' in l]
@@ -63,28 +65,20 @@ def test_monitor_reports_what_knn_eval_measures(tmp_path):
       f"knn_eval.pretrain_dir='{run}'", f"knn_eval.train_files='{train}'",
       f"knn_eval.test_files='{test}'", 'knn_eval.label_map_file=None', 'knn_eval.ks=(3,)',
       'knn_eval.num_classes=4', "knn_eval.mixed_precision='float32'"] +
-      [f'build_eval_dataset.{v}' for v in VIEWS] +
-      [f'knn_memory/build_eval_dataset.{v}' for v in VIEWS])
-  results = knn.KnnEval().run(str(tmp_path / 'knn'), progress_stream=None)
+      [f'test_views.{v}' for v in VIEWS] +
+      [f'knn_memory/test_views.{v}' for v in VIEWS])
+  results = gin_recipes.recipe('knn_eval').run(str(tmp_path / 'knn'), progress_stream=None)
   assert top1[-1] == pytest.approx(results['results']['3']['top1'], abs=1e-6)
   gin.clear_config()
 
 
-def test_monitor_is_off_unless_both_sets_are_bound(tmp_path):
+def test_monitor_is_off_unless_both_sets_are_given(tmp_path):
   shard = _shard(str(tmp_path / 'x-00000-of-00001.tfrecord'), 1, 0)
-  gin.clear_config()
-  assert knn_monitor.monitors(encoder=None, strategy=None) == []
-  with gin.unlock_config():
-    gin.bind_parameter('knn_monitor.train_files', 'a')
-  assert knn_monitor.monitors(encoder=None, strategy=None) == []
-  with gin.unlock_config():
-    gin.bind_parameter('knn_monitor.test_files', 'b')
+  monitor = knn_monitor.KnnMonitorRecipe
+  assert knn_monitor.monitors(monitor(), encoder=None, strategy=None) == []
+  assert knn_monitor.monitors(monitor(train_files='a'), encoder=None, strategy=None) == []
   with pytest.raises(ValueError, match="'a' matches no file"):  # Before any training.
-    knn_monitor.monitors(encoder=None, strategy=None)
-  with gin.unlock_config():
-    gin.bind_parameter('knn_monitor.train_files', shard)
-    gin.bind_parameter('knn_monitor.test_files', shard)
-    gin.bind_parameter('knn_monitor.every_steps', 0)
+    knn_monitor.monitors(monitor(train_files='a', test_files='b'), None, None)
   with pytest.raises(ValueError, match='every_steps'):
-    knn_monitor.monitors(encoder=None, strategy=None)
-  gin.clear_config()
+    knn_monitor.monitors(monitor(train_files=shard, test_files=shard, every_steps=0),
+                         None, None)

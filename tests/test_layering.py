@@ -67,3 +67,34 @@ def test_an_upward_import_is_found(tmp_path):
   (tmp_path / 'serving' / 'export.py').write_text('from cvrl_tf import files\n')
   assert upward_imports(str(tmp_path)) == [
       f'{os.path.join("input", "reader.py")}:2 (input) imports serving']
+
+
+def gin_users(package_dir: str = PACKAGE):
+  """Modules outside cli/ that import gin (settings reach the library as objects)."""
+  found = []
+  for folder, _, names in os.walk(package_dir):
+    for name in sorted(n for n in names if n.endswith('.py')):
+      path = os.path.join(folder, name)
+      rel = os.path.relpath(path, package_dir)
+      if rel.split(os.sep)[0] == 'cli':
+        continue
+      with open(path, encoding='utf-8') as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        names_ = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                  [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+        if any(n == 'gin' or n.startswith('gin.') for n in names_):
+          found.append(f'{rel}:{node.lineno}')
+  return found
+
+
+def test_gin_is_imported_only_by_the_command_line():
+  assert not gin_users(), gin_users()
+
+
+def test_a_gin_import_below_the_command_line_is_found(tmp_path):
+  (tmp_path / 'models').mkdir()
+  (tmp_path / 'cli').mkdir()
+  (tmp_path / 'models' / 'r3d.py').write_text('import os\nimport gin\n')
+  (tmp_path / 'cli' / 'settings.py').write_text('import gin\n')
+  assert gin_users(str(tmp_path)) == [f'{os.path.join("models", "r3d.py")}:2']

@@ -483,7 +483,7 @@ def test_reverse_back_to_model_garden(r3d50, tmp_path):
 
 
 def test_reverse_refuses_what_model_garden_cannot_hold(tmp_path):
-  spec = backbone_io.current_spec(name='r3d18', width_multiplier=0.25)
+  spec = backbone_io.spec_dict(name='r3d18', width_multiplier=0.25)
   backbone_io.save_backbone(backbone_io.build_from_spec(spec), spec, str(tmp_path), 0)
   with pytest.raises(model_garden_io.ModelGardenError, match='bottleneck blocks only'):
     model_garden_io.export_checkpoint(str(tmp_path), str(tmp_path / 'mg'))
@@ -555,7 +555,7 @@ def test_imported_linear_eval_config_is_the_released_yaml():
   from official.core import exp_factory
   from official.projects.video_ssl.configs import video_ssl  # registers the experiments
   from cvrl_tf.cli import gin_files
-  from cvrl_tf.protocols import classify
+  from cvrl_tf.cli import settings
   # pylint: enable=g-import-not-at-top
   del video_ssl
   released = exp_factory.get_exp_config('video_ssl_linear_eval_kinetics600')
@@ -563,8 +563,7 @@ def test_imported_linear_eval_config_is_the_released_yaml():
   task, trainer = released.task, released.trainer
   try:
     gin_files.parse(['linear_eval_k600_imported.gin'], [])
-    recipe = classify.LinearEval()
-    q = gin.query_parameter
+    recipe = settings.build_recipe('linear_eval')
     schedule = recipe.schedule(recipe.num_train_examples)
     assert recipe.num_train_examples == task.train_data.num_examples  # 366,016
     assert schedule.total_steps == trainer.train_steps == 35744
@@ -580,17 +579,15 @@ def test_imported_linear_eval_config_is_the_released_yaml():
     assert recipe.dropout_rate == 0  # video_ssl's model never applies its dropout_rate.
     assert recipe.num_classes == task.train_data.num_classes == 600
     assert recipe.encoder_source == 'model_dir'
-    assert [q(f'build_classification_dataset.{k}') for k in ('clip_len', 'stride',
-                                                             'crop_size')] == [
+    assert [getattr(recipe.train_clips, k) for k in ('clip_len', 'stride', 'crop_size')] == [
         task.train_data.feature_shape[0], task.train_data.temporal_stride,
         task.train_data.feature_shape[1]]
     assert augment.CROP_AREA_RANGE == (task.train_data.aug_min_area_ratio,
                                        task.train_data.aug_max_area_ratio)
     assert augment.CROP_ASPECT_RANGE == (task.train_data.aug_min_aspect_ratio,
                                          task.train_data.aug_max_aspect_ratio)
-    assert [q(f'build_eval_dataset.{k}') for k in ('clip_len', 'stride', 'num_clips',
-                                                   'num_crops', 'min_resize',
-                                                   'crop_size')] == [
+    assert [getattr(recipe.test_views, k) for k in (
+        'clip_len', 'stride', 'num_clips', 'num_crops', 'min_resize', 'crop_size')] == [
         task.validation_data.feature_shape[0], task.validation_data.temporal_stride,
         task.validation_data.num_test_clips, task.validation_data.num_test_crops,
         task.validation_data.min_image_size, task.validation_data.feature_shape[1]]

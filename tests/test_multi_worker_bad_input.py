@@ -33,7 +33,7 @@ def _train_two_workers(run, data, steps):
           f'--model_dir={run}', '--gin_file=gin/demo/pretrain.gin',
           f"--gin_bindings=pretrain.train_files='{data}/train-*.tfrecord'",
           f'--gin_bindings=pretrain.train_steps={steps}',
-          "--gin_bindings=get_strategy.name='multi_worker'"]
+          "--gin_bindings=strategy.name='multi_worker'"]
   # A floor of 20 bad reads: the stop comes after a checkpoint or two, to resume from.
   args += [f'--gin_bindings={b}' for b in TINY + ['bad_examples.min_count=20']]
   procs = [subprocess.Popen(

@@ -107,12 +107,15 @@ def test_current_learning_rate_for_every_optimizer_kind():
 
 
 def test_gin_binding_is_unambiguous():
-  """Model Garden registers its own `build_optimizer` with gin: ours is `cvrl_optimizer`."""
+  """Model Garden registers its own `build_optimizer` with gin: ours is `cvrl_optimizer`
+  (an OptimizerSpec, cli/settings.py)."""
+  from cvrl_tf.cli import settings  # pylint: disable=g-import-not-at-top
   try:
     gin.parse_config(["cvrl_optimizer.name = 'lars'",
                       'cvrl_optimizer.base_learning_rate = 1.5'])
-    opt = optim.build_optimizer(total_steps=10)
+    spec = settings.build_part('cvrl_optimizer')
   finally:
     gin.clear_config()
+  opt = optim.build_optimizer(10, spec=spec)
   assert type(opt).__name__ == 'LARS'
   assert _lr_at(opt, 0) == pytest.approx(1.5)

@@ -22,25 +22,25 @@ TINY = """
 pretrain.mixed_precision = 'float32'
 linear_eval.mixed_precision = 'float32'
 knn_eval.mixed_precision = 'float32'
-get_strategy.name = 'mirrored'
-get_strategy.num_cpu_devices = 2
-build_backbone.name = 'r3d18'
-build_backbone.width_multiplier = 0.125
-build_backbone.use_sync_bn = True
-ProjectionHead.hidden_dim = 16
-ProjectionHead.output_dim = 8
-ProjectionHead.use_sync_bn = True
-build_pretrain_dataset.clip_len = 4
-build_pretrain_dataset.crop_size = 32
-build_pretrain_dataset.shuffle_buffer = 8
-build_classification_dataset.clip_len = 4
-build_classification_dataset.crop_size = 32
-build_classification_dataset.shuffle_buffer = 8
-build_eval_dataset.clip_len = 4
-build_eval_dataset.num_clips = 1
-build_eval_dataset.num_crops = 1
-build_eval_dataset.min_resize = 32
-build_eval_dataset.crop_size = 32
+strategy.name = 'mirrored'
+strategy.num_cpu_devices = 2
+encoder.name = 'r3d18'
+encoder.width_multiplier = 0.125
+encoder.use_sync_bn = True
+projection_head.hidden_dim = 16
+projection_head.output_dim = 8
+projection_head.use_sync_bn = True
+pretrain_clips.clip_len = 4
+pretrain_clips.crop_size = 32
+pretrain_clips.shuffle_buffer = 8
+train_clips.clip_len = 4
+train_clips.crop_size = 32
+train_clips.shuffle_buffer = 8
+test_views.clip_len = 4
+test_views.num_clips = 1
+test_views.num_crops = 1
+test_views.min_resize = 32
+test_views.crop_size = 32
 """
 STEPS = dict(global_batch_size=4, train_steps=2, warmup_epochs=0, checkpoint_every=2,
              log_every=1)
@@ -65,11 +65,12 @@ def _write_records(root):
 
 def run_worker(out_path: str) -> None:
   """Mirrored over 2 logical CPUs: cache checks, then pretrain -> linear eval -> k-NN."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   import gin  # pylint: disable=g-import-not-at-top
-  from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.cli import settings  # pylint: disable=g-import-not-at-top
   from cvrl_tf.runtime import distribute  # pylint: disable=g-import-not-at-top
-  gin_files.register_configurables()
   gin.parse_config(TINY)
+  recipe = lambda name, **fields: dataclasses.replace(settings.build_recipe(name), **fields)
   built = []
   make_mirrored = distribute._mirrored  # pylint: disable=protected-access
 
@@ -79,15 +80,13 @@ def run_worker(out_path: str) -> None:
 
   distribute._mirrored = counting_mirrored  # pylint: disable=protected-access
   result = {}
-  strategy = distribute.get_strategy()  # From gin; the first TensorFlow work.
+  spec = settings.build_part('strategy')  # From gin.
+  strategy = spec.build()  # The first TensorFlow work.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from cvrl_tf.protocols import classify  # pylint: disable=g-import-not-at-top
-  from cvrl_tf.protocols import knn  # pylint: disable=g-import-not-at-top
-  from cvrl_tf.protocols import pretrain as pretrain_protocol  # pylint: disable=g-import-not-at-top
   result['replicas'] = strategy.num_replicas_in_sync
   result['same_explicit'] = distribute.get_strategy('mirrored', num_cpu_devices=2) is strategy
-  result['same_gin'] = distribute.get_strategy() is strategy
-  result['same_gin_name'] = distribute.get_strategy('Mirrored') is strategy  # gin: 2 CPUs.
+  result['same_gin'] = spec.build() is strategy
+  result['same_gin_name'] = distribute.get_strategy('Mirrored', 2) is strategy
   result['default_replicas'] = distribute.get_strategy('default').num_replicas_in_sync
   for name, kwargs in (('mirrored3', dict(name='mirrored', num_cpu_devices=3)),
                        ('mirrored_gpus', dict(name='mirrored', num_cpu_devices=None)),
@@ -101,19 +100,19 @@ def run_worker(out_path: str) -> None:
   root = os.path.dirname(os.path.abspath(out_path))
   train, test = _write_records(root)
   pretrain_dir = os.path.join(root, 'pretrain')
-  result['pretrain'] = pretrain_protocol.Pretrain(train_files=train, **STEPS).run(
+  result['pretrain'] = recipe('pretrain', train_files=train, **STEPS).run(
       pretrain_dir, progress_stream=None)
-  linear = classify.LinearEval(train_files=train, test_files=test, num_classes=2,
-                               pretrain_dir=pretrain_dir, eval_batch_size=4, **STEPS).run(
-                                   os.path.join(root, 'linear'), progress_stream=None)
+  linear = recipe('linear_eval', train_files=train, test_files=test, num_classes=2,
+                  pretrain_dir=pretrain_dir, eval_batch_size=4, **STEPS).run(
+                      os.path.join(root, 'linear'), progress_stream=None)
   result['linear_top1'] = linear['test']['top1']
   result['linear_videos'] = linear['test']['num_videos']
-  knn_out = knn.KnnEval(train_files=train, test_files=test, pretrain_dir=pretrain_dir,
-                        ks=(1,), eval_batch_size=4).run(os.path.join(root, 'knn'),
-                                                         progress_stream=None)
+  knn_out = recipe('knn_eval', train_files=train, test_files=test,
+                   pretrain_dir=pretrain_dir, ks=(1,), eval_batch_size=4).run(
+                       os.path.join(root, 'knn'), progress_stream=None)
   result['knn_test_videos'] = knn_out['num_test_videos']
   result['mirrored_built'] = len(built)
-  result['same_after'] = distribute.get_strategy() is strategy
+  result['same_after'] = spec.build() is strategy
   assert tf.distribute.get_strategy() is not strategy  # No scope left open.
   with open(out_path, 'w') as f:
     json.dump(result, f)

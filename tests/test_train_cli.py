@@ -16,10 +16,10 @@ from test_quiet import error_lines
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "build_backbone.name='r3d18'", 'build_backbone.width_multiplier=0.125',
-    'build_pretrain_dataset.clip_len=4', 'build_pretrain_dataset.crop_size=32',
-    'build_pretrain_dataset.shuffle_buffer=8',
-    'ProjectionHead.hidden_dim=16', 'ProjectionHead.output_dim=8',
+    "encoder.name='r3d18'", 'encoder.width_multiplier=0.125',
+    'pretrain_clips.clip_len=4', 'pretrain_clips.crop_size=32',
+    'pretrain_clips.shuffle_buffer=8',
+    'projection_head.hidden_dim=16', 'projection_head.output_dim=8',
     'pretrain.global_batch_size=4', 'pretrain.log_every=1', 'pretrain.warmup_epochs=0',
 ]
 
@@ -54,15 +54,15 @@ def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, sha
   model_dir = tmp_path / 'run'
   # The fast input path: resize / flip / colour deferred to the train step.
   result = _run(_cmd(model_dir, shards, 'pretrain.train_steps=3',
-                     'pretrain.checkpoint_every=2', "build_pretrain_dataset.defer='resize'",
-                     'build_pretrain_dataset.canvas=(40, 48)'))
+                     'pretrain.checkpoint_every=2', "pretrain_clips.defer='resize'",
+                     'pretrain_clips.canvas=(40, 48)'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 3/3' in result.stderr
   assert not error_lines(result.stderr), result.stderr  # A healthy start is quiet.
   assert tf.train.latest_checkpoint(str(model_dir / 'checkpoints')).endswith('ckpt-3')
   assert os.listdir(model_dir / 'summaries')
   config_text = (model_dir / 'operative_config.gin').read_text()
-  assert "build_backbone.name = 'r3d18'" in config_text
+  assert "encoder.name = 'r3d18'" in config_text
   assert (model_dir / 'backbone' / 'backbone.json').exists()
   assert (model_dir / 'backbone' / 'ckpt-3.index').exists()
   # The head's spec and the training clips, as data beside the backbone.

@@ -16,10 +16,10 @@ from test_quiet import error_lines
 pytest.importorskip('setuptools')
 pytest.importorskip('wheel')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["build_backbone.name='r3d18'", 'build_backbone.width_multiplier=0.125',
-        'build_pretrain_dataset.clip_len=4', 'build_pretrain_dataset.crop_size=32',
-        'build_pretrain_dataset.shuffle_buffer=8', 'ProjectionHead.hidden_dim=16',
-        'ProjectionHead.output_dim=8', 'pretrain.global_batch_size=4',
+TINY = ["encoder.name='r3d18'", 'encoder.width_multiplier=0.125',
+        'pretrain_clips.clip_len=4', 'pretrain_clips.crop_size=32',
+        'pretrain_clips.shuffle_buffer=8', 'projection_head.hidden_dim=16',
+        'projection_head.output_dim=8', 'pretrain.global_batch_size=4',
         'pretrain.train_steps=1', 'pretrain.warmup_epochs=0']
 
 

@@ -1,7 +1,8 @@
 """Console entry points (see setup.cfg): every command's flags and absl `main` live in
 this package, one module per command (train, convert, synth, export, embed, inspect,
 import_checkpoint), imported lazily so `--help` of one tool does not load the others. The
-library below never reads flags; gin is parsed here (gin_files.py) and nowhere else.
+library below never reads flags nor gin: gin is parsed here (gin_files.py), recipes are
+built from it here (settings.py), and the library gets plain objects.
 Every tool starts quiet (quiet.py): no error-level lines on a healthy start unless
 --verbosity is given."""
 

@@ -56,9 +56,9 @@ MAIN_RUN = ('cvrl', 'CVRL (pretrained)', [])
 SUPERVISED_RUN = 'supervised'
 ABLATIONS = [
     ('cvrl_per_frame', 'CVRL, per-frame augmentation',
-     ['build_pretrain_dataset.per_frame_augment=True']),
+     ['pretrain_clips.per_frame_augment=True']),
     ('cvrl_uniform', 'CVRL, uniform interval sampling',
-     ["build_pretrain_dataset.interval_family='uniform'"]),
+     ["pretrain_clips.interval_family='uniform'"]),
 ]
 
 
@@ -71,21 +71,21 @@ def quick_settings() -> dict:
       'pretrain': ['pretrain.train_steps=2', 'pretrain.global_batch_size=8',
                    'pretrain.warmup_epochs=0',
                    'pretrain.checkpoint_every=1', 'pretrain.log_every=1',
-                   'build_pretrain_dataset.clip_len=4', 'build_pretrain_dataset.crop_size=32',
-                   'build_pretrain_dataset.shuffle_buffer=16'],
+                   'pretrain_clips.clip_len=4', 'pretrain_clips.crop_size=32',
+                   'pretrain_clips.shuffle_buffer=16'],
       'classify': ['{fn}.train_steps=2', '{fn}.global_batch_size=8', '{fn}.warmup_epochs=0',
                    '{fn}.log_every=1', '{fn}.checkpoint_every=1', '{fn}.cache_passes=1',
-                   'build_classification_dataset.clip_len=4',
-                   'build_classification_dataset.crop_size=32'],
-      'views': ['build_eval_dataset.clip_len=4', 'build_eval_dataset.num_clips=1',
-                'build_eval_dataset.num_crops=1', 'build_eval_dataset.min_resize=32',
-                'build_eval_dataset.crop_size=32'],
+                   'train_clips.clip_len=4',
+                   'train_clips.crop_size=32'],
+      'views': ['test_views.clip_len=4', 'test_views.num_clips=1',
+                'test_views.num_crops=1', 'test_views.min_resize=32',
+                'test_views.crop_size=32'],
       'embed': ['--num_clips=2', '--short_side=32', '--batch_size=4'],
       'supervised': ['finetune.train_steps=2', 'finetune.global_batch_size=8',
                      'finetune.warmup_epochs=0', 'finetune.log_every=1',
                      'finetune.checkpoint_every=1', 'finetune.eval_batch_size=8',
-                     'build_classification_dataset.clip_len=4',
-                     'build_classification_dataset.crop_size=32'],
+                     'train_clips.clip_len=4',
+                     'train_clips.crop_size=32'],
   }
 
 
@@ -405,11 +405,11 @@ class Demo:
 
   def _pretrain_batch_size(self) -> int:
     """pretrain.global_batch_size of the main run: its gin file and bindings, parsed."""
-    from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
-    import gin  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from cvrl_tf.cli import gin_files, settings
     gin_files.parse([os.path.join(self.gin_dir, 'pretrain.gin')],
                     self.settings['pretrain'] + list(MAIN_RUN[2]))
-    return gin.query_parameter('pretrain.global_batch_size')
+    return settings.build_recipe('pretrain').global_batch_size
 
   # ----------------------------------------------------------------------- all
   def run_all(self) -> str:

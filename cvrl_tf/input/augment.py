@@ -17,10 +17,10 @@ Two stages, so the expensive parts can run where they are cheapest:
 whatever the pipeline deferred.
 """
 
+import dataclasses
 import math
 from typing import Dict, Optional, Sequence, Tuple
 
-import gin
 import tensorflow as tf
 
 CROP_AREA_RANGE = (0.3, 1.0)
@@ -33,6 +33,32 @@ BLUR_SIGMA_RANGE = (0.1, 2.0)
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # Those of tf.image.rgb_to_grayscale.
 
 Params = Dict[str, tf.Tensor]
+JITTER_OPS = ('brightness', 'contrast', 'saturation', 'hue')
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """The augmentation's settings, wherever it runs (tf.data or the train step).
+
+  flip_prob: of a horizontal flip per clip; 0.0 for data whose classes are mirror
+    images of each other (left / right, clockwise / counter-clockwise: the demo's set).
+  colour_strength: 1.0 is CVRL / SimCLR on ImageNet; 0.5 SimCLR's CIFAR setting.
+  colour_probs: overrides entries of VIEW_PROBS, e.g. {'blur': (0.0, 0.0, 0.0)} turns
+    blur off.
+  jitter_ops: the jitter ops drawn, a subset of JITTER_OPS; the others stay identity.
+  """
+  flip_prob: float = 0.5
+  colour_strength: float = 1.0
+  colour_probs: Optional[Dict[str, Sequence[float]]] = None
+  jitter_ops: Sequence[str] = JITTER_OPS
+
+  def __post_init__(self):
+    if isinstance(self.jitter_ops, str):  # gin: ('hue') is a string, not a tuple.
+      object.__setattr__(self, 'jitter_ops', (self.jitter_ops,))
+    unknown = set(self.jitter_ops) - set(JITTER_OPS)
+    if unknown:
+      raise ValueError(f'augmentation.jitter_ops: unknown {sorted(unknown)}; '
+                       f'choose from {JITTER_OPS}')
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -73,13 +99,8 @@ def sample_crop_windows(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, nu
   return tf.cast(tf.stack([y, x, box_h, box_w], axis=-1), tf.int32)
 
 
-@gin.configurable('random_flip', allowlist=['prob'])
 def sample_flips(seed: tf.Tensor, num: int = 1, prob: float = 0.5) -> tf.Tensor:
-  """Horizontal flip decisions -> bool [num].
-
-  gin `random_flip.prob = 0.0` turns flips off, for data whose classes are mirror images
-  of each other (left / right, clockwise / counter-clockwise motion; the demo's set).
-  """
+  """Horizontal flip decisions -> bool [num] (prob: Augmentation.flip_prob)."""
   return tf.random.stateless_uniform([num], seed) < prob
 
 
@@ -149,20 +170,12 @@ def eval_crops(frames: tf.Tensor, size: int, num_crops: int = 3) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------------ colour and blur
-JITTER_OPS = ('brightness', 'contrast', 'saturation', 'hue')
-
-
-@gin.configurable('colour_augment', allowlist=['strength', 'probs', 'jitter_ops'])
-def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
-                       probs: Optional[Dict[str, Sequence[float]]] = None,
-                       jitter_ops: Sequence[str] = JITTER_OPS) -> Params:
+def draw_colour_params(seed: tf.Tensor, num, view=1,
+                       settings: Augmentation = Augmentation()) -> Params:
   """One parameter set per clip, each entry with leading dim [num].
 
-  gin: `colour_augment.strength` (1.0: CVRL / SimCLR on ImageNet; 0.5: SimCLR's CIFAR
-  setting), `colour_augment.probs` (e.g. {'blur': (0.0, 0.0, 0.0)} turns blur off) and
-  `colour_augment.jitter_ops` (the jitter ops drawn, a subset of JITTER_OPS; the others
-  stay identity) apply wherever colour is drawn, in tf.data or in the train step.
-
+  settings: colour_strength, colour_probs and jitter_ops (see Augmentation), the same
+  wherever colour is drawn, in tf.data or in the train step.
   view: int or int tensor [num], per clip: 1 or 2 selects the probabilities of that view
   (VIEW_PROBS), 0 draws identity parameters (no colour op). `probs` overrides entries
   of VIEW_PROBS (each a list indexed by view).
@@ -172,13 +185,8 @@ def draw_colour_params(seed: tf.Tensor, num, view=1, strength: float = 1.0,
   hue float shift (0 = identity, |.| <= 0.2 strength); grayscale, solarize bool;
   blur_sigma float (0 = no blur).
   """
-  if isinstance(jitter_ops, str):  # gin: ('hue') is a string, not a tuple
-    jitter_ops = (jitter_ops,)
-  unknown = set(jitter_ops) - set(JITTER_OPS)
-  if unknown:
-    raise ValueError(f'colour_augment.jitter_ops: unknown {sorted(unknown)}; '
-                     f'choose from {JITTER_OPS}')
-  table = dict(VIEW_PROBS, **(probs or {}))
+  strength, jitter_ops = settings.colour_strength, settings.jitter_ops
+  table = dict(VIEW_PROBS, **(settings.colour_probs or {}))
   view = tf.broadcast_to(tf.cast(view, tf.int32), [num])
   p = {k: tf.gather(tf.constant(v, tf.float32), view) for k, v in table.items()}
   s = tf.unstack(tf.random.experimental.stateless_split(seed, num=10))
@@ -293,7 +301,7 @@ def colour_blur_clip(clip: tf.Tensor, params: Params, radius: int) -> tf.Tensor:
 @tf.autograph.experimental.do_not_convert
 def augment_batch_colour_blur(clips: tf.Tensor, view, seed: tf.Tensor,
                               per_frame: bool = False, parallel_iterations: int = 4,
-                              **draw_kwargs) -> tf.Tensor:
+                              settings: Augmentation = Augmentation()) -> tf.Tensor:
   """Colour jitter, grayscale, blur, solarize with one parameter set per clip.
 
   clips: [B, T, H, W, 3] float in [0, 1] or uint8 in [0, 255] (static T, H, W).
@@ -308,7 +316,7 @@ def augment_batch_colour_blur(clips: tf.Tensor, view, seed: tf.Tensor,
   if per_frame:
     view = tf.reshape(tf.broadcast_to(view, shape[:2]), [-1])
     clips = tf.reshape(clips, [-1, 1, h, w, c])
-  params = draw_colour_params(seed, tf.shape(clips)[0], view, **draw_kwargs)
+  params = draw_colour_params(seed, tf.shape(clips)[0], view, settings)
   radius = blur_radius(h)
   out = tf.map_fn(lambda a: colour_blur_clip(a[0], a[1], radius), (clips, params),
                   fn_output_signature=tf.TensorSpec(clips.shape[1:], tf.float32),

@@ -25,7 +25,6 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import gin
 import tensorflow as tf
 
 from cvrl_tf import errors
@@ -43,22 +42,22 @@ _FILE_LOCK = threading.Lock()  # Trackers of one process share the file.
 
 @dataclasses.dataclass(frozen=True)
 class Limit:
-  """Stop when bad reads > min_count and > max_fraction of all reads (bad included)."""
+  """Stop when bad reads > min_count and > max_fraction of all reads (bad included).
+
+  The limit of training input. min_count: a few bad videos never stop a run (nor a
+  small data set with one bad video); max_fraction: a broken data set does.
+  """
   max_fraction: float = 0.01
   min_count: int = 10
 
+  def __post_init__(self):
+    if not 0.0 <= self.max_fraction <= 1.0 or self.min_count < 0:
+      raise errors.UserError(
+          f'bad_examples.max_fraction must be in [0, 1] and bad_examples.min_count >= 0, '
+          f'got {self.max_fraction}, {self.min_count}')
+
   def exceeded(self, bad: int, read: int) -> bool:
     return bad > self.min_count and bad > self.max_fraction * read
-
-
-@gin.configurable('bad_examples')
-def limit(max_fraction: float = 0.01, min_count: int = 10) -> Limit:
-  """The limit of training input. min_count: a few bad videos never stop a run (nor a
-  small data set with one bad video); max_fraction: a broken data set does."""
-  if not 0.0 <= max_fraction <= 1.0 or min_count < 0:
-    raise errors.UserError(f'bad_examples.max_fraction must be in [0, 1] and '
-                           f'bad_examples.min_count >= 0, got {max_fraction}, {min_count}')
-  return Limit(max_fraction, min_count)
 
 
 class BadExamples:

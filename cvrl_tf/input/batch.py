@@ -68,7 +68,8 @@ def step_seed(base_seed: int, step: tf.Tensor,
 
 @tf.autograph.experimental.do_not_convert  # Explicit tf.cond / map_fn only.
 def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
-                 crop_size: Optional[int] = None) -> tf.Tensor:
+                 crop_size: Optional[int] = None,
+                 settings: augment.Augmentation = augment.Augmentation()) -> tf.Tensor:
   """Whatever augmentation the pipeline deferred, read off the batch keys.
 
   Call it in the train step on every batch of build_pretrain_dataset or
@@ -78,12 +79,13 @@ def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
     COLOUR_VIEW            colour / blur here, per clip (or per frame) view
     VIEW1, VIEW2           deferred pretraining views: each finished, then
                            concatenated (view 1 then view 2)
+  settings: the colour settings (those of the pipeline's clips).
   Returns float32 [N, T, S, S, 3] in [0, 1], the model input.
   """
   if VIEW1 in batch:
     seeds = tf.random.experimental.stateless_split(seed, num=2)
-    return tf.concat([finish_batch(batch[VIEW1], seeds[0], crop_size),
-                      finish_batch(batch[VIEW2], seeds[1], crop_size)], axis=0)
+    return tf.concat([finish_batch(batch[VIEW1], seeds[0], crop_size, settings),
+                      finish_batch(batch[VIEW2], seeds[1], crop_size, settings)], axis=0)
   if CROPS in batch:
     if crop_size is None:
       raise ValueError('this batch has deferred crops: pass crop_size to finish_batch')
@@ -93,5 +95,6 @@ def finish_batch(batch: Dict[str, tf.Tensor], seed: tf.Tensor,
   if COLOUR_VIEW in batch:
     view = tf.convert_to_tensor(batch[COLOUR_VIEW])
     clips = augment.augment_batch_colour_blur(clips, view, seed,
-                                              per_frame=view.shape.rank == 2)
+                                              per_frame=view.shape.rank == 2,
+                                              settings=settings)
   return clips

@@ -30,15 +30,16 @@ A video that cannot be used (undecodable JPEG, no frames, no label where one is 
 malformed record, damaged file) is skipped, counted and named (input/bad_examples.py).
 """
 
+import dataclasses
 import random
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
-import gin
 import tensorflow as tf
 
 from cvrl_tf.input import augment
 from cvrl_tf.input import bad_examples as bad_examples_lib
 from cvrl_tf.input import batch
+from cvrl_tf.input import clips as clips_lib
 from cvrl_tf.input import sampling
 from cvrl_tf.input import shards
 from cvrl_tf.input import tfds_source
@@ -48,7 +49,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 # ------------------------------------------------------------------------- decoding
-DEFER_MODES = ('none', 'colour', 'resize')
+DEFER_MODES = clips_lib.DEFER_MODES
+PretrainClips, TrainClips, TestViews = (clips_lib.PretrainClips, clips_lib.TrainClips,
+                                        clips_lib.TestViews)
 
 
 def _clamp_windows(windows: tf.Tensor, canvas: Optional[Sequence[int]]) -> tf.Tensor:
@@ -60,22 +63,22 @@ def _clamp_windows(windows: tf.Tensor, canvas: Optional[Sequence[int]]) -> tf.Te
   return tf.stack([y + (h - new_h) // 2, x + (w - new_w) // 2, new_h, new_w], axis=1)
 
 
-def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, crop_size: int, per_frame: bool,
-                 defer: str, dtype: tf.DType,
-                 canvas: Optional[Sequence[int]]) -> Dict[str, tf.Tensor]:
+def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, spec: clips_lib._Decoded,
+                 per_frame: bool, dtype: tf.DType) -> Dict[str, tf.Tensor]:
   """string [T] JPEGs -> random resized crop + flip of one clip, as a dict (see module
   docstring): one window and flip per clip, or per frame for the ablation.
 
   Each frame is decoded inside its crop window. Unless the resize is deferred, the crop
   is flipped while still small uint8, resized and converted while still in cache.
   """
-  size = [crop_size, crop_size]
+  size = [spec.crop_size, spec.crop_size]
+  defer, canvas = spec.defer, spec.canvas
   num_frames = tf.shape(jpegs)[0]
   hw = tf.image.extract_jpeg_shape(jpegs[0])  # Header only; trusts no context field.
   s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
   num = num_frames if per_frame else 1
   windows = augment.sample_crop_windows(s_crop, hw[0], hw[1], num)
-  flips = augment.sample_flips(s_flip, num)
+  flips = augment.sample_flips(s_flip, num, spec.augmentation.flip_prob)
   decode = lambda j, w: tf.image.decode_and_crop_jpeg(j, w, channels=3)
   if defer == 'resize':
     windows = _clamp_windows(windows, canvas)
@@ -83,10 +86,10 @@ def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, crop_size: int, per_frame: b
       room = hw[:2] if canvas is None else canvas  # No canvas: the frame size.
       pad = lambda c: tf.pad(c, [[0, room[0] - tf.shape(c)[0]],
                                  [0, room[1] - tf.shape(c)[1]], [0, 0]])
-      spec = tf.TensorSpec([None, None, 3] if canvas is None else list(canvas) + [3],
-                           tf.uint8)
+      padded = tf.TensorSpec([None, None, 3] if canvas is None else list(canvas) + [3],
+                             tf.uint8)
       crops = tf.map_fn(lambda a: pad(decode(a[0], a[1])), (jpegs, windows),
-                        fn_output_signature=spec)
+                        fn_output_signature=padded)
       return {batch.CROPS: crops, batch.CROP_HW: windows[:, 2:], batch.FLIP: flips}
     crops = tf.map_fn(lambda j: decode(j, windows[0]), jpegs,
                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
@@ -98,15 +101,17 @@ def _decode_view(jpegs: tf.Tensor, seed: tf.Tensor, crop_size: int, per_frame: b
                                  fn_output_signature=tf.TensorSpec(size + [3], dtype))}
 
 
-def _augmented_clip(jpegs, seeds, crop_size, per_frame, defer, dtype, canvas, view):
+def _augmented_clip(jpegs, seeds, spec: clips_lib._Decoded, per_frame: bool, view: int):
   """One clip's dict: geometry from seeds[0]; colour with seeds[1] unless deferred
   (then COLOUR_VIEW tells the train step); view 0 = no colour at all."""
   clip_len = jpegs.shape[0]  # Static: the sampled indices have a static length.
+  defer, crop_size, dtype = spec.defer, spec.crop_size, tf.as_dtype(spec.output_dtype)
   colour_dtype = tf.float32 if defer == 'none' and view else dtype
-  out = _decode_view(jpegs, seeds[0], crop_size, per_frame, defer, colour_dtype, canvas)
+  out = _decode_view(jpegs, seeds[0], spec, per_frame, colour_dtype)
   if view and defer == 'none':
     out[batch.CLIPS] = _convert(augment.augment_batch_colour_blur(
-        out[batch.CLIPS][None], view, seeds[1], per_frame)[0], dtype)
+        out[batch.CLIPS][None], view, seeds[1], per_frame,
+        settings=spec.augmentation)[0], dtype)
   elif view:
     out[batch.COLOUR_VIEW] = tf.fill(tf.shape(jpegs)[:1] if per_frame else [], view)
   if batch.CLIPS in out:
@@ -171,7 +176,7 @@ def _tracker(tracker: Optional[bad_examples_lib.BadExamples], stage: str,
   """The caller's tracker (told whether this pipeline needs labels), or a logging one."""
   if tracker is None:
     tracker = bad_examples_lib.BadExamples(
-        stage=stage, limit=bad_examples_lib.limit() if limited else None)
+        stage=stage, limit=bad_examples_lib.Limit() if limited else None)
   tracker.need_label = need_label
   return tracker
 
@@ -190,177 +195,133 @@ def _read_videos(all_files: List[str], shuffle: bool, repeat: bool,
   return ds, shards.parse_checked, pipeline_id, num_pipelines
 
 
-def _check_defer(defer: str) -> None:
-  if defer not in DEFER_MODES:
-    raise ValueError(f'defer must be one of {DEFER_MODES}, got {defer!r}')
+def _with(spec, overrides: dict):
+  """`spec` with the fields in `overrides` replaced (a keyword that is not a field of
+  it is a TypeError naming it)."""
+  return dataclasses.replace(spec, **overrides) if overrides else spec
 
 
-@gin.configurable(denylist=['input_context', 'bad_examples'])
 def build_pretrain_dataset(file_pattern: FilePatterns,
                            batch_size: int,
-                           clip_len: int = 16,
-                           stride: int = 2,
-                           target_fps: Optional[float] = None,
-                           crop_size: int = 224,
-                           interval_family: str = 'decreasing',
-                           interval_rate: float = 1.0,
-                           per_frame_augment: bool = False,
-                           defer: str = 'none',
-                           output_dtype: Union[str, tf.DType] = 'float32',
-                           canvas: Optional[Sequence[int]] = (256, 456),
-                           shuffle_buffer: int = 128,
-                           cycle_length: int = 16,
+                           clips: PretrainClips = PretrainClips(),
                            seed: Optional[int] = None,
-                           deterministic: bool = False,
                            input_context: Optional[tf.distribute.InputContext] = None,
-                           validate_files: bool = True,
                            bad_examples: Optional[bad_examples_lib.BadExamples] = None,
-                         ) -> tf.data.Dataset:
+                           **overrides) -> tf.data.Dataset:
   """Two views per video at a random temporal interval; infinite, shuffled.
 
   batch_size: global batch in videos (the model sees 2 * per-replica batch clips).
-  stride: in frames at `target_fps` (None: in stored frames, whatever the record fps).
-  interval_family / interval_rate: see sampling.INTERVAL_FAMILIES.
-  per_frame_augment: the temporally inconsistent ablation.
-  defer: 'none', 'colour' or 'resize': what batch.finish_batch does in the train step
-    (module docstring). 'resize' is the fastest input pipeline by far.
-  output_dtype: of CLIPS: 'float32' ([0, 1]) or 'uint8' ([0, 255]; 4x less memory).
-  canvas: (Hc, Wc) of deferred crops, >= the stored frame size (256x456 fits 16:9 at
-    short side 256; larger crops are shrunk about their centre to fit), for static
-    shapes (TPU / XLA); None pads each batch to its largest crop only (least copying,
-    any frame size; shapes vary by batch).
-  shuffle_buffer: in videos; each holds its serialized record (a few MB) in memory.
+  clips: the views' settings (clips.PretrainClips); keyword `overrides` replace fields
+    of it, e.g. build_pretrain_dataset(files, 8, clip_len=8, crop_size=32).
+  seed: makes the stream deterministic with clips.deterministic (None: random).
   bad_examples: counts and names the videos that cannot be used (skipped) and ends the
     stream past its limit (input/bad_examples.py); default: one logging to stderr with
-    the bad_examples.* limit.
+    the default limit.
   """
-  _check_defer(defer)
-  dtype = tf.as_dtype(output_dtype)
-  ds, parse, pipeline_id, _ = _read_videos(shards.list_files(file_pattern, validate_files),
-                                           True, True, seed, cycle_length, deterministic,
-                                           input_context)
-  ds = ds.shuffle(shuffle_buffer, seed=seed)
+  spec = _with(clips, overrides)
+  ds, parse, pipeline_id, _ = _read_videos(
+      shards.list_files(file_pattern, spec.validate_files), True, True, seed,
+      spec.cycle_length, spec.deterministic, input_context)
+  ds = ds.shuffle(spec.shuffle_buffer, seed=seed)
   ds = _element_seeds(ds, seed, pipeline_id)
 
   def video_to_views(seed, element):
     ex = parse(*element, need_label=False)
     s = tf.random.experimental.stateless_split(seed, num=5)
-    stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
-    indices = sampling.sample_pretrain_indices(s[0], ex['num_frames'], clip_len,
-                                               stride_frames, interval_family,
-                                               interval_rate)
+    stride_frames = sampling.frame_stride(spec.stride, ex['fps'], spec.target_fps)
+    indices = sampling.sample_pretrain_indices(s[0], ex['num_frames'], spec.clip_len,
+                                               stride_frames, spec.interval_family,
+                                               spec.interval_rate)
     return tuple(
         _augmented_clip(tf.gather(ex['frames'], indices[v]), s[1 + 2 * v: 3 + 2 * v],
-                        crop_size, per_frame_augment, defer, dtype, canvas, v + 1)
+                        spec, spec.per_frame_augment, v + 1)
         for v in range(2))
 
   ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_views),
                                     _tracker(bad_examples, 'pretrain', False))
-  ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
-  if defer == 'none':
+  ds = _batch(ds, _batch_size(batch_size, input_context), spec.canvas)
+  if spec.defer == 'none':
     ds = ds.map(lambda v1, v2: {
         batch.CLIPS: tf.concat([v1[batch.CLIPS], v2[batch.CLIPS]], axis=0)})
   else:  # finish_batch concatenates, on the accelerator: one copy less on the host.
     ds = ds.map(lambda v1, v2: {batch.VIEW1: v1, batch.VIEW2: v2})
-  return _finish(ds, deterministic)
+  return _finish(ds, spec.deterministic)
 
 
-@gin.configurable(denylist=['input_context', 'bad_examples'])
 def build_classification_dataset(file_pattern: FilePatterns,
                                  batch_size: int,
-                                 clip_len: int = 32,
-                                 stride: int = 2,
-                                 target_fps: Optional[float] = None,
-                                 crop_size: int = 224,
-                                 colour_augment: bool = False,
-                                 defer: str = 'none',
-                                 output_dtype: Union[str, tf.DType] = 'float32',
-                                 canvas: Optional[Sequence[int]] = (256, 456),
+                                 clips: TrainClips = TrainClips(),
                                  label_fraction: Optional[float] = None,
                                  label_seed: int = 0,
-                                 shuffle_buffer: int = 128,
-                                 cycle_length: int = 16,
                                  seed: Optional[int] = None,
-                                 deterministic: bool = False,
                                  input_context: Optional[tf.distribute.InputContext] = None,
-                                 validate_files: bool = True,
                                  bad_examples: Optional[bad_examples_lib.BadExamples] = None,
-                               ) -> tf.data.Dataset:
+                                 **overrides) -> tf.data.Dataset:
   """One random clip + label per video; infinite, shuffled (linear eval / fine-tuning).
 
-  Augmentation: random resized crop + flip; `colour_augment` adds the view-1 colour and
-  blur ops. defer / output_dtype / canvas as in build_pretrain_dataset.
+  clips: the clips' settings (clips.TrainClips; keyword `overrides` replace fields):
+    random resized crop + flip, and with colour_augment the view-1 colour and blur ops.
   label_fraction (e.g. 0.01, 0.1): keep that fraction of each class (semi-supervised
   protocols), chosen by `shards.label_subset_keys(files, fraction, label_seed)`.
   Every record must carry a label (one without is skipped as bad).
   """
-  _check_defer(defer)
-  dtype = tf.as_dtype(output_dtype)
-  all_files = shards.list_files(file_pattern, validate_files)
-  ds, parse, pipeline_id, _ = _read_videos(all_files, True, True, seed, cycle_length,
-                                           deterministic, input_context)
+  spec = _with(clips, overrides)
+  all_files = shards.list_files(file_pattern, spec.validate_files)
+  ds, parse, pipeline_id, _ = _read_videos(all_files, True, True, seed, spec.cycle_length,
+                                           spec.deterministic, input_context)
   if label_fraction is not None:
     keys = shards.label_subset_keys(all_files, label_fraction, label_seed)
     ds = shards.filter_keys(ds, keys)
-  ds = ds.shuffle(shuffle_buffer, seed=seed)
+  ds = ds.shuffle(spec.shuffle_buffer, seed=seed)
   ds = _element_seeds(ds, seed, pipeline_id)
 
   def video_to_clip(seed, element):
     ex = parse(*element, need_label=True)
     s = tf.random.experimental.stateless_split(seed, num=3)
-    stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
-    indices = sampling.sample_train_indices(s[0], ex['num_frames'], clip_len, stride_frames)
-    out = _augmented_clip(tf.gather(ex['frames'], indices), s[1:], crop_size, False,
-                          defer, dtype, canvas, 1 if colour_augment else 0)
+    stride_frames = sampling.frame_stride(spec.stride, ex['fps'], spec.target_fps)
+    indices = sampling.sample_train_indices(s[0], ex['num_frames'], spec.clip_len,
+                                            stride_frames)
+    out = _augmented_clip(tf.gather(ex['frames'], indices), s[1:], spec, False,
+                          1 if spec.colour_augment else 0)
     out[batch.LABEL] = ex['label']
     return out
 
   ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clip),
                                     _tracker(bad_examples, 'train', True))
-  ds = _batch(ds, _batch_size(batch_size, input_context), canvas)
-  return _finish(ds, deterministic)
+  ds = _batch(ds, _batch_size(batch_size, input_context), spec.canvas)
+  return _finish(ds, spec.deterministic)
 
 
-@gin.configurable(denylist=['input_context', 'bad_examples'])
 def build_eval_dataset(file_pattern: FilePatterns,
                        batch_size: int,
-                       clip_len: int = 32,
-                       stride: int = 2,
-                       target_fps: Optional[float] = None,
-                       num_clips: int = 10,
-                       num_crops: int = 3,
-                       min_resize: int = 256,
-                       crop_size: int = 256,
-                       output_dtype: Union[str, tf.DType] = 'float32',
-                       cycle_length: int = 4,
-                       need_label: bool = True,
+                       views: TestViews = TestViews(),
                        input_context: Optional[tf.distribute.InputContext] = None,
-                       validate_files: bool = True,
                        bad_examples: Optional[bad_examples_lib.BadExamples] = None,
-                     ) -> tf.data.Dataset:
-  """Every video once, as num_clips evenly spaced clips x num_crops crops (flat views).
+                       **overrides) -> tf.data.Dataset:
+  """Every video once, as views.num_clips evenly spaced clips x views.num_crops crops
+  (flat views; clips.TestViews; keyword `overrides` replace its fields).
 
-  Deterministic, one pass, last batch may be smaller. Frames are resized so the short
-  side is `min_resize` (skipped when already so), then cropped crop_size x crop_size.
-  Frames stay uint8 until batched; output_dtype 'uint8' keeps them so. Videos that
-  cannot be read, or carry no label when `need_label` (no accuracy without one), are
-  skipped and listed by `bad_examples` (default: logged; no limit).
+  Deterministic, one pass, last batch may be smaller. Frames stay uint8 until batched;
+  output_dtype 'uint8' keeps them so. Videos that cannot be read, or carry no label
+  when `need_label`, are skipped and listed by `bad_examples` (default: logged; no
+  limit).
   """
-  if crop_size > min_resize:
-    raise ValueError(f'crop_size {crop_size} exceeds the resized short side {min_resize}')
+  spec = _with(views, overrides)
+  clip_len, num_clips, num_crops = spec.clip_len, spec.num_clips, spec.num_crops
+  crop_size, need_label = spec.crop_size, spec.need_label
   ds, parse, pipeline_id, num_pipelines = _read_videos(
-      shards.list_files(file_pattern, validate_files), False, False, None, cycle_length,
-      True, input_context)
+      shards.list_files(file_pattern, spec.validate_files), False, False, None,
+      spec.cycle_length, True, input_context)
   ds = ds.enumerate()
 
   def video_to_clips(local_index, element):
     ex = parse(*element, need_label=need_label)
-    stride_frames = sampling.frame_stride(stride, ex['fps'], target_fps)
+    stride_frames = sampling.frame_stride(spec.stride, ex['fps'], spec.target_fps)
     indices = sampling.eval_indices(ex['num_frames'], clip_len, stride_frames, num_clips)
     jpegs = tf.gather(ex['frames'], tf.reshape(indices, [-1]))
     frames = tf.map_fn(lambda j: tf.image.decode_jpeg(j, channels=3), jpegs,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-    frames = augment.resize_short_side(frames, min_resize, keep_dtype=True)
+    frames = augment.resize_short_side(frames, spec.min_resize, keep_dtype=True)
     shape = tf.shape(frames)
     video_index = local_index * num_pipelines + pipeline_id
     fill = lambda x: tf.fill([num_clips], x)
@@ -382,7 +343,7 @@ def build_eval_dataset(file_pattern: FilePatterns,
   ds = bad_examples_lib.guarded_map(ds, _graph_fn(video_to_clips), tracker).unbatch()
   ds = ds.map(_graph_fn(clip_to_crops), AUTOTUNE, deterministic=True).unbatch()
   ds = ds.batch(_batch_size(batch_size, input_context), drop_remainder=False)
-  if tf.as_dtype(output_dtype) != tf.uint8:
+  if tf.as_dtype(spec.output_dtype) != tf.uint8:
     ds = ds.map(lambda e: {**e, batch.CLIPS: augment.to_float(e[batch.CLIPS])}, AUTOTUNE,
                 deterministic=True)
   return _finish(ds, True)

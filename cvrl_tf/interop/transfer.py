@@ -23,7 +23,6 @@ ResNet3D and batch-norm config to put in a Model Garden experiment beside it: PR
 (for Model Garden's --config_file) and PREFIX.json.
 """
 
-import inspect
 import os
 import tarfile
 import tempfile
@@ -53,20 +52,17 @@ class ModelGardenError(ValueError):
 
 def backbone_spec(settings: Dict[str, Any]) -> Dict[str, Any]:
   """Our spec for the Model Garden R3D of `settings` (model_garden.experiment_settings):
-  build_backbone's own defaults (not gin's bindings: an import is data), the
-  experiment's architecture and batch-norm settings."""
-  target = getattr(r3d.build_backbone, '__wrapped__', r3d.build_backbone)
-  spec = {k: p.default for k, p in inspect.signature(target).parameters.items()
-          if p.default is not inspect.Parameter.empty}
+  EncoderSpec's own defaults (an import is data, not a config), the experiment's
+  architecture and batch-norm settings."""
   pool_t = settings['stem_pool_temporal_stride']
-  spec.update(name=f'r3d{settings["model_id"]}',
-              temporal_kernel_sizes=tuple(k[0] for k in settings['temporal_kernel_sizes']),
-              stem_kernel=(settings['stem_conv_temporal_kernel_size'], 7, 7),
-              stem_strides=(settings['stem_conv_temporal_stride'], 2, 2),
-              pool_size=(1 if pool_t == 1 else 3, 3, 3), pool_strides=(pool_t, 2, 2),
-              bn_epsilon=settings['norm_epsilon'], bn_momentum=settings['norm_momentum'],
-              use_sync_bn=False, output='pooled')
-  return files_lib.normalized(spec)
+  return backbone_io.spec_dict(
+      r3d.EncoderSpec(), name=f'r3d{settings["model_id"]}',
+      temporal_kernel_sizes=tuple(k[0] for k in settings['temporal_kernel_sizes']),
+      stem_kernel=(settings['stem_conv_temporal_kernel_size'], 7, 7),
+      stem_strides=(settings['stem_conv_temporal_stride'], 2, 2),
+      pool_size=(1 if pool_t == 1 else 3, 3, 3), pool_strides=(pool_t, 2, 2),
+      bn_epsilon=settings['norm_epsilon'], bn_momentum=settings['norm_momentum'],
+      use_sync_bn=False, output='pooled')
 
 
 def _pooled(mg_backbone):

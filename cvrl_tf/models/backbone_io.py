@@ -14,6 +14,7 @@ so an encoder can be rebuilt and restored without the pretraining gin config, an
 mismatch between the architecture asked for and the one stored is reported, not silent.
 """
 
+import dataclasses
 import os
 from typing import Any, Dict, Optional
 
@@ -23,7 +24,6 @@ import tf_keras
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import r3d
-from cvrl_tf.runtime import config
 
 BACKBONE_SUBDIR = 'backbone'
 SPEC_FILE = 'backbone.json'
@@ -34,21 +34,25 @@ HEAD_PREFIX = 'head'
 TRAINING_KEYS = ('num_frames', 'frame_stride', 'target_fps', 'crop_size')
 
 
-def current_spec(**overrides) -> Dict[str, Any]:
-  """The `build_backbone` arguments in effect (defaults, then gin bindings, then
-  overrides) as backbone.json stores them, so a stored spec compares equal to this."""
-  return files_lib.normalized({**config.effective_args(r3d.build_backbone), **overrides})
+def spec_dict(encoder: r3d.EncoderSpec = r3d.EncoderSpec(), **overrides) -> Dict[str, Any]:
+  """The full `build_backbone` arguments for `encoder` (its fields, then the defaults
+  of input_shape / output / model_name, then overrides) as backbone.json stores them,
+  so a stored spec compares equal to this."""
+  defaults = {'input_shape': (None, None, None, 3), 'output': 'pooled', 'model_name': None}
+  return files_lib.normalized({**dataclasses.asdict(encoder), **defaults, **overrides})
+
+
+def encoder_spec(spec: Dict[str, Any]) -> r3d.EncoderSpec:
+  """The EncoderSpec part of a stored spec (backbone.json)."""
+  names = {f.name for f in dataclasses.fields(r3d.EncoderSpec)}
+  return r3d.EncoderSpec(**{k: v for k, v in spec.items() if k in names})
 
 
 def build_from_spec(spec: Dict[str, Any], **overrides) -> tf_keras.Model:
   """Builds the encoder a spec describes; `overrides` (e.g. output, use_sync_bn) win."""
-  kwargs = dict(spec)
-  kwargs.update(overrides)
-  for key in ('temporal_kernel_sizes', 'stem_kernel', 'stem_strides', 'pool_size',
-              'pool_strides', 'spatial_strides', 'input_shape'):
-    if key in kwargs and isinstance(kwargs[key], list):
-      kwargs[key] = tuple(kwargs[key])
-  return r3d.build_backbone(**kwargs)
+  kwargs = {**spec, **overrides}
+  extras = {k: kwargs.pop(k) for k in ('input_shape', 'output', 'model_name') if k in kwargs}
+  return r3d.build_backbone(encoder_spec(kwargs), **extras)
 
 
 def save_backbone(encoder: tf_keras.Model, spec: Dict[str, Any], model_dir: str,

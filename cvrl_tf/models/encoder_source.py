@@ -2,15 +2,17 @@
 random initialization, with errors that say what is wrong with the source.
 
   'model_dir'  the `backbone/` of a pretraining run (`pretrain_dir`): architecture from
-               its backbone.json, weights from its latest ckpt. `build_backbone` bindings
-               that contradict the stored architecture are an error (a config asking for
-               R3D-50 must not silently evaluate an R3D-18).
+               its backbone.json, weights from its latest ckpt. An EncoderSpec given as
+               well must be that architecture (a config asking for R3D-50 must not
+               silently evaluate an R3D-18).
   'hub'        an exported SavedModel dir or TF Hub handle (`hub_handle`), as
                hub.KerasLayer(handle, trainable=...).
-  'random'     `build_backbone` from the gin bindings, randomly initialized: the baseline.
+  'random'     the EncoderSpec given (default: CVRL's R3D-50), randomly initialized:
+               the baseline.
 Every encoder maps float32 clips [B, T, H, W, 3] in [0, 1] to pooled features [B, D].
 """
 
+import dataclasses
 import os
 from typing import Optional, Tuple
 
@@ -21,26 +23,25 @@ from cvrl_tf import errors
 from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import r3d
-from cvrl_tf.runtime import config
 
 ENCODER_SOURCES = ('model_dir', 'hub', 'random')
-# build_backbone arguments that do not change the stored weights' layout.
-_NON_ARCHITECTURE = ('use_sync_bn', 'output', 'model_name', 'input_shape',
-                     'kernel_initializer', 'kernel_gradient')
 
 
-def check_architecture(spec: dict, pretrain_dir: str) -> None:
-  """Explicit build_backbone bindings must agree with the stored architecture."""
-  bound = config.bindings(r3d.build_backbone)
-  diff = {k: (v, spec.get(k)) for k, v in bound.items()
-          if k not in _NON_ARCHITECTURE and k in spec and
+def check_architecture(architecture: Optional[r3d.EncoderSpec], spec: dict,
+                       pretrain_dir: str) -> None:
+  """An architecture asked for (None: none) must be the stored one."""
+  if architecture is None:
+    return
+  asked = dataclasses.asdict(architecture)
+  diff = {k: (v, spec.get(k)) for k, v in asked.items()
+          if k not in r3d.NON_ARCHITECTURE and k in spec and
           files_lib.normalized(v) != files_lib.normalized(spec[k])}
   if diff:
-    detail = ', '.join(f'{k}: bound {a!r} but stored {b!r}' for k, (a, b) in diff.items())
+    detail = ', '.join(f'{k}: asked {a!r} but stored {b!r}' for k, (a, b) in diff.items())
     raise errors.UserError(
-        f'the encoder in {pretrain_dir}/backbone is not the architecture the gin config '
-        f'asks for ({detail}). Remove those build_backbone bindings (the stored '
-        f'backbone.json defines the architecture) or point pretrain_dir to the right run.')
+        f'the encoder in {pretrain_dir}/backbone is not the architecture the config asks '
+        f'for ({detail}). Remove the encoder.* settings (the stored backbone.json '
+        f'defines the architecture) or point pretrain_dir to the right run.')
 
 
 def hub_layer(hub_handle: Optional[str], trainable: bool) -> tf_keras.layers.Layer:
@@ -63,8 +64,13 @@ def hub_layer(hub_handle: Optional[str], trainable: bool) -> tf_keras.layers.Lay
 
 def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
                   hub_handle: Optional[str] = None, trainable: bool = True,
-                  use_sync_bn: bool = False) -> Tuple[tf_keras.layers.Layer, dict]:
-  """(encoder, description): the description rebuilds it (`rebuild_encoder`)."""
+                  use_sync_bn: bool = False,
+                  architecture: Optional[r3d.EncoderSpec] = None
+                  ) -> Tuple[tf_keras.layers.Layer, dict]:
+  """(encoder, description): the description rebuilds it (`rebuild_encoder`).
+
+  architecture: of a 'random' encoder (None: EncoderSpec()); with
+  'model_dir' it must match the stored one, and its kernel_gradient is used."""
   if encoder_source not in ENCODER_SOURCES:
     raise errors.UserError(f'encoder_source must be one of {ENCODER_SOURCES}, got '
                      f'{encoder_source!r}')
@@ -73,20 +79,20 @@ def build_encoder(encoder_source: str, pretrain_dir: Optional[str] = None,
     info['hub_handle'] = hub_handle
     return hub_layer(hub_handle, trainable), info
   # How this run computes (not what was stored): sync BN, and the kernel-gradient route.
+  asked = architecture or r3d.EncoderSpec()
   overrides = dict(output='pooled', use_sync_bn=use_sync_bn,
-                   kernel_gradient=config.bindings(r3d.build_backbone).get(
-                       'kernel_gradient', 'auto'))
+                   kernel_gradient=asked.kernel_gradient)
   if encoder_source == 'model_dir':
     if not pretrain_dir:
       raise errors.UserError("encoder_source='model_dir' needs pretrain_dir (the model_dir of a "
                        "pretraining run); use encoder_source='random' for the baseline")
     spec = backbone_io.read_spec(pretrain_dir)
-    check_architecture(spec, pretrain_dir)
+    check_architecture(architecture, spec, pretrain_dir)
     encoder = backbone_io.load_backbone(pretrain_dir, **overrides)
     info.update(pretrain_dir=pretrain_dir,
                 backbone_checkpoint=backbone_io.latest_backbone(pretrain_dir))
   else:
-    spec = backbone_io.current_spec(**overrides)
+    spec = backbone_io.spec_dict(asked, **overrides)
     encoder = backbone_io.build_from_spec(spec)
   info['backbone_spec'] = files_lib.normalized({**spec, **overrides})
   return encoder, info

@@ -20,16 +20,30 @@ LinearClassifier (linear evaluation and fine-tuning):
   is tiny, and with linear-eval learning rates as high as 32 bf16 logits would be coarse.
 """
 
+import dataclasses
 import json
+from typing import Any, Union
 
-import gin
 import tensorflow as tf
 import tf_keras
 
 from cvrl_tf.models import video_layers
 
 
-@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """The projection head's settings: ProjectionHead's constructor arguments (CVRL's
+  defaults: 3 x [Dense 2048 -> BN -> ReLU] -> Dense 128)."""
+  num_hidden_layers: int = 3
+  hidden_dim: int = 2048
+  output_dim: int = 128
+  bn_momentum: float = 0.997
+  bn_epsilon: float = 1e-5
+  use_sync_bn: bool = False
+  output_bn: bool = False
+  kernel_initializer: Any = 'glorot_uniform'
+
+
 class ProjectionHead(tf_keras.layers.Layer):
   """MLP projection head: [B, D] -> float32 [B, output_dim]."""
 
@@ -110,12 +124,14 @@ class ProjectionHead(tf_keras.layers.Layer):
     return json.loads(json.dumps(self._config, default=dict))
 
   @classmethod
-  def from_spec(cls, spec: dict, **kwargs) -> 'ProjectionHead':
-    """The head a spec describes (e.g. `dtype='float32'`, `name=...` in kwargs)."""
+  def from_spec(cls, spec: Union[HeadSpec, dict], **kwargs) -> 'ProjectionHead':
+    """The head a HeadSpec or its stored dict (head.json) describes (e.g.
+    `dtype='float32'`, `name=...` in kwargs)."""
+    if isinstance(spec, HeadSpec):
+      spec = dataclasses.asdict(spec)
     return cls(**{**spec, **kwargs})
 
 
-@gin.configurable
 class LinearClassifier(tf_keras.layers.Layer):
   """[B, D] features -> float32 [B, num_classes] logits (no softmax)."""
 

@@ -27,7 +27,6 @@ unscaled values.
 
 from typing import Optional
 
-import gin
 import tensorflow as tf
 import tf_keras
 
@@ -38,7 +37,6 @@ from cvrl_tf.models import train_step as train_step_lib
 from cvrl_tf.runtime import optim
 
 
-@gin.configurable(denylist=['encoder', 'projection_head'])
 class CVRLPretrainer(train_step_lib.TrainStepModel):
   """Encoder + projection head with the CVRL training step."""
 

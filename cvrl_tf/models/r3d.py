@@ -35,11 +35,11 @@ Outputs (always float32, also under the `mixed_bfloat16` policy; `output=`):
 The input is [B, T, H, W, 3] float32 in [0, 1] with T, H, W dynamic by default.
 """
 
+import dataclasses
 import functools
 import re
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
-import gin
 import tf_keras
 
 from cvrl_tf.models import video_layers
@@ -116,42 +116,63 @@ def _basic_block(x, width, temporal_kernel, stride, conv, bn, name):
   return tf_keras.layers.ReLU(name=f'{name}_out')(x)
 
 
-@gin.configurable
-def build_backbone(name: str = 'r3d50',
-                   width_multiplier: float = 1,
-                   temporal_kernel_sizes: Sequence[int] = (1, 1, 3, 3),
-                   stem_kernel: Tuple[int, int, int] = (5, 7, 7),
-                   stem_strides: Tuple[int, int, int] = (2, 2, 2),
-                   stem_pool: bool = True,
-                   pool_size: Tuple[int, int, int] = (1, 3, 3),
-                   pool_strides: Tuple[int, int, int] = (1, 2, 2),
-                   spatial_strides: Sequence[int] = (1, 2, 2, 2),
-                   bn_momentum: float = 0.9,
-                   bn_epsilon: float = 1e-5,
-                   use_sync_bn: bool = False,
-                   kernel_initializer='he_normal',
-                   kernel_gradient: str = 'auto',
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  """An R3D encoder's architecture and how it computes (what backbone.json stores).
+
+  name: 'r3d18', 'r3d34', 'r3d50', 'r3d101', 'r3d152' or 'r3d200'.
+  width_multiplier: scales all widths (stem included); 1, 2 and 4 in the paper.
+  temporal_kernel_sizes: temporal kernel of res2..res5 ((3, 3, 3, 3) is fully 3D).
+  stem_kernel, stem_strides: stem conv [t, h, w]; strides (1, 2, 2) keep every frame
+    (e.g. for short clips).
+  stem_pool, pool_size, pool_strides: the max-pool after the stem conv.
+  spatial_strides: spatial stride of the first block of res2..res5.
+  bn_momentum, bn_epsilon: every BN of the encoder.
+  use_sync_bn: batch statistics over all replicas (pretraining with small per-core
+    batches); identical to plain BN on one replica, where the faster plain BN is used
+    (video_layers.synchronize_batch_norm: build under the strategy's scope).
+  kernel_initializer: of every conv. No regularizers here: weight decay is added by the
+    training step (see weight_decay.py) so a frozen encoder carries no hidden losses.
+  kernel_gradient: route of the kernel gradient of convs spanning time only
+    ([kt, 1, 1]); see video_layers.Conv3D. Same numbers up to rounding, only speed.
+  """
+  name: str = 'r3d50'
+  width_multiplier: float = 1
+  temporal_kernel_sizes: Sequence[int] = (1, 1, 3, 3)
+  stem_kernel: Tuple[int, int, int] = (5, 7, 7)
+  stem_strides: Tuple[int, int, int] = (2, 2, 2)
+  stem_pool: bool = True
+  pool_size: Tuple[int, int, int] = (1, 3, 3)
+  pool_strides: Tuple[int, int, int] = (1, 2, 2)
+  spatial_strides: Sequence[int] = (1, 2, 2, 2)
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  use_sync_bn: bool = False
+  kernel_initializer: Any = 'he_normal'
+  kernel_gradient: str = 'auto'
+
+  def __post_init__(self):
+    for key in ('temporal_kernel_sizes', 'stem_kernel', 'stem_strides', 'pool_size',
+                'pool_strides', 'spatial_strides'):  # JSON gives lists.
+      object.__setattr__(self, key, tuple(getattr(self, key)))
+
+
+# Fields of EncoderSpec that do not change the weights' layout (a stored encoder can be
+# rebuilt with other values of these).
+NON_ARCHITECTURE = ('use_sync_bn', 'kernel_initializer', 'kernel_gradient')
+
+
+def build_backbone(spec: Union[EncoderSpec, str] = EncoderSpec(),
                    input_shape: Sequence[Optional[int]] = (None, None, None, 3),
                    output: str = 'pooled',
-                   model_name: Optional[str] = None) -> tf_keras.Model:
-  """Builds an R3D encoder as a functional tf_keras.Model.
+                   model_name: Optional[str] = None,
+                   **overrides) -> tf_keras.Model:
+  """Builds the R3D encoder `spec` describes as a functional tf_keras.Model.
 
   Args:
-    name: 'r3d18', 'r3d34', 'r3d50', 'r3d101', 'r3d152' or 'r3d200'.
-    width_multiplier: scales all widths (stem included); 1, 2 and 4 in the paper.
-    temporal_kernel_sizes: temporal kernel of res2..res5 ((3, 3, 3, 3) is fully 3D).
-    stem_kernel, stem_strides: stem conv [t, h, w]; strides (1, 2, 2) keep every frame
-      (e.g. for short clips).
-    stem_pool, pool_size, pool_strides: the max-pool after the stem conv.
-    spatial_strides: spatial stride of the first block of res2..res5.
-    bn_momentum, bn_epsilon: every BN of the encoder.
-    use_sync_bn: batch statistics over all replicas (pretraining with small per-core
-      batches); identical to plain BN on one replica, where the faster plain BN is used
-      (video_layers.synchronize_batch_norm: build under the strategy's scope).
-    kernel_initializer: of every conv. No regularizers here: weight decay is added by the
-      training step (see weight_decay.py) so a frozen encoder carries no hidden losses.
-    kernel_gradient: route of the kernel gradient of convs spanning time only
-      ([kt, 1, 1]); see video_layers.Conv3D. Same numbers up to rounding, only speed.
+    spec: the architecture (EncoderSpec), or a name ('r3d18') for EncoderSpec(name=...);
+      keyword `overrides` replace its fields, e.g. build_backbone('r3d18',
+      width_multiplier=0.25).
     input_shape: [T, H, W, 3]; None dims stay dynamic so an exported encoder takes any
       clip the strides allow.
     output: 'pooled', 'feature_map' or 'endpoints' (see module docstring).
@@ -160,6 +181,12 @@ def build_backbone(name: str = 'r3d50',
   Returns:
     A tf_keras.Model from [B, T, H, W, 3] to the requested float32 output(s).
   """
+  if isinstance(spec, str):
+    spec = EncoderSpec(name=spec)
+  if overrides:
+    spec = dataclasses.replace(spec, **overrides)
+  name, width_multiplier = spec.name, spec.width_multiplier
+  temporal_kernel_sizes, spatial_strides = spec.temporal_kernel_sizes, spec.spatial_strides
   depth = parse_name(name)
   block_type, blocks = LAYOUTS[depth]
   if len(temporal_kernel_sizes) != 4 or len(spatial_strides) != 4:
@@ -172,19 +199,19 @@ def build_backbone(name: str = 'r3d50',
 
   conv = functools.partial(
       video_layers.Conv3D, padding='same', use_bias=False,
-      kernel_initializer=kernel_initializer, kernel_gradient=kernel_gradient)
+      kernel_initializer=spec.kernel_initializer, kernel_gradient=spec.kernel_gradient)
   bn = functools.partial(
-      video_layers.BatchNormalization, momentum=bn_momentum, epsilon=bn_epsilon,
-      synchronized=video_layers.synchronize_batch_norm(use_sync_bn))
+      video_layers.BatchNormalization, momentum=spec.bn_momentum, epsilon=spec.bn_epsilon,
+      synchronized=video_layers.synchronize_batch_norm(spec.use_sync_bn))
   block_fn = _bottleneck_block if block_type == 'bottleneck' else _basic_block
 
   inputs = tf_keras.Input(shape=tuple(input_shape), name='clips')
-  x = conv(_scaled(64, width_multiplier), tuple(stem_kernel), tuple(stem_strides),
+  x = conv(_scaled(64, width_multiplier), spec.stem_kernel, spec.stem_strides,
            name='stem_conv')(inputs)
   x = bn(name='stem_bn')(x)
   x = tf_keras.layers.ReLU(name='stem_relu')(x)
-  if stem_pool:
-    x = tf_keras.layers.MaxPool3D(tuple(pool_size), tuple(pool_strides), padding='same',
+  if spec.stem_pool:
+    x = tf_keras.layers.MaxPool3D(spec.pool_size, spec.pool_strides, padding='same',
                                   name='stem_pool')(x)
   endpoints = {'stem': x}
   for stage, (width, num_blocks, t_kernel, stride) in enumerate(

@@ -37,6 +37,7 @@ import tensorflow as tf
 import tf_keras
 
 from cvrl_tf import losses
+from cvrl_tf.input import augment
 from cvrl_tf.input import batch
 from cvrl_tf.models import weight_decay as weight_decay_lib
 from cvrl_tf.runtime import distribute
@@ -55,17 +56,20 @@ class TrainStepModel(tf_keras.Model):
                weight_decay: float = 0.0,
                crop_size: Optional[int] = None,
                augment_seed: int = 0,
+               augmentation: augment.Augmentation = augment.Augmentation(),
                **kwargs):
     """Args:
       weight_decay: coefficient wd of wd * sum(0.5 ||k||^2) on the decayed kernels.
       crop_size: output size S of deferred crops; needed only when the pipeline defers
         the resize (batches with a batch.CROPS key, `defer='resize'`).
       augment_seed: with the step and the replica id, seeds the deferred augmentation.
+      augmentation: the colour settings of deferred colour (the pipeline's clips').
     """
     super().__init__(**kwargs)
     self.weight_decay = float(weight_decay)
     self.crop_size = crop_size
     self.augment_seed = int(augment_seed)
+    self.augmentation = augmentation
     self._create_trackers()
     self._decayed = None
 
@@ -149,4 +153,4 @@ class TrainStepModel(tf_keras.Model):
     of this step and replica."""
     seed = batch.step_seed(self.augment_seed, self.optimizer.iterations,
                            tf.distribute.get_replica_context())
-    return batch.finish_batch(data, seed, self.crop_size)
+    return batch.finish_batch(data, seed, self.crop_size, self.augmentation)

@@ -1,4 +1,5 @@
-"""The paper's protocols, each a gin-configurable recipe run by `cvrl_train`:
+"""The paper's protocols, each a recipe (a frozen dataclass of typed settings; `cvrl_train`
+builds it from gin, Python code directly) and the function that runs it:
 pretrain.py (CVRL pretraining), classify.py (linear eval, fine-tune, semi-supervised, the
 multi-view test of a trained classifier), knn.py (k-NN on frozen features); and what they
 share: multiview.py (the multi-view test), feature_cache.py (linear eval on cached

@@ -1,18 +1,18 @@
 """Classification protocols: linear evaluation, fine-tuning / semi-supervised, and the
 multi-view test of a trained classifier.
 
-Each protocol is a recipe: a typed, frozen dataclass holding every setting of the run,
-registered in gin under the protocol's name (`linear_eval.learning_rate = 32.0` binds a
-field of `LinearEval`), built by `cvrl_train` from `run.experiment = @linear_eval` and
-run with `recipe.run(model_dir)`; from Python: `LinearEval(train_files=...).run(dir)`.
+Each protocol is a recipe: a typed, frozen dataclass holding every setting of the run
+(its clips and views as input/clips.py objects), built by `cvrl_train` from gin
+(`run.experiment = @linear_eval`, `linear_eval.learning_rate = 32.0`) and run with
+`recipe.run(model_dir)`; from Python: `LinearEval(train_files=...).run(dir)`.
 `LinearEval` and `Finetune` share one `ClassifierRecipe` and one `train_classifier`.
 
 Encoder (`encoder_source`):
   'model_dir'  the `backbone/` of a pretraining run (`pretrain_dir`); its architecture
-               comes from backbone.json, and `build_backbone` bindings that contradict it
-               are an error rather than silently ignored.
+               comes from backbone.json, and an `encoder` that contradicts it is an
+               error rather than silently ignored.
   'hub'        an exported SavedModel or TF Hub handle (`hub_handle`) via hub.KerasLayer.
-  'random'     random initialization from the `build_backbone` bindings (the baseline).
+  'random'     random initialization of `encoder` (default: CVRL's R3D-50; the baseline).
 
 Protocols (paper settings in configs/):
   linear_eval  frozen encoder (BN in inference mode), L2-normalized features, one Dense
@@ -37,7 +37,6 @@ import math
 import os
 from typing import Optional
 
-import gin
 import tensorflow as tf
 
 from cvrl_tf import errors
@@ -45,14 +44,15 @@ from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
 from cvrl_tf import records
 from cvrl_tf.input import bad_examples
+from cvrl_tf.input import clips
 from cvrl_tf.input import pipeline
 from cvrl_tf.input import shards
 from cvrl_tf.models import classifier as classifier_lib
 from cvrl_tf.models import encoder_source as encoder_source_lib
+from cvrl_tf.models import r3d
 from cvrl_tf.protocols import feature_cache
 from cvrl_tf.protocols import multiview
 from cvrl_tf.protocols import recipe as recipe_lib
-from cvrl_tf.runtime import config
 from cvrl_tf.runtime import distribute
 from cvrl_tf.runtime import optim
 from cvrl_tf.runtime import precision
@@ -74,7 +74,8 @@ class ClassifierRecipe(recipe_lib.TrainingRecipe):
     Dense layer; default: lines of label_map_file); label_map_file (class names for the
     results; default: found next to the shards); label_fraction, label_seed (train on a
     per-class fraction of the labels).
-  Encoder: encoder_source, pretrain_dir, hub_handle (see the module docstring).
+  Clips: train_clips (one random clip per video), test_views (the multi-view test).
+  Encoder: encoder_source, pretrain_dir, hub_handle, encoder (see the module docstring).
   Model: freeze_encoder, l2_normalize (features before dropout/Dense), dropout_rate,
     weight_decay (wd * sum(0.5 ||k||^2) over all conv/dense kernels, not BN or biases,
     added to the loss in the train step), use_sync_bn (batch statistics across
@@ -99,6 +100,9 @@ class ClassifierRecipe(recipe_lib.TrainingRecipe):
   momentum: float = 0.9
   optimizer: str = 'sgd'
   eval_batch_size: int = 32
+  train_clips: clips.TrainClips = clips.TrainClips()
+  test_views: clips.TestViews = clips.TestViews()
+  encoder: Optional[r3d.EncoderSpec] = None
 
   protocol = 'classifier'  # The name in classifier.json, run_info.json and the logs.
 
@@ -111,7 +115,6 @@ class ClassifierRecipe(recipe_lib.TrainingRecipe):
     return train_classifier(model_dir, self, progress_stream)
 
 
-@gin.configurable('finetune')
 @dataclasses.dataclass(frozen=True)
 class Finetune(ClassifierRecipe):
   """Fine-tunes encoder + Dense layer; with label_fraction, the semi-supervised protocol.
@@ -119,7 +122,6 @@ class Finetune(ClassifierRecipe):
   protocol = 'finetune'
 
 
-@gin.configurable('linear_eval')
 @dataclasses.dataclass(frozen=True)
 class LinearEval(ClassifierRecipe):
   """Linear classifier on the frozen encoder (CVRL: LR 32, 100 epochs, batch 1024).
@@ -201,40 +203,35 @@ def train_classifier(model_dir: str, recipe: ClassifierRecipe,
                      progress_stream=progress_lib.STDERR) -> dict:
   """Builds, trains (resumable), then tests the classifier `recipe` describes.
   Returns {'train': last logged metrics, 'test': eval results or None}."""
-  progress_stream = progress_lib.resolve_stream(progress_stream)
-  strategy = distribute.get_strategy()
   num_classes = resolve_num_classes(recipe.num_classes, recipe.label_map_file)
-  facts = precision.detect_devices(strategy)
-  choice = precision.resolve(recipe.mixed_precision, strategy, progress_stream, facts)
-  with precision.dtype_policy(choice.policy):
+  opening = recipe_lib.open_protocol(recipe, recipe.protocol, progress_stream)
+  strategy, progress_stream = opening.strategy, opening.progress_stream
+  with precision.dtype_policy(opening.precision.policy):
     subset = labelled_subset(recipe.train_files, recipe.label_fraction, recipe.label_seed)
     schedule = recipe.schedule(recipe.num_train_examples or subset['num_videos'])
     model, info = _build_classifier(recipe, num_classes, schedule, strategy)
-    info.update(mixed_precision=choice.policy)
+    info.update(mixed_precision=opening.precision.policy)
     if train_loop.is_chief(strategy):
       _write_classifier_info(model_dir, info)
       if recipe.label_fraction is not None:
         files_lib.write_json(os.path.join(model_dir, SUBSET_FILE), subset)
-      config.save_operative_config(model_dir)
-      precision.record(model_dir, choice, recipe.protocol, facts)
+    recipe_lib.record_start(model_dir, recipe, recipe.protocol, opening)
     _say_plan(recipe, schedule, info, model, strategy, progress_stream)
     bad = bad_examples.BadExamples(train_loop.worker_dir(model_dir, strategy), 'train',
-                                   bad_examples.limit(), True, progress_stream,
+                                   recipe.bad_examples, True, progress_stream,
                                    end_input=not train_loop.is_multi_worker(strategy))
     make_dataset, example_name = _training_stream(recipe, model, info, schedule, model_dir,
                                                   strategy, bad, progress_stream)
     logs = train_loop.fit_resumable(
         model, make_dataset, model_dir, schedule.total_steps, strategy,
-        checkpoint_every=recipe.checkpoint_every,
-        keep_checkpoints=recipe.keep_checkpoints, log_every=recipe.log_every,
-        examples_per_step=recipe.global_batch_size, example_name=example_name,
+        recipe.cadence(recipe.global_batch_size, example_name),
         progress_stream=progress_stream, bad_examples=bad)
     results = None
     if recipe.test_files:
       results = multiview.multiview_test(
           model, strategy, model_dir, recipe.test_files, recipe.eval_batch_size,
-          int(model.optimizer.iterations.numpy()), recipe.label_map_file, recipe.protocol,
-          progress_stream)
+          recipe.test_views, int(model.optimizer.iterations.numpy()),
+          recipe.label_map_file, recipe.protocol, progress_stream)
   return {'train': logs, 'test': results}
 
 
@@ -242,21 +239,23 @@ def _build_classifier(recipe: ClassifierRecipe, num_classes: int,
                       schedule: recipe_lib.Schedule,
                       strategy):
   """The compiled VideoClassifier, and the description classifier.json keeps of it."""
-  crop_size = config.effective_args(pipeline.build_classification_dataset)['crop_size']
   with strategy.scope():
     encoder, info = encoder_source_lib.build_encoder(
         recipe.encoder_source, recipe.pretrain_dir, recipe.hub_handle,
-        trainable=not recipe.freeze_encoder, use_sync_bn=recipe.use_sync_bn)
+        trainable=not recipe.freeze_encoder, use_sync_bn=recipe.use_sync_bn,
+        architecture=recipe.encoder)
     model = classifier_lib.VideoClassifier(
         encoder, num_classes, freeze_encoder=recipe.freeze_encoder,
         l2_normalize=recipe.l2_normalize, dropout_rate=recipe.dropout_rate,
-        weight_decay=recipe.weight_decay, crop_size=crop_size,
-        augment_seed=recipe.seed or 0, name='video_classifier')
+        weight_decay=recipe.weight_decay, crop_size=recipe.train_clips.crop_size,
+        augment_seed=recipe.seed or 0, augmentation=recipe.train_clips.augmentation,
+        name='video_classifier')
+    optimizer = optim.OptimizerSpec(name=recipe.optimizer,
+                                    base_learning_rate=recipe.learning_rate,
+                                    momentum=recipe.momentum, linear_scaling=False)
     model.compile(optimizer=optim.build_optimizer(
-        total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps,
-        global_batch_size=recipe.global_batch_size, name=recipe.optimizer,
-        base_learning_rate=recipe.learning_rate, momentum=recipe.momentum,
-        linear_scaling=False), jit_compile=recipe.jit_compile)
+        schedule.total_steps, schedule.warmup_steps, recipe.global_batch_size, optimizer),
+        jit_compile=recipe.jit_compile)
     model.build_for_training()
   info.update(protocol=recipe.protocol, num_classes=num_classes,
               freeze_encoder=recipe.freeze_encoder, l2_normalize=recipe.l2_normalize,
@@ -286,7 +285,7 @@ def _training_stream(recipe, model, info, schedule, model_dir, strategy, bad,
     data_seed = None if data_seed_base is None else data_seed_base + start_step
     return strategy.distribute_datasets_from_function(
         lambda ctx: pipeline.build_classification_dataset(
-            recipe.train_files, recipe.global_batch_size,
+            recipe.train_files, recipe.global_batch_size, recipe.train_clips,
             label_fraction=recipe.label_fraction, label_seed=recipe.label_seed,
             seed=data_seed, input_context=ctx, bad_examples=bad))
 
@@ -300,7 +299,8 @@ def _training_stream(recipe, model, info, schedule, model_dir, strategy, bad,
   signature = {k: info.get(k) for k in (
       'encoder_source', 'pretrain_dir', 'hub_handle', 'backbone_checkpoint',
       'backbone_spec', 'train_files', 'mixed_precision')}
-  signature.update(pipeline=config.effective_args(pipeline.build_classification_dataset),
+  # The clips' settings, augmentation included: another crop or colour is another cache.
+  signature.update(pipeline=files_lib.normalized(dataclasses.asdict(recipe.train_clips)),
                    label_fraction=recipe.label_fraction, label_seed=recipe.label_seed,
                    global_batch_size=recipe.global_batch_size, seed=recipe.seed)
   batch, num_videos = recipe.global_batch_size, schedule.num_videos
@@ -314,7 +314,6 @@ def _training_stream(recipe, model, info, schedule, model_dir, strategy, bad,
 
 
 # ------------------------------------------------------------------------- test only
-@gin.configurable('evaluate')
 @dataclasses.dataclass(frozen=True)
 class Evaluate:
   """Multi-view test of the classifier trained in model_dir (linear_eval / finetune).
@@ -325,11 +324,14 @@ class Evaluate:
     then 'auto'; or 'auto' / an explicit policy (the weights are float32 whatever the
     training ran in).
   """
-  test_files: FilePatterns = gin.REQUIRED
+  REQUIRED = ('test_files',)
+  test_files: FilePatterns = None
   label_map_file: Optional[str] = None
   checkpoint: Optional[str] = None
   eval_batch_size: int = 32
   mixed_precision: Optional[str] = 'trained'
+  test_views: clips.TestViews = clips.TestViews()
+  strategy: distribute.StrategySpec = distribute.StrategySpec()
 
   def run(self, model_dir: str, progress_stream=progress_lib.STDERR) -> Optional[dict]:
     return evaluate(model_dir, self, progress_stream)
@@ -338,24 +340,24 @@ class Evaluate:
 def evaluate(model_dir: str, recipe: Evaluate,
              progress_stream=progress_lib.STDERR) -> Optional[dict]:
   """Restores the latest (or the recipe's) checkpoint of model_dir and tests it."""
-  progress_stream = progress_lib.resolve_stream(progress_stream)
   info = read_classifier_info(model_dir)
-  strategy = distribute.get_strategy()
   checkpoint_dir = os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR)
   prefix = recipe.checkpoint or tf.train.latest_checkpoint(checkpoint_dir)
   if not prefix:
     raise errors.MissingInput(f'no checkpoint in {checkpoint_dir}: the training run has '
                               f'not saved one yet.')
-  facts = precision.detect_devices(strategy)
-  mixed_precision = recipe.mixed_precision
-  if mixed_precision == 'trained':
+
+  def requested(facts) -> str:
+    if recipe.mixed_precision != 'trained':
+      return recipe.mixed_precision
     trained = info.get('mixed_precision') or 'float32'
     native, _ = precision.native_support(trained, facts)
-    mixed_precision = trained if native else precision.AUTO
-  choice = precision.resolve(mixed_precision, strategy, progress_stream, facts)
-  if train_loop.is_chief(strategy):
-    precision.record(model_dir, choice, 'evaluate', facts)
-  with precision.dtype_policy(choice.policy):
+    return trained if native else precision.AUTO
+
+  opening = recipe_lib.open_protocol(recipe, 'evaluate', progress_stream, requested)
+  strategy, progress_stream = opening.strategy, opening.progress_stream
+  recipe_lib.record_start(model_dir, recipe, 'evaluate', opening)
+  with precision.dtype_policy(opening.precision.policy):
     with strategy.scope():
       model = classifier_lib.VideoClassifier(
           encoder_source_lib.rebuild_encoder(info, trainable=False), info['num_classes'],
@@ -372,5 +374,6 @@ def evaluate(model_dir: str, recipe: Evaluate,
         'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'))
     progress_lib.say(progress_stream, f'evaluate: {prefix} (step {step})')
     return multiview.multiview_test(model, strategy, model_dir, recipe.test_files,
-                                    recipe.eval_batch_size, step, recipe.label_map_file,
-                                    info['protocol'], progress_stream, reuse=False)
+                                    recipe.eval_batch_size, recipe.test_views, step,
+                                    recipe.label_map_file, info['protocol'],
+                                    progress_stream, reuse=False)

@@ -165,7 +165,7 @@ def cached_stream(model, strategy: tf.distribute.Strategy, cache_dir: str,
     # Whatever the pipeline deferred (defer='resize'/'colour') is finished here; a fresh
     # seed per batch keeps deferred colour ops independent across batches.
     seed_ = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
-    clips = batch_lib.finish_batch(batch, seed_, model.crop_size)
+    clips = batch_lib.finish_batch(batch, seed_, model.crop_size, model.augmentation)
     return tf.cast(model.features(clips, training=False), tf.float32)
 
   pass_seed = lambda p: None if seed is None else seed * 1000 + p

@@ -1,43 +1,42 @@
 """Online k-NN monitor: the frozen encoder's k-NN top-1 every N pretraining steps.
 
 Why: loss, contrastive accuracy and entropy do not say whether the representation gets
-better; a k-NN classifier on frozen features does, and without training anything. Bind
+better; a k-NN classifier on frozen features does, and without training anything. Give
 labelled train (the memory) and test (the queries) records, and pretraining reports
 `knn_top1` at step 0, every `every_steps` and at the end, in TensorBoard and on the
-progress line (with `knn_seconds`, its cost):
+progress line (with `knn_seconds`, its cost). In gin:
 
   knn_monitor.train_files = 'data/train-*.tfrecord'
   knn_monitor.test_files = 'data/test-*.tfrecord'
   knn_monitor.every_steps = 150
-  knn_monitor/build_eval_dataset.clip_len = 8     # the views, as for knn_eval
-  knn_monitor/build_eval_dataset.num_clips = 1
+  knn_monitor/test_views.clip_len = 8     # the views (KnnMonitorRecipe.views)
+  knn_monitor/test_views.num_clips = 1
 
 The numbers are those of `knn_eval` (protocols/knn.py) on the same weights and views:
-the same views (multiview.run_views; bindings in the gin scope `knn_monitor/`, for
-memory and queries alike), features (L2-normalized, BN in inference mode) and vote
-(evaluation.knn_top1). Costs one pass over both sets per evaluation.
+the same views (multiview.run_views; `views`, for memory and queries alike), features
+(L2-normalized, BN in inference mode) and vote (evaluation.knn_top1). Costs one pass
+over both sets per evaluation.
 """
 
 import dataclasses
 import time
 from typing import Dict, Optional
 
-import gin
 import tensorflow as tf
 
 from cvrl_tf import errors
+from cvrl_tf.input import clips
 from cvrl_tf.input import shards
 from cvrl_tf.protocols import evaluation
 from cvrl_tf.protocols import multiview
 
 FilePatterns = shards.FilePatterns  # one definition: input/shards.py
-SCOPE = 'knn_monitor'  # gin scope of build_eval_dataset for the monitor's views.
 
 
-@gin.configurable('knn_monitor')
 @dataclasses.dataclass(frozen=True)
 class KnnMonitorRecipe:
-  """Off unless both train_files and test_files are bound (labelled records or tfds:)."""
+  """Off unless both train_files and test_files are given (labelled records or tfds:).
+  views: of memory and queries alike."""
   train_files: Optional[FilePatterns] = None
   test_files: Optional[FilePatterns] = None
   every_steps: int = 1000
@@ -46,6 +45,7 @@ class KnnMonitorRecipe:
   temperature: float = 0.07
   num_classes: Optional[int] = None
   eval_batch_size: int = 32
+  views: clips.TestViews = clips.TestViews()
 
   @property
   def enabled(self) -> bool:
@@ -73,9 +73,9 @@ class KnnMonitor:
     start = time.perf_counter()
     r = self._recipe
     memory = multiview.run_views(self._strategy, r.train_files, r.eval_batch_size,
-                                 self.features, SCOPE)
+                                 self.features, r.views)
     queries = multiview.run_views(self._strategy, r.test_files, r.eval_batch_size,
-                                  self.features, SCOPE)
+                                  self.features, r.views)
     if memory is None:  # A multi-worker run's other workers: the chief evaluates.
       return {}
     per_k = evaluation.knn_top1(memory, queries, (r.k,), r.num_classes, r.vote,
@@ -86,10 +86,9 @@ class KnnMonitor:
             'knn_seconds': time.perf_counter() - start}  # What the monitor costs.
 
 
-def monitors(encoder, strategy) -> list:
-  """The monitors pretraining runs: [KnnMonitor] when bound, else []. Their files are
+def monitors(recipe: KnnMonitorRecipe, encoder, strategy) -> list:
+  """The monitors pretraining runs: [KnnMonitor] when enabled, else []. Their files are
   checked here, so a bad pattern fails before training, not at the first evaluation."""
-  recipe = KnnMonitorRecipe()
   if not recipe.enabled:
     return []
   for files in (recipe.train_files, recipe.test_files):

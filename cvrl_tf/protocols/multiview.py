@@ -12,35 +12,33 @@ dropped. Multi-worker: the chief evaluates alone over its local devices (the oth
 None), so no worker waits on another's last batch.
 """
 
-import contextlib
+import dataclasses
 import json
 import math
 import os
 from typing import Optional
 
-import gin
 import tensorflow as tf
 
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
 from cvrl_tf.input import bad_examples as bad_examples_lib
+from cvrl_tf.input import clips
 from cvrl_tf.input import pipeline
 from cvrl_tf.input import shards
 from cvrl_tf.protocols import evaluation
-from cvrl_tf.runtime import config
 from cvrl_tf.runtime import train_loop
 
 FilePatterns = shards.FilePatterns  # one definition: input/shards.py
 RESULTS_FILE = 'eval_results.json'
 
 
-def _eval_input(strategy, files, batch_size: int, scope: Optional[str] = None,
+def _eval_input(strategy, files, batch_size: int, views: clips.TestViews,
                 tracker: Optional[bad_examples_lib.BadExamples] = None):
   """Flat eval views, padded for the replicas; a plain dataset when strategy is None."""
   def build(ctx):
-    with gin.config_scope(scope) if scope else contextlib.nullcontext():
-      ds = pipeline.build_eval_dataset(files, batch_size, input_context=ctx,
-                                       bad_examples=tracker)
+    ds = pipeline.build_eval_dataset(files, batch_size, views, input_context=ctx,
+                                     bad_examples=tracker)
     if ctx is None:
       return evaluation.pad_for_replicas(ds, batch_size, 1)
     per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
@@ -51,8 +49,8 @@ def _eval_input(strategy, files, batch_size: int, scope: Optional[str] = None,
   return strategy.distribute_datasets_from_function(build)
 
 
-def run_views(strategy, files, batch_size, output_fn, scope=None, progress_stream=None,
-              what='test', model_dir=None, stage='test'):
+def run_views(strategy, files, batch_size, output_fn, views: clips.TestViews,
+              progress_stream=None, what='test', model_dir=None, stage='test'):
   """Per-video mean of output_fn over every view of `files` (evaluation.collect_views).
 
   Videos that cannot be read are skipped and returned under 'unreadable' (shard, record,
@@ -66,16 +64,15 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
     if not train_loop.is_chief(strategy):
       return None
     strategy = None
-  args = config.effective_args(pipeline.build_eval_dataset, scope)
-  views = args['num_clips'] * args['num_crops']
   total = shards.count_videos(files)
   progress_lib.say(
-      progress_stream, f'{what}: {total} videos x {args["num_clips"]} clips x '
-      f'{args["num_crops"]} crops ({args["clip_len"]} frames, {args["crop_size"]} px)')
+      progress_stream, f'{what}: {total} videos x {views.num_clips} clips x '
+      f'{views.num_crops} crops ({views.clip_len} frames, {views.crop_size} px)')
   tracker = bad_examples_lib.BadExamples(model_dir, stage, None, False, progress_stream,
                                          keep_earlier=False)
-  videos = evaluation.collect_views(_eval_input(strategy, files, batch_size, scope, tracker),
-                                    output_fn, total, views, strategy, progress_stream,
+  videos = evaluation.collect_views(_eval_input(strategy, files, batch_size, views, tracker),
+                                    output_fn, total, views.views_per_video, strategy,
+                                    progress_stream,
                                     skipped=lambda: sum(  # Videos, not damaged files.
                                         e['record'] >= 0 for e in tracker.examples))
   videos['unreadable'] = tracker.examples
@@ -83,8 +80,8 @@ def run_views(strategy, files, batch_size, output_fn, scope=None, progress_strea
 
 
 def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
-                   eval_batch_size: int, step: Optional[int] = None,
-                   label_map_file: Optional[str] = None,
+                   eval_batch_size: int, views: clips.TestViews,
+                   step: Optional[int] = None, label_map_file: Optional[str] = None,
                    protocol: str = '', progress_stream=progress_lib.STDERR,
                    reuse: bool = True) -> Optional[dict]:
   """Softmax averaged over each video's views; writes eval_results.json, the confusion
@@ -95,7 +92,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
   settings = {'test_files': files_lib.normalized(test_files),
-              'views': config.effective_args(pipeline.build_eval_dataset)}
+              'views': files_lib.normalized(dataclasses.asdict(views))}
   path = os.path.join(model_dir, RESULTS_FILE)
   if reuse and tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
@@ -104,7 +101,7 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
       progress_lib.say(progress_stream, f'already evaluated at step {step}: {path} '
                        f'(top1={previous["top1"]:.4f}); delete it to test again.')
       return previous
-  videos = run_views(strategy, test_files, eval_batch_size, model.probabilities,
+  videos = run_views(strategy, test_files, eval_batch_size, model.probabilities, views,
                      progress_stream=progress_stream, model_dir=model_dir)
   if videos is None:
     return None

@@ -20,15 +20,26 @@ different settings after one has been built raises StrategyError naming both. 'd
 (no distribution) is always available.
 """
 
+import dataclasses
 import json
 import os
 import threading
 from typing import Dict, Optional, Tuple
 
-import gin
 import tensorflow as tf
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+  """Where a protocol runs: a strategy name and its settings (module docstring)."""
+  name: str = 'default'
+  num_cpu_devices: Optional[int] = None
+  tpu_address: Optional[str] = None
+
+  def build(self) -> tf.distribute.Strategy:
+    return get_strategy(self.name, self.num_cpu_devices, self.tpu_address)
 
 
 class StrategyError(RuntimeError):
@@ -140,7 +151,6 @@ def _build(settings: Tuple) -> tf.distribute.Strategy:
   return _tpu(detail)
 
 
-@gin.configurable
 def get_strategy(name: str = 'default',
                  num_cpu_devices: Optional[int] = None,
                  tpu_address: Optional[str] = None) -> tf.distribute.Strategy:

@@ -13,7 +13,7 @@ Peak: `base_learning_rate`, times global_batch_size / 256 with `linear_scaling=T
 (SimCLR convention). CVRL's released config is SGD, momentum 0.9, peak 0.32 at global
 batch 1024, 5 warm-up epochs, i.e. no linear scaling.
 
-Optimizers (`build_optimizer`, gin name `cvrl_optimizer`):
+Optimizers (`build_optimizer` of an `OptimizerSpec`; gin name `cvrl_optimizer`):
   'sgd'   tf_keras.optimizers.legacy.SGD with momentum (the released CVRL config).
   'lars'  official.modeling.optimization.lars.LARS; BN parameters (gamma, beta) and
           biases are excluded from the layer-wise trust ratio and from its decay.
@@ -32,11 +32,11 @@ directions and sums replica gradients unscaled, so its LR x corresponds to 2 R x
 insensitive to the gradient scale (trust ratio).
 """
 
+import dataclasses
 import math
 import re
 from typing import Optional, Sequence
 
-import gin
 import tensorflow as tf
 import tf_keras
 from official.modeling.optimization import lr_schedule
@@ -87,33 +87,46 @@ def schedule_value(step: float, peak: float, total_steps: int, warmup_steps: int
   return peak * (alpha + (1 - alpha) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-@gin.configurable('cvrl_optimizer',
-                  denylist=['total_steps', 'warmup_steps', 'global_batch_size'])
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """SGD+momentum or LARS with warm-up + cosine: the settings a schedule does not give.
+
+  name: 'sgd' (released CVRL config) or 'lars'.
+  base_learning_rate: the peak, or the peak at batch 256 with `linear_scaling`.
+  momentum, nesterov: for both optimizers.
+  cosine_alpha: final learning rate as a fraction of the peak.
+  lars_eeta: LARS trust coefficient.
+  lars_weight_decay: LARS's decoupled decay; keep 0 when the loss has weight decay.
+  lars_exclude: regexes on variable names kept out of LARS adaptation and decay.
+  """
+  name: str = 'sgd'
+  base_learning_rate: float = 0.32
+  linear_scaling: bool = False
+  momentum: float = 0.9
+  nesterov: bool = False
+  cosine_alpha: float = 0.0
+  lars_eeta: float = 0.001
+  lars_weight_decay: float = 0.0
+  lars_exclude: Sequence[str] = NO_ADAPTATION_PATTERNS
+
+
 def build_optimizer(total_steps: int,
                     warmup_steps: int = 0,
                     global_batch_size: Optional[int] = None,
-                    name: str = 'sgd',
-                    base_learning_rate: float = 0.32,
-                    linear_scaling: bool = False,
-                    momentum: float = 0.9,
-                    nesterov: bool = False,
-                    cosine_alpha: float = 0.0,
-                    lars_eeta: float = 0.001,
-                    lars_weight_decay: float = 0.0,
-                    lars_exclude: Sequence[str] = NO_ADAPTATION_PATTERNS):
-  """SGD+momentum or LARS with warm-up + cosine, as a legacy tf_keras optimizer.
+                    spec: OptimizerSpec = OptimizerSpec(),
+                    **overrides):
+  """The optimizer `spec` describes (keyword `overrides` replace its fields), as a
+  legacy tf_keras optimizer, on a warm-up + cosine schedule of total_steps.
 
-  Args:
-    total_steps, warmup_steps: schedule length (the caller derives them from epochs).
-    global_batch_size: for `linear_scaling`.
-    name: 'sgd' (released CVRL config) or 'lars'.
-    base_learning_rate: the peak, or the peak at batch 256 with `linear_scaling`.
-    momentum, nesterov: for both optimizers.
-    cosine_alpha: final learning rate as a fraction of the peak.
-    lars_eeta: LARS trust coefficient.
-    lars_weight_decay: LARS's decoupled decay; keep 0 when the loss has weight decay.
-    lars_exclude: regexes on variable names kept out of LARS adaptation and decay.
+  total_steps, warmup_steps: schedule length (the caller derives them from epochs).
+  global_batch_size: for `spec.linear_scaling`.
   """
+  if overrides:
+    spec = dataclasses.replace(spec, **overrides)
+  name, momentum, nesterov = spec.name, spec.momentum, spec.nesterov
+  base_learning_rate, linear_scaling = spec.base_learning_rate, spec.linear_scaling
+  cosine_alpha, lars_eeta = spec.cosine_alpha, spec.lars_eeta
+  lars_weight_decay, lars_exclude = spec.lars_weight_decay, spec.lars_exclude
   name = name.lower()
   if name not in OPTIMIZERS:
     raise ValueError(f'unknown optimizer {name!r}; choose one of {OPTIMIZERS}')

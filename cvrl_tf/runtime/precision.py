@@ -195,9 +195,10 @@ def resolve(requested: Optional[str],
 
 
 def record(model_dir: str, choice: PrecisionChoice, protocol: str,
-           facts: Optional[DeviceFacts] = None) -> str:
+           facts: Optional[DeviceFacts] = None, settings: Optional[dict] = None) -> str:
   """Appends this start (time, protocol, precision, devices, the checkpoint it resumes
-  from) to run_info.json: a run resumed on other hardware lists each part."""
+  from, the protocol's settings) to run_info.json: a run resumed on other hardware or
+  with other settings lists each part."""
   from cvrl_tf.runtime import train_loop  # pylint: disable=g-import-not-at-top
   facts = facts or detect_devices()
   resumes = tf.train.latest_checkpoint(os.path.join(model_dir, train_loop.CHECKPOINT_SUBDIR))
@@ -211,6 +212,7 @@ def record(model_dir: str, choice: PrecisionChoice, protocol: str,
       'onednn': {'on': facts.onednn, 'set_by': hardware.onednn_source(),
                  'max_cpu_isa': hardware.onednn_isa_cap()},
       'tensorflow': tf.__version__,
+      **({} if settings is None else {'settings': settings}),
   })
   tf.io.gfile.makedirs(model_dir)
   return files_lib.write_json(path, {'starts': starts})

@@ -24,6 +24,8 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
   a worker's bad_examples.json is there).
 """
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -41,6 +43,7 @@ from cvrl_tf.runtime import optim
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 SUMMARY_SUBDIR = 'summaries'
+OPERATIVE_CONFIG = 'operative_config.gin'  # What gin set, written by cvrl_train.
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,6 +78,21 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
           'chief' not in cluster)
 
 
+def is_chief_task(tf_config: Optional[str]) -> bool:
+  """is_chief from a TF_CONFIG value, before any strategy exists (None: one process)."""
+  if not tf_config:
+    return True
+  try:
+    config = json.loads(tf_config)
+  except ValueError:
+    return True  # The strategy reports a malformed TF_CONFIG.
+  task = config.get('task') or {}
+  if task.get('type') == 'chief':
+    return True
+  return (task.get('type') == 'worker' and int(task.get('index', 0)) == 0 and
+          'chief' not in (config.get('cluster') or {}))
+
+
 def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   """Where this worker writes: model_dir for the chief, a scratch dir for the others."""
   if is_chief(strategy):
@@ -100,12 +118,24 @@ class Monitor(Protocol):
     ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+  """How often a training run writes: a checkpoint every `checkpoint_every` steps (the
+  last `keep_checkpoints` kept), scalars and a progress line every `log_every` steps.
+  examples_per_step / example_name: what the progress line's rate counts (e.g. 2 x the
+  batch of 'clips' in pretraining)."""
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  log_every: int = 100
+  examples_per_step: int = 1
+  example_name: str = 'clips'
+
+
 class _ChunkCallback(tf_keras.callbacks.Callback):
   """Checkpoints, TensorBoard scalars, a progress line, monitors and the NaN guard."""
 
-  def __init__(self, manager, summary_writer, total_steps, checkpoint_every,
-               log_every, examples_per_step, example_name, chief, progress_stream,
-               bad_examples=None, monitors: Sequence[Monitor] = (),
+  def __init__(self, manager, summary_writer, total_steps, cadence: Cadence, chief,
+               progress_stream, bad_examples=None, monitors: Sequence[Monitor] = (),
                any_worker: Optional[Callable[[bool], bool]] = None):
     super().__init__()
     self._bad = bad_examples
@@ -115,10 +145,10 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
     self._manager = manager
     self._writer = summary_writer
     self._total = total_steps
-    self._checkpoint_every = checkpoint_every
-    self._log_every = max(1, log_every)
-    self._examples_per_step = examples_per_step
-    self._name = example_name
+    self._checkpoint_every = cadence.checkpoint_every
+    self._log_every = max(1, cadence.log_every)
+    self._examples_per_step = cadence.examples_per_step
+    self._name = cadence.example_name
     self._chief = chief
     self._stream = progress_stream
     self.bad_step: Optional[int] = None
@@ -260,11 +290,7 @@ def fit_resumable(model: tf_keras.Model,
                   model_dir: str,
                   total_steps: int,
                   strategy: tf.distribute.Strategy,
-                  checkpoint_every: int = 1000,
-                  keep_checkpoints: int = 3,
-                  log_every: int = 100,
-                  examples_per_step: int = 1,
-                  example_name: str = 'clips',
+                  cadence: Cadence = Cadence(),
                   extra_checkpoint_items: Optional[dict] = None,
                   progress_stream=progress_lib.STDERR,
                   bad_examples=None,
@@ -285,7 +311,8 @@ def fit_resumable(model: tf_keras.Model,
   items = dict(model=model, optimizer=model.optimizer, **(extra_checkpoint_items or {}))
   checkpoint = tf.train.Checkpoint(**items)
   manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(out_dir, CHECKPOINT_SUBDIR), max_to_keep=keep_checkpoints)
+      checkpoint, os.path.join(out_dir, CHECKPOINT_SUBDIR),
+      max_to_keep=cadence.keep_checkpoints)
   if manager.latest_checkpoint:
     _restore(items, manager.latest_checkpoint, progress_stream)
     if chief:
@@ -294,8 +321,7 @@ def fit_resumable(model: tf_keras.Model,
   if start_step >= total_steps:
     return {}
   writer = tf.summary.create_file_writer(os.path.join(out_dir, SUMMARY_SUBDIR)) if chief else None
-  callback = _ChunkCallback(manager, writer, total_steps, checkpoint_every, log_every,
-                            examples_per_step, example_name, chief, progress_stream,
+  callback = _ChunkCallback(manager, writer, total_steps, cadence, chief, progress_stream,
                             bad_examples, monitors, any_worker(strategy))
   try:
     dataset = make_dataset(start_step)  # A feature cache reads its input here.

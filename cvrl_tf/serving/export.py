@@ -40,7 +40,6 @@ from cvrl_tf import files as files_lib
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 from cvrl_tf.models import rounding
-from cvrl_tf.runtime import config
 from cvrl_tf.runtime import hardware
 from cvrl_tf.runtime import precision
 from cvrl_tf.runtime import train_loop
@@ -63,7 +62,7 @@ _EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False, kernel_gradient='au
 
 # --------------------------------------------------------------------------- metadata
 def read_gin_text(model_dir: str) -> Optional[str]:
-  path = os.path.join(model_dir, config.OPERATIVE_CONFIG)
+  path = os.path.join(model_dir, train_loop.OPERATIVE_CONFIG)
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:

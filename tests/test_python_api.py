@@ -1,0 +1,83 @@
+"""Every protocol from plain Python objects, no gin: the README's example, at toy size.
+
+The recipe's parts go where they are used, and what the run stores says so: the encoder
+spec is backbone.json, the clips are training.json, the views are the k-NN results'.
+gin's config stays empty throughout (nothing below cli/ reads it; test_layering.py
+checks that nothing below cli/ even imports it).
+"""
+
+import dataclasses
+import json
+import os
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from cvrl_tf import records
+from cvrl_tf.input import augment
+from cvrl_tf.input import clips
+from cvrl_tf.models import heads
+from cvrl_tf.models import r3d
+from cvrl_tf.protocols import classify
+from cvrl_tf.protocols import knn
+from cvrl_tf.protocols import pretrain
+
+
+def _records(root):
+  rng = np.random.RandomState(0)
+  for split, n in (('train', 8), ('test', 4)):
+    with tf.io.TFRecordWriter(os.path.join(root, f'{split}-00000-of-00001.tfrecord')) as w:
+      for v in range(n):
+        frames = rng.randint(0, 255, (8, 36, 40, 3), np.uint8)
+        frames[..., v % 2] //= 4  # Two classes, by colour.
+        jpegs = [tf.io.encode_jpeg(f).numpy() for f in frames]
+        w.write(records.make_sequence_example(
+            jpegs, f'{split}{v}', 25.0, 36, 40, label_index=v % 2).SerializeToString())
+  return os.path.join(root, 'train-*.tfrecord'), os.path.join(root, 'test-*.tfrecord')
+
+
+def test_pretrain_then_linear_eval_and_knn_without_gin(tmp_path):
+  gin.clear_config()
+  train, test = _records(str(tmp_path))
+  encoder = r3d.EncoderSpec(name='r3d18', width_multiplier=0.125)
+  views = clips.TestViews(clip_len=4, num_clips=1, num_crops=1, min_resize=32, crop_size=32)
+  recipe = pretrain.Pretrain(
+      train_files=train, global_batch_size=4, train_steps=2, warmup_epochs=0,
+      mixed_precision='float32', seed=0,
+      clips=clips.PretrainClips(clip_len=4, crop_size=32, shuffle_buffer=8,
+                                augmentation=augment.Augmentation(flip_prob=0.0)),
+      encoder=encoder, head=heads.HeadSpec(num_hidden_layers=1, hidden_dim=16,
+                                           output_dim=8))
+  run = str(tmp_path / 'cvrl')
+  logs = recipe.run(run, progress_stream=None)
+  assert np.isfinite(logs['loss'])
+  stored = json.load(open(os.path.join(run, 'backbone', 'backbone.json')))
+  assert {k: stored[k] for k in ('name', 'width_multiplier')} == {'name': 'r3d18',
+                                                                 'width_multiplier': 0.125}
+  assert json.load(open(os.path.join(run, 'backbone', 'training.json'))) == {
+      'num_frames': 4, 'frame_stride': 2, 'target_fps': None, 'crop_size': 32}
+  assert json.load(open(os.path.join(run, 'backbone', 'head.json')))['hidden_dim'] == 16
+
+  linear = classify.LinearEval(
+      train_files=train, test_files=test, num_classes=2, pretrain_dir=run,
+      global_batch_size=4, train_steps=2, warmup_epochs=0, mixed_precision='float32',
+      eval_batch_size=2, train_clips=clips.TrainClips(clip_len=4, crop_size=32,
+                                                      shuffle_buffer=8),
+      test_views=views).run(str(tmp_path / 'linear'), progress_stream=None)
+  assert linear['test']['num_videos'] == 4
+  assert linear['test']['settings']['views'] == dataclasses.asdict(views)
+
+  result = knn.KnnEval(train_files=train, test_files=test, pretrain_dir=run, ks=(1,),
+                       eval_batch_size=2, test_views=views,
+                       memory_views=dataclasses.replace(views, num_clips=2)).run(
+                           str(tmp_path / 'knn'), progress_stream=None)
+  assert result['views']['memory']['num_clips'] == 2
+  assert result['views']['test']['num_clips'] == 1
+  assert gin.config_str() == ''  # Nothing was bound, nothing was asked.
+  # cvrl_train writes operative_config.gin; a Python run records its settings in
+  # run_info.json, with each start.
+  assert not os.path.exists(os.path.join(run, 'operative_config.gin'))
+  start = json.load(open(os.path.join(run, 'run_info.json')))['starts'][-1]
+  assert start['protocol'] == 'pretrain'
+  assert start['settings']['encoder'] == json.loads(json.dumps(dataclasses.asdict(encoder)))
