@@ -35,7 +35,7 @@ Also:
                measures the whole converter in one process
 --quick (seconds, for the test suite) shrinks every part: 1 s videos, one repetition
 after the warm-up, 1 s vs 3 s for the memory probe, and no TensorFlow import timing
-(~10 s a run).
+(~15 s a run with the stage table, on 2 loaded cores).
 Besides wall-clock rates, videos per CPU-second (this process + its workers) are
 printed: on a machine shared with other jobs they are the steadier figure.
 """
