@@ -30,7 +30,8 @@ The layout, by role:
   losses.py   the contrastive loss
   protocols/  what cvrl_train runs: pretrain.py, classify.py (linear eval, fine-tune,
               semi-supervised, evaluate), knn.py (knn_monitor.py: the same during
-              pretraining); multiview.py, feature_cache.py and evaluation.py serve them
+              pretraining); multiview.py, feature_cache.py, collection.py, metrics.py and
+              reports.py serve them
   runtime/    what runs any protocol: train_loop (checkpoints, resume, NaN guard), optim,
               distribute, precision (+ hardware)
   serving/    a trained encoder elsewhere: export.py (TF Hub SavedModel), embed.py

@@ -355,8 +355,8 @@ def test_linear_eval_and_knn_list_unreadable_test_videos_a_broken_train_set_stop
             warmup_epochs=0, eval_batch_size=6, seed=0, mixed_precision='float32')
   test_files = [shards['mixed'], shards['cut']]
   progress = io.StringIO()
-  out = gin_recipes.recipe('linear_eval', train_files=shards['good'], test_files=test_files, **kw).run(
-      str(tmp_path / 'ok'), progress_stream=progress)['test']
+  out = gin_recipes.recipe('linear_eval', train_files=shards['good'], test_files=test_files,
+                           **kw).run(str(tmp_path / 'ok'), progress_stream=progress)['test']
   # The progress line ends at the total, the unreadable videos counted as failed.
   assert re.search(r'\] 16/16 videos .* failed 4\n', progress.getvalue())
   stored = json.loads((tmp_path / 'ok' / 'eval_results.json').read_text())

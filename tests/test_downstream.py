@@ -149,7 +149,8 @@ def test_rerun_resumes_and_evaluate_restores_the_same_model(data, linear_run, ca
   before = open(os.path.join(model_dir, 'eval_predictions.csv')).read()
   os.remove(os.path.join(model_dir, 'eval_predictions.csv'))
   # evaluate rebuilds the classifier from classifier.json and the latest checkpoint.
-  results = gin_recipes.recipe('evaluate', test_files=data['test'], eval_batch_size=12).run(model_dir)
+  results = gin_recipes.recipe('evaluate', test_files=data['test'],
+                               eval_batch_size=12).run(model_dir)
   assert results['top1'] == out['test']['top1'] and results['checkpoint_step'] == 60
   assert open(os.path.join(model_dir, 'eval_predictions.csv')).read() == before
   assert '9/9 videos' in capfd.readouterr().err  # Progress of the evaluation loop.
@@ -171,7 +172,8 @@ def test_evaluate_falls_back_to_auto_where_the_trained_precision_is_not_native(
   from cvrl_tf.runtime import hardware  # pylint: disable=g-import-not-at-top
   facts = precision.DeviceFacts(cpu=hardware.CpuInfo('Test CPU', frozenset({'avx2'})))
   monkeypatch.setattr(precision, 'detect_devices', lambda strategy=None: facts)
-  results = gin_recipes.recipe('evaluate', test_files=data['test'], eval_batch_size=12).run(model_dir)
+  results = gin_recipes.recipe('evaluate', test_files=data['test'],
+                               eval_batch_size=12).run(model_dir)
   assert 'precision: float32 (auto: CPU Test CPU (AVX2)' in capfd.readouterr().err
   assert results['top1'] == linear_run[1]['test']['top1']  # Trained in float32 really.
   starts = json.load(open(os.path.join(model_dir, precision.RUN_INFO_FILE)))['starts']
@@ -275,10 +277,11 @@ def test_encoder_source_errors_name_the_problem(data, tmp_path):
     gin_recipes.recipe('linear_eval', **common).run(str(tmp_path / 'b'))
   with pytest.raises(ValueError, match="name: asked 'r3d50' but stored 'r3d18'"):
     gin.bind_parameter('encoder.name', 'r3d50')
-    gin_recipes.recipe('linear_eval', pretrain_dir=data['pretrain'], **common).run(str(tmp_path / 'c'))
+    gin_recipes.recipe('linear_eval', pretrain_dir=data['pretrain'], **common).run(
+        str(tmp_path / 'c'))
   with pytest.raises(FileNotFoundError, match='not a SavedModel'):
-    gin_recipes.recipe('knn_eval', train_files=data['train'], test_files=data['test'], encoder_source='hub',
-                hub_handle=str(tmp_path)).run(str(tmp_path / 'd'))
+    gin_recipes.recipe('knn_eval', train_files=data['train'], test_files=data['test'],
+                       encoder_source='hub', hub_handle=str(tmp_path)).run(str(tmp_path / 'd'))
   with pytest.raises(ValueError, match='encoder_source must be one of'):
     gin_recipes.recipe('knn_eval', train_files=data['train'], test_files=data['test'],
                 encoder_source='imagenet').run(str(tmp_path / 'e'))

@@ -226,7 +226,8 @@ def test_overflowing_step_is_skipped_not_a_nan_failure(tmp_path):
   ds = lambda step: tf.data.Dataset.from_tensors({'clips': _batch(8)}).repeat()
   logs = train_loop.fit_resumable(model, ds, str(tmp_path), total_steps=4,
                                   strategy=tf.distribute.get_strategy(),
-                                  cadence=train_loop.Cadence(checkpoint_every=2, log_every=1), progress_stream=None)
+                                  cadence=train_loop.Cadence(checkpoint_every=2, log_every=1),
+                                  progress_stream=None)
   assert np.isfinite(logs['loss']) and logs['loss_scale'] < 2.0 ** 39
   # The step is where every precision stores it, and a float16 checkpoint restores into
   # a float32 model (its loss scale is left unread).

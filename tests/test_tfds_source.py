@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from cvrl_tf.input import pipeline
-from cvrl_tf.input import shards
+from cvrl_tf.input import sources
 from cvrl_tf.input import tfds_source
-from cvrl_tf.protocols import evaluation
+from cvrl_tf.protocols import reports
 
 tfds = pytest.importorskip('tensorflow_datasets')
 NAME = 'ucf101/ucf101_1_256:2.0.0'
@@ -29,7 +29,7 @@ def test_parse_spec():
     with pytest.raises(ValueError, match='tfds:ucf101|tfds:\\?'):
       tfds_source.parse_spec(bad)
   with pytest.raises(ValueError, match="'tfds:ucf101'"):
-    shards.list_files('tfds:ucf101')  # Fails as early as a pattern that matches nothing.
+    sources.open_source('tfds:ucf101')  # Fails as early as a pattern that matches nothing.
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def _reference():
 
 def test_eval_builder_reads_the_frames_tfds_decodes(mock):
   reference = _reference()
-  assert shards.count_videos(TRAIN) == len(reference) == 5
+  assert sources.count_videos(TRAIN) == len(reference) == 5
   ds = pipeline.build_eval_dataset(TRAIN, batch_size=2, clip_len=4, stride=2, num_clips=1,
                                    num_crops=1, min_resize=256, crop_size=256)
   batches = list(ds.as_numpy_iterator())
@@ -72,16 +72,16 @@ def test_classification_builder_takes_tfds(mock):
     assert batch['clips'].shape == (4, 4, 32, 32, 3)
     assert 0 <= batch['clips'].min() and batch['clips'].max() <= 1
     assert set(batch['label'].tolist()) <= labels
-  assert evaluation.class_names(101, None, shards.list_files(TRAIN))[:2] == [
+  assert reports.class_names(101, None, sources.open_source(TRAIN))[:2] == [
       'ApplyEyeMakeup', 'ApplyLipstick']
 
 
 def test_label_subset_of_a_tfds_split():
   with tfds.testing.mock_data(num_examples=9, max_value=3):  # Labels 0..2: 3 per class.
     per_class = collections.Counter(label for _, label in _reference())
-    keys = shards.label_subset_keys([TRAIN], 0.5, seed=0)
+    keys = sources.open_source(TRAIN).label_subset_keys(0.5, seed=0)
     assert len(keys) == sum(max(1, int(0.5 * n + 0.5)) for n in per_class.values())
-    assert keys == shards.label_subset_keys([TRAIN], 0.5, seed=0)  # Deterministic.
+    assert keys == sources.open_source(TRAIN).label_subset_keys(0.5, seed=0)  # Deterministic.
     assert all(k.endswith('\n0') for k in keys)
     ds = pipeline.build_classification_dataset(TRAIN, batch_size=2, clip_len=2, stride=1,
                                                crop_size=16, shuffle_buffer=2, seed=0,

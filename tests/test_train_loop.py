@@ -27,8 +27,8 @@ def _data(start_step, scale=1.0):
 def _fit(model, model_dir, total, **kw):
   return train_loop.fit_resumable(
       model, _data, str(model_dir), total_steps=total,
-      strategy=tf.distribute.get_strategy(), cadence=train_loop.Cadence(checkpoint_every=5, log_every=5),
-      progress_stream=None, **kw)
+      strategy=tf.distribute.get_strategy(),
+      cadence=train_loop.Cadence(checkpoint_every=5, log_every=5), progress_stream=None, **kw)
 
 
 def test_trains_checkpoints_and_resumes(tmp_path):
@@ -79,8 +79,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train_loop.NonFiniteLossError, match='NaN/Inf at step'):
     train_loop.fit_resumable(
         model, lambda s: _data(s, scale=1e6), str(tmp_path), total_steps=200,
-        strategy=tf.distribute.get_strategy(), cadence=train_loop.Cadence(checkpoint_every=1, log_every=1),
-        progress_stream=None)
+        strategy=tf.distribute.get_strategy(),
+        cadence=train_loop.Cadence(checkpoint_every=1, log_every=1), progress_stream=None)
   # The first step's loss is finite, so a checkpoint exists; it holds finite weights.
   latest = tf.train.latest_checkpoint(str(tmp_path / 'checkpoints'))
   assert latest is not None
@@ -97,8 +97,9 @@ def test_an_input_that_ends_early_is_an_error_not_a_finished_run(tmp_path):
   finite = lambda start: _data(start).take(3)
   with pytest.raises(errors.InputEnded, match=r'ended at step 3 of 10 .*re-run the same'):
     train_loop.fit_resumable(_model(), finite, str(tmp_path), total_steps=10,
-                             strategy=tf.distribute.get_strategy(), cadence=train_loop.Cadence(checkpoint_every=2,
-                             log_every=5), progress_stream=None)
+                             strategy=tf.distribute.get_strategy(),
+                             cadence=train_loop.Cadence(checkpoint_every=2, log_every=5),
+                             progress_stream=None)
   assert tf.train.latest_checkpoint(str(tmp_path / 'checkpoints')).endswith('ckpt-2')
 
 

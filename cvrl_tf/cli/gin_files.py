@@ -22,7 +22,7 @@ from cvrl_tf import configs
 from cvrl_tf import errors
 from cvrl_tf.cli import quiet
 from cvrl_tf.cli import settings
-from cvrl_tf.input import tfds_source
+from cvrl_tf.input import sources
 from cvrl_tf.models import backbone_io
 
 ConfigError = settings.ConfigError
@@ -115,15 +115,13 @@ def check_protocol() -> str:
     value = bound.get(field, default)
     if not field.endswith('_files') or not value:
       continue
-    for pattern in [value] if isinstance(value, str) else list(value):
-      if tfds_source.is_tfds(pattern):
-        tfds_source.parse_spec(pattern)  # A malformed spec: one line; data read later.
-        continue
-      if not tf.io.gfile.glob(pattern):
-        raise errors.MissingInput(
-            f'{name}.{field}: file pattern {pattern!r} matches no file; write the '
-            f'shards with cvrl_convert, or point the binding at them: --gin_bindings='
-            f'"{name}.{field}=\'/path/to/shards-*.tfrecord\'"')
+    try:
+      sources.open_source(value, validate=False)  # A tfds: spec is read later.
+    except errors.MissingInput as e:
+      raise errors.MissingInput(
+          f'{name}.{field}: {e}; write the shards with cvrl_convert, or point the '
+          f'binding at them: --gin_bindings="{name}.{field}=\'/path/to/shards-*.tfrecord\'"'
+      ) from None
   if bound.get('encoder_source', defaults.get('encoder_source')) == 'model_dir':
     pretrain_dir = bound.get('pretrain_dir')
     if pretrain_dir:

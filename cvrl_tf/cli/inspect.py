@@ -41,7 +41,7 @@ def _inspect(argv, fv) -> int:
   if fv.decode not in record_check.DECODE_MODES:
     raise errors.UserError(f'--decode must be one of {record_check.DECODE_MODES}')
   label_map = (records.read_label_map(fv.label_map) if fv.label_map else
-               inspection.label_map_beside(shards.list_files(fv.files, validate=False)))
+               shards.label_map_beside(shards.list_files(fv.files, validate=False)))
   if fv.label_map and not label_map:
     raise errors.UserError(f'--label_map {fv.label_map!r} holds no class names')
   report = inspection.inspect_shards(fv.files, label_map, fv.need_label, fv.decode,

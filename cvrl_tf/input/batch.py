@@ -24,7 +24,7 @@ Pretraining batches hold 2B clips, view 1 of B videos then view 2 of the same vi
 `finish_batch` turns any of them into the model input, float32 [N, T, S, S, 3] in
 [0, 1], inside the train step, seeded by `step_seed`.
 
-Evaluation batches (pipeline.build_eval_dataset, read by evaluation.py) carry one view
+Evaluation batches (pipeline.build_eval_dataset, read by protocols/collection.py) carry one view
 of a video per row: CLIPS, LABEL, VIDEO_INDEX int64 [N] (unique across input
 pipelines), VIEW_INDEX int32 [N] (clip * num_crops + crop) and MEDIA_ID string [N].
 """

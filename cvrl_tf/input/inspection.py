@@ -12,7 +12,6 @@ class name in clip/label/text) are read like ours and counted apart.
 """
 
 import collections
-import os
 import statistics
 from typing import Dict, List, Optional, Sequence
 
@@ -135,13 +134,3 @@ def summary_lines(report: Dict[str, object]) -> List[str]:
   for e in report['label_problems']:
     lines.append(f'LABEL media_id={e["media_id"]}: {e["reason"]}')
   return lines
-
-
-def label_map_beside(files: Sequence[str]) -> Optional[List[str]]:
-  """The converter's label map next to the first shard (<prefix>_label_map.txt)."""
-  if not files:
-    return None
-  first = files[0]
-  path = os.path.join(os.path.dirname(first),
-                      os.path.basename(first).split('-')[0] + '_label_map.txt')
-  return records.read_label_map(path) if tf.io.gfile.exists(path) else None

@@ -32,7 +32,7 @@ malformed record, damaged file) is skipped, counted and named (input/bad_example
 
 import dataclasses
 import random
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
@@ -42,9 +42,9 @@ from cvrl_tf.input import batch
 from cvrl_tf.input import clips as clips_lib
 from cvrl_tf.input import sampling
 from cvrl_tf.input import shards
-from cvrl_tf.input import tfds_source
+from cvrl_tf.input import sources
 
-FilePatterns = shards.FilePatterns
+FilePatterns = sources.FilePatterns
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -181,20 +181,6 @@ def _tracker(tracker: Optional[bad_examples_lib.BadExamples], stage: str,
   return tracker
 
 
-def _read_videos(all_files: List[str], shuffle: bool, repeat: bool,
-                 seed: Optional[int], cycle_length: int, deterministic: bool,
-                 input_context):
-  """-> ((source, index, payload) elements, their parse function, this pipeline's id,
-  number of pipelines) of `shards.list_files`' result: TFRecord shards, or a `tfds:`
-  source (input/tfds_source.py; listed as itself)."""
-  if len(all_files) == 1 and tfds_source.is_tfds(all_files[0]):
-    return tfds_source.read(all_files[0], shuffle, repeat, seed, deterministic,
-                            input_context)
-  files, pipeline_id, num_pipelines = shards.shard_files(all_files, input_context)
-  ds = shards.read_records(files, shuffle, repeat, seed, cycle_length, deterministic)
-  return ds, shards.parse_checked, pipeline_id, num_pipelines
-
-
 def _with(spec, overrides: dict):
   """`spec` with the fields in `overrides` replaced (a keyword that is not a field of
   it is a TypeError naming it)."""
@@ -219,14 +205,13 @@ def build_pretrain_dataset(file_pattern: FilePatterns,
     the default limit.
   """
   spec = _with(clips, overrides)
-  ds, parse, pipeline_id, _ = _read_videos(
-      shards.list_files(file_pattern, spec.validate_files), True, True, seed,
-      spec.cycle_length, spec.deterministic, input_context)
-  ds = ds.shuffle(spec.shuffle_buffer, seed=seed)
-  ds = _element_seeds(ds, seed, pipeline_id)
+  reading = sources.open_source(file_pattern, spec.validate_files).read(
+      True, True, seed, spec.cycle_length, spec.deterministic, input_context)
+  ds = reading.dataset.shuffle(spec.shuffle_buffer, seed=seed)
+  ds = _element_seeds(ds, seed, reading.pipeline_id)
 
   def video_to_views(seed, element):
-    ex = parse(*element, need_label=False)
+    ex = reading.parse(*element, need_label=False)
     s = tf.random.experimental.stateless_split(seed, num=5)
     stride_frames = sampling.frame_stride(spec.stride, ex['fps'], spec.target_fps)
     indices = sampling.sample_pretrain_indices(s[0], ex['num_frames'], spec.clip_len,
@@ -262,21 +247,21 @@ def build_classification_dataset(file_pattern: FilePatterns,
   clips: the clips' settings (clips.TrainClips; keyword `overrides` replace fields):
     random resized crop + flip, and with colour_augment the view-1 colour and blur ops.
   label_fraction (e.g. 0.01, 0.1): keep that fraction of each class (semi-supervised
-  protocols), chosen by `shards.label_subset_keys(files, fraction, label_seed)`.
+  protocols), chosen by the source's `label_subset_keys(fraction, label_seed)`.
   Every record must carry a label (one without is skipped as bad).
   """
   spec = _with(clips, overrides)
-  all_files = shards.list_files(file_pattern, spec.validate_files)
-  ds, parse, pipeline_id, _ = _read_videos(all_files, True, True, seed, spec.cycle_length,
-                                           spec.deterministic, input_context)
+  source = sources.open_source(file_pattern, spec.validate_files)
+  reading = source.read(True, True, seed, spec.cycle_length, spec.deterministic,
+                        input_context)
+  ds = reading.dataset
   if label_fraction is not None:
-    keys = shards.label_subset_keys(all_files, label_fraction, label_seed)
-    ds = shards.filter_keys(ds, keys)
+    ds = shards.filter_keys(ds, source.label_subset_keys(label_fraction, label_seed))
   ds = ds.shuffle(spec.shuffle_buffer, seed=seed)
-  ds = _element_seeds(ds, seed, pipeline_id)
+  ds = _element_seeds(ds, seed, reading.pipeline_id)
 
   def video_to_clip(seed, element):
-    ex = parse(*element, need_label=True)
+    ex = reading.parse(*element, need_label=True)
     s = tf.random.experimental.stateless_split(seed, num=3)
     stride_frames = sampling.frame_stride(spec.stride, ex['fps'], spec.target_fps)
     indices = sampling.sample_train_indices(s[0], ex['num_frames'], spec.clip_len,
@@ -309,13 +294,12 @@ def build_eval_dataset(file_pattern: FilePatterns,
   spec = _with(views, overrides)
   clip_len, num_clips, num_crops = spec.clip_len, spec.num_clips, spec.num_crops
   crop_size, need_label = spec.crop_size, spec.need_label
-  ds, parse, pipeline_id, num_pipelines = _read_videos(
-      shards.list_files(file_pattern, spec.validate_files), False, False, None,
-      spec.cycle_length, True, input_context)
-  ds = ds.enumerate()
+  reading = sources.open_source(file_pattern, spec.validate_files).read(
+      False, False, None, spec.cycle_length, True, input_context)
+  ds = reading.dataset.enumerate()
 
   def video_to_clips(local_index, element):
-    ex = parse(*element, need_label=need_label)
+    ex = reading.parse(*element, need_label=need_label)
     stride_frames = sampling.frame_stride(spec.stride, ex['fps'], spec.target_fps)
     indices = sampling.eval_indices(ex['num_frames'], clip_len, stride_frames, num_clips)
     jpegs = tf.gather(ex['frames'], tf.reshape(indices, [-1]))
@@ -323,7 +307,7 @@ def build_eval_dataset(file_pattern: FilePatterns,
                        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
     frames = augment.resize_short_side(frames, spec.min_resize, keep_dtype=True)
     shape = tf.shape(frames)
-    video_index = local_index * num_pipelines + pipeline_id
+    video_index = local_index * reading.num_pipelines + reading.pipeline_id
     fill = lambda x: tf.fill([num_clips], x)
     return {'frames': tf.reshape(frames, [num_clips, clip_len, shape[1], shape[2], 3]),
             'clip_index': tf.range(num_clips, dtype=tf.int32),

@@ -1,9 +1,8 @@
-"""Shard files: listing, validation, sharding, reading with provenance, label subsets.
+"""TFRecord shards: listing, validation, sharding, reading with provenance, counting,
+label subsets, class names. (sources.Shards is this module behind the Source type.)
 
 Every record travels with its file name and index in the file, so a bad record fails
-with an error naming them, and label subsets can be selected by position. A `tfds:`
-source (input/tfds_source.py) goes wherever a pattern goes: list_files keeps it as it is,
-count_videos and label_subset_keys ask TFDS.
+with an error naming them, and label subsets can be selected by position.
 """
 
 import hashlib
@@ -16,11 +15,10 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf import records
-from cvrl_tf.input import tfds_source
 
 FilePatterns = Union[str, Sequence[str]]
 AUTOTUNE = tf.data.AUTOTUNE
-_SEP = '\n'  # Joins file name and record index into a label-subset key.
+KEY_SEPARATOR = '\n'  # Joins file name and record index into a label-subset key.
 
 
 def _masked_crc32c(data: bytes) -> int:
@@ -58,9 +56,6 @@ def list_files(file_pattern: FilePatterns, validate: bool = True) -> List[str]:
   TFRecord file. Empty files are kept (a shard may legitimately hold no video) unless
   all of them are empty.
   """
-  if tfds_source.is_tfds(file_pattern):
-    tfds_source.parse_spec(file_pattern)  # A bad spec fails here, naming itself.
-    return [file_pattern]
   patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
   if not patterns:
     raise errors.UserError('no file pattern given')
@@ -174,6 +169,11 @@ def parse_checked(file: tf.Tensor, index: tf.Tensor, record: tf.Tensor,
 
 
 # ---------------------------------------------------------------- semi-supervised subset
+def check_fraction(fraction: float) -> None:
+  if not 0.0 < fraction <= 1.0:
+    raise errors.UserError(f'label fraction must be in (0, 1], got {fraction}')
+
+
 def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> List[str]:
   """Chooses `fraction` of the labelled videos of each class, deterministically.
 
@@ -183,10 +183,7 @@ def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> L
   whatever the sharding, and a video in the 1% subset is also in the 10% one.
   Returns keys 'file\\nindex' of the kept records.
   """
-  if not 0.0 < fraction <= 1.0:
-    raise errors.UserError(f'label fraction must be in (0, 1], got {fraction}')
-  if len(files) == 1 and tfds_source.is_tfds(files[0]):
-    return tfds_source.label_subset_keys(files[0], fraction, seed, _SEP)
+  check_fraction(fraction)
   spec = {records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
           records.MEDIA_ID_KEY: tf.io.FixedLenFeature([], tf.string, '')}
 
@@ -207,7 +204,7 @@ def label_subset_keys(files: Sequence[str], fraction: float, seed: int = 0) -> L
     ranked = sorted(entries, key=lambda e: (
         hashlib.sha256(b'%d:' % seed + e[3]).hexdigest(), e[0], e[1]))
     keep = max(1, int(fraction * len(ranked) + 0.5))
-    keys.extend(f'{e[0].decode()}{_SEP}{e[1]}' for e in ranked[:keep])
+    keys.extend(f'{e[0].decode()}{KEY_SEPARATOR}{e[1]}' for e in ranked[:keep])
   return sorted(keys)
 
 
@@ -219,17 +216,14 @@ def filter_keys(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset:
   table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys)),
                                           tf.ones([len(keys)], tf.int32)), 0)
-  key = lambda f, i: tf.strings.join([f, tf.strings.as_string(i)], separator=_SEP)
+  key = lambda f, i: tf.strings.join([f, tf.strings.as_string(i)], separator=KEY_SEPARATOR)
   # A damaged file's FILE_PROBLEM element stays, to be counted as bad.
   return ds.filter(lambda f, i, r: tf.logical_or(i < 0, table.lookup(key(f, i)) > 0))
 
 
-def count_videos(file_pattern: FilePatterns) -> int:
-  """Number of videos behind a file pattern: from the converter's manifests when every
-  shard is listed in one (instant), else by counting records (one pass over the files)."""
-  if tfds_source.is_tfds(file_pattern):
-    return tfds_source.count_videos(file_pattern)
-  files = list_files(file_pattern)
+def count_files_videos(files: Sequence[str]) -> int:
+  """Number of videos in these shards: from the converter's manifests when every shard
+  is listed in one (instant), else by counting records (one pass over the files)."""
   per_shard = {}
   for folder in sorted({os.path.dirname(f) for f in files}):
     for manifest in tf.io.gfile.glob(os.path.join(folder, '*_manifest.json')):
@@ -241,5 +235,46 @@ def count_videos(file_pattern: FilePatterns) -> int:
               shard['num_examples'])
   if all(f in per_shard for f in files):
     return sum(per_shard[f] for f in files)
-  records = read_records(files, False, False, None, 16, False).filter(lambda f, i, r: i >= 0)
-  return int(records.reduce(0, lambda n, _: n + 1))
+  triples = read_records(list(files), False, False, None, 16, False).filter(
+      lambda f, i, r: i >= 0)
+  return int(triples.reduce(0, lambda n, _: n + 1))
+
+
+# ------------------------------------------------------------------------- class names
+def label_names(files: Sequence[str], num_classes: int,
+                max_records: int = 5000) -> Optional[List[str]]:
+  """Names of the label indices: the converter's label map beside the shards, else
+  `clip/label/string` of the first records (up to max_records; '' where none seen)."""
+  return label_map_beside(files) or _names_from_records(files, num_classes, max_records)
+
+
+def label_map_beside(files: Sequence[str]) -> Optional[List[str]]:
+  """The converter's `<prefix>_label_map.txt` of the first shard's prefix, else the only
+  (or the identical) label map(s) in its folder; None if there is none."""
+  if not files:
+    return None
+  folder, base = os.path.dirname(files[0]), os.path.basename(files[0])
+  own = os.path.join(folder, base.split('-')[0] + '_label_map.txt')
+  if tf.io.gfile.exists(own):
+    return records.read_label_map(own)
+  maps = [records.read_label_map(p) for p in
+          tf.io.gfile.glob(os.path.join(folder, '*_label_map.txt'))]
+  return maps[0] if maps and all(m == maps[0] for m in maps) else None
+
+
+def _names_from_records(files, num_classes, max_records) -> List[str]:
+  spec = {records.LABEL_INDEX_KEY: tf.io.FixedLenFeature([], tf.int64, -1),
+          records.LABEL_STRING_KEY: tf.io.FixedLenFeature([], tf.string, '')}
+  # Bad records and damaged files are skipped (the test names them).
+  ds = tf.data.TFRecordDataset(list(files)).ignore_errors().take(max_records).map(
+      lambda r: tf.io.parse_single_sequence_example(r, context_features=spec)[0]
+  ).ignore_errors()
+  names = [''] * num_classes
+  for ctx in ds.as_numpy_iterator():
+    label = int(ctx[records.LABEL_INDEX_KEY])
+    if 0 <= label < num_classes and not names[label]:
+      text = ctx[records.LABEL_STRING_KEY]
+      names[label] = text.decode('utf-8', 'replace') if isinstance(text, bytes) else str(text)
+      if all(names):
+        break
+  return names

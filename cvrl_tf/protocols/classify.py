@@ -46,7 +46,7 @@ from cvrl_tf import records
 from cvrl_tf.input import bad_examples
 from cvrl_tf.input import clips
 from cvrl_tf.input import pipeline
-from cvrl_tf.input import shards
+from cvrl_tf.input import sources
 from cvrl_tf.models import classifier as classifier_lib
 from cvrl_tf.models import encoder_source as encoder_source_lib
 from cvrl_tf.models import r3d
@@ -156,11 +156,12 @@ class LinearEval(ClassifierRecipe):
 def labelled_subset(train_files: FilePatterns, label_fraction: Optional[float],
                     label_seed: int = 0) -> dict:
   """The videos the classification pipeline trains on: all, or the per-class fraction
-  `shards.label_subset_keys` picks (the pipeline picks the same with the same seed)."""
+  the source's `label_subset_keys` picks (the pipeline picks the same with the same
+  seed)."""
+  source = sources.open_source(train_files)
   if label_fraction is None:
-    return {'label_fraction': None, 'num_videos': shards.count_videos(train_files)}
-  keys = shards.label_subset_keys(shards.list_files(train_files), label_fraction,
-                                  label_seed)
+    return {'label_fraction': None, 'num_videos': source.count_videos()}
+  keys = source.label_subset_keys(label_fraction, label_seed)
   return {'label_fraction': label_fraction, 'label_seed': label_seed,
           'num_videos': len(keys), 'keys': keys}
 

@@ -2,7 +2,7 @@
 
 Encoder as in classify.py (`encoder_source` 'model_dir', 'hub' or 'random'). Both the
 memory (train videos) and the queries (test videos) are multi-view: the mean of the
-L2-normalized view features, re-normalized. Voting and temperature: evaluation.py.
+L2-normalized view features, re-normalized. Voting and temperature: metrics.py.
 model_dir after a run: run_info.json, knn_results.json (and cvrl_train's
 operative_config.gin).
 """
@@ -16,11 +16,12 @@ import tensorflow as tf
 from cvrl_tf import files as files_lib
 from cvrl_tf import progress as progress_lib
 from cvrl_tf.input import clips
-from cvrl_tf.input import shards
+from cvrl_tf.input import sources
 from cvrl_tf.models import encoder_source as encoder_source_lib
 from cvrl_tf.models import r3d
 from cvrl_tf.protocols import classify
-from cvrl_tf.protocols import evaluation
+from cvrl_tf.protocols import metrics
+from cvrl_tf.protocols import reports
 from cvrl_tf.protocols import multiview
 from cvrl_tf.protocols import recipe as recipe_lib
 from cvrl_tf.runtime import distribute
@@ -38,7 +39,7 @@ class KnnEval:
   test_views: the views of the queries, and of the memory unless memory_views is given
   (e.g. fewer clips for a large train set; gin: bindings in the scope `knn_memory/`).
   encoder: the architecture of encoder_source='random' (classify.py). ks / vote /
-  temperature: see evaluation.py. num_classes defaults to the label map's lines, else the
+  temperature: see metrics.py. num_classes defaults to the label map's lines, else the
   largest label. Writes knn_results.json (top-1 and mean class accuracy per k).
   """
   REQUIRED = ('train_files', 'test_files')
@@ -89,10 +90,10 @@ def knn_eval(model_dir: str, recipe: KnnEval,
     num_classes = (classify.resolve_num_classes(None, recipe.label_map_file)
                    if recipe.label_map_file else
                    int(max(memory['label'].max(), queries['label'].max())) + 1)
-  per_k = evaluation.knn_top1(memory, queries, recipe.ks, num_classes, recipe.vote,
-                               recipe.temperature)
-  names = evaluation.class_names(num_classes, recipe.label_map_file,
-                                 shards.list_files(recipe.test_files))
+  per_k = metrics.knn_top1(memory, queries, recipe.ks, num_classes, recipe.vote,
+                           recipe.temperature)
+  names = reports.class_names(num_classes, recipe.label_map_file,
+                              sources.open_source(recipe.test_files, validate=False))
   views = {'memory': files_lib.normalized(dataclasses.asdict(memory_views)),
            'test': files_lib.normalized(dataclasses.asdict(recipe.test_views))}
   results = {**info, 'protocol': 'knn_eval', 'vote': recipe.vote,
@@ -103,8 +104,8 @@ def knn_eval(model_dir: str, recipe: KnnEval,
              'test_files': files_lib.normalized(recipe.test_files),
              'mixed_precision': opening.precision.policy,
              'memory_unreadable_videos': memory['unreadable'],
-             **evaluation.unreadable_summary(queries['unreadable'], len(queries['label']),
-                                             None)}
+             **reports.unreadable_summary(queries['unreadable'], len(queries['label']),
+                                          None)}
   recipe_lib.record_start(model_dir, recipe, 'knn_eval', opening)
   if train_loop.is_chief(strategy):
     files_lib.write_json(os.path.join(model_dir, KNN_FILE), results)

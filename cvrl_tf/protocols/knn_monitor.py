@@ -14,7 +14,7 @@ progress line (with `knn_seconds`, its cost). In gin:
 
 The numbers are those of `knn_eval` (protocols/knn.py) on the same weights and views:
 the same views (multiview.run_views; `views`, for memory and queries alike), features
-(L2-normalized, BN in inference mode) and vote (evaluation.knn_top1). Costs one pass
+(L2-normalized, BN in inference mode) and vote (metrics.knn_top1). Costs one pass
 over both sets per evaluation.
 """
 
@@ -26,11 +26,11 @@ import tensorflow as tf
 
 from cvrl_tf import errors
 from cvrl_tf.input import clips
-from cvrl_tf.input import shards
-from cvrl_tf.protocols import evaluation
+from cvrl_tf.input import sources
+from cvrl_tf.protocols import metrics
 from cvrl_tf.protocols import multiview
 
-FilePatterns = shards.FilePatterns  # one definition: input/shards.py
+FilePatterns = sources.FilePatterns  # one definition: input/shards.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +78,8 @@ class KnnMonitor:
                                   self.features, r.views)
     if memory is None:  # A multi-worker run's other workers: the chief evaluates.
       return {}
-    per_k = evaluation.knn_top1(memory, queries, (r.k,), r.num_classes, r.vote,
-                                r.temperature)
+    per_k = metrics.knn_top1(memory, queries, (r.k,), r.num_classes, r.vote,
+                             r.temperature)
     # Videos that could not be read are left out of top-1: counted, never silent.
     unreadable = len(memory.get('unreadable', ())) + len(queries.get('unreadable', ()))
     return {'knn_top1': per_k[str(r.k)]['top1'], 'knn_unreadable': float(unreadable),
@@ -92,5 +92,5 @@ def monitors(recipe: KnnMonitorRecipe, encoder, strategy) -> list:
   if not recipe.enabled:
     return []
   for files in (recipe.train_files, recipe.test_files):
-    shards.list_files(files)
+    sources.open_source(files)
   return [KnnMonitor(encoder, strategy, recipe)]

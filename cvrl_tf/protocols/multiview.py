@@ -2,7 +2,7 @@
 
 `run_views` feeds every view of every video (build_eval_dataset: num_clips evenly spaced
 clips x num_crops crops, CVRL 10 x 3 at 256 px) through a per-replica function and
-averages its outputs per video (evaluation.collect_views), with a progress line (videos
+averages its outputs per video (collection.collect_views), with a progress line (videos
 done / total, videos/s). `multiview_test` does it with a classifier's softmax and writes
 eval_results.json, confusion_matrix.png, eval_predictions.csv and TensorBoard scalars.
 
@@ -25,11 +25,13 @@ from cvrl_tf import progress as progress_lib
 from cvrl_tf.input import bad_examples as bad_examples_lib
 from cvrl_tf.input import clips
 from cvrl_tf.input import pipeline
-from cvrl_tf.input import shards
-from cvrl_tf.protocols import evaluation
+from cvrl_tf.input import sources
+from cvrl_tf.protocols import collection
+from cvrl_tf.protocols import metrics
+from cvrl_tf.protocols import reports
 from cvrl_tf.runtime import train_loop
 
-FilePatterns = shards.FilePatterns  # one definition: input/shards.py
+FilePatterns = sources.FilePatterns  # one definition: input/shards.py
 RESULTS_FILE = 'eval_results.json'
 
 
@@ -40,9 +42,9 @@ def _eval_input(strategy, files, batch_size: int, views: clips.TestViews,
     ds = pipeline.build_eval_dataset(files, batch_size, views, input_context=ctx,
                                      bad_examples=tracker)
     if ctx is None:
-      return evaluation.pad_for_replicas(ds, batch_size, 1)
+      return collection.pad_for_replicas(ds, batch_size, 1)
     per_pipeline = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-    return evaluation.pad_for_replicas(ds, ctx.get_per_replica_batch_size(batch_size),
+    return collection.pad_for_replicas(ds, ctx.get_per_replica_batch_size(batch_size),
                                        per_pipeline)
   if strategy is None:
     return build(None)
@@ -51,7 +53,7 @@ def _eval_input(strategy, files, batch_size: int, views: clips.TestViews,
 
 def run_views(strategy, files, batch_size, output_fn, views: clips.TestViews,
               progress_stream=None, what='test', model_dir=None, stage='test'):
-  """Per-video mean of output_fn over every view of `files` (evaluation.collect_views).
+  """Per-video mean of output_fn over every view of `files` (collection.collect_views).
 
   Videos that cannot be read are skipped and returned under 'unreadable' (shard, record,
   media_id, reason; also in <model_dir>/bad_examples.json under `stage`).
@@ -64,17 +66,17 @@ def run_views(strategy, files, batch_size, output_fn, views: clips.TestViews,
     if not train_loop.is_chief(strategy):
       return None
     strategy = None
-  total = shards.count_videos(files)
+  source = sources.open_source(files, validate=False)
+  total = source.count_videos()
   progress_lib.say(
       progress_stream, f'{what}: {total} videos x {views.num_clips} clips x '
       f'{views.num_crops} crops ({views.clip_len} frames, {views.crop_size} px)')
   tracker = bad_examples_lib.BadExamples(model_dir, stage, None, False, progress_stream,
                                          keep_earlier=False)
-  videos = evaluation.collect_views(_eval_input(strategy, files, batch_size, views, tracker),
-                                    output_fn, total, views.views_per_video, strategy,
-                                    progress_stream,
-                                    skipped=lambda: sum(  # Videos, not damaged files.
-                                        e['record'] >= 0 for e in tracker.examples))
+  videos = collection.collect_views(
+      _eval_input(strategy, files, batch_size, views, tracker), output_fn, total,
+      views.views_per_video, strategy, progress_stream,
+      skipped=lambda: sum(e['record'] >= 0 for e in tracker.examples))  # Not files.
   videos['unreadable'] = tracker.examples
   return videos
 
@@ -105,30 +107,30 @@ def multiview_test(model, strategy, model_dir: str, test_files: FilePatterns,
                      progress_stream=progress_stream, model_dir=model_dir)
   if videos is None:
     return None
-  names = evaluation.class_names(model.num_classes, label_map_file,
-                                 shards.list_files(test_files))
-  metrics = evaluation.classification_metrics(videos['scores'], videos['label'],
-                                              model.num_classes)
-  png = evaluation.plot_confusion_matrix(
-      metrics['confusion'], names, os.path.join(model_dir, 'confusion_matrix.png'),
-      f'{protocol} step {step}: top-1 {metrics["top1"]:.3f} ({metrics["num_videos"]} '
+  names = reports.class_names(model.num_classes, label_map_file,
+                              sources.open_source(test_files, validate=False))
+  scored = metrics.classification_metrics(videos['scores'], videos['label'],
+                                          model.num_classes)
+  png = reports.plot_confusion_matrix(
+      scored['confusion'], names, os.path.join(model_dir, 'confusion_matrix.png'),
+      f'{protocol} step {step}: top-1 {scored["top1"]:.3f} ({scored["num_videos"]} '
       f'videos)')
-  csv = evaluation.write_predictions_csv(
+  csv = reports.write_predictions_csv(
       os.path.join(model_dir, 'eval_predictions.csv'), videos, names)
   results = {
       'protocol': protocol, 'checkpoint_step': step, 'settings': settings,
-      'num_videos': metrics['num_videos'], 'views_per_video': int(videos['num_views'][0]),
-      'top1': metrics['top1'], 'top5': metrics.get('top5'),
-      'mean_class_accuracy': metrics['mean_class_accuracy'],
+      'num_videos': scored['num_videos'], 'views_per_video': int(videos['num_views'][0]),
+      'top1': scored['top1'], 'top5': scored.get('top5'),
+      'mean_class_accuracy': scored['mean_class_accuracy'],
       'per_class': {name: {'accuracy': None if math.isnan(acc) else float(acc),
                            'num_videos': int(n)}
-                    for name, acc, n in zip(names, metrics['per_class_accuracy'],
-                                            metrics['per_class_count'])},
-      'confusion_matrix': metrics['confusion'], 'class_names': names,
+                    for name, acc, n in zip(names, scored['per_class_accuracy'],
+                                            scored['per_class_count'])},
+      'confusion_matrix': scored['confusion'], 'class_names': names,
       'confusion_matrix_png': os.path.basename(png),
       'predictions_csv': os.path.basename(csv),
-      **evaluation.unreadable_summary(videos['unreadable'], metrics['num_videos'],
-                                      metrics['top1'])}
+      **reports.unreadable_summary(videos['unreadable'], scored['num_videos'],
+                                   scored['top1'])}
   files_lib.write_json(path, results)
   writer = tf.summary.create_file_writer(
       os.path.join(model_dir, train_loop.SUMMARY_SUBDIR, 'eval'))

@@ -17,7 +17,7 @@ from cvrl_tf import progress as progress_lib
 from cvrl_tf.input import bad_examples
 from cvrl_tf.input import clips as clips_lib
 from cvrl_tf.input import pipeline
-from cvrl_tf.input import shards
+from cvrl_tf.input import sources
 from cvrl_tf.models import backbone_io
 from cvrl_tf.models import flops
 from cvrl_tf.models import heads
@@ -73,7 +73,7 @@ def pretrain(model_dir: str, recipe: Pretrain, progress_stream=progress_lib.STDE
 def _pretrain(model_dir: str, recipe: Pretrain, opening: recipe_lib.Opening) -> dict:
   strategy, stream, clips = opening.strategy, opening.progress_stream, recipe.clips
   schedule = recipe.schedule(recipe.num_train_examples or
-                             shards.count_videos(recipe.train_files))
+                             sources.count_videos(recipe.train_files))
   total_steps, batch = schedule.total_steps, recipe.global_batch_size
   progress_lib.say(stream, f'pretrain: {schedule.num_videos} videos, global batch {batch} '
                    f'on {strategy.num_replicas_in_sync} replica(s), {total_steps} steps '
