@@ -1,0 +1,383 @@
+"""Quality benchmark (`make bench-quality`, issue #31): the paper's ablations on the hard
+synthetic dataset, several seeds each, mean and 95% interval per row.
+
+Drives the real tools, as a user would type them (console scripts of this venv, gin
+files shipped under cvrl_tf/configs/quality/):
+
+  cvrl_synth --dataset=hard -> cvrl_convert (train, test) -> per variant and seed:
+  cvrl_train quality/pretrain.gin, then quality/linear_eval.gin and quality/knn_eval.gin
+  on the pretrained encoder; random init (linear + k-NN on the untrained encoder) and
+  the supervised reference (quality/supervised.gin) per seed.
+
+Rows (docs/quality.md): main recipe (decreasing intervals, temporally consistent
+augmentation, 3-hidden-layer head, 1x steps); per-frame augmentation; uniform and
+increasing intervals; 2x steps; heads with 0 and 1 hidden layers; random init;
+supervised. --quick: one seed, main + per-frame + random init + supervised.
+
+Each row: mean over seeds and a 95% interval, mean +- t(0.975, n-1) * s / sqrt(n)
+(Student t; none with one seed). Output in OUT: quality.md (the table, the machine, the
+wall time), quality.png (the rows with their intervals), results.json, logs/. Commands
+run `--jobs` at a time (default 2: each cvrl_train spends much of its time in one
+thread); a step whose output exists is skipped, so an interrupted run resumes.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 16
+BASE_STEPS = 300  # quality/pretrain.gin's pretrain.train_steps
+
+# (name, label, extra pretraining bindings; {steps} is BASE_STEPS)
+VARIANTS = [
+    ('main', 'CVRL main recipe (decreasing, consistent, head 3, 1x steps)', []),
+    ('per_frame', 'per-frame augmentation', ['pretrain_clips.per_frame_augment=True']),
+    ('uniform', 'uniform intervals', ["pretrain_clips.interval_family='uniform'"]),
+    ('increasing', 'increasing intervals', ["pretrain_clips.interval_family='increasing'"]),
+    ('steps_2x', '2x pretraining steps', ['pretrain.train_steps={steps2}']),
+    ('head0', 'projection head: 0 hidden layers',
+     ['projection_head.num_hidden_layers=0']),
+    ('head1', 'projection head: 1 hidden layer', ['projection_head.num_hidden_layers=1']),
+]
+QUICK_VARIANTS = ('main', 'per_frame')
+
+# Two-sided 95% Student t quantiles, t(0.975, df).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
+         8: 2.306, 9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t975(df: int) -> float:
+  if df in _T975:
+    return _T975[df]
+  below = max(k for k in _T975 if k <= df)
+  return _T975[below] if df < 30 else 1.96 + (2.042 - 1.96) * 30 / df
+
+
+def mean_interval(values: Sequence[float]):
+  """(mean, half-width of the 95% t interval or None, n)."""
+  vals = [v for v in values if v is not None]
+  n = len(vals)
+  if not n:
+    return None, None, 0
+  mean = sum(vals) / n
+  if n < 2:
+    return mean, None, n
+  sd = math.sqrt(sum((v - mean)**2 for v in vals) / (n - 1))
+  return mean, t975(n - 1) * sd / math.sqrt(n), n
+
+
+def machine_line() -> str:
+  model, flags = platform.processor() or '?', set()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name') and model in ('?', '', 'x86_64'):
+          model = line.split(':', 1)[1].strip()
+        if line.startswith('flags'):
+          flags = set(line.split(':', 1)[1].split())
+  except OSError:
+    pass
+  isa = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
+  env = {k: os.environ[k] for k in ('ONEDNN_MAX_CPU_ISA', 'TF_ENABLE_ONEDNN_OPTS')
+         if k in os.environ}
+  missing = [f for f in ('avx512_bf16', 'amx_bf16') if f not in flags]
+  return (f'{model}; {os.cpu_count()} cores; flags: {" ".join(isa) or "none"}'
+          + (f' (no {", no ".join(missing)})' if missing else '')
+          + (f'; env {env}' if env else ''))
+
+
+def tool(name: str) -> List[str]:
+  script = os.path.join(os.path.dirname(sys.executable), name)
+  if os.path.exists(script):
+    return [script]
+  return [sys.executable, os.path.join(REPO, 'tools', f'{name}.py')]
+
+
+class Task:
+  def __init__(self, key: str, cmd: List[str], done_file: str, after: Sequence[str] = ()):
+    self.key, self.cmd, self.done_file, self.after = key, cmd, done_file, list(after)
+
+
+class Bench:
+
+  def __init__(self, args):
+    self.args = args
+    self.out = os.path.abspath(args.out)
+    self.seeds = [0] if args.quick else list(range(args.seeds))
+    names = QUICK_VARIANTS if args.quick else [v[0] for v in VARIANTS]
+    self.variants = [v for v in VARIANTS if v[0] in names]
+    self.timings_path = self.path('timings.json')
+    self.timings = {}
+    if os.path.exists(self.timings_path):
+      with open(self.timings_path, encoding='utf-8') as f:
+        self.timings = json.load(f)
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.out, *parts)
+
+  def say(self, text: str) -> None:
+    print(text, flush=True)
+
+  # ---------------------------------------------------------------- the commands
+  def records(self, split: str) -> str:
+    return self.path('records', f'{split}-*.tfrecord')
+
+  def data(self, protocol: str) -> List[str]:
+    return [f"{protocol}.train_files='{self.records('train')}'",
+            f"{protocol}.test_files='{self.records('test')}'",
+            f"{protocol}.label_map_file='{self.path('records', 'train_label_map.txt')}'"]
+
+  def train(self, gin_files: Sequence[str], model_dir: str, bindings: Sequence[str]):
+    return (tool('cvrl_train') + [f'--gin_file=quality/{g}' for g in gin_files] +
+            [f'--model_dir={model_dir}'] + [f'--gin_bindings={b}' for b in bindings])
+
+  def tasks(self) -> List[Task]:
+    a, tasks = self.args, []
+    videos = self.path('videos')
+    tasks.append(Task('synth', tool('cvrl_synth') + [
+        '--dataset=hard', f'--output_dir={videos}', f'--seed={a.data_seed}'] +
+                      (['--workers=0'] if a.smoke else []) + a.synth_flags,
+                      os.path.join(videos, 'synthetic.json')))
+    for split, shards in (('train', 4), ('test', 2)):
+      tasks.append(Task(f'convert_{split}', tool('cvrl_convert') + [
+          f'--csv={os.path.join(videos, split + ".csv")}',
+          f'--class_list={os.path.join(videos, "classes.txt")}',
+          f'--output_dir={self.path("records")}', f'--prefix={split}',
+          f'--num_shards={shards}', '--short_side=0'] + (['--workers=0'] if a.smoke else []),
+                        self.path('records', f'{split}_manifest.json'), after=['synth']))
+    data = ['convert_train', 'convert_test']
+    steps = a.steps or BASE_STEPS
+    for seed in self.seeds:
+      for name, _, extra in self.variants:
+        run = self.path('runs', f'{name}_s{seed}')
+        bindings = [f"pretrain.train_files='{self.records('train')}'",
+                    f'pretrain.seed={seed}', f'pretrain.train_steps={steps}']
+        bindings += [b.format(steps2=2 * steps) for b in extra] + a.pretrain_bindings
+        tasks.append(Task(f'pretrain_{name}_s{seed}', self.train(['pretrain.gin'], run,
+                                                                 bindings),
+                          os.path.join(run, 'backbone', 'backbone.json'), after=data))
+        for protocol, done in (('linear_eval', 'eval_results.json'),
+                               ('knn_eval', 'knn_results.json')):
+          out = f'{run}_{protocol}'
+          b = self.data(protocol) + [f"{protocol}.encoder_source='model_dir'",
+                                     f"{protocol}.pretrain_dir='{run}'"]
+          b += [f'{protocol}.seed={seed}'] if protocol == 'linear_eval' else []
+          tasks.append(Task(f'{protocol}_{name}_s{seed}',
+                            self.train([f'{protocol}.gin'], out, b + a.eval_bindings),
+                            os.path.join(out, done), after=[f'pretrain_{name}_s{seed}']))
+      for protocol, done in (('linear_eval', 'eval_results.json'),
+                             ('knn_eval', 'knn_results.json')):
+        out = self.path('runs', f'random_s{seed}_{protocol}')
+        b = self.data(protocol) + [f"{protocol}.encoder_source='random'"]
+        b += [f'{protocol}.seed={seed}'] if protocol == 'linear_eval' else []
+        tasks.append(Task(f'{protocol}_random_s{seed}',
+                          self.train(['encoder.gin', f'{protocol}.gin'], out,
+                                     b + a.eval_bindings),
+                          os.path.join(out, done), after=data))
+      out = self.path('runs', f'supervised_s{seed}')
+      tasks.append(Task(f'supervised_s{seed}', self.train(
+          ['encoder.gin', 'supervised.gin'], out,
+          self.data('finetune') + [f'finetune.seed={seed}'] + a.supervised_bindings),
+                        os.path.join(out, 'eval_results.json'), after=data))
+    # Pretraining first (the longest chain), then what waits on it, in list order.
+    order = {'synth': 0, 'convert': 1, 'pretrain': 2}
+    return sorted(tasks, key=lambda t: order.get(t.key.split('_')[0], 3))
+
+  # ---------------------------------------------------------------- running
+  def run(self) -> None:
+    os.makedirs(self.path('logs'), exist_ok=True)
+    tasks = self.tasks()
+    done = {t.key for t in tasks if os.path.exists(t.done_file)}
+    for key in sorted(done):
+      self.say(f'--- {key}: already done')
+    queue = [t for t in tasks if t.key not in done]
+    running = {}  # pid -> (task, start, log file)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
+    try:
+      while queue or running:
+        for task in list(queue):
+          if len(running) >= self.args.jobs:
+            break
+          if any(dep not in done for dep in task.after):
+            continue
+          queue.remove(task)
+          log_path = self.path('logs', f'{task.key}.log')
+          log = open(log_path, 'w', encoding='utf-8')
+          log.write('$ ' + ' '.join(shlex.quote(c) for c in task.cmd) + '\n')
+          log.flush()
+          proc = subprocess.Popen(task.cmd, cwd=REPO, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+          running[proc.pid] = (task, time.perf_counter(), log, proc)
+          self.say(f'[{self.elapsed()}] start {task.key} (log: {log_path})')
+        if not running:
+          if queue:
+            raise RuntimeError('tasks wait on steps that failed: '
+                               + ', '.join(t.key for t in queue))
+          break
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in running:
+          continue
+        task, start, log, proc = running.pop(pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.close()
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+          with open(self.path('logs', f'{task.key}.log'), encoding='utf-8',
+                    errors='replace') as f:
+            tail = ''.join(f.readlines()[-15:])
+          raise RuntimeError(f'{task.key} failed (exit {proc.returncode}):\n{tail}')
+        done.add(task.key)
+        self.timings[task.key] = {'wall': seconds, 'cpu': usage.ru_utime + usage.ru_stime,
+                                  'load1': os.getloadavg()[0]}
+        with open(self.timings_path, 'w', encoding='utf-8') as f:
+          json.dump(self.timings, f, indent=1)
+        self.say(f'[{self.elapsed()}] done  {task.key} in {seconds:.0f} s '
+                 f'(CPU {self.timings[task.key]["cpu"]:.0f} s, load {os.getloadavg()[0]:.1f})')
+    finally:
+      for task, _, log, proc in running.values():
+        proc.kill()
+        proc.wait()
+        log.close()
+
+  def elapsed(self) -> str:
+    s = int(time.perf_counter() - self.t0)
+    return f'{s // 60}:{s % 60:02d}'
+
+  # ---------------------------------------------------------------- report
+  def read(self, path: str, knn: bool = False) -> Optional[float]:
+    if not os.path.exists(path):
+      return None
+    with open(path, encoding='utf-8') as f:
+      r = json.load(f)
+    if knn:
+      return 100 * float(r['results'][str(r['ks'][0])]['top1'])
+    return 100 * float(r['top1'])
+
+  def rows(self) -> List[dict]:
+    rows = []
+    for name, label, _ in self.variants:
+      runs = [self.path('runs', f'{name}_s{s}') for s in self.seeds]
+      rows.append(dict(name=name, label=label,
+                       linear=[self.read(os.path.join(f'{r}_linear_eval',
+                                                      'eval_results.json')) for r in runs],
+                       knn=[self.read(os.path.join(f'{r}_knn_eval', 'knn_results.json'),
+                                      True) for r in runs]))
+    rows.append(dict(name='random', label='random init (same encoder)', linear=[
+        self.read(self.path('runs', f'random_s{s}_linear_eval', 'eval_results.json'))
+        for s in self.seeds], knn=[self.read(self.path(
+            'runs', f'random_s{s}_knn_eval', 'knn_results.json'), True)
+                                   for s in self.seeds]))
+    rows.append(dict(name='supervised', label='supervised from scratch (labels; reference)',
+                     linear=[self.read(self.path('runs', f'supervised_s{s}',
+                                                 'eval_results.json')) for s in self.seeds],
+                     knn=[None] * len(self.seeds)))
+    return rows
+
+  def report(self, wall: float, load: tuple) -> str:
+    rows = self.rows()
+    fmt = lambda m, h: '-' if m is None else (f'{m:.1f}' if h is None
+                                              else f'{m:.1f} +- {h:.1f}')
+    seeds = lambda vals: ', '.join('-' if v is None else f'{v:.1f}' for v in vals)
+    lines = ['| row | linear top-1 (%) mean +- 95% | kNN top-1 (%) mean +- 95% | '
+             'linear per seed | kNN per seed |', '|---|---:|---:|---|---|']
+    for r in rows:
+      r['linear_stats'] = mean_interval(r['linear'])
+      r['knn_stats'] = mean_interval(r['knn'])
+      lines.append(f'| {r["label"]} | {fmt(*r["linear_stats"][:2])} | '
+                   f'{fmt(*r["knn_stats"][:2])} | {seeds(r["linear"])} | '
+                   f'{seeds(r["knn"])} |')
+    lines.append(f'| chance | {100 / NUM_CLASSES:.2f} | {100 / NUM_CLASSES:.2f} | | |')
+    pretrain_wall = sum(v['wall'] for k, v in self.timings.items()
+                        if k.startswith('pretrain_'))
+    cpu = sum(v['cpu'] for v in self.timings.values())
+    text = '\n'.join([
+        '# Quality benchmark (benchmarks/bench_quality.py)', '',
+        f'machine: {machine_line()}',
+        f'seeds: {self.seeds}; base pretraining steps: {self.args.steps or BASE_STEPS}; '
+        f'jobs: {self.args.jobs}' + ('; --quick' if self.args.quick else ''),
+        f'wall time of this invocation: {wall / 60:.1f} min; CPU seconds of all commands '
+        f'(all invocations): {cpu:.0f}; pretraining wall (sum): {pretrain_wall:.0f} s; '
+        f'load average at start / end: {load[0]:.1f} / {os.getloadavg()[0]:.1f}', '',
+        *lines, '',
+        'Interval: mean +- t(0.975, n-1) s / sqrt(n) over the seeds (none with one seed). '
+        'Test split of the hard synthetic dataset (docs/quality.md), 128 videos.', ''])
+    with open(self.path('quality.md'), 'w', encoding='utf-8') as f:
+      f.write(text)
+    with open(self.path('results.json'), 'w', encoding='utf-8') as f:
+      json.dump(dict(rows=rows, seeds=self.seeds, wall=wall, machine=machine_line()), f,
+                indent=1)
+    self.plot(rows)
+    return text
+
+  def plot(self, rows: List[dict]) -> None:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    y = list(range(len(rows)))[::-1]
+    for offset, key, colour in ((0.15, 'linear', 'C0'), (-0.15, 'knn', 'C1')):
+      for yi, r in zip(y, rows):
+        m, h, _ = r[f'{key}_stats']
+        if m is None:
+          continue
+        ax.errorbar(m, yi + offset, xerr=h or 0, fmt='o', color=colour, capsize=3,
+                    label=key if yi == y[0] else None)
+        vals = [v for v in r[key] if v is not None]
+        ax.scatter(vals, [yi + offset] * len(vals), s=8, color=colour, alpha=0.4)
+    ax.axvline(100 / NUM_CLASSES, color='grey', ls='--', lw=1, label='chance')
+    ax.set_yticks(y)
+    ax.set_yticklabels([r['label'] for r in rows], fontsize=8)
+    ax.set_xlabel('top-1 (%), mean and 95% interval over seeds (dots: seeds)')
+    ax.set_xlim(0, 100)
+    ax.legend(loc='lower right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(self.path('quality.png'), dpi=100)
+    plt.close(fig)
+
+
+def parse(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--out', default='quality_out')
+  p.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per row')
+  p.add_argument('--quick', action='store_true',
+                 help='one seed: main recipe, per-frame augmentation, random, supervised')
+  p.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1))
+  p.add_argument('--steps', type=int, default=None,
+                 help=f'base pretraining steps (default {BASE_STEPS}, quality/pretrain.gin)')
+  p.add_argument('--data_seed', type=int, default=0, help='cvrl_synth --seed')
+  p.add_argument('--variants', default=None,
+                 help='comma-separated subset of: ' + ','.join(v[0] for v in VARIANTS))
+  p.add_argument('--report_only', action='store_true')
+  p.add_argument('--smoke', action='store_true', help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  args.synth_flags, args.pretrain_bindings, args.eval_bindings = [], [], []
+  args.supervised_bindings = []
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse(argv)
+  bench = Bench(args)
+  if args.variants:
+    keep = set(args.variants.split(','))
+    bench.variants = [v for v in VARIANTS if v[0] in keep]
+  bench.t0 = time.perf_counter()
+  load = os.getloadavg()
+  os.makedirs(bench.out, exist_ok=True)
+  print(f'machine: {machine_line()}', flush=True)
+  if not args.report_only:
+    bench.run()
+  print(bench.report(time.perf_counter() - bench.t0, load), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,340 @@
+"""The hard embedded dataset (`cvrl_synth --dataset=hard`): a quality benchmark with headroom.
+
+The demo set (synthetic.py) is saturated: every recipe reaches 100%. These videos have
+the properties of real video that the paper's comparisons rely on (docs/quality.md says
+which comparison relies on which):
+
+- the class is how one object, the *actor*, moves relative to its background: 16 classes,
+  translate left / right / up / down x slow / fast, rotate cw / ccw, grow / shrink,
+  oscillate horizontally / vertically, orbit cw / ccw. Pairs differ only in speed or only
+  in direction;
+- appearance does not give the class away: background texture, actor and distractor
+  shapes, textures and colours are drawn from one pool for every class;
+- appearance drifts within a video: lighting gain and colour cast, camera pan and zoom,
+  distractors entering and leaving, an occluding band sweeping across; the actor itself
+  is visible in a window of 45-85% of the video only;
+- camera shake and pixel noise.
+
+Every draw happens whatever the class (same RNG -> same scene; only the motion differs),
+and every video has its own RNG seeded by (seed, split, index). Rendering is vectorised
+NumPy, elementwise only (no BLAS), so the bytes do not depend on the thread count.
+Output as synthetic.py: mp4 files, train.csv / test.csv, classes.txt, synthetic.json.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Dict, Optional, TextIO, Tuple
+
+import numpy as np
+
+from cvrl_tf import files as files_lib
+from cvrl_tf import progress as progress_lib
+from cvrl_tf.convert import pool as pool_lib
+from cvrl_tf.convert import synthetic
+from cvrl_tf.convert import video_io
+
+_DIRECTIONS = {'left': math.pi, 'right': 0.0, 'up': -math.pi / 2, 'down': math.pi / 2}
+CLASSES = tuple(f'translate_{d}_{s}' for d in _DIRECTIONS for s in ('slow', 'fast')) + (
+    'rotate_cw', 'rotate_ccw', 'grow', 'shrink', 'oscillate_horizontal',
+    'oscillate_vertical', 'orbit_cw', 'orbit_ccw')
+SHAPES = ('disc', 'square', 'diamond', 'triangle', 'ring', 'cross')
+SPLITS = synthetic.SPLITS
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Sizes in pixels are for 64 px frames and scale with `size`; rates are per frame."""
+  size: int = 64
+  seconds: float = 3.0
+  fps: float = 25.0
+  slow: float = 0.5  # translation speeds, px/frame, +-`speed_jitter` per video
+  fast: float = 1.2
+  speed_jitter: float = 0.2
+  spread: float = 15.0  # translation direction, +- degrees around the class direction
+  spin: float = 5.0  # rotation, degrees/frame
+  zoom: float = 0.02  # grow / shrink, log-scale per frame
+  osc_amplitude: float = 10.0  # px
+  osc_period: float = 24.0  # frames
+  orbit_radius: float = 10.0  # px
+  orbit_period: float = 30.0  # frames
+  drift: float = 0.15  # the actor's own slow drift in the non-translation classes, px/frame
+  actor_radius: Tuple[float, float] = (5.0, 8.0)  # px
+  visible: Tuple[float, float] = (0.45, 0.85)  # fraction of the video the actor is seen
+  fade: float = 4.0  # frames to enter / leave
+  distractors: int = 2
+  distractor_speed: float = 0.3  # px/frame at most
+  pan: float = 0.35  # camera pan, px/frame at most
+  camera_zoom: float = 0.004  # camera zoom, log-scale per frame, +-
+  gain: Tuple[float, float] = (0.6, 1.3)  # lighting gain at the start and at the end
+  cast: float = 0.15  # colour cast per channel, +-, at the start and at the end
+  occluder_speed: Tuple[float, float] = (0.6, 1.0)  # px/frame
+  shake: float = 0.7  # camera jitter std, px
+  noise: float = 0.03
+
+  @property
+  def num_frames(self) -> int:
+    return max(1, int(round(self.seconds * self.fps)))
+
+
+# ------------------------------------------------------------------------ the scene
+def _colour(rng: np.random.Generator, n: int = 1) -> np.ndarray:
+  return rng.uniform(0.08, 0.92, (n, 3))
+
+
+def _sprite(rng: np.random.Generator, radius: Tuple[float, float]) -> dict:
+  """A shape with a two-colour texture: the same draws for the actor and distractors."""
+  return dict(shape=int(rng.integers(len(SHAPES))), radius=float(rng.uniform(*radius)),
+              texture=int(rng.integers(2)), frequency=float(rng.uniform(1.5, 3.0)),
+              colours=_colour(rng, 2), angle=float(rng.uniform(0, 2 * math.pi)))
+
+
+def _window(rng: np.random.Generator, n: int, lo: float, hi: float) -> Tuple[float, float]:
+  length = rng.uniform(lo, hi) * n
+  start = rng.uniform(0, n - length)
+  return float(start), float(start + length)
+
+
+def scene(rng: np.random.Generator, cfg: Config = Config()) -> dict:
+  """Everything about a video except its class's motion: the same draws for every class."""
+  n, px, s = cfg.num_frames, cfg.size / 64.0, float(cfg.size)
+  side = 2 * cfg.size  # the background canvas, periodic
+  g = np.arange(side) + 0.5
+  yy, xx = np.meshgrid(g, g, indexing='ij')
+  canvas = np.broadcast_to(_colour(rng)[0], (side, side, 3)).copy()
+  for _ in range(3):  # gratings with a whole number of cycles: seamless when wrapped
+    kx, ky = rng.integers(-6, 7, 2)
+    if kx == 0 and ky == 0:
+      kx = 1
+    phase = rng.uniform(0, 2 * math.pi)
+    wave = np.cos(2 * math.pi * (kx * xx + ky * yy) / side + phase)
+    canvas += 0.18 * wave[..., None] * rng.uniform(-1, 1, 3)
+  for _ in range(6):  # blobs, wrapped
+    c, r = rng.uniform(0, side, 2), rng.uniform(4, 12) * px
+    dx = (xx - c[0] + side / 2) % side - side / 2
+    dy = (yy - c[1] + side / 2) % side - side / 2
+    blob = np.exp(-0.5 * (dx**2 + dy**2) / r**2)
+    canvas += blob[..., None] * (_colour(rng)[0] - 0.5) * 0.8
+  angle = rng.uniform(0, 2 * math.pi)
+  camera = dict(pan=cfg.pan * px * math.sqrt(rng.uniform()) *
+                np.array([math.cos(angle), math.sin(angle)]),
+                zoom=cfg.camera_zoom * rng.uniform(-1, 1),
+                shake=rng.normal(0, cfg.shake * px, (n + 2, 2)))
+  actor = _sprite(rng, tuple(r * px for r in cfg.actor_radius))
+  actor['window'] = _window(rng, n, *cfg.visible)
+  actor['centre'] = rng.uniform(0.3, 0.7, 2) * s  # on screen at the window's middle
+  actor['motion'] = rng.uniform(size=6)  # the class's parameters (see actor_track)
+  a = rng.uniform(0, 2 * math.pi)
+  actor['drift'] = cfg.drift * px * math.sqrt(rng.uniform()) * np.array(
+      [math.cos(a), math.sin(a)])
+  distractors = []
+  for _ in range(cfg.distractors):
+    d = _sprite(rng, tuple(0.8 * r * px for r in cfg.actor_radius))
+    d['window'] = _window(rng, n, 0.3, 1.0)
+    d['centre'] = rng.uniform(0.1, 0.9, 2) * s
+    a = rng.uniform(0, 2 * math.pi)
+    d['velocity'] = cfg.distractor_speed * px * rng.uniform() * np.array(
+        [math.cos(a), math.sin(a)])
+    distractors.append(d)
+  vertical = bool(rng.integers(2))
+  speed = rng.uniform(*cfg.occluder_speed) * px * (1 if rng.integers(2) else -1)
+  occluder = dict(vertical=vertical, speed=speed, width=rng.uniform(5, 9) * px,
+                  colour=_colour(rng)[0], start=rng.uniform(0, 0.5) * n)
+  lighting = dict(gain=rng.uniform(*cfg.gain, 2), cast=rng.uniform(-cfg.cast, cfg.cast,
+                                                                     (2, 3)))
+  return dict(canvas=canvas, camera=camera, actor=actor, distractors=distractors,
+              occluder=occluder, lighting=lighting)
+
+
+def _camera_centre(sc: dict, t: np.ndarray, cfg: Config) -> np.ndarray:
+  """World point at the screen's centre at frames t (no shake): [..., 2]."""
+  return cfg.size / 2.0 + sc['camera']['pan'] * np.asarray(t, np.float64)[..., None]
+
+
+def actor_track(label: int, sc: dict, cfg: Config = Config()):
+  """The actor's world centre [T, 2], radius [T], angle [T] and opacity [T] under class
+  CLASSES[label] (the world: background canvas coordinates, screen = world at t = 0)."""
+  n, px, name = cfg.num_frames, cfg.size / 64.0, CLASSES[label]
+  act = sc['actor']
+  t = np.arange(n, dtype=np.float64)
+  t_in, t_out = act['window']
+  tc = 0.5 * (t_in + t_out)
+  dt = t - tc
+  u = act['motion']
+  centre = _camera_centre(sc, tc, cfg) + (act['centre'] - cfg.size / 2.0)
+  radius = np.full(n, act['radius'])
+  angle = np.full(n, act['angle'])
+  factor = 1.0 + cfg.speed_jitter * (2 * u[0] - 1)
+  if name.startswith('translate'):
+    _, direction, pace = name.split('_')
+    a = _DIRECTIONS[direction] + math.radians(cfg.spread) * (2 * u[1] - 1)
+    speed = (cfg.slow if pace == 'slow' else cfg.fast) * px * factor
+    position = centre + speed * np.array([math.cos(a), math.sin(a)]) * dt[:, None]
+  else:
+    position = centre + act['drift'] * dt[:, None]
+    if name.startswith('rotate'):  # y down: a growing angle turns clockwise on screen
+      angle = angle + math.radians(cfg.spin) * factor * (1 if name == 'rotate_cw' else -1) * dt
+    elif name in ('grow', 'shrink'):
+      rate = cfg.zoom * factor * (1 if name == 'grow' else -1)
+      radius = np.clip(radius * np.exp(rate * dt), 2.0 * px, cfg.size / 2.5)
+    elif name.startswith('oscillate'):
+      axis = np.array([1.0, 0.0] if name.endswith('horizontal') else [0.0, 1.0])
+      phase = 2 * math.pi * u[2]
+      swing = cfg.osc_amplitude * px * (0.8 + 0.4 * u[3]) * np.sin(
+          2 * math.pi * dt / (cfg.osc_period * factor) + phase)
+      position = position + swing[:, None] * axis
+    else:  # orbit
+      sign = 1.0 if name == 'orbit_cw' else -1.0
+      theta = 2 * math.pi * u[2] + sign * 2 * math.pi * dt / (cfg.orbit_period * factor)
+      r = cfg.orbit_radius * px * (0.8 + 0.4 * u[3])
+      position = position + r * np.stack([np.cos(theta), np.sin(theta)], -1)
+  opacity = np.clip((t - t_in) / cfg.fade, 0, 1) * np.clip((t_out - t) / cfg.fade, 0, 1)
+  return position, radius, angle, opacity
+
+
+# ------------------------------------------------------------------------ drawing
+def _shape_mask(shape: int, u: np.ndarray, v: np.ndarray, edge: float) -> np.ndarray:
+  """Soft coverage in [0, 1] of SHAPES[shape] in unit object coordinates (u, v)."""
+  name = SHAPES[shape]
+  if name == 'disc':
+    d = np.sqrt(u * u + v * v) - 1.0
+  elif name == 'square':
+    d = np.maximum(np.abs(u), np.abs(v)) - 0.8
+  elif name == 'diamond':
+    d = (np.abs(u) + np.abs(v)) / math.sqrt(2) - 0.8
+  elif name == 'triangle':  # pointing up in object coordinates
+    d = np.maximum(np.maximum(-v - 0.5, 0.866 * u + 0.5 * v - 0.5),
+                   -0.866 * u + 0.5 * v - 0.5) * 1.3
+  elif name == 'ring':
+    d = np.abs(np.sqrt(u * u + v * v) - 0.7) - 0.3
+  else:  # cross
+    d = np.maximum(np.minimum(np.abs(u), np.abs(v)) - 0.35,
+                   np.maximum(np.abs(u), np.abs(v)) - 1.0)
+  return np.clip(0.5 - d / edge, 0.0, 1.0)
+
+
+def _draw_sprite(img: np.ndarray, wx: np.ndarray, wy: np.ndarray, sprite: dict,
+                 centre: np.ndarray, radius: float, angle: float, opacity: float) -> None:
+  """Composites one sprite (in place) onto img [H, W, 3] whose pixels sit at world
+  coordinates (wx, wy)."""
+  if opacity <= 0:
+    return
+  cos, sin = math.cos(angle), math.sin(angle)
+  dx, dy = wx - centre[0], wy - centre[1]
+  u = (cos * dx + sin * dy) / radius
+  v = (-sin * dx + cos * dy) / radius
+  mask = _shape_mask(sprite['shape'], u, v, 1.2 / radius) * opacity
+  f = sprite['frequency'] * math.pi
+  if sprite['texture'] == 0:  # stripes
+    pattern = np.cos(f * u)
+  else:  # checks
+    pattern = np.cos(f * u) * np.cos(f * v)
+  mix = np.clip(0.5 + 2.0 * pattern, 0.0, 1.0)[..., None]
+  c0, c1 = sprite['colours']
+  colour = mix * c0 + (1 - mix) * c1
+  img *= 1 - mask[..., None]
+  img += mask[..., None] * colour
+
+
+def _bilinear(canvas: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
+  """canvas [S, S, 3] sampled at (wx, wy), wrapping around."""
+  side = canvas.shape[0]
+  x0, y0 = np.floor(wx - 0.5), np.floor(wy - 0.5)
+  fx, fy = (wx - 0.5 - x0)[..., None], (wy - 0.5 - y0)[..., None]
+  x0, y0 = x0.astype(np.int64) % side, y0.astype(np.int64) % side
+  x1, y1 = (x0 + 1) % side, (y0 + 1) % side
+  top = canvas[y0, x0] * (1 - fx) + canvas[y0, x1] * fx
+  bottom = canvas[y1, x0] * (1 - fx) + canvas[y1, x1] * fx
+  return top * (1 - fy) + bottom * fy
+
+
+def render(label: int, rng: np.random.Generator, cfg: Config = Config(),
+           sc: Optional[dict] = None) -> np.ndarray:
+  """One video of class CLASSES[label] as uint8 [T, size, size, 3]."""
+  n, size = cfg.num_frames, cfg.size
+  sc = scene(rng, cfg) if sc is None else sc
+  noise = rng.standard_normal((n, size, size, 1)).astype(np.float32) * cfg.noise
+  position, radius, angle, opacity = actor_track(label, sc, cfg)
+  cam = sc['camera']
+  shake = cam['shake']
+  shake = (shake[:-2] + shake[1:-1] + shake[2:]) / math.sqrt(3)
+  grid = np.arange(size) + 0.5 - size / 2.0
+  sy, sx = np.meshgrid(grid, grid, indexing='ij')
+  light = sc['lighting']
+  out = np.empty((n, size, size, 3), np.uint8)
+  for t in range(n):
+    zoom = math.exp(cam['zoom'] * t)
+    centre = _camera_centre(sc, t, cfg) + shake[t]
+    wx, wy = centre[0] + sx / zoom, centre[1] + sy / zoom
+    # The canvas is drawn with the frame at its middle at t = 0.
+    img = _bilinear(sc['canvas'], wx + size / 2.0, wy + size / 2.0)
+    for d in sc['distractors']:
+      t_in, t_out = d['window']
+      alpha = min(max((t - t_in) / cfg.fade, 0), 1) * min(max((t_out - t) / cfg.fade, 0), 1)
+      middle = 0.5 * (t_in + t_out)
+      where = d['centre'] + d['velocity'] * (t - middle) + (_camera_centre(
+          sc, middle, cfg) - size / 2.0)
+      _draw_sprite(img, wx, wy, d, where, d['radius'], d['angle'], alpha)
+    _draw_sprite(img, wx, wy, sc['actor'], position[t], radius[t], angle[t], opacity[t])
+    occ = sc['occluder']  # in screen coordinates, in front of everything
+    edge = (t - occ['start']) * abs(occ['speed']) - occ['width']
+    coord = sx if occ['vertical'] else sy
+    coord = coord + size / 2.0 if occ['speed'] > 0 else size / 2.0 - coord
+    band = np.clip(0.5 + np.minimum(coord - edge, edge + occ['width'] - coord), 0, 1)
+    img = img * (1 - band[..., None]) + band[..., None] * occ['colour']
+    frac = t / max(n - 1, 1)
+    gain = light['gain'][0] + (light['gain'][1] - light['gain'][0]) * frac
+    cast = 1.0 + light['cast'][0] + (light['cast'][1] - light['cast'][0]) * frac
+    img = img * (gain * cast) + noise[t]
+    out[t] = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+  return out
+
+
+# ------------------------------------------------------------------------ files
+def write_video(path: str, split: str, index: int, label: int, seed: int,
+                cfg_dict: Dict) -> dict:
+  """Renders and writes one video (a picklable unit of work for the process pool)."""
+  cfg = Config(**cfg_dict)
+  frames = render(label, synthetic.video_rng(seed, split, index), cfg)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with video_io.VideoWriter(path + '.tmp.mp4', cfg.fps, cfg.size, cfg.size,
+                            codec='mpeg4') as writer:
+    for frame in frames:
+      writer.write(frame)
+  os.replace(path + '.tmp.mp4', path)
+  return {'ok': True}
+
+
+def generate(output_dir: str, num_train: int = 16, num_test: int = 8, seed: int = 0,
+             cfg: Config = Config(), workers: int = 0,
+             log: Optional[TextIO] = sys.stderr) -> Dict[str, str]:
+  """Writes the dataset (as synthetic.generate); counts are videos per class."""
+  if cfg.size % 2 or cfg.size < 16:
+    raise ValueError(f'size must be even and >= 16, got {cfg.size}')
+  jobs, rows = [], {}
+  for split, per_class in (('train', num_train), ('test', num_test)):
+    rows[split] = []
+    for index in range(per_class * len(CLASSES)):
+      label = index % len(CLASSES)
+      rel = f'{split}/{CLASSES[label]}/{split}_{index:05d}.mp4'
+      rows[split].append(f'{rel},{CLASSES[label]}\n')
+      jobs.append(dict(path=os.path.join(output_dir, rel), split=split, index=index,
+                       label=label, seed=seed, cfg_dict=dataclasses.asdict(cfg)))
+  progress = progress_lib.Progress(len(jobs), stream=log)
+  with pool_lib.OrderedPool(workers, lambda kw: {'ok': False}) as pool:
+    for result, job in zip(pool.map(write_video, jobs), jobs):
+      if not result['ok']:
+        raise RuntimeError(f'writing {job["path"]} crashed its process')
+      progress.advance()
+  paths = {'classes': os.path.join(output_dir, 'classes.txt')}
+  files_lib.atomic_write(paths['classes'], ''.join(f'{c}\n' for c in CLASSES))
+  for split, lines in rows.items():
+    paths[split] = os.path.join(output_dir, f'{split}.csv')
+    files_lib.atomic_write(paths[split], 'path,label\n' + ''.join(lines))
+  meta = dict(dataset='hard', seed=seed, num_train_per_class=num_train,
+              num_test_per_class=num_test, classes=list(CLASSES), **dataclasses.asdict(cfg))
+  files_lib.atomic_write(os.path.join(output_dir, 'synthetic.json'),
+                         json.dumps(meta, indent=1) + '\n')
+  return paths

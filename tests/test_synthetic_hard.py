@@ -1,0 +1,121 @@
+"""synthetic_hard (the quality benchmark's data, docs/quality.md): appearance shared across
+classes, classes that differ only in speed or direction, drift within a video, and the
+demo set left as it was."""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cvrl_tf.convert import synthetic
+from cvrl_tf.convert import synthetic_hard as hard
+
+SMALL = hard.Config(size=32, seconds=1.0, fps=25)  # 25 frames
+C = {name: i for i, name in enumerate(hard.CLASSES)}
+
+
+def test_sixteen_classes_mirror_and_speed_pairs():
+  assert len(hard.CLASSES) == len(set(hard.CLASSES)) == 16
+
+
+def test_same_scene_for_every_class_outside_the_actors_window():
+  """Every draw happens whatever the class: with one RNG seed, frames where the actor is
+  not visible are byte-identical across classes; while it is visible they differ."""
+  rng = lambda: synthetic.video_rng(3, 'train', 7)
+  sc = hard.scene(rng(), SMALL)
+  _, _, _, opacity = hard.actor_track(0, sc, SMALL)
+  hidden, shown = opacity == 0, opacity >= 1
+  assert hidden.any() and shown.any()
+  videos = [hard.render(label, rng(), SMALL) for label in range(16)]
+  for v in videos[1:]:
+    np.testing.assert_array_equal(v[hidden], videos[0][hidden])
+  for label in range(1, 16):
+    assert np.abs(videos[label][shown].astype(int) - videos[0][shown]).max() > 20
+
+
+def test_speed_and_direction_pairs_differ_only_there():
+  sc = hard.scene(synthetic.video_rng(0, 'test', 1), hard.Config())
+  track = lambda name: hard.actor_track(C[name], sc, hard.Config())
+  slow, fast = track('translate_left_slow')[0], track('translate_left_fast')[0]
+  right = track('translate_right_slow')[0]
+  d_slow, d_fast, d_right = (np.diff(p, axis=0) for p in (slow, fast, right))
+  # Same direction, speed ratio fast / slow; mirror: the opposite velocity.
+  np.testing.assert_allclose(d_fast, d_slow * (1.2 / 0.5), rtol=1e-9, atol=1e-9)
+  np.testing.assert_allclose(d_right, -d_slow, atol=1e-9)
+  assert 0.4 <= np.linalg.norm(d_slow[0]) <= 0.6 and np.linalg.norm(d_slow[0]) > 0
+  assert d_slow[0][0] < 0  # left: x decreases
+  cw, ccw = track('rotate_cw'), track('rotate_ccw')
+  np.testing.assert_allclose(np.diff(cw[2]), -np.diff(ccw[2]), atol=1e-12)
+  np.testing.assert_allclose(cw[0], ccw[0])  # same place, only the spin differs
+  grow, shrink = track('grow')[1], track('shrink')[1]
+  assert grow[-1] > grow[0] and shrink[-1] < shrink[0]
+
+
+def _anova_f(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """One-way ANOVA F statistic per feature column (between- over within-class variance)."""
+  classes = np.unique(labels)
+  grand = features.mean(0)
+  between = sum((labels == c).sum() * (features[labels == c].mean(0) - grand)**2
+                for c in classes) / (len(classes) - 1)
+  within = sum(((features[labels == c] - features[labels == c].mean(0))**2).sum(0)
+               for c in classes) / (len(features) - len(classes))
+  return between / within
+
+
+def test_appearance_statistics_do_not_tell_the_class():
+  """Per-video colour statistics of the frames (mean and spread per channel) are drawn
+  from one pool: their between-class variance is no larger than chance allows (F below
+  the 99.9% quantile of F(15, 80), about 2.9)."""
+  cfg = hard.Config(size=32, seconds=0.4, fps=25)
+  feats, labels = [], []
+  for index in range(16 * 6):
+    v = hard.render(index % 16, synthetic.video_rng(0, 'train', index), cfg) / 255.0
+    feats.append(np.concatenate([v.mean((0, 1, 2)), v.std((0, 1, 2))]))
+    labels.append(index % 16)
+  f = _anova_f(np.array(feats), np.array(labels))
+  assert f.max() < 2.9, f
+  # The check can fail: a class-dependent colour shows up at once.
+  tinted = np.array(feats) + 0.2 * np.array(labels)[:, None] / 15  # up to +0.2
+  assert _anova_f(tinted, np.array(labels)).max() > 2.9
+
+
+def test_distant_frames_share_less_than_close_ones():
+  cfg = hard.Config(size=32, noise=0.0, shake=0.0)
+  near, far = [], []
+  for index in range(6):
+    v = hard.render(index, synthetic.video_rng(0, 'train', index), cfg).astype(float)
+    near.append(np.abs(v[20:30] - v[22:32]).mean())
+    far.append(np.abs(v[0:10] - v[60:70]).mean())
+  assert np.mean(far) > 2 * np.mean(near)
+
+
+def test_demo_set_unchanged():
+  """The demo renderer's bytes, recorded before the hard set was added."""
+  cfg = synthetic.Config(size=32, seconds=0.6, fps=20)
+  h = hashlib.sha256()
+  for i in (0, 5, 11):
+    h.update(synthetic.render(i % 8, synthetic.video_rng(0, 'train', i), cfg).tobytes())
+  assert h.hexdigest() == 'f005051e90370d396002adf439281eb28407aa53496d0050a5fffa03422b7ddd'
+
+
+@pytest.mark.parametrize('dataset', [None, 'hard'])
+def test_cvrl_synth_writes_the_chosen_dataset(tmp_path, dataset):
+  out = tmp_path / 'videos'
+  cmd = [sys.executable, '-m', 'cvrl_tf.cli.synth', f'--output_dir={out}', '--num_train=1',
+         '--num_test=0', '--size=16', '--workers=0'] + (
+             [f'--dataset={dataset}'] if dataset else [])
+  subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+  meta = json.loads((out / 'synthetic.json').read_text())
+  module = hard if dataset else synthetic
+  assert meta['classes'] == list(module.CLASSES)
+  assert meta['seconds'] == module.Config().seconds  # demo 2 s, hard 3 s
+  assert meta.get('dataset') == dataset
+  rows = (out / 'train.csv').read_text().splitlines()
+  assert len(rows) == 1 + len(module.CLASSES)
+  assert os.path.getsize(out / rows[1].split(',')[0]) > 0
+  assert not math.isnan(meta['fps'])
