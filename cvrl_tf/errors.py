@@ -37,6 +37,25 @@ class TooManyBadExamples(DataProblem):
   fraction and the file that lists them (input/bad_examples.py)."""
 
 
+class Interrupted(RuntimeError):
+  """The platform, not the data or the command, stopped a training run, which resumes
+  when the job is restarted (every worker): exit status RESTART_EXIT, what TensorFlow's
+  own preemption handling uses on GCE. The message says the step and the checkpoint."""
+
+
+RESTART_EXIT = 143
+
+
+class Preempted(Interrupted):
+  """SIGTERM (a preemption notice, a scheduler's eviction) reached a worker: every
+  worker saved at the same step and stopped (runtime/train_loop.py)."""
+
+
+class PeerLost(Interrupted):
+  """Another worker of a MultiWorkerMirroredStrategy job stopped answering (killed, its
+  machine lost) or did not reach a collective within its time limit."""
+
+
 class InputEnded(DataProblem):
   """The training input ended before the last step (it must be endless): a finite
   dataset, or a worker whose videos all fail (runtime/train_loop.py)."""

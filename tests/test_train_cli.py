@@ -121,6 +121,48 @@ def test_sigkill_then_rerun_resumes_from_latest_checkpoint(tmp_path, shards):
   assert steps[0] == killed_at + 1 and steps[-1] == total
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / 'checkpoints')))
   assert reader.get_tensor('optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE') == total
+  # The steps the killed run logged past its checkpoint were dropped: each step once.
+  assert _logged_steps(model_dir / 'summaries') == list(range(1, total + 1))
+
+
+def _logged_steps(summaries, tag='loss'):
+  """Every step `tag` was written at in the run's event files, duplicates included."""
+  steps = []
+  for path in tf.io.gfile.glob(os.path.join(str(summaries), 'events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      event = tf.compat.v1.Event.FromString(record)
+      steps += [event.step for v in event.summary.value if v.tag == tag]
+  return sorted(steps)
+
+
+def test_sigterm_saves_the_step_exits_143_and_the_rerun_finishes(tmp_path, shards):
+  """A preemption notice to a single-process run: it saves the step it is at (no
+  periodic checkpoint would have: every 1000 steps), says so in one line and exits 143
+  (restart me); the same command then resumes there, every step logged once."""
+  model_dir = tmp_path / 'run'
+  proc = subprocess.Popen(_cmd(model_dir, shards, 'pretrain.train_steps=1000',
+                               'pretrain.checkpoint_every=1000'),
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    for line in iter(proc.stderr.readline, ''):  # Killed by the timeout below if stuck.
+      if line.startswith('step 3/'):
+        proc.send_signal(signal.SIGTERM)
+        break
+    err = proc.communicate(timeout=120)[1]
+  finally:
+    proc.kill()
+  assert proc.returncode == 143, err[-3000:]
+  (stopped,) = [l for l in err.splitlines() if l.startswith('cvrl_train: stopped: ')]
+  assert 'SIGTERM reached this worker at step' in stopped and 'Traceback' not in err
+  latest = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
+  step = int(latest.rsplit('-', 1)[1])
+  assert 3 <= step < 1000 and f'at step {step} of 1000' in stopped
+  result = _run(_cmd(model_dir, shards, f'pretrain.train_steps={step + 2}',
+                     'pretrain.checkpoint_every=1000'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resuming from {latest}' in result.stderr
+  assert _logged_steps(model_dir / 'summaries') == list(range(1, step + 3))
 
 
 def _train_in_process(args, capfd):

@@ -4,7 +4,10 @@
   'mirrored'      all local GPUs; or, with `num_cpu_devices=N`, N logical CPU devices
                   (to test multi-replica code on a laptop or CI machine).
   'multi_worker'  MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG
-                  environment variable (every worker runs the same program).
+                  environment variable (every worker runs the same program). A
+                  collective that waits more than `collective_timeout_s` (600 s by
+                  default) for another worker fails instead of hanging: a worker that
+                  was killed or lost cannot leave the others waiting for ever.
   'tpu'           TPUStrategy on the TPU at `tpu_address` ('' or 'local' for a TPU VM).
 
 Logical CPU devices and TPU initialisation must happen before TensorFlow initialises its
@@ -31,15 +34,20 @@ import tensorflow as tf
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 
 
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
+
+
 @dataclasses.dataclass(frozen=True)
 class StrategySpec:
   """Where a protocol runs: a strategy name and its settings (module docstring)."""
   name: str = 'default'
   num_cpu_devices: Optional[int] = None
   tpu_address: Optional[str] = None
+  collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
 
   def build(self) -> tf.distribute.Strategy:
-    return get_strategy(self.name, self.num_cpu_devices, self.tpu_address)
+    return get_strategy(self.name, self.num_cpu_devices, self.tpu_address,
+                        self.collective_timeout_s)
 
 
 class StrategyError(RuntimeError):
@@ -78,7 +86,7 @@ def _mirrored(num_cpu_devices: Optional[int]) -> tf.distribute.Strategy:
   return tf.distribute.MirroredStrategy()  # All visible GPUs, else the CPU.
 
 
-def _multi_worker() -> tf.distribute.Strategy:
+def _multi_worker(timeout_s: float) -> tf.distribute.Strategy:
   raw = os.environ.get('TF_CONFIG')
   if not raw:
     raise StrategyError(
@@ -95,7 +103,8 @@ def _multi_worker() -> tf.distribute.Strategy:
                         f'got {raw!r}')
   resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
   options = tf.distribute.experimental.CommunicationOptions(
-      implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+      implementation=tf.distribute.experimental.CommunicationImplementation.AUTO,
+      timeout_seconds=timeout_s)
   return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
                                                    communication_options=options)
 
@@ -117,8 +126,8 @@ _BUILT: Dict[Tuple, tf.distribute.Strategy] = {}
 _LOCK = threading.Lock()
 
 
-def _settings(name: str, num_cpu_devices: Optional[int],
-              tpu_address: Optional[str]) -> Tuple:
+def _settings(name: str, num_cpu_devices: Optional[int], tpu_address: Optional[str],
+              timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> Tuple:
   """What identifies a strategy: the arguments that matter for `name`, normalised."""
   if name == 'mirrored':
     return (name, num_cpu_devices or None)  # 0 / None: all GPUs, else the CPU.
@@ -128,7 +137,7 @@ def _settings(name: str, num_cpu_devices: Optional[int],
       raw = json.dumps(json.loads(raw), sort_keys=True) if raw else raw
     except ValueError:
       pass  # _multi_worker reports it.
-    return (name, raw)
+    return (name, (raw, float(timeout_s)))
   return (name, '' if tpu_address in (None, 'local') else tpu_address)
 
 
@@ -138,7 +147,7 @@ def _describe(settings: Tuple) -> str:
     return (f"'mirrored' with num_cpu_devices={detail}" if detail else
             "'mirrored' on all GPUs (num_cpu_devices=None)")
   if name == 'multi_worker':
-    return f"'multi_worker' with TF_CONFIG={detail}"
+    return f"'multi_worker' with TF_CONFIG={detail[0]} (collective timeout {detail[1]:g} s)"
   return f"'tpu' at {detail!r}" if detail else "'tpu' on the local TPU VM"
 
 
@@ -147,13 +156,15 @@ def _build(settings: Tuple) -> tf.distribute.Strategy:
   if name == 'mirrored':
     return _mirrored(detail)
   if name == 'multi_worker':
-    return _multi_worker()
+    return _multi_worker(detail[1])
   return _tpu(detail)
 
 
 def get_strategy(name: str = 'default',
                  num_cpu_devices: Optional[int] = None,
-                 tpu_address: Optional[str] = None) -> tf.distribute.Strategy:
+                 tpu_address: Optional[str] = None,
+                 collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+                 ) -> tf.distribute.Strategy:
   """The strategy called `name` (see the module docstring): built on the first call,
   the same object on every later call with the same settings.
 
@@ -165,7 +176,7 @@ def get_strategy(name: str = 'default',
     return tf.distribute.get_strategy()
   if name not in STRATEGIES:
     raise ValueError(f'unknown strategy {name!r}; choose one of {STRATEGIES}')
-  settings = _settings(name, num_cpu_devices, tpu_address)
+  settings = _settings(name, num_cpu_devices, tpu_address, collective_timeout_s)
   with _LOCK:
     if settings in _BUILT:
       return _BUILT[settings]

@@ -21,7 +21,17 @@ Shared by every protocol (pretraining, linear eval, fine-tuning). The contract:
   last step raises errors.InputEnded.
 - Under MultiWorkerMirroredStrategy every worker saves (saving is collective), but only
   the chief writes into `model_dir`; the others write to model_dir/.scratch/<task> (kept:
-  a worker's bad_examples.json is there).
+  a worker's bad_examples.json is there). Every worker restores the chief's latest
+  checkpoint: after a restart all start at one step, whatever each had saved.
+- Preemption: SIGTERM (a preemption notice, an eviction) sets a flag; at the end of that
+  step every worker learns of it (a one-number all-reduce per step under
+  MultiWorkerMirroredStrategy), all save a checkpoint of that same step and
+  errors.Preempted is raised (exit status 143: restart me). At most the step in flight is
+  lost. A worker that stops answering (killed, its machine gone) makes the others fail
+  with errors.PeerLost (also 143) instead of waiting: the collective time limit is the
+  strategy's (runtime/distribute.py).
+- Summaries past the restored step (written before a kill, after the last checkpoint)
+  are removed from the event files on resume, so no step is drawn twice.
 """
 
 import dataclasses
@@ -30,8 +40,10 @@ import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
-from typing import Callable, Dict, Optional, Protocol, Sequence
+from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -55,16 +67,41 @@ def is_multi_worker(strategy) -> bool:
       strategy.extended._num_workers > 1)  # pylint: disable=protected-access
 
 
-def any_worker(strategy) -> Optional[Callable[[bool], bool]]:
-  """Under MultiWorkerMirroredStrategy, a function telling whether a flag is set on any
-  worker (a collective: every worker must call it at the same step); else None."""
+def any_worker(strategy) -> Optional[Callable[[Sequence[bool]], List[bool]]]:
+  """Under MultiWorkerMirroredStrategy, a function telling, flag by flag, whether it is
+  set on any worker (a collective: every worker must call it at the same step, with as
+  many flags); else None."""
   if not is_multi_worker(strategy):
     return None
 
-  def agree(flag: bool) -> bool:
-    votes = strategy.run(lambda: tf.constant(int(flag), tf.int32))
-    return int(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
+  def agree(flags: Sequence[bool]) -> List[bool]:
+    votes = strategy.run(lambda: tf.constant([int(f) for f in flags], tf.int32))
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)
+    return [bool(v) for v in total.numpy()]
   return agree
+
+
+class StopSignal:
+  """SIGTERM as a flag for the train loop (while entered, in the main thread; the
+  previous handler is put back on exit). `received`: when it came, or None."""
+
+  def __init__(self):
+    self.received: Optional[float] = None
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = time.time()
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -136,11 +173,15 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
 
   def __init__(self, manager, summary_writer, total_steps, cadence: Cadence, chief,
                progress_stream, bad_examples=None, monitors: Sequence[Monitor] = (),
-               any_worker: Optional[Callable[[bool], bool]] = None):
+               any_worker: Optional[Callable[[Sequence[bool]], List[bool]]] = None,
+               stop_signal: Optional[StopSignal] = None):
     super().__init__()
     self._bad = bad_examples
     self._any_worker = any_worker
+    self._signal = stop_signal
     self.peer_stop_step: Optional[int] = None  # Another worker's input went bad here.
+    self.preempted_step: Optional[int] = None  # SIGTERM here (any worker's): saved.
+    self.preempted_here = False  # Whether this worker got the SIGTERM.
     self._monitors = list(monitors)
     self._manager = manager
     self._writer = summary_writer
@@ -184,32 +225,36 @@ class _ChunkCallback(tf_keras.callbacks.Callback):
       self.model.stop_training = True
       return
     self.last_logs = logs
-    if self._bad_input_stops(step):
+    bad_input, preempted = self._stops(step)
+    if bad_input:
       self.model.stop_training = True  # Nothing more is saved: see fit_resumable.
       return
     measured = self._measure(step) if self._monitors else {}
     if measured or step % self._log_every == 0 or step >= self._total:
       self._log(step, {**logs, **measured})
       self.model.reset_metrics()  # the next line averages over the next interval only
-    if step % self._checkpoint_every == 0 or step >= self._total:
+    if step % self._checkpoint_every == 0 or step >= self._total or preempted:
       self._manager.save(checkpoint_number=step)
+    if preempted and step < self._total:
+      self.preempted_step = step
+      self.model.stop_training = True
     if step >= self._total:
       self.model.stop_training = True
 
-  def _bad_input_stops(self, step: int) -> bool:
-    """Whether the bad-examples limit stops training now: this worker's, or, under
-    MultiWorkerMirroredStrategy, any worker's, agreed at log steps so that all stop
-    together (a worker stopping alone leaves the others waiting in a collective)."""
-    mine = self._bad is not None and self._bad.error is not None
+  def _stops(self, step: int):
+    """(bad input stops training, a SIGTERM stops it) at this step: this worker's, or,
+    under MultiWorkerMirroredStrategy, any worker's, agreed by one vote per step so that
+    all stop at the same step (a worker stopping alone leaves the others waiting in a
+    collective). The bad-examples limit counts at log steps only, as it always did."""
+    log_step = step % self._log_every == 0 or step >= self._total
+    bad = self._bad is not None and self._bad.error is not None
+    self.preempted_here = self._signal is not None and self._signal.received is not None
     if self._any_worker is None:
-      return mine
-    if step % self._log_every and step < self._total:
-      return False
-    if not self._any_worker(mine):
-      return False
-    if not mine:
+      return bad, self.preempted_here
+    any_bad, any_preempted = self._any_worker([bad and log_step, self.preempted_here])
+    if any_bad and log_step and not bad:
       self.peer_stop_step = step
-    return True
+    return any_bad and log_step, any_preempted
 
   def _log(self, step, logs):
     now = time.perf_counter()
@@ -285,6 +330,53 @@ def _restore(items: dict, prefix: str, progress_stream) -> None:
                    f'scaling: the loss scale starts at its initial value')
 
 
+# Errors a collective raises when a peer is gone or late past the time limit.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+def _fit(model, dataset, steps: int, callback: '_ChunkCallback', strategy, bad_examples,
+         chief_checkpoints: str) -> None:
+  """One fit call over an endless dataset (the callback stops at the last step); a lost
+  worker becomes errors.PeerLost under MultiWorkerMirroredStrategy."""
+  quiet = _QuietEndOfInput(bad_examples)
+  tf.get_logger().addFilter(quiet)
+  try:
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[callback])
+  except _PEER_ERRORS as e:
+    if not is_multi_worker(strategy):
+      raise
+    raise errors.PeerLost(
+        f'another worker stopped answering after step {callback.done_step} '
+        f'({type(e).__name__}: {errors.one_line(str(e))[:200]}); restart every worker with '
+        f'the same command: all resume from '
+        f'{tf.train.latest_checkpoint(chief_checkpoints) or "the start"}') from None
+  finally:
+    tf.get_logger().removeFilter(quiet)
+
+
+def drop_summaries_after(summary_dir: str, step: int) -> int:
+  """Removes every event past `step` from the event files in summary_dir (a run killed
+  after its last checkpoint wrote them; resumed, it writes those steps again and
+  TensorBoard would draw each twice). A file cut short by the kill keeps what reads.
+  Each file is replaced atomically. Returns the number of events dropped."""
+  dropped = 0
+  for path in sorted(tf.io.gfile.glob(os.path.join(summary_dir, 'events.out.tfevents.*'))):
+    records = tf.data.TFRecordDataset(path).ignore_errors()
+    events = [tf.compat.v1.Event.FromString(r) for r in records.as_numpy_iterator()]
+    keep = [e for e in events if e.step <= step]
+    size = tf.io.gfile.stat(path).length
+    written = sum(16 + len(e.SerializeToString()) for e in events)
+    if len(keep) == len(events) and written == size:
+      continue
+    dropped += len(events) - len(keep)
+    with tf.io.TFRecordWriter(path + '.tmp') as out:
+      for event in keep:
+        out.write(event.SerializeToString())
+    tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  return dropped
+
+
 def fit_resumable(model: tf_keras.Model,
                   make_dataset: Callable[[int], object],
                   model_dir: str,
@@ -301,45 +393,51 @@ def fit_resumable(model: tf_keras.Model,
   once, after restoring, with the step training resumes at. Returns the last logged
   metrics. Raises NonFiniteLossError on a NaN/Inf loss, errors.TooManyBadExamples
   when the input's `bad_examples` tracker (input/bad_examples.BadExamples) stopped it (or,
-  under MultiWorkerMirroredStrategy, another worker's), and errors.InputEnded when the
-  input ended before the last step.
+  under MultiWorkerMirroredStrategy, another worker's), errors.InputEnded when the
+  input ended before the last step, errors.Preempted after a SIGTERM (saved at that
+  step) and errors.PeerLost when another worker stopped answering.
   `monitors` (see Monitor) add their numbers to the logs of the steps they run at.
   """
   progress_stream = progress_lib.resolve_stream(progress_stream)
   out_dir = worker_dir(model_dir, strategy)
   chief = is_chief(strategy)
   items = dict(model=model, optimizer=model.optimizer, **(extra_checkpoint_items or {}))
-  checkpoint = tf.train.Checkpoint(**items)
   manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(out_dir, CHECKPOINT_SUBDIR),
+      tf.train.Checkpoint(**items), os.path.join(out_dir, CHECKPOINT_SUBDIR),
       max_to_keep=cadence.keep_checkpoints)
-  if manager.latest_checkpoint:
-    _restore(items, manager.latest_checkpoint, progress_stream)
+  # Every worker resumes from the chief's checkpoint: one step for all after a restart.
+  chief_checkpoints = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+  resumed = tf.train.latest_checkpoint(chief_checkpoints)
+  if resumed:
+    _restore(items, resumed, progress_stream)
     if chief:
-      progress_lib.say(progress_stream, f'Resuming from {manager.latest_checkpoint}')
+      progress_lib.say(progress_stream, f'Resuming from {resumed}')
   start_step = int(model.optimizer.iterations.numpy())
   if start_step >= total_steps:
     return {}
-  writer = tf.summary.create_file_writer(os.path.join(out_dir, SUMMARY_SUBDIR)) if chief else None
-  callback = _ChunkCallback(manager, writer, total_steps, cadence, chief, progress_stream,
-                            bad_examples, monitors, any_worker(strategy))
+  summaries = os.path.join(out_dir, SUMMARY_SUBDIR)
+  if chief and resumed:
+    drop_summaries_after(summaries, start_step)
+  writer = tf.summary.create_file_writer(summaries) if chief else None
   try:
     dataset = make_dataset(start_step)  # A feature cache reads its input here.
   except (StopIteration, tf.errors.OutOfRangeError):
     if bad_examples is not None:
       bad_examples.raise_if_stopped()
     raise
-  remaining = total_steps - start_step
-  # One fit call over an endless dataset; the callback stops at `total_steps`.
-  quiet = _QuietEndOfInput(bad_examples)
-  tf.get_logger().addFilter(quiet)
-  try:
-    model.fit(dataset, epochs=1, steps_per_epoch=remaining, verbose=0,
-              callbacks=[callback])
-  finally:
-    tf.get_logger().removeFilter(quiet)
+  with StopSignal() as stop_signal:
+    callback = _ChunkCallback(manager, writer, total_steps, cadence, chief, progress_stream,
+                              bad_examples, monitors, any_worker(strategy), stop_signal)
+    _fit(model, dataset, total_steps - start_step, callback, strategy, bad_examples,
+         chief_checkpoints)
   if writer is not None:
     writer.close()
+  if callback.preempted_step is not None:
+    who = 'this worker' if callback.preempted_here else 'another worker'
+    raise errors.Preempted(
+        f'SIGTERM reached {who} at step {callback.preempted_step} of {total_steps}; every '
+        f'worker saved that step ({tf.train.latest_checkpoint(chief_checkpoints)}) and '
+        f'stopped. Re-run the same command (on every worker) to resume from it.')
   if bad_examples is not None:
     bad_examples.raise_if_stopped()
   if callback.peer_stop_step is not None:
