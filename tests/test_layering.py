@@ -98,3 +98,36 @@ def test_a_gin_import_below_the_command_line_is_found(tmp_path):
   (tmp_path / 'models' / 'r3d.py').write_text('import os\nimport gin\n')
   (tmp_path / 'cli' / 'settings.py').write_text('import gin\n')
   assert gin_users(str(tmp_path)) == [f'{os.path.join("models", "r3d.py")}:2']
+
+
+MAX_PARAMETERS = 12  # Wider than this, a function wants a settings object instead.
+
+
+def wide_functions(package_dir: str = PACKAGE):
+  """Functions of the package with more than MAX_PARAMETERS named parameters (self and
+  cls not counted; *args / **kwargs not either)."""
+  found = []
+  for folder, _, names in os.walk(package_dir):
+    for name in sorted(n for n in names if n.endswith('.py')):
+      path = os.path.join(folder, name)
+      with open(path, encoding='utf-8') as f:
+        tree = ast.parse(f.read())
+      for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+          args = node.args
+          named = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+          count = len([a for a in named if a not in ('self', 'cls')])
+          if count > MAX_PARAMETERS:
+            found.append(f'{os.path.relpath(path, package_dir)}:{node.lineno} '
+                         f'{node.name} ({count})')
+  return found
+
+
+def test_no_function_takes_more_than_twelve_parameters():
+  assert not wide_functions(), wide_functions()
+
+
+def test_a_wide_function_is_found(tmp_path):
+  params = ', '.join(f'p{i}' for i in range(13))
+  (tmp_path / 'wide.py').write_text(f'def build(self, {params}, *a, **k):\n  pass\n')
+  assert wide_functions(str(tmp_path)) == ['wide.py:1 build (13)']
