@@ -140,6 +140,26 @@ def test_sigkill_of_either_worker_stops_the_other_in_one_line(tmp_path, data, vi
   _restart_and_finish(run, data, step + 6, latest)
 
 
+def test_a_hung_worker_stops_the_other_at_the_collective_time_limit(tmp_path, data):
+  """SIGSTOP: the worker neither dies nor answers. The chief must not wait for ever: it
+  stops with one line once the 30 s collective limit has passed."""
+  run = str(tmp_path / 'run')
+  procs = _workers(run, data, 40)
+  _wait_for_step(procs[0], 6)
+  started = time.time()
+  procs[1].send_signal(signal.SIGSTOP)
+  try:
+    (code, err), = _finish(procs[:1])
+  finally:
+    procs[1].kill()
+    procs[1].communicate()
+  assert code == RESTART_EXIT, err[-2000:]
+  assert 'another worker stopped answering' in _stopped_line(err)
+  assert time.time() - started < 120  # 30 s limit, plus the coordination's own checks.
+  latest, step = _latest_step(run)
+  _restart_and_finish(run, data, step + 4, latest)
+
+
 def test_soak_killed_at_random_moments_ends_like_an_uninterrupted_run(tmp_path, data):
   """One process killed 10 times at random moments (2 during start-up, 8 a random 1-6
   steps into training, i.e. during a step or a checkpoint write), re-run each time: it
