@@ -26,7 +26,7 @@ SLOW_FILES = ('test_demo.py', 'test_model_garden.py', 'test_downstream.py',
               'test_strategy_cache.py', 'test_pipeline.py', 'test_export.py',
               'test_convert_beam.py', 'test_synthetic.py', 'test_quiet.py',
               'test_distribute.py', 'test_r3d.py', 'test_knn_monitor.py',
-              'test_wheel_install.py')
+              'test_wheel_install.py', 'test_python_api.py')
 
 
 def pytest_collection_modifyitems(items):
