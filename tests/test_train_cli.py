@@ -85,46 +85,6 @@ def test_pretrain_writes_checkpoints_summaries_config_and_backbone(tmp_path, sha
   assert features.shape == (1, 512 // 8)
 
 
-def test_sigkill_then_rerun_resumes_from_latest_checkpoint(tmp_path, shards):
-  model_dir = tmp_path / 'run'
-  proc = subprocess.Popen(_cmd(model_dir, shards, 'pretrain.train_steps=1000',
-                               'pretrain.checkpoint_every=2'),
-                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  try:
-    while time.time() < deadline:
-      # The manager's index file is updated after the checkpoint files: wait for it.
-      latest = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
-      if latest and int(latest.rsplit('-', 1)[1]) >= 4:
-        break
-      assert proc.poll() is None, 'training exited before the kill'
-      time.sleep(0.2)
-    else:
-      pytest.fail('no checkpoint within the deadline')
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  latest = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
-  killed_at = int(latest.rsplit('-', 1)[1])
-  assert killed_at >= 4
-  total = killed_at + 2
-  result = _run(_cmd(model_dir, shards, f'pretrain.train_steps={total}',
-                     'pretrain.checkpoint_every=2'))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert f'Resuming from {latest}' in result.stderr
-  import json  # pylint: disable=g-import-not-at-top
-  starts = json.loads((model_dir / 'run_info.json').read_text())['starts']
-  assert [s['resumes_from'] for s in starts] == [None, latest]
-  # It trained only the remaining steps: the first logged step follows the checkpoint.
-  steps = [int(line.split()[1].split('/')[0]) for line in result.stderr.splitlines()
-           if line.startswith('step ')]
-  assert steps[0] == killed_at + 1 and steps[-1] == total
-  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / 'checkpoints')))
-  assert reader.get_tensor('optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE') == total
-  # The steps the killed run logged past its checkpoint were dropped: each step once.
-  assert _logged_steps(model_dir / 'summaries') == list(range(1, total + 1))
-
-
 def _logged_steps(summaries, tag='loss'):
   """Every step `tag` was written at in the run's event files, duplicates included."""
   steps = []
@@ -135,18 +95,19 @@ def _logged_steps(summaries, tag='loss'):
   return sorted(steps)
 
 
-def test_sigterm_saves_the_step_exits_143_and_the_rerun_finishes(tmp_path, shards):
-  """A preemption notice to a single-process run: it saves the step it is at (no
-  periodic checkpoint would have: every 1000 steps), says so in one line and exits 143
-  (restart me); the same command then resumes there, every step logged once."""
+def test_sigterm_then_sigkill_then_rerun_resumes_each_time(tmp_path, shards):
+  """A preemption notice, then a kill, then the same command to the end. SIGTERM: the
+  run saves the step it is at (periodic checkpoints: every 4 steps), says so in one line
+  and exits 143 (restart me). SIGKILL: the latest complete checkpoint survives. The
+  final run resumes from it, trains only the remaining steps, and every step is logged
+  once (what the killed run logged past its checkpoint is dropped)."""
   model_dir = tmp_path / 'run'
-  proc = subprocess.Popen(_cmd(model_dir, shards, 'pretrain.train_steps=1000',
-                               'pretrain.checkpoint_every=1000'),
-                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+  args = _cmd(model_dir, shards, 'pretrain.train_steps=1000', 'pretrain.checkpoint_every=4')
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
   try:
     for line in iter(proc.stderr.readline, ''):  # Killed by the timeout below if stuck.
-      if line.startswith('step 3/'):
+      if line.startswith('step 5/'):
         proc.send_signal(signal.SIGTERM)
         break
     err = proc.communicate(timeout=120)[1]
@@ -155,14 +116,43 @@ def test_sigterm_saves_the_step_exits_143_and_the_rerun_finishes(tmp_path, shard
   assert proc.returncode == 143, err[-3000:]
   (stopped,) = [l for l in err.splitlines() if l.startswith('cvrl_train: stopped: ')]
   assert 'SIGTERM reached this worker at step' in stopped and 'Traceback' not in err
+  noticed = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
+  step = int(noticed.rsplit('-', 1)[1])
+  assert 5 <= step < 1000 and f'at step {step} of 1000' in stopped
+
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline:
+      # The manager's index file is updated after the checkpoint files: wait for it.
+      latest = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
+      if int(latest.rsplit('-', 1)[1]) >= step + 4:
+        break
+      assert proc.poll() is None, 'training exited before the kill'
+      time.sleep(0.2)
+    else:
+      pytest.fail('no checkpoint within the deadline')
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
   latest = tf.train.latest_checkpoint(str(model_dir / 'checkpoints'))
-  step = int(latest.rsplit('-', 1)[1])
-  assert 3 <= step < 1000 and f'at step {step} of 1000' in stopped
-  result = _run(_cmd(model_dir, shards, f'pretrain.train_steps={step + 2}',
-                     'pretrain.checkpoint_every=1000'))
+  killed_at = int(latest.rsplit('-', 1)[1])
+  total = killed_at + 2
+  result = _run(_cmd(model_dir, shards, f'pretrain.train_steps={total}',
+                     'pretrain.checkpoint_every=4'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resuming from {latest}' in result.stderr
-  assert _logged_steps(model_dir / 'summaries') == list(range(1, step + 3))
+  import json  # pylint: disable=g-import-not-at-top
+  starts = json.loads((model_dir / 'run_info.json').read_text())['starts']
+  assert [s['resumes_from'] for s in starts] == [None, noticed, latest]
+  # It trained only the remaining steps: the first logged step follows the checkpoint.
+  steps = [int(line.split()[1].split('/')[0]) for line in result.stderr.splitlines()
+           if line.startswith('step ')]
+  assert steps[0] == killed_at + 1 and steps[-1] == total
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / 'checkpoints')))
+  assert reader.get_tensor('optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE') == total
+  assert _logged_steps(model_dir / 'summaries') == list(range(1, total + 1))
 
 
 def _train_in_process(args, capfd):
