@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: test demo demo-ablations demo-clean bench clean
+.PHONY: test demo demo-ablations demo-clean bench bench-quality bench-quality-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ demo-clean:
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# The quality benchmark (docs/quality.md): the paper's ablations on the hard synthetic
+# dataset, 3 seeds a row, mean and 95% interval; not part of `make test`. Resumes.
+QUALITY_OUT ?= quality_out
+bench-quality: $(STAMP)
+	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)
+
+# One seed: the main recipe, per-frame augmentation, random init, supervised.
+bench-quality-quick: $(STAMP)
+	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)_quick --quick
 
 clean: demo-clean
 	rm -rf $(VENV) *.egg-info

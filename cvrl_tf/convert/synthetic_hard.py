@@ -1,26 +1,30 @@
 """The hard embedded dataset (`cvrl_synth --dataset=hard`): a quality benchmark with headroom.
 
-The demo set (synthetic.py) is saturated: every recipe reaches 100%. These videos have
-the properties of real video that the paper's comparisons rely on (docs/quality.md says
-which comparison relies on which):
+The demo set (synthetic.py) is saturated: every recipe reaches 100%. These videos keep its
+core, a field of dots moving by an optic flow (which the demo's recipe learns in a few
+hundred steps), and add the properties of real video that the paper's comparisons rely on
+(docs/quality.md says which comparison relies on which):
 
-- the class is how one object, the *actor*, moves relative to its background: 16 classes,
-  translate left / right / up / down x slow / fast, rotate cw / ccw, grow / shrink,
-  oscillate horizontally / vertically, orbit cw / ccw. Pairs differ only in speed or only
-  in direction;
-- appearance does not give the class away: background texture, actor and distractor
-  shapes, textures and colours are drawn from one pool for every class;
+- 16 classes: the demo's 8 flows (translate left / right / up / down, rotate cw / ccw,
+  zoom in / out) x slow / fast. Pairs differ only in speed or only in direction;
+- the class's motion happens in a window of 45-85% of the video only; before and after
+  it the same dots stay in place (they still appear and fade): distant clips of a video
+  may not share the motion at all;
+- appearance does not give the class away: the background texture, the dots' two
+  colours, distractor shapes and an occluding band are drawn from one pool per video,
+  whatever the class;
 - appearance drifts within a video: lighting gain and colour cast, camera pan and zoom,
-  distractors entering and leaving, an occluding band sweeping across; the actor itself
-  is visible in a window of 45-85% of the video only;
+  distractors entering and leaving, the occluding band sweeping across;
 - camera shake and pixel noise.
 
 Every draw happens whatever the class (same RNG -> same scene; only the motion differs),
-and every video has its own RNG seeded by (seed, split, index). Rendering is vectorised
-NumPy, elementwise only (no BLAS), so the bytes do not depend on the thread count.
+and every video has its own RNG seeded by (seed, split, index). Dots are drawn as in
+synthetic.py (separable Gaussians, float64 products); the rest is elementwise NumPy, so
+the bytes do not depend on the thread count.
 Output as synthetic.py: mp4 files, train.csv / test.csv, classes.txt, synthetic.json.
 """
 
+import copy
 import dataclasses
 import json
 import math
@@ -36,10 +40,8 @@ from cvrl_tf.convert import pool as pool_lib
 from cvrl_tf.convert import synthetic
 from cvrl_tf.convert import video_io
 
-_DIRECTIONS = {'left': math.pi, 'right': 0.0, 'up': -math.pi / 2, 'down': math.pi / 2}
-CLASSES = tuple(f'translate_{d}_{s}' for d in _DIRECTIONS for s in ('slow', 'fast')) + (
-    'rotate_cw', 'rotate_ccw', 'grow', 'shrink', 'oscillate_horizontal',
-    'oscillate_vertical', 'orbit_cw', 'orbit_ccw')
+PACES = ('slow', 'fast')
+CLASSES = tuple(f'{flow}_{pace}' for flow in synthetic.CLASSES for pace in PACES)
 SHAPES = ('disc', 'square', 'diamond', 'triangle', 'ring', 'cross')
 SPLITS = synthetic.SPLITS
 
@@ -50,28 +52,28 @@ class Config:
   size: int = 64
   seconds: float = 3.0
   fps: float = 25.0
-  slow: float = 0.5  # translation speeds, px/frame, +-`speed_jitter` per video
-  fast: float = 1.2
-  speed_jitter: float = 0.2
-  spread: float = 15.0  # translation direction, +- degrees around the class direction
-  spin: float = 5.0  # rotation, degrees/frame
-  zoom: float = 0.02  # grow / shrink, log-scale per frame
-  osc_amplitude: float = 10.0  # px
-  osc_period: float = 24.0  # frames
-  orbit_radius: float = 10.0  # px
-  orbit_period: float = 30.0  # frames
-  drift: float = 0.15  # the actor's own slow drift in the non-translation classes, px/frame
-  actor_radius: Tuple[float, float] = (5.0, 8.0)  # px
-  visible: Tuple[float, float] = (0.45, 0.85)  # fraction of the video the actor is seen
-  fade: float = 4.0  # frames to enter / leave
+  # The flows: the demo's rates (synthetic.Config: 1.6 px/frame, 4 deg/frame, 0.05 per
+  # frame, each +-30% per video) times `slow` or `fast`.
+  slow: float = 0.55
+  fast: float = 1.3
+  dots: int = 70
+  dot_sigma: float = 1.2
+  dot_lifetime: int = 8
+  visible: Tuple[float, float] = (0.5, 0.9)  # fraction of the video with the motion
+  fade: float = 4.0  # frames from still to moving dots and back
   distractors: int = 2
+  distractor_radius: Tuple[float, float] = (4.0, 7.0)  # px
   distractor_speed: float = 0.3  # px/frame at most
-  pan: float = 0.35  # camera pan, px/frame at most
-  camera_zoom: float = 0.004  # camera zoom, log-scale per frame, +-
-  gain: Tuple[float, float] = (0.6, 1.3)  # lighting gain at the start and at the end
-  cast: float = 0.15  # colour cast per channel, +-, at the start and at the end
+  background_contrast: float = 0.03  # grating amplitude; blobs 5x that
+  background_colour: float = 0.3  # 0: the demo's grey; 1: any colour
+  dot_contrast: float = 1.0  # times the demo's bright / dark dot offsets
+  tint: float = 0.0  # how much of the video's palette colours the dots
+  pan: float = 0.2  # camera pan, px/frame at most
+  camera_zoom: float = 0.002  # camera zoom, log-scale per frame, +-
+  gain: Tuple[float, float] = (0.8, 1.2)  # lighting gain at the start and at the end
+  cast: float = 0.08  # colour cast per channel, +-, at the start and at the end
   occluder_speed: Tuple[float, float] = (0.6, 1.0)  # px/frame
-  shake: float = 0.7  # camera jitter std, px
+  shake: float = 0.5  # camera jitter std, px
   noise: float = 0.03
 
   @property
@@ -85,7 +87,7 @@ def _colour(rng: np.random.Generator, n: int = 1) -> np.ndarray:
 
 
 def _sprite(rng: np.random.Generator, radius: Tuple[float, float]) -> dict:
-  """A shape with a two-colour texture: the same draws for the actor and distractors."""
+  """A shape with a two-colour texture."""
   return dict(shape=int(rng.integers(len(SHAPES))), radius=float(rng.uniform(*radius)),
               texture=int(rng.integers(2)), frequency=float(rng.uniform(1.5, 3.0)),
               colours=_colour(rng, 2), angle=float(rng.uniform(0, 2 * math.pi)))
@@ -97,41 +99,47 @@ def _window(rng: np.random.Generator, n: int, lo: float, hi: float) -> Tuple[flo
   return float(start), float(start + length)
 
 
+def _demo_config(cfg: Config, factor: float) -> synthetic.Config:
+  base = synthetic.Config()
+  return synthetic.Config(size=cfg.size, seconds=cfg.seconds, fps=cfg.fps,
+                          speed=base.speed * factor, spin=base.spin * factor,
+                          zoom=base.zoom * factor, dots=cfg.dots, dot_sigma=cfg.dot_sigma,
+                          dot_lifetime=cfg.dot_lifetime)
+
+
 def scene(rng: np.random.Generator, cfg: Config = Config()) -> dict:
-  """Everything about a video except its class's motion: the same draws for every class."""
+  """Everything about a video except its class's motion: the same draws for every class.
+  The dots' own draws (synthetic.dot_tracks) come from `dot_rng`, a copy of the RNG."""
   n, px, s = cfg.num_frames, cfg.size / 64.0, float(cfg.size)
   side = 2 * cfg.size  # the background canvas, periodic
   g = np.arange(side) + 0.5
   yy, xx = np.meshgrid(g, g, indexing='ij')
-  canvas = np.broadcast_to(_colour(rng)[0], (side, side, 3)).copy()
+  canvas = np.broadcast_to(0.5 + (_colour(rng)[0] - 0.5) * cfg.background_colour,
+                           (side, side, 3)).copy()
   for _ in range(3):  # gratings with a whole number of cycles: seamless when wrapped
     kx, ky = rng.integers(-6, 7, 2)
     if kx == 0 and ky == 0:
       kx = 1
     phase = rng.uniform(0, 2 * math.pi)
     wave = np.cos(2 * math.pi * (kx * xx + ky * yy) / side + phase)
-    canvas += 0.18 * wave[..., None] * rng.uniform(-1, 1, 3)
+    canvas += cfg.background_contrast * wave[..., None] * rng.uniform(-1, 1, 3)
   for _ in range(6):  # blobs, wrapped
     c, r = rng.uniform(0, side, 2), rng.uniform(4, 12) * px
     dx = (xx - c[0] + side / 2) % side - side / 2
     dy = (yy - c[1] + side / 2) % side - side / 2
     blob = np.exp(-0.5 * (dx**2 + dy**2) / r**2)
-    canvas += blob[..., None] * (_colour(rng)[0] - 0.5) * 0.8
+    canvas += blob[..., None] * (_colour(rng)[0] - 0.5) * 5 * cfg.background_contrast
   angle = rng.uniform(0, 2 * math.pi)
   camera = dict(pan=cfg.pan * px * math.sqrt(rng.uniform()) *
                 np.array([math.cos(angle), math.sin(angle)]),
                 zoom=cfg.camera_zoom * rng.uniform(-1, 1),
                 shake=rng.normal(0, cfg.shake * px, (n + 2, 2)))
-  actor = _sprite(rng, tuple(r * px for r in cfg.actor_radius))
-  actor['window'] = _window(rng, n, *cfg.visible)
-  actor['centre'] = rng.uniform(0.3, 0.7, 2) * s  # on screen at the window's middle
-  actor['motion'] = rng.uniform(size=6)  # the class's parameters (see actor_track)
-  a = rng.uniform(0, 2 * math.pi)
-  actor['drift'] = cfg.drift * px * math.sqrt(rng.uniform()) * np.array(
-      [math.cos(a), math.sin(a)])
+  # The dots' two colours (offsets from the background, as the demo's), bright or dark.
+  palette = _colour(rng, 2) - 0.5
+  window = _window(rng, n, *cfg.visible)
   distractors = []
   for _ in range(cfg.distractors):
-    d = _sprite(rng, tuple(0.8 * r * px for r in cfg.actor_radius))
+    d = _sprite(rng, tuple(r * px for r in cfg.distractor_radius))
     d['window'] = _window(rng, n, 0.3, 1.0)
     d['centre'] = rng.uniform(0.1, 0.9, 2) * s
     a = rng.uniform(0, 2 * math.pi)
@@ -144,54 +152,40 @@ def scene(rng: np.random.Generator, cfg: Config = Config()) -> dict:
                   colour=_colour(rng)[0], start=rng.uniform(0, 0.5) * n)
   lighting = dict(gain=rng.uniform(*cfg.gain, 2), cast=rng.uniform(-cfg.cast, cfg.cast,
                                                                      (2, 3)))
-  return dict(canvas=canvas, camera=camera, actor=actor, distractors=distractors,
-              occluder=occluder, lighting=lighting)
+  return dict(canvas=canvas, camera=camera, palette=palette, window=window,
+              distractors=distractors, occluder=occluder, lighting=lighting,
+              dot_rng=copy.deepcopy(rng))
 
 
-def _camera_centre(sc: dict, t: np.ndarray, cfg: Config) -> np.ndarray:
+def _camera_centre(sc: dict, t, cfg: Config) -> np.ndarray:
   """World point at the screen's centre at frames t (no shake): [..., 2]."""
   return cfg.size / 2.0 + sc['camera']['pan'] * np.asarray(t, np.float64)[..., None]
 
 
-def actor_track(label: int, sc: dict, cfg: Config = Config()):
-  """The actor's world centre [T, 2], radius [T], angle [T] and opacity [T] under class
-  CLASSES[label] (the world: background canvas coordinates, screen = world at t = 0)."""
-  n, px, name = cfg.num_frames, cfg.size / 64.0, CLASSES[label]
-  act = sc['actor']
-  t = np.arange(n, dtype=np.float64)
-  t_in, t_out = act['window']
-  tc = 0.5 * (t_in + t_out)
-  dt = t - tc
-  u = act['motion']
-  centre = _camera_centre(sc, tc, cfg) + (act['centre'] - cfg.size / 2.0)
-  radius = np.full(n, act['radius'])
-  angle = np.full(n, act['angle'])
-  factor = 1.0 + cfg.speed_jitter * (2 * u[0] - 1)
-  if name.startswith('translate'):
-    _, direction, pace = name.split('_')
-    a = _DIRECTIONS[direction] + math.radians(cfg.spread) * (2 * u[1] - 1)
-    speed = (cfg.slow if pace == 'slow' else cfg.fast) * px * factor
-    position = centre + speed * np.array([math.cos(a), math.sin(a)]) * dt[:, None]
-  else:
-    position = centre + act['drift'] * dt[:, None]
-    if name.startswith('rotate'):  # y down: a growing angle turns clockwise on screen
-      angle = angle + math.radians(cfg.spin) * factor * (1 if name == 'rotate_cw' else -1) * dt
-    elif name in ('grow', 'shrink'):
-      rate = cfg.zoom * factor * (1 if name == 'grow' else -1)
-      radius = np.clip(radius * np.exp(rate * dt), 2.0 * px, cfg.size / 2.5)
-    elif name.startswith('oscillate'):
-      axis = np.array([1.0, 0.0] if name.endswith('horizontal') else [0.0, 1.0])
-      phase = 2 * math.pi * u[2]
-      swing = cfg.osc_amplitude * px * (0.8 + 0.4 * u[3]) * np.sin(
-          2 * math.pi * dt / (cfg.osc_period * factor) + phase)
-      position = position + swing[:, None] * axis
-    else:  # orbit
-      sign = 1.0 if name == 'orbit_cw' else -1.0
-      theta = 2 * math.pi * u[2] + sign * 2 * math.pi * dt / (cfg.orbit_period * factor)
-      r = cfg.orbit_radius * px * (0.8 + 0.4 * u[3])
-      position = position + r * np.stack([np.cos(theta), np.sin(theta)], -1)
-  opacity = np.clip((t - t_in) / cfg.fade, 0, 1) * np.clip((t_out - t) / cfg.fade, 0, 1)
-  return position, radius, angle, opacity
+def motion_weight(sc: dict, cfg: Config = Config()) -> np.ndarray:
+  """[T] in [0, 1]: 1 where the class's motion is on, 0 where the dots stand still."""
+  t = np.arange(cfg.num_frames, dtype=np.float64)
+  t_in, t_out = sc['window']
+  return np.clip((t - t_in) / cfg.fade, 0, 1) * np.clip((t_out - t) / cfg.fade, 0, 1)
+
+
+def dot_field(label: int, sc: dict, cfg: Config = Config()):
+  """Dots of class CLASSES[label] in world coordinates: ((moving [T, N', 2], colours
+  [T, N', 3]), (still [T, N, 2], colours [T, N, 3])). Both are synthetic.dot_tracks of
+  the same draws: the class's flow at its pace, and the same dots with no motion (a zoom
+  uses the first N' < N slots). Colours: the demo's bright / dark offsets, tinted by the
+  video's two-colour palette."""
+  name = CLASSES[label]
+  flow, pace = name.rsplit('_', 1)
+  factor = cfg.slow if pace == 'slow' else cfg.fast
+  moving, _ = synthetic.dot_tracks(synthetic.CLASSES.index(flow),
+                                   copy.deepcopy(sc['dot_rng']), _demo_config(cfg, factor))
+  still, colours = synthetic.dot_tracks(0, copy.deepcopy(sc['dot_rng']),
+                                        _demo_config(cfg, 0.0))
+  strength = np.abs(colours).sum(-1)
+  tint = sc['palette'][(strength > strength.mean()).astype(int)]  # [T, N, 3]
+  colours = colours * cfg.dot_contrast + cfg.tint * tint
+  return (moving, colours[:, :moving.shape[1]]), (still, colours)
 
 
 # ------------------------------------------------------------------------ drawing
@@ -250,13 +244,29 @@ def _bilinear(canvas: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
   return top * (1 - fy) + bottom * fy
 
 
+def _draw_dots(img: np.ndarray, positions: np.ndarray, colours: np.ndarray, weight: float,
+               sigma: float) -> None:
+  """Adds Gaussian dots at screen positions [N, 2] (x, y) with colours [N, 3] x weight:
+  one [H, N] x [N, W*3] product in float64 (as synthetic.render)."""
+  size = img.shape[0]
+  inside = np.all((positions > -4 * sigma) & (positions < size + 4 * sigma), axis=1)
+  positions, colours = positions[inside], colours[inside]  # the others add < 1e-3
+  grid = np.arange(size) + 0.5
+  inv = -0.5 / sigma**2
+  gx = np.exp(inv * np.square(grid - positions[:, 0:1]))  # [N, W]
+  gy = np.exp(inv * np.square(grid - positions[:, 1:2]))  # [N, H]
+  weighted = (gx[:, :, None] * (weight * colours)[:, None, :]).reshape(len(gx), -1)
+  img += (gy.T @ weighted).reshape(size, size, 3)
+
+
 def render(label: int, rng: np.random.Generator, cfg: Config = Config(),
            sc: Optional[dict] = None) -> np.ndarray:
   """One video of class CLASSES[label] as uint8 [T, size, size, 3]."""
-  n, size = cfg.num_frames, cfg.size
+  n, size, px = cfg.num_frames, cfg.size, cfg.size / 64.0
   sc = scene(rng, cfg) if sc is None else sc
   noise = rng.standard_normal((n, size, size, 1)).astype(np.float32) * cfg.noise
-  position, radius, angle, opacity = actor_track(label, sc, cfg)
+  moving, still = dot_field(label, sc, cfg)
+  weight = motion_weight(sc, cfg)
   cam = sc['camera']
   shake = cam['shake']
   shake = (shake[:-2] + shake[1:-1] + shake[2:]) / math.sqrt(3)
@@ -269,7 +279,13 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config(),
     centre = _camera_centre(sc, t, cfg) + shake[t]
     wx, wy = centre[0] + sx / zoom, centre[1] + sy / zoom
     # The canvas is drawn with the frame at its middle at t = 0.
-    img = _bilinear(sc['canvas'], wx + size / 2.0, wy + size / 2.0)
+    img = _bilinear(sc['canvas'], wx + size / 2.0, wy + size / 2.0).astype(np.float64)
+    # Dots: world -> screen (the camera moves them too), the moving and the still set
+    # cross-faded by the motion weight.
+    for (points, colours), w in ((moving, weight[t]), (still, 1.0 - weight[t])):
+      if w > 0:
+        screen = (points[t] - centre) * zoom + size / 2.0
+        _draw_dots(img, screen, colours[t], w, cfg.dot_sigma * px * zoom)
     for d in sc['distractors']:
       t_in, t_out = d['window']
       alpha = min(max((t - t_in) / cfg.fade, 0), 1) * min(max((t_out - t) / cfg.fade, 0), 1)
@@ -277,7 +293,6 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config(),
       where = d['centre'] + d['velocity'] * (t - middle) + (_camera_centre(
           sc, middle, cfg) - size / 2.0)
       _draw_sprite(img, wx, wy, d, where, d['radius'], d['angle'], alpha)
-    _draw_sprite(img, wx, wy, sc['actor'], position[t], radius[t], angle[t], opacity[t])
     occ = sc['occluder']  # in screen coordinates, in front of everything
     edge = (t - occ['start']) * abs(occ['speed']) - occ['width']
     coord = sx if occ['vertical'] else sy
@@ -323,6 +338,10 @@ def generate(output_dir: str, num_train: int = 16, num_test: int = 8, seed: int 
       jobs.append(dict(path=os.path.join(output_dir, rel), split=split, index=index,
                        label=label, seed=seed, cfg_dict=dataclasses.asdict(cfg)))
   progress = progress_lib.Progress(len(jobs), stream=log)
+  # One BLAS thread per worker process: the dots' small products run 8x slower with the
+  # workers' BLAS threads competing for the same cores (0.12 vs 0.9 CPU s a video).
+  for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ.setdefault(var, '1')
   with pool_lib.OrderedPool(workers, lambda kw: {'ok': False}) as pool:
     for result, job in zip(pool.map(write_video, jobs), jobs):
       if not result['ok']:
