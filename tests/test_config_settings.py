@@ -141,3 +141,25 @@ def test_renamed_binding_in_a_file_names_file_and_line(tmp_path):
   with pytest.raises(settings.ConfigError, match=rf'{path}:4: build_backbone.name is now '
                      r'encoder.name;'):
     gin_files.parse([str(path)], [])
+
+
+def test_encoder_bindings_on_a_stored_backbone_change_only_what_they_bind(tmp_path):
+  """linear_eval on a run's backbone with only encoder.kernel_gradient bound: the stored
+  architecture with that one change (no contradiction); a bound architecture field that
+  differs from the stored one stays a contradiction for the protocol to refuse."""
+  from cvrl_tf.models import backbone_io  # pylint: disable=g-import-not-at-top
+  stored = dict(name='r3d18', width_multiplier=0.25, stem_kernel=(3, 7, 7))
+  run = tmp_path / 'run' / 'backbone'
+  run.mkdir(parents=True)
+  (run / 'backbone.json').write_text(json.dumps(backbone_io.spec_dict(**stored)))
+  bindings = [f"linear_eval.pretrain_dir='{tmp_path / 'run'}'"]
+  gin_files.parse(['linear_eval_k400.gin'], bindings + ["encoder.kernel_gradient='conv'"])
+  encoder = settings.build_recipe('linear_eval').encoder
+  assert (encoder.name, encoder.width_multiplier, encoder.stem_kernel) == (
+      'r3d18', 0.25, (3, 7, 7))
+  assert encoder.kernel_gradient == 'conv'
+  gin_files.parse(['linear_eval_k400.gin'], bindings + ["encoder.name='r3d50'"])
+  encoder = settings.build_recipe('linear_eval').encoder
+  assert (encoder.name, encoder.width_multiplier) == ('r3d50', 0.25)  # Refused later.
+  gin_files.parse(['linear_eval_k400.gin'], bindings)
+  assert settings.build_recipe('linear_eval').encoder is None  # Nothing bound: none.

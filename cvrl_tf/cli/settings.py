@@ -33,6 +33,7 @@ from cvrl_tf import files as files_lib
 from cvrl_tf.input import augment
 from cvrl_tf.input import bad_examples
 from cvrl_tf.input import clips
+from cvrl_tf.models import backbone_io
 from cvrl_tf.models import heads
 from cvrl_tf.models import r3d
 from cvrl_tf.protocols import classify
@@ -83,9 +84,28 @@ def build_recipe(protocol: str, built: Optional[dict] = None):
   for none): what the shipped-config test compares to the settings of before.
   """
   try:
-    return _build(PROTOCOLS[protocol], '', {} if built is None else built)
+    recipe = _build(PROTOCOLS[protocol], '', {} if built is None else built)
   except (TypeError, ValueError) as e:  # A dataclass's own check of a value.
     raise errors.UserError(f'{protocol}: {e}') from e
+  return _on_stored_encoder(recipe)
+
+
+def _on_stored_encoder(recipe):
+  """A downstream recipe on a pretraining run's backbone (encoder_source 'model_dir'):
+  `encoder.*` bindings are changes to the stored architecture, not a whole new one. So
+  the encoder is the stored spec with the bound fields over it: a bound field that
+  contradicts the stored one is still an error (models/encoder_source.py), an unbound
+  one never is (e.g. only encoder.kernel_gradient='conv')."""
+  encoder = getattr(recipe, 'encoder', None)
+  if (encoder is None or getattr(recipe, 'encoder_source', None) != 'model_dir' or
+      not recipe.pretrain_dir):
+    return recipe
+  try:
+    stored = backbone_io.encoder_spec(backbone_io.read_spec(recipe.pretrain_dir))
+  except errors.MissingInput:
+    return recipe  # The protocol reports the missing backbone, naming it.
+  bound = {k: getattr(encoder, k) for k in gin.get_bindings('encoder')}
+  return dataclasses.replace(recipe, encoder=dataclasses.replace(stored, **bound))
 
 
 def build_part(name: str, scope: str = ''):
