@@ -59,20 +59,21 @@ class Config:
   dots: int = 70
   dot_sigma: float = 1.2
   dot_lifetime: int = 8
-  visible: Tuple[float, float] = (0.5, 0.9)  # fraction of the video with the motion
+  visible: Tuple[float, float] = (0.75, 0.95)  # fraction of the video with the motion
   fade: float = 4.0  # frames from still to moving dots and back
-  distractors: int = 2
-  distractor_radius: Tuple[float, float] = (4.0, 7.0)  # px
+  distractors: int = 1
+  distractor_radius: Tuple[float, float] = (3.0, 5.0)  # px
   distractor_speed: float = 0.3  # px/frame at most
-  background_contrast: float = 0.03  # grating amplitude; blobs 5x that
-  background_colour: float = 0.3  # 0: the demo's grey; 1: any colour
+  background_contrast: float = 0.015  # grating amplitude; blobs 5x that
+  background_colour: float = 0.15  # 0: the demo's grey; 1: any colour
   dot_contrast: float = 1.0  # times the demo's bright / dark dot offsets
   tint: float = 0.0  # how much of the video's palette colours the dots
   pan: float = 0.2  # camera pan, px/frame at most
   camera_zoom: float = 0.002  # camera zoom, log-scale per frame, +-
-  gain: Tuple[float, float] = (0.8, 1.2)  # lighting gain at the start and at the end
-  cast: float = 0.08  # colour cast per channel, +-, at the start and at the end
+  gain: Tuple[float, float] = (0.9, 1.1)  # lighting gain at the start and at the end
+  cast: float = 0.04  # colour cast per channel, +-, at the start and at the end
   occluder_speed: Tuple[float, float] = (0.6, 1.0)  # px/frame
+  occluder_width: Tuple[float, float] = (3.0, 5.0)  # px
   shake: float = 0.5  # camera jitter std, px
   noise: float = 0.03
 
@@ -148,7 +149,7 @@ def scene(rng: np.random.Generator, cfg: Config = Config()) -> dict:
     distractors.append(d)
   vertical = bool(rng.integers(2))
   speed = rng.uniform(*cfg.occluder_speed) * px * (1 if rng.integers(2) else -1)
-  occluder = dict(vertical=vertical, speed=speed, width=rng.uniform(5, 9) * px,
+  occluder = dict(vertical=vertical, speed=speed, width=rng.uniform(*cfg.occluder_width) * px,
                   colour=_colour(rng)[0], start=rng.uniform(0, 0.5) * n)
   lighting = dict(gain=rng.uniform(*cfg.gain, 2), cast=rng.uniform(-cfg.cast, cfg.cast,
                                                                      (2, 3)))
