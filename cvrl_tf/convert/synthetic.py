@@ -21,6 +21,7 @@ Output: mp4 files, `train.csv` / `test.csv` (path,label; paths relative to the C
 """
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -160,10 +161,12 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def write_video(path: str, split: str, index: int, label: int, seed: int,
-                cfg_dict: Dict[str, float]) -> dict:
-  """Renders and writes one video (a picklable unit of work for the process pool)."""
-  cfg = Config(**cfg_dict)
-  frames = render(label, video_rng(seed, split, index), cfg)
+                cfg_dict: Dict[str, float], module: str = __name__) -> dict:
+  """Renders and writes one video with `module`'s Config and render (this dataset's,
+  or synthetic_hard's): a picklable unit of work for the process pool."""
+  dataset = importlib.import_module(module)
+  cfg = dataset.Config(**cfg_dict)
+  frames = dataset.render(label, video_rng(seed, split, index), cfg)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   # MPEG-4 part 2 at a fixed quantizer: x264 (PyAV 18) gave different bytes for the same
   # frames from run to run on a loaded machine, even single-threaded.
@@ -182,17 +185,27 @@ def generate(output_dir: str, num_train: int = 24, num_test: int = 8, seed: int 
 
   Returns paths: {'train': train.csv, 'test': test.csv, 'classes': classes.txt}.
   """
+  return write_dataset(output_dir, __name__, CLASSES, cfg, num_train, num_test, seed,
+                       workers, log)
+
+
+def write_dataset(output_dir: str, module: str, classes, cfg, num_train: int,
+                  num_test: int, seed: int, workers: int, log: Optional[TextIO],
+                  **meta) -> Dict[str, str]:
+  """The videos of `module`'s dataset (classes in turn, `num_*` per class), the CSV
+  listings, classes.txt and synthetic.json (the settings, `meta` first)."""
   if cfg.size % 2 or cfg.size < 16:
     raise ValueError(f'size must be even and >= 16, got {cfg.size}')
   jobs, rows = [], {}
   for split, per_class in (('train', num_train), ('test', num_test)):
     rows[split] = []
-    for index in range(per_class * len(CLASSES)):
-      label = index % len(CLASSES)
-      rel = f'{split}/{CLASSES[label]}/{split}_{index:05d}.mp4'
-      rows[split].append(f'{rel},{CLASSES[label]}\n')
+    for index in range(per_class * len(classes)):
+      label = index % len(classes)
+      rel = f'{split}/{classes[label]}/{split}_{index:05d}.mp4'
+      rows[split].append(f'{rel},{classes[label]}\n')
       jobs.append(dict(path=os.path.join(output_dir, rel), split=split, index=index,
-                       label=label, seed=seed, cfg_dict=dataclasses.asdict(cfg)))
+                       label=label, seed=seed, cfg_dict=dataclasses.asdict(cfg),
+                       module=module))
   progress = progress_lib.Progress(len(jobs), stream=log)
   with pool_lib.OrderedPool(workers, lambda kw: {'ok': False}) as pool:
     for result, job in zip(pool.map(write_video, jobs), jobs):
@@ -200,12 +213,12 @@ def generate(output_dir: str, num_train: int = 24, num_test: int = 8, seed: int 
         raise RuntimeError(f'writing {job["path"]} crashed its process')
       progress.advance()
   paths = {'classes': os.path.join(output_dir, 'classes.txt')}
-  files_lib.atomic_write(paths['classes'], ''.join(f'{c}\n' for c in CLASSES))
+  files_lib.atomic_write(paths['classes'], ''.join(f'{c}\n' for c in classes))
   for split, lines in rows.items():
     paths[split] = os.path.join(output_dir, f'{split}.csv')
     files_lib.atomic_write(paths[split], 'path,label\n' + ''.join(lines))
-  meta = dict(seed=seed, num_train_per_class=num_train, num_test_per_class=num_test,
-              classes=list(CLASSES), **dataclasses.asdict(cfg))
+  meta.update(seed=seed, num_train_per_class=num_train, num_test_per_class=num_test,
+              classes=list(classes), **dataclasses.asdict(cfg))
   files_lib.atomic_write(os.path.join(output_dir, 'synthetic.json'),
                          json.dumps(meta, indent=1) + '\n')
   return paths

@@ -26,7 +26,6 @@ Output as synthetic.py: mp4 files, train.csv / test.csv, classes.txt, synthetic.
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -34,11 +33,7 @@ from typing import Dict, Optional, TextIO, Tuple
 
 import numpy as np
 
-from cvrl_tf import files as files_lib
-from cvrl_tf import progress as progress_lib
-from cvrl_tf.convert import pool as pool_lib
 from cvrl_tf.convert import synthetic
-from cvrl_tf.convert import video_io
 
 PACES = ('slow', 'fast')
 CLASSES = tuple(f'{flow}_{pace}' for flow in synthetic.CLASSES for pace in PACES)
@@ -309,52 +304,14 @@ def render(label: int, rng: np.random.Generator, cfg: Config = Config(),
 
 
 # ------------------------------------------------------------------------ files
-def write_video(path: str, split: str, index: int, label: int, seed: int,
-                cfg_dict: Dict) -> dict:
-  """Renders and writes one video (a picklable unit of work for the process pool)."""
-  cfg = Config(**cfg_dict)
-  frames = render(label, synthetic.video_rng(seed, split, index), cfg)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with video_io.VideoWriter(path + '.tmp.mp4', cfg.fps, cfg.size, cfg.size,
-                            codec='mpeg4') as writer:
-    for frame in frames:
-      writer.write(frame)
-  os.replace(path + '.tmp.mp4', path)
-  return {'ok': True}
-
-
 def generate(output_dir: str, num_train: int = 16, num_test: int = 8, seed: int = 0,
              cfg: Config = Config(), workers: int = 0,
              log: Optional[TextIO] = sys.stderr) -> Dict[str, str]:
-  """Writes the dataset (as synthetic.generate); counts are videos per class."""
-  if cfg.size % 2 or cfg.size < 16:
-    raise ValueError(f'size must be even and >= 16, got {cfg.size}')
-  jobs, rows = [], {}
-  for split, per_class in (('train', num_train), ('test', num_test)):
-    rows[split] = []
-    for index in range(per_class * len(CLASSES)):
-      label = index % len(CLASSES)
-      rel = f'{split}/{CLASSES[label]}/{split}_{index:05d}.mp4'
-      rows[split].append(f'{rel},{CLASSES[label]}\n')
-      jobs.append(dict(path=os.path.join(output_dir, rel), split=split, index=index,
-                       label=label, seed=seed, cfg_dict=dataclasses.asdict(cfg)))
-  progress = progress_lib.Progress(len(jobs), stream=log)
+  """Writes the dataset (synthetic.write_dataset with this module's render); counts are
+  videos per class."""
   # One BLAS thread per worker process: the dots' small products run 8x slower with the
   # workers' BLAS threads competing for the same cores (0.12 vs 0.9 CPU s a video).
   for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ.setdefault(var, '1')
-  with pool_lib.OrderedPool(workers, lambda kw: {'ok': False}) as pool:
-    for result, job in zip(pool.map(write_video, jobs), jobs):
-      if not result['ok']:
-        raise RuntimeError(f'writing {job["path"]} crashed its process')
-      progress.advance()
-  paths = {'classes': os.path.join(output_dir, 'classes.txt')}
-  files_lib.atomic_write(paths['classes'], ''.join(f'{c}\n' for c in CLASSES))
-  for split, lines in rows.items():
-    paths[split] = os.path.join(output_dir, f'{split}.csv')
-    files_lib.atomic_write(paths[split], 'path,label\n' + ''.join(lines))
-  meta = dict(dataset='hard', seed=seed, num_train_per_class=num_train,
-              num_test_per_class=num_test, classes=list(CLASSES), **dataclasses.asdict(cfg))
-  files_lib.atomic_write(os.path.join(output_dir, 'synthetic.json'),
-                         json.dumps(meta, indent=1) + '\n')
-  return paths
+  return synthetic.write_dataset(output_dir, __name__, CLASSES, cfg, num_train, num_test,
+                                 seed, workers, log, dataset='hard')
