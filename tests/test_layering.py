@@ -35,23 +35,27 @@ def imported_parts(source: str):
             yield alias.name, node.lineno
 
 
-def upward_imports(package_dir: str = PACKAGE):
-  found = []
+def _modules(package_dir: str):
+  """(path relative to package_dir, source) of every module under it."""
   for folder, _, names in os.walk(package_dir):
     for name in sorted(n for n in names if n.endswith('.py')):
       path = os.path.join(folder, name)
-      rel = os.path.relpath(path, package_dir)
-      own = rel.split(os.sep)[0]
-      own = own[:-3] if own.endswith('.py') else own
-      if own == '__init__':
-        continue  # The root: __version__, LAYERS and the oneDNN switch.
-      assert own in RANK, f'{rel}: {own} is in no layer of cvrl_tf.LAYERS'
       with open(path, encoding='utf-8') as f:
-        source = f.read()
-      for part, line in imported_parts(source):
-        assert part in RANK, f'{rel}:{line} imports cvrl_tf.{part}, in no layer'
-        if RANK[part] > RANK[own]:
-          found.append(f'{rel}:{line} ({own}) imports {part}')
+        yield os.path.relpath(path, package_dir), f.read()
+
+
+def upward_imports(package_dir: str = PACKAGE):
+  found = []
+  for rel, source in _modules(package_dir):
+    own = rel.split(os.sep)[0]
+    own = own[:-3] if own.endswith('.py') else own
+    if own == '__init__':
+      continue  # The root: __version__, LAYERS and the oneDNN switch.
+    assert own in RANK, f'{rel}: {own} is in no layer of cvrl_tf.LAYERS'
+    for part, line in imported_parts(source):
+      assert part in RANK, f'{rel}:{line} imports cvrl_tf.{part}, in no layer'
+      if RANK[part] > RANK[own]:
+        found.append(f'{rel}:{line} ({own}) imports {part}')
   return found
 
 
@@ -72,19 +76,14 @@ def test_an_upward_import_is_found(tmp_path):
 def gin_users(package_dir: str = PACKAGE):
   """Modules outside cli/ that import gin (settings reach the library as objects)."""
   found = []
-  for folder, _, names in os.walk(package_dir):
-    for name in sorted(n for n in names if n.endswith('.py')):
-      path = os.path.join(folder, name)
-      rel = os.path.relpath(path, package_dir)
-      if rel.split(os.sep)[0] == 'cli':
-        continue
-      with open(path, encoding='utf-8') as f:
-        tree = ast.parse(f.read())
-      for node in ast.walk(tree):
-        names_ = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                  [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
-        if any(n == 'gin' or n.startswith('gin.') for n in names_):
-          found.append(f'{rel}:{node.lineno}')
+  for rel, source in _modules(package_dir):
+    if rel.split(os.sep)[0] == 'cli':
+      continue
+    for node in ast.walk(ast.parse(source)):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+      if any(n == 'gin' or n.startswith('gin.') for n in names):
+        found.append(f'{rel}:{node.lineno}')
   return found
 
 
@@ -107,19 +106,14 @@ def wide_functions(package_dir: str = PACKAGE):
   """Functions of the package with more than MAX_PARAMETERS named parameters (self and
   cls not counted; *args / **kwargs not either)."""
   found = []
-  for folder, _, names in os.walk(package_dir):
-    for name in sorted(n for n in names if n.endswith('.py')):
-      path = os.path.join(folder, name)
-      with open(path, encoding='utf-8') as f:
-        tree = ast.parse(f.read())
-      for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-          args = node.args
-          named = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
-          count = len([a for a in named if a not in ('self', 'cls')])
-          if count > MAX_PARAMETERS:
-            found.append(f'{os.path.relpath(path, package_dir)}:{node.lineno} '
-                         f'{node.name} ({count})')
+  for rel, source in _modules(package_dir):
+    for node in ast.walk(ast.parse(source)):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        args = node.args
+        named = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+        count = len([a for a in named if a not in ('self', 'cls')])
+        if count > MAX_PARAMETERS:
+          found.append(f'{rel}:{node.lineno} {node.name} ({count})')
   return found
 
 

@@ -14,33 +14,19 @@ import os
 
 import gin
 import numpy as np
-import tensorflow as tf
 
-from cvrl_tf import records
 from cvrl_tf.input import augment
 from cvrl_tf.input import clips
 from cvrl_tf.models import heads
 from cvrl_tf.models import r3d
 from cvrl_tf.protocols import knn
 from cvrl_tf.protocols import pretrain
-
-
-def _records(root):
-  rng = np.random.RandomState(0)
-  for split, n in (('train', 8), ('test', 4)):
-    with tf.io.TFRecordWriter(os.path.join(root, f'{split}-00000-of-00001.tfrecord')) as w:
-      for v in range(n):
-        frames = rng.randint(0, 255, (8, 36, 40, 3), np.uint8)
-        frames[..., v % 2] //= 4  # Two classes, by colour.
-        jpegs = [tf.io.encode_jpeg(f).numpy() for f in frames]
-        w.write(records.make_sequence_example(
-            jpegs, f'{split}{v}', 25.0, 36, 40, label_index=v % 2).SerializeToString())
-  return os.path.join(root, 'train-*.tfrecord'), os.path.join(root, 'test-*.tfrecord')
+from test_strategy_cache import _write_records  # pylint: disable=g-bad-import-order
 
 
 def test_pretrain_then_knn_without_gin(tmp_path):
   gin.clear_config()
-  train, test = _records(str(tmp_path))
+  train, test = _write_records(str(tmp_path))  # 8 train, 4 test videos, 2 classes
   encoder = r3d.EncoderSpec(name='r3d18', width_multiplier=0.125)
   views = clips.TestViews(clip_len=4, num_clips=1, num_crops=1, min_resize=32, crop_size=32)
   recipe = pretrain.Pretrain(
