@@ -1,13 +1,20 @@
 """Quality benchmark (`make bench-quality`, issue #31): the paper's ablations on the hard
 synthetic dataset, several seeds each, mean and 95% interval per row.
 
-Drives the real tools, as a user would type them (console scripts of this venv, gin
-files shipped under cvrl_tf/configs/quality/):
+Drives the real tools with the gin files shipped under cvrl_tf/configs/quality/:
 
   cvrl_synth --dataset=hard -> cvrl_convert (train, test) -> per variant and seed:
-  cvrl_train quality/pretrain.gin, then quality/linear_eval.gin and quality/knn_eval.gin
-  on the pretrained encoder; random init (linear + k-NN on the untrained encoder) and
-  the supervised reference (quality/supervised.gin) per seed.
+  quality/pretrain.gin, then quality/linear_eval.gin and quality/knn_eval.gin on the
+  pretrained encoder; random init (linear + k-NN on the untrained encoder) and the
+  supervised reference (quality/supervised.gin) per seed.
+
+The protocols of one chain (pretraining -> linear -> k-NN of a variant and seed; random
+init's linear -> k-NN -> supervised of a seed) run in one Python process, each stage
+exactly as `cvrl_train --gin_file=... --gin_bindings=... --model_dir=...` runs it
+(cli/gin_files.py: parse, check, run; gin cleared and a fresh Keras session between
+stages): one TensorFlow start-up per chain instead of one per protocol. `--separate`
+runs every stage as its own `cvrl_train` process (as before; for comparing the cost).
+Per-stage wall and CPU seconds: OUT/logs/<chain>.stages.json.
 
 Rows (docs/quality.md): main recipe (decreasing intervals, temporally consistent
 augmentation, 3-hidden-layer head, 1x steps); per-frame augmentation; uniform and
@@ -22,6 +29,7 @@ thread); a step whose output exists is skipped, so an interrupted run resumes.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -102,8 +110,83 @@ def tool(name: str) -> List[str]:
 
 
 class Task:
-  def __init__(self, key: str, cmd: List[str], done_file: str, after: Sequence[str] = ()):
-    self.key, self.cmd, self.done_file, self.after = key, cmd, done_file, list(after)
+  """A command; done when every one of done_files exists."""
+
+  def __init__(self, key: str, cmd: List[str], done_files, after: Sequence[str] = ()):
+    self.key, self.cmd, self.after = key, cmd, list(after)
+    self.done_files = [done_files] if isinstance(done_files, str) else list(done_files)
+
+  def done(self) -> bool:
+    return all(os.path.exists(f) for f in self.done_files)
+
+
+class Stage:
+  """One protocol run: what `cvrl_train --gin_file=quality/F ... --gin_bindings=B
+  --model_dir=D` runs; done when done_file exists."""
+
+  def __init__(self, key: str, gin_files: Sequence[str], model_dir: str,
+               bindings: Sequence[str], done_file: str):
+    self.key, self.gin_files, self.model_dir = key, list(gin_files), model_dir
+    self.bindings, self.done_file = list(bindings), done_file
+
+  def cmd(self) -> List[str]:
+    return (tool('cvrl_train') + [f'--gin_file=quality/{g}' for g in self.gin_files] +
+            [f'--model_dir={self.model_dir}'] +
+            [f'--gin_bindings={b}' for b in self.bindings])
+
+  def as_json(self) -> dict:
+    return dict(key=self.key, gin_files=self.gin_files, model_dir=self.model_dir,
+                bindings=self.bindings, done_file=self.done_file)
+
+
+def hard_config(overrides: Optional[str]):
+  """synthetic_hard.Config with the fields of the JSON `overrides` changed (lists become
+  tuples); unknown fields fail."""
+  from cvrl_tf.convert import synthetic_hard  # pylint: disable=g-import-not-at-top
+  changes = json.loads(overrides) if overrides else {}
+  changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+  return dataclasses.replace(synthetic_hard.Config(), **changes)
+
+
+def synth_variant(output_dir: str, overrides: str, seed: int, workers: Optional[int]) -> int:
+  """`cvrl_synth --dataset=hard` with changed Config fields (the worker of
+  --hard_config)."""
+  from cvrl_tf.convert import synthetic_hard  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.convert import pool as pool_lib  # pylint: disable=g-import-not-at-top
+  synthetic_hard.generate(output_dir, seed=seed, cfg=hard_config(overrides),
+                          workers=pool_lib.default_workers() if workers is None else workers)
+  return 0
+
+
+def run_stages(spec_path: str) -> int:
+  """The chain worker (`bench_quality.py --_chain=SPEC.json`): each stage not yet done,
+  in order, in this process, as cvrl_train runs it; per-stage times to SPEC's
+  `timings` file."""
+  t_start, c_start = time.perf_counter(), time.process_time()
+  with open(spec_path, encoding='utf-8') as f:
+    spec = json.load(f)
+  import gin  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
+  times = {'import': {'wall': time.perf_counter() - t_start,
+                      'cpu': time.process_time() - c_start}}
+  for stage in spec['stages']:
+    if os.path.exists(stage['done_file']):
+      print(f'--- {stage["key"]}: already done', flush=True)
+      continue
+    equivalent = ' '.join(shlex.quote(c) for c in Stage(**stage).cmd())
+    print(f'=== {stage["key"]}: as {equivalent}', flush=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    gin_files.parse([f'quality/{g}' for g in stage['gin_files']], stage['bindings'])
+    gin_files.check_protocol()
+    gin_files.run(model_dir=stage['model_dir'])
+    gin.clear_config()
+    tf.keras.backend.clear_session()
+    times[stage['key']] = {'wall': time.perf_counter() - t0,
+                           'cpu': time.process_time() - c0}
+    with open(spec['timings'], 'w', encoding='utf-8') as f:
+      json.dump(times, f, indent=1)
+  return 0
 
 
 class Bench:
@@ -135,16 +218,46 @@ class Bench:
             f"{protocol}.test_files='{self.records('test')}'",
             f"{protocol}.label_map_file='{self.path('records', 'train_label_map.txt')}'"]
 
-  def train(self, gin_files: Sequence[str], model_dir: str, bindings: Sequence[str]):
-    return (tool('cvrl_train') + [f'--gin_file=quality/{g}' for g in gin_files] +
-            [f'--model_dir={model_dir}'] + [f'--gin_bindings={b}' for b in bindings])
+  def chain(self, key: str, stages: Sequence[Stage], after: Sequence[str]) -> List[Task]:
+    """One task running the stages in one process, or (--separate) one cvrl_train task a
+    stage, each waiting on the one before."""
+    if self.args.separate:
+      tasks, before = [], list(after)
+      for stage in stages:
+        tasks.append(Task(stage.key, stage.cmd(), stage.done_file, after=before))
+        before = [stage.key]
+      return tasks
+    spec = self.path('logs', f'{key}.chain.json')
+    os.makedirs(os.path.dirname(spec), exist_ok=True)
+    with open(spec, 'w', encoding='utf-8') as f:
+      json.dump(dict(stages=[s.as_json() for s in stages],
+                     timings=self.path('logs', f'{key}.stages.json')), f, indent=1)
+    return [Task(key, [sys.executable, os.path.abspath(__file__), f'--_chain={spec}'],
+                 [s.done_file for s in stages], after=after)]
+
+  def eval_stages(self, name: str, seed: int, encoder: Sequence[str],
+                  source: Sequence[str]) -> List[Stage]:
+    """Linear and k-NN evaluation of one encoder (source: its encoder_source bindings)."""
+    stages = []
+    for protocol, done in (('linear_eval', 'eval_results.json'),
+                           ('knn_eval', 'knn_results.json')):
+      out = self.path('runs', f'{name}_{protocol}')
+      b = self.data(protocol) + [f'{protocol}.{x}' for x in source]
+      b += [f'{protocol}.seed={seed}'] if protocol == 'linear_eval' else []
+      stages.append(Stage(f'{protocol}_{name}', list(encoder) + [f'{protocol}.gin'], out,
+                          b + self.args.eval_bindings, os.path.join(out, done)))
+    return stages
 
   def tasks(self) -> List[Task]:
     a, tasks = self.args, []
     videos = self.path('videos')
-    tasks.append(Task('synth', tool('cvrl_synth') + [
-        '--dataset=hard', f'--output_dir={videos}', f'--seed={a.data_seed}'] +
-                      (['--workers=0'] if a.smoke else []) + a.synth_flags,
+    if a.hard_config:  # A variant of the design (calibration): its Config fields.
+      synth = [sys.executable, os.path.abspath(__file__), f'--_synth={videos}',
+               f'--hard_config={a.hard_config}', f'--data_seed={a.data_seed}']
+    else:
+      synth = tool('cvrl_synth') + ['--dataset=hard', f'--output_dir={videos}',
+                                    f'--seed={a.data_seed}']
+    tasks.append(Task('synth', synth + (['--workers=0'] if a.smoke else []) + a.synth_flags,
                       os.path.join(videos, 'synthetic.json')))
     for split, shards in (('train', 4), ('test', 2)):
       tasks.append(Task(f'convert_{split}', tool('cvrl_convert') + [
@@ -155,47 +268,38 @@ class Bench:
                         self.path('records', f'{split}_manifest.json'), after=['synth']))
     data = ['convert_train', 'convert_test']
     steps = a.steps or BASE_STEPS
+    chains = []
     for seed in self.seeds:
       for name, _, extra in self.variants:
         run = self.path('runs', f'{name}_s{seed}')
         bindings = [f"pretrain.train_files='{self.records('train')}'",
                     f'pretrain.seed={seed}', f'pretrain.train_steps={steps}']
         bindings += [b.format(steps2=2 * steps) for b in extra] + a.pretrain_bindings
-        tasks.append(Task(f'pretrain_{name}_s{seed}', self.train(['pretrain.gin'], run,
-                                                                 bindings),
-                          os.path.join(run, 'backbone', 'backbone.json'), after=data))
-        for protocol, done in (('linear_eval', 'eval_results.json'),
-                               ('knn_eval', 'knn_results.json')):
-          out = f'{run}_{protocol}'
-          b = self.data(protocol) + [f"{protocol}.encoder_source='model_dir'",
-                                     f"{protocol}.pretrain_dir='{run}'"]
-          b += [f'{protocol}.seed={seed}'] if protocol == 'linear_eval' else []
-          tasks.append(Task(f'{protocol}_{name}_s{seed}',
-                            self.train([f'{protocol}.gin'], out, b + a.eval_bindings),
-                            os.path.join(out, done), after=[f'pretrain_{name}_s{seed}']))
-      for protocol, done in (('linear_eval', 'eval_results.json'),
-                             ('knn_eval', 'knn_results.json')):
-        out = self.path('runs', f'random_s{seed}_{protocol}')
-        b = self.data(protocol) + [f"{protocol}.encoder_source='random'"]
-        b += [f'{protocol}.seed={seed}'] if protocol == 'linear_eval' else []
-        tasks.append(Task(f'{protocol}_random_s{seed}',
-                          self.train(['encoder.gin', f'{protocol}.gin'], out,
-                                     b + a.eval_bindings),
-                          os.path.join(out, done), after=data))
+        stages = [Stage(f'pretrain_{name}_s{seed}', ['pretrain.gin'], run, bindings,
+                        os.path.join(run, 'backbone', 'backbone.json'))]
+        stages += self.eval_stages(f'{name}_s{seed}', seed, [],
+                                   ["encoder_source='model_dir'", f"pretrain_dir='{run}'"])
+        chains.append((f'chain_{name}_s{seed}', stages))
+      if seed not in self.seeds[:a.reference_seeds]:
+        continue
+      stages = self.eval_stages(f'random_s{seed}', seed, ['encoder.gin'],
+                                ["encoder_source='random'"])
       out = self.path('runs', f'supervised_s{seed}')
-      tasks.append(Task(f'supervised_s{seed}', self.train(
-          ['encoder.gin', 'supervised.gin'], out,
-          self.data('finetune') + [f'finetune.seed={seed}'] + a.supervised_bindings),
-                        os.path.join(out, 'eval_results.json'), after=data))
-    # Pretraining first (the longest chain), then what waits on it, in list order.
-    order = {'synth': 0, 'convert': 1, 'pretrain': 2}
+      stages.append(Stage(f'supervised_s{seed}', ['encoder.gin', 'supervised.gin'], out,
+                          self.data('finetune') + [f'finetune.seed={seed}'] +
+                          a.supervised_bindings, os.path.join(out, 'eval_results.json')))
+      chains.append((f'chain_random_s{seed}', stages))
+    # The longest chains first (pretraining), then random init and supervised.
+    for key, stages in chains:
+      tasks += self.chain(key, stages, data)
+    order = {'synth': 0, 'convert': 1, 'pretrain': 2, 'chain': 2}
     return sorted(tasks, key=lambda t: order.get(t.key.split('_')[0], 3))
 
   # ---------------------------------------------------------------- running
   def run(self) -> None:
     os.makedirs(self.path('logs'), exist_ok=True)
     tasks = self.tasks()
-    done = {t.key for t in tasks if os.path.exists(t.done_file)}
+    done = {t.key for t in tasks if t.done()}
     for key in sorted(done):
       self.say(f'--- {key}: already done')
     queue = [t for t in tasks if t.key not in done]
@@ -295,8 +399,8 @@ class Bench:
                    f'{fmt(*r["knn_stats"][:2])} | {seeds(r["linear"])} | '
                    f'{seeds(r["knn"])} |')
     lines.append(f'| chance | {100 / NUM_CLASSES:.2f} | {100 / NUM_CLASSES:.2f} | | |')
-    pretrain_wall = sum(v['wall'] for k, v in self.timings.items()
-                        if k.startswith('pretrain_'))
+    stages = self.stage_timings()
+    pretrain_wall = sum(v['wall'] for k, v in stages.items() if k.startswith('pretrain_'))
     cpu = sum(v['cpu'] for v in self.timings.values())
     text = '\n'.join([
         '# Quality benchmark (benchmarks/bench_quality.py)', '',
@@ -312,10 +416,23 @@ class Bench:
     with open(self.path('quality.md'), 'w', encoding='utf-8') as f:
       f.write(text)
     with open(self.path('results.json'), 'w', encoding='utf-8') as f:
-      json.dump(dict(rows=rows, seeds=self.seeds, wall=wall, machine=machine_line()), f,
+      json.dump(dict(rows=rows, seeds=self.seeds, wall=wall, machine=machine_line(),
+                     stages=self.stage_timings()), f,
                 indent=1)
     self.plot(rows)
     return text
+
+  def stage_timings(self) -> Dict[str, dict]:
+    """Wall and CPU seconds per protocol run: the chains' own records (logs/*.stages.json,
+    'import' = a chain's start-up), and the separate commands' (timings.json)."""
+    stages = {k: v for k, v in self.timings.items() if not k.startswith('chain_')}
+    logs = self.path('logs')
+    for name in sorted(os.listdir(logs)) if os.path.isdir(logs) else []:
+      if name.endswith('.stages.json'):
+        with open(os.path.join(logs, name), encoding='utf-8') as f:
+          for key, value in json.load(f).items():
+            stages[f'import_{name[:-len(".stages.json")]}' if key == 'import' else key] = value
+    return stages
 
   def plot(self, rows: List[dict]) -> None:
     import matplotlib  # pylint: disable=g-import-not-at-top
@@ -356,6 +473,17 @@ def parse(argv=None):
   p.add_argument('--variants', default=None,
                  help='comma-separated subset of: ' + ','.join(v[0] for v in VARIANTS))
   p.add_argument('--report_only', action='store_true')
+  p.add_argument('--separate', action='store_true',
+                 help='one cvrl_train process per protocol (as before chains; slower)')
+  p.add_argument('--reference_seeds', type=int, default=None,
+                 help='random init and supervised for the first N seeds only (default: all)')
+  p.add_argument('--hard_config', default=None,
+                 help='JSON of synthetic_hard.Config fields to change (calibration '
+                 'probes), e.g. \'{"visible": [1, 1], "pan": 0}\'; default: the design as '
+                 'shipped (cvrl_synth --dataset=hard)')
+  p.add_argument('--_chain', default=None, help=argparse.SUPPRESS)
+  p.add_argument('--_synth', default=None, help=argparse.SUPPRESS)
+  p.add_argument('--workers', type=int, default=None, help=argparse.SUPPRESS)
   p.add_argument('--smoke', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   args.synth_flags, args.pretrain_bindings, args.eval_bindings = [], [], []
@@ -365,6 +493,11 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
   args = parse(argv)
+  if args._chain:  # pylint: disable=protected-access
+    return run_stages(args._chain)  # pylint: disable=protected-access
+  if args._synth:  # pylint: disable=protected-access
+    return synth_variant(args._synth, args.hard_config, args.data_seed,  # pylint: disable=protected-access
+                         args.workers)
   bench = Bench(args)
   if args.variants:
     keep = set(args.variants.split(','))

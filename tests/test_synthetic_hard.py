@@ -102,6 +102,26 @@ def test_distant_frames_share_less_than_close_ones():
   assert np.mean(far) > 2 * np.mean(near)
 
 
+def test_lighting_without_drift_holds_the_start_for_the_whole_video():
+  """lighting_drift=False: the start's gain and cast in every frame (the same RNG stream,
+  so frame 0 is the drifting video's frame 0); with drift the last frame differs."""
+  still = dict(size=32, noise=0.0, shake=0.0, pan=0.0, camera_zoom=0.0, distractors=0,
+               occluder_speed=(0.0, 0.0), visible=(1.0, 1.0), gain=(0.7, 1.3), cast=0.1)
+  drift, fixed = hard.Config(**still), hard.Config(**still, lighting_drift=False)
+  rng = lambda: synthetic.video_rng(0, 'train', 4)
+  light = hard.scene(rng(), fixed)['lighting']
+  np.testing.assert_array_equal(light['gain'][0], light['gain'][1])
+  np.testing.assert_array_equal(light['cast'][0], light['cast'][1])
+  a, b = hard.render(0, rng(), drift), hard.render(0, rng(), fixed)
+  np.testing.assert_array_equal(a[0], b[0])
+  # The last frames differ by the drift's end / start lighting, channel by channel.
+  drawn = hard.scene(rng(), drift)['lighting']
+  expected = (drawn['gain'][1] * (1 + drawn['cast'][1])) / (drawn['gain'][0] *
+                                                             (1 + drawn['cast'][0]))
+  assert np.abs(expected - 1).max() > 0.1
+  np.testing.assert_allclose(a[-1].mean((0, 1)) / b[-1].mean((0, 1)), expected, rtol=0.02)
+
+
 def test_demo_set_unchanged():
   """The demo renderer's bytes, recorded before the hard set was added."""
   cfg = synthetic.Config(size=32, seconds=0.6, fps=20)

@@ -67,6 +67,9 @@ class Config:
   camera_zoom: float = 0.002  # camera zoom, log-scale per frame, +-
   gain: Tuple[float, float] = (0.9, 1.1)  # lighting gain at the start and at the end
   cast: float = 0.04  # colour cast per channel, +-, at the start and at the end
+  # False: the start's gain and cast hold for the whole video (a per-video lighting, the
+  # same in every clip of it); the end's are still drawn (the same RNG stream).
+  lighting_drift: bool = True
   occluder_speed: Tuple[float, float] = (0.6, 1.0)  # px/frame
   occluder_width: Tuple[float, float] = (3.0, 5.0)  # px
   shake: float = 0.5  # camera jitter std, px
@@ -148,6 +151,8 @@ def scene(rng: np.random.Generator, cfg: Config = Config()) -> dict:
                   colour=_colour(rng)[0], start=rng.uniform(0, 0.5) * n)
   lighting = dict(gain=rng.uniform(*cfg.gain, 2), cast=rng.uniform(-cfg.cast, cfg.cast,
                                                                      (2, 3)))
+  if not cfg.lighting_drift:
+    lighting = {k: np.stack([v[0], v[0]]) for k, v in lighting.items()}
   return dict(canvas=canvas, camera=camera, palette=palette, window=window,
               distractors=distractors, occluder=occluder, lighting=lighting,
               dot_rng=copy.deepcopy(rng))
