@@ -5,9 +5,10 @@ at once only makes TensorFlow's thread pools spin against each other), the slowe
 first, all scheduled when this module's fixture is first used; each test then waits for
 its own. Each imports TensorFlow (~5 CPU-seconds), so the module takes about a minute.
 
-Five run only with CVRL_SLOW_TESTS=1 (`make test` within its 10 minutes on an AVX2-only
-CPU; ~100 CPU-seconds together): bench_train_step.py, bench_gather.py,
-bench_demo_step.py, bench_e2e.py and bench_embed.py. What they time is tested in
+Six run only with CVRL_SLOW_TESTS=1 (`make test` within its 10 minutes on an AVX2-only
+CPU; ~200 CPU-seconds together): bench_train_step.py, bench_gather.py,
+bench_demo_step.py, bench_e2e.py, bench_embed.py and bench_vs_model_garden.py (three
+processes each building R3D-50). What they time is tested in
 `make test` all the same: the train step in float32, bfloat16 and XLA
 (test_pretrainer.py, test_train_loop.py), the cross-replica gather (test_losses.py,
 test_distribute.py), the demo's steps (test_demo.py's quick demo), the input pipeline
@@ -32,11 +33,12 @@ SLOWEST_FIRST = ('bench_train_step.py', 'bench_gather.py', 'bench_input.py',
                  'bench_e2e.py', 'bench_convert.py')
 
 SLOW = ('bench_train_step.py', 'bench_gather.py', 'bench_demo_step.py', 'bench_e2e.py',
-        'bench_embed.py')
+        'bench_embed.py', 'bench_vs_model_garden.py')
 RUN_SLOW = bool(os.environ.get('CVRL_SLOW_TESTS'))
 slow = pytest.mark.skipif(not RUN_SLOW, reason='set CVRL_SLOW_TESTS=1')
 
 sys.path.insert(0, BENCH_DIR)
+import bench_vs_model_garden  # noqa: E402  pylint: disable=wrong-import-position
 import run_all  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -234,3 +236,47 @@ def test_export_quick(runs):
   rows = _table_rows(out, 'variant ')
   assert [(r[0], r[1], r[3]) for r in rows] == [('off', 'TF_ENABLE_ONEDNN_OPTS=0', 'off')], out
   assert float(rows[0][5].split()[0]) > 0, rows
+
+
+def test_wall_shares_split_overlaps_and_count_idle():
+  """Hand-computed: A [0, 10) and B [5, 15) overlap for 5 units (2.5 each), C [20, 30)
+  runs alone after 5 idle units; the shares sum to the span, 30."""
+  shares = bench_vs_model_garden.wall_shares([(0, 10, 'A'), (5, 15, 'B'), (20, 30, 'C')])
+  assert dict(shares) == {'A': 7.5, 'B': 7.5, 'C': 10, ('idle', ''): 5}
+  # Three at once, one of them twice (two runs of the same class): 2/3 and 1/3.
+  shares = bench_vs_model_garden.wall_shares([(0, 3, 'A'), (0, 3, 'A'), (0, 3, 'B')])
+  assert shares['A'] == pytest.approx(2) and shares['B'] == pytest.approx(1)
+
+
+@pytest.mark.parametrize('scope, op, expected', [
+    ('gradient_tape/cvrl_pretrainer/r3d50/res2_block1_conv_a/Conv3D/Conv3DBackpropFilterV2',
+     '_MklNativeConv3DBackpropFilterV2', 'conv kernel gradient'),
+    ('gradient_tape/model/res_block/conv3d_4/Conv3D/Conv3DBackpropInputV2',
+     'Conv3DBackpropInputV2', 'conv input gradient'),
+    ('cvrl_pretrainer/r3d50/stem_conv/Conv3D', '_MklNativeConv3D', 'conv forward'),
+    ('SGD/gradients/res4_block2_conv_a_kernel_gradient/MatMul', '_MklMatMul',
+     'conv kernel gradient'),
+    ('cvrl_pretrainer/r3d50/res2_block1_bn_a/FusedBatchNormV3',
+     '_MklNativeFusedBatchNormV3', 'batch norm'),
+    ('video_ssl_model/resnet3d/sync_batch_normalization_3/moments/mean', 'Mean',
+     'batch norm'),
+    ('cvrl_pretrainer/projection_head/hidden_0/MatMul', '_MklMatMul', 'head + loss'),
+    ('SGD/SGD/update_12/ResourceApplyKerasMomentum', 'ResourceApplyKerasMomentum',
+     'optimizer update'),
+    ('cvrl_pretrainer/r3d50/res2_block1_add/add', 'AddV2', 'other'),
+])
+def test_profile_op_classes(scope, op, expected):
+  assert bench_vs_model_garden.op_class(scope, op) == expected
+
+
+@slow
+def test_vs_model_garden_quick(runs):
+  out = runs['bench_vs_model_garden.py'].output()
+  rows = _table_rows(out, 'step ')
+  assert [r[0] for r in rows] == ['ours', 'mg', 'mg_plain'], out
+  for row in rows:
+    assert float(row[2].split()[0]) > 0, row
+  assert re.search(r'^  mg_plain / ours step time: [\d.]+x$', out, re.M), out
+  profile = {r[0]: r for r in _table_rows(out, 'op class ')}
+  assert 'GFLOP/s' in profile['conv forward'][1], out
+  assert profile['profiled step'][1].endswith('(100.0%)'), out

@@ -127,7 +127,9 @@ class Conv3D(tf_keras.layers.Conv3D):
         dx = tf.raw_ops.Conv3DBackpropInputV2(
             input_sizes=tf.shape(x), filter=k, out_backprop=dy, strides=strides,
             padding=padding)
-        return dx, temporal_kernel_gradient(x, dy, k.shape, padding)
+        # Named after the layer, so profiles attribute these GEMMs to it.
+        with tf.name_scope(f'{self.name}_kernel_gradient'):
+          return dx, temporal_kernel_gradient(x, dy, k.shape, padding)
       return tf.nn.conv3d(x, k, strides, padding), grad
 
     return conv(inputs, tf.convert_to_tensor(kernel))
