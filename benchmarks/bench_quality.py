@@ -481,12 +481,15 @@ def parse(argv=None):
                  help='JSON of synthetic_hard.Config fields to change (calibration '
                  'probes), e.g. \'{"visible": [1, 1], "pan": 0}\'; default: the design as '
                  'shipped (cvrl_synth --dataset=hard)')
+  p.add_argument('--pretrain_binding', action='append', default=[],
+                 help='an extra gin binding of every pretraining run (calibration probes)')
   p.add_argument('--_chain', default=None, help=argparse.SUPPRESS)
   p.add_argument('--_synth', default=None, help=argparse.SUPPRESS)
   p.add_argument('--workers', type=int, default=None, help=argparse.SUPPRESS)
   p.add_argument('--smoke', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  args.synth_flags, args.pretrain_bindings, args.eval_bindings = [], [], []
+  args.synth_flags, args.eval_bindings = [], []
+  args.pretrain_bindings = list(args.pretrain_binding)
   args.supervised_bindings = []
   return args
 

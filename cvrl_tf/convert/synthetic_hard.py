@@ -59,13 +59,18 @@ class Config:
   distractors: int = 1
   distractor_radius: Tuple[float, float] = (3.0, 5.0)  # px
   distractor_speed: float = 0.3  # px/frame at most
-  background_contrast: float = 0.015  # grating amplitude; blobs 5x that
-  background_colour: float = 0.15  # 0: the demo's grey; 1: any colour
+  # The background: grey (design 4). A textured, coloured one (design 3: contrast 0.015,
+  # colour 0.15) is a per-video appearance both views share, which this budget's recipe
+  # learns instead of the motion (docs/quality.md, section 4).
+  background_contrast: float = 0.0  # grating amplitude; blobs 5x that
+  background_colour: float = 0.0  # 0: the demo's grey; 1: any colour
   dot_contrast: float = 1.0  # times the demo's bright / dark dot offsets
   tint: float = 0.0  # how much of the video's palette colours the dots
-  pan: float = 0.2  # camera pan, px/frame at most
+  pan: float = 0.0  # camera pan, px/frame at most (design 3: 0.2)
   camera_zoom: float = 0.002  # camera zoom, log-scale per frame, +-
-  gain: Tuple[float, float] = (0.9, 1.1)  # lighting gain at the start and at the end
+  # Lighting gain at the start and at the end (design 3: 0.9-1.1; a brightness both views
+  # share, or one that differs between them, keeps the recipe on its plateau).
+  gain: Tuple[float, float] = (1.0, 1.0)
   cast: float = 0.04  # colour cast per channel, +-, at the start and at the end
   # False: the start's gain and cast hold for the whole video (a per-video lighting, the
   # same in every clip of it); the end's are still drawn (the same RNG stream).
