@@ -2,9 +2,12 @@
 
   python benchmarks/bench_e2e.py          # R3D-18, 4 videos x 2 views of 8x112x112
   python benchmarks/bench_e2e.py --quick  # smoke run (R3D-18 0.25x, 4x32x32, seconds)
+  python benchmarks/bench_e2e.py --from_videos  # records made by the converter from mp4s
 
 Writes synthetic records (bench_input.write_records: moving textures, JPEG q90, 60-100
-frames of 256x340 per video), then measures, alternating the three variants within each
+frames of 256x340 per video; with --from_videos: 480x360 H.264 mp4s of 4 s at 25 fps
+(bench_convert.write_video) converted by cvrl_tf's converter at short side 256, as a
+user's videos would be), then measures, alternating the three variants within each
 repetition so that load drift hits them alike (warm-up excluded; median and min..max of
 --reps repetitions):
   pipeline   cvrl_tf.input.pipeline.build_pretrain_dataset alone (defer='resize', canvas
@@ -54,6 +57,10 @@ def main(argv=None) -> int:
   parser.add_argument('--crop_size', type=int, default=112)
   parser.add_argument('--defer', default='resize', choices=pipeline.DEFER_MODES)
   parser.add_argument('--num_videos', type=int, default=20)
+  parser.add_argument('--from_videos', action='store_true',
+                      help='records from encoded videos through the converter (480x360 '
+                           'mp4s of bench_convert.py, 4 s each, short side 256) instead '
+                           'of JPEG frames written directly')
   parser.add_argument('--frame_size', default='256x340', help='HxW of the records')
   parser.add_argument('--reps', type=int, default=3)
   parser.add_argument('--steps', type=int, default=3, help='timed steps per repetition')
@@ -71,16 +78,27 @@ def main(argv=None) -> int:
 
   tmp = tempfile.TemporaryDirectory(prefix='bench_e2e_')
   t0 = time.perf_counter()
-  pattern = bench_input.write_records(tmp.name, args.num_videos,
-                                      max(1, args.num_videos // 5), height, width)
-  print(f'wrote {args.num_videos} videos at {height}x{width} in '
+  if args.from_videos:
+    import bench_convert  # pylint: disable=import-outside-toplevel
+    paths = [os.path.join(tmp.name, f'v{i:03d}.mp4') for i in range(args.num_videos)]
+    for i, path in enumerate(paths):
+      bench_convert.write_video(path, 1.0 if args.quick else 4.0, seed=i)
+    bench_convert.run_convert(paths, 2, os.path.join(tmp.name, 'records'))
+    pattern = os.path.join(tmp.name, 'records', '*.tfrecord*')
+    height, width = None, None  # the canvas is read off the records (canvas=None)
+  else:
+    pattern = bench_input.write_records(tmp.name, args.num_videos,
+                                        max(1, args.num_videos // 5), height, width)
+  kind = 'converted mp4s' if args.from_videos else f'{height}x{width} JPEG frames'
+  print(f'wrote {args.num_videos} videos ({kind}) in '
         f'{time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs; tf {tf.__version__}',
         flush=True)
 
   def dataset():
     return pipeline.build_pretrain_dataset(
         pattern, args.batch, clip_len=args.clip_len, stride=args.stride,
-        crop_size=args.crop_size, defer=args.defer, canvas=(height, width), seed=0)
+        crop_size=args.crop_size, defer=args.defer,
+        canvas=None if height is None else (height, width), seed=0)
 
   tf_keras.mixed_precision.set_global_policy(bench_train_step.POLICIES[args.dtype])
   model = bench_train_step.build(args.backbone, args.width_multiplier, args.head_dim,
