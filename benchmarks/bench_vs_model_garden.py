@@ -50,7 +50,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 YAML_DATA = os.path.join(ROOT, 'tests', 'data', 'model_garden_cvrl_yaml.json')
-PRETRAIN_YAML = 'cvrl_pretrain_k600_200ep.yaml'
 EXPERIMENT = 'video_ssl_pretrain_kinetics600'
 IMPLEMENTATIONS = ('ours', 'mg', 'mg_plain')
 RESULT = 'RESULT '
@@ -161,7 +160,16 @@ def run_ours(args):
   if args.profile:
     profile = op_profile(
         lambda n: model.fit(ds, steps_per_epoch=n, epochs=1, verbose=0), PROFILED_STEPS)
-  return walls, cpus, profile
+  return walls, cpus, profile, _parameters(model, model.encoder)
+
+
+def _parameters(model, encoder):
+  """(encoder's, whole model's) trainable parameters. The encoders must be equal; the
+  heads differ by Model Garden's hidden Dense biases (3 x 2048), which the BN after each
+  makes redundant (interop/model_garden.py folds them into its moving mean)."""
+  def count(layer):
+    return int(sum(v.shape.num_elements() for v in layer.trainable_variables))
+  return count(encoder), count(model)
 
 
 def mg_config(args, use_sync_bn: bool):
@@ -171,13 +179,15 @@ def mg_config(args, use_sync_bn: bool):
   from official.projects.video_ssl.configs import video_ssl
   from official.projects.video_ssl.tasks import pretrain
   # pylint: enable=import-outside-toplevel,unused-import
+  sys.path.insert(0, ROOT)
+  from cvrl_tf.interop import model_garden  # pylint: disable=import-outside-toplevel
   with open(YAML_DATA) as f:
-    overrides = json.load(f)[PRETRAIN_YAML]['overrides']
+    overrides = json.load(f)[model_garden.PRETRAIN_YAML]['overrides']
   config = exp_factory.get_exp_config(EXPERIMENT)
   config.override(overrides, is_strict=True)
   blocks = config.task.model.backbone.resnet_3d.block_specs
   config.override({
-      'runtime': {'mixed_precision_dtype': args.dtype, 'distribution_strategy': 'one_device'},
+      'runtime': {'mixed_precision_dtype': args.dtype},
       'task': {
           'train_data': {'feature_shape': (args.frames, args.size, args.size, 3),
                          'global_batch_size': args.batch, 'dtype': args.dtype},
@@ -220,18 +230,19 @@ def run_model_garden(args, use_sync_bn: bool):
   import common  # pylint: disable=import-outside-toplevel
   walls, cpus = common.time_calls(lambda: run(1), args.reps, warmup=max(1, args.warmup))
   profile = op_profile(run, PROFILED_STEPS) if args.profile else None
-  return walls, cpus, profile
+  return walls, cpus, profile, _parameters(model, model.backbone)
 
 
 def worker(args) -> int:
   if args.worker == 'ours':
-    walls, cpus, profile = run_ours(args)
+    walls, cpus, profile, parameters = run_ours(args)
   else:
-    walls, cpus, profile = run_model_garden(args, use_sync_bn=args.worker == 'mg')
+    walls, cpus, profile, parameters = run_model_garden(args, use_sync_bn=args.worker == 'mg')
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   profile = None if profile is None else [[k[0], k[1], v] for k, v in profile.items()]
   print(RESULT + json.dumps({'impl': args.worker, 'walls': walls, 'cpus': cpus,
-                             'peak_mb': peak_mb, 'profile': profile}), flush=True)
+                             'peak_mb': peak_mb, 'profile': profile,
+                             'parameters': parameters}), flush=True)
   return 0
 
 
@@ -296,7 +307,11 @@ def report(args, results):
                 [f'{max(r["peak_mb"] for r in runs):.0f}'])
   common.print_table(['step', 'median s per process', 'step s (all)', 'CPU-s/step',
                       'clips/s', 'clips/CPU-s', 'peak RSS MB'], rows)
-  print()
+  parameters = {impl: runs[0]['parameters'] for impl, runs in by_impl.items()}
+  print('\ntrainable parameters, encoder (whole model): ' + ', '.join(
+      f'{k} {e:,} ({m:,})' for k, (e, m) in parameters.items()))
+  if len({e for e, _ in parameters.values()}) > 1:
+    print('  WARNING: the encoders differ; the ratios compare unlike work')
   for impl in medians:
     if impl != 'ours' and 'ours' in medians:
       print(f'  {impl} / ours step time: {medians[impl] / medians["ours"]:.3f}x')
@@ -332,7 +347,7 @@ def report(args, results):
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--worker', choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
-  parser.add_argument('--quick', action='store_true', help='smoke run (seconds)')
+  parser.add_argument('--quick', action='store_true', help='smoke run (~1 minute)')
   parser.add_argument('--implementations', default=','.join(IMPLEMENTATIONS))
   parser.add_argument('--depth', type=int, default=50, help="Model Garden's: 50, 101, ...")
   parser.add_argument('--head_dim', type=int, default=2048)

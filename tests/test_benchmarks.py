@@ -277,6 +277,16 @@ def test_vs_model_garden_quick(runs):
   for row in rows:
     assert float(row[2].split()[0]) > 0, row
   assert re.search(r'^  mg_plain / ours step time: [\d.]+x$', out, re.M), out
+  # The same encoder in all three (R3D-50 with the released block specs), counted in each
+  # process; the heads differ by Model Garden's 3 x 2048 redundant hidden biases.
+  counts = re.search(r'^trainable parameters, encoder \(whole model\): ours ([\d,]+) '
+                     r'\(([\d,]+)\), mg ([\d,]+) \(([\d,]+)\), mg_plain ([\d,]+) '
+                     r'\(([\d,]+)\)$', out, re.M)
+  assert counts and 'WARNING' not in out, out
+  encoders = {int(c.replace(',', '')) for c in counts.groups()[::2]}
+  wholes = [int(c.replace(',', '')) for c in counts.groups()[1::2]]
+  assert len(encoders) == 1, out
+  assert wholes[1] == wholes[2] == wholes[0] + 3 * 2048, out
   profile = {r[0]: r for r in _table_rows(out, 'op class ')}
   assert 'GFLOP/s' in profile['conv forward'][1], out
   assert profile['profiled step'][1].endswith('(100.0%)'), out
