@@ -362,17 +362,15 @@ def drop_summaries_after(summary_dir: str, step: int) -> int:
   Each file is replaced atomically. Returns the number of events dropped."""
   dropped = 0
   for path in sorted(tf.io.gfile.glob(os.path.join(summary_dir, 'events.out.tfevents.*'))):
-    records = tf.data.TFRecordDataset(path).ignore_errors()
-    events = [tf.compat.v1.Event.FromString(r) for r in records.as_numpy_iterator()]
-    keep = [e for e in events if e.step <= step]
-    size = tf.io.gfile.stat(path).length
-    written = sum(16 + len(e.SerializeToString()) for e in events)
-    if len(keep) == len(events) and written == size:
+    records = list(tf.data.TFRecordDataset(path).ignore_errors().as_numpy_iterator())
+    keep = [r for r in records if tf.compat.v1.Event.FromString(r).step <= step]
+    readable = sum(16 + len(r) for r in records)  # 16: a record's length and CRCs
+    if len(keep) == len(records) and readable == tf.io.gfile.stat(path).length:
       continue
-    dropped += len(events) - len(keep)
+    dropped += len(records) - len(keep)
     with tf.io.TFRecordWriter(path + '.tmp') as out:
-      for event in keep:
-        out.write(event.SerializeToString())
+      for record in keep:
+        out.write(record)
     tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
   return dropped
 
@@ -416,7 +414,7 @@ def fit_resumable(model: tf_keras.Model,
   if start_step >= total_steps:
     return {}
   summaries = os.path.join(out_dir, SUMMARY_SUBDIR)
-  if chief and resumed:
+  if chief:  # Also without a checkpoint: a run killed before its first one logged steps.
     drop_summaries_after(summaries, start_step)
   writer = tf.summary.create_file_writer(summaries) if chief else None
   try:
