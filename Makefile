@@ -40,7 +40,7 @@ QUALITY_OUT ?= quality_out
 bench-quality: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)
 
-# One seed: the main recipe, per-frame augmentation, random init, supervised.
+# One seed: the main recipe, per-frame augmentation, random init.
 bench-quality-quick: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)_quick --quick
 

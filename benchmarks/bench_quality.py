@@ -19,13 +19,17 @@ Per-stage wall and CPU seconds: OUT/logs/<chain>.stages.json.
 Rows (docs/quality.md): main recipe (decreasing intervals, temporally consistent
 augmentation, 3-hidden-layer head, 1x steps); per-frame augmentation; uniform and
 increasing intervals; 2x steps; heads with 0 and 1 hidden layers; random init;
-supervised. --quick: one seed, main + per-frame + random init + supervised.
+supervised. --quick: one seed, main + per-frame + random init (the supervised reference
+only in the full table: it was a fifth of --quick's CPU time).
 
 Each row: mean over seeds and a 95% interval, mean +- t(0.975, n-1) * s / sqrt(n)
 (Student t; none with one seed). Output in OUT: quality.md (the table, the machine, the
 wall time), quality.png (the rows with their intervals), results.json, logs/. Commands
-run `--jobs` at a time (default 2: each cvrl_train spends much of its time in one
-thread); a step whose output exists is skipped, so an interrupted run resumes.
+run `--jobs` at a time (default: one per core), each with cores / jobs TensorFlow
+intra-op threads (TF_NUM_INTRAOP_THREADS, unless set): two chains of two threads each on
+two cores kept 1.5 cores busy, one starved behind the other; one thread each keeps both
+busy (docs/quality.md, section 3). A step whose output exists is skipped, so an
+interrupted run resumes.
 """
 
 import argparse
@@ -56,6 +60,16 @@ VARIANTS = [
     ('head1', 'projection head: 1 hidden layer', ['projection_head.num_hidden_layers=1']),
 ]
 QUICK_VARIANTS = ('main', 'per_frame')
+
+
+def chain_env(jobs: int, cores: Optional[int] = None, environ=None) -> Dict[str, str]:
+  """The environment of every command: cores // jobs intra-op threads each (at least
+  one), unless the caller set TF_NUM_INTRAOP_THREADS; TensorFlow's C++ logs quiet."""
+  env = dict(os.environ if environ is None else environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  cores = cores or os.cpu_count() or 1
+  env.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, cores // max(1, jobs))))
+  return env
 
 # Two-sided 95% Student t quantiles, t(0.975, df).
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
@@ -285,9 +299,10 @@ class Bench:
       stages = self.eval_stages(f'random_s{seed}', seed, ['encoder.gin'],
                                 ["encoder_source='random'"])
       out = self.path('runs', f'supervised_s{seed}')
-      stages.append(Stage(f'supervised_s{seed}', ['encoder.gin', 'supervised.gin'], out,
-                          self.data('finetune') + [f'finetune.seed={seed}'] +
-                          a.supervised_bindings, os.path.join(out, 'eval_results.json')))
+      if not a.quick:
+        stages.append(Stage(f'supervised_s{seed}', ['encoder.gin', 'supervised.gin'], out,
+                            self.data('finetune') + [f'finetune.seed={seed}'] +
+                            a.supervised_bindings, os.path.join(out, 'eval_results.json')))
       chains.append((f'chain_random_s{seed}', stages))
     # The longest chains first (pretraining), then random init and supervised.
     for key, stages in chains:
@@ -304,7 +319,7 @@ class Bench:
       self.say(f'--- {key}: already done')
     queue = [t for t in tasks if t.key not in done]
     running = {}  # pid -> (task, start, log file)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'))
+    env = chain_env(self.args.jobs)
     try:
       while queue or running:
         for task in list(queue):
@@ -379,6 +394,8 @@ class Bench:
         for s in self.seeds], knn=[self.read(self.path(
             'runs', f'random_s{s}_knn_eval', 'knn_results.json'), True)
                                    for s in self.seeds]))
+    if self.args.quick:
+      return rows
     rows.append(dict(name='supervised', label='supervised from scratch (labels; reference)',
                      linear=[self.read(self.path('runs', f'supervised_s{s}',
                                                  'eval_results.json')) for s in self.seeds],
@@ -406,7 +423,8 @@ class Bench:
         '# Quality benchmark (benchmarks/bench_quality.py)', '',
         f'machine: {machine_line()}',
         f'seeds: {self.seeds}; base pretraining steps: {self.args.steps or BASE_STEPS}; '
-        f'jobs: {self.args.jobs}' + ('; --quick' if self.args.quick else ''),
+        f'jobs: {self.args.jobs} x {chain_env(self.args.jobs)["TF_NUM_INTRAOP_THREADS"]} '
+        'intra-op threads' + ('; --quick' if self.args.quick else ''),
         f'wall time of this invocation: {wall / 60:.1f} min; CPU seconds of all commands '
         f'(all invocations): {cpu:.0f}; pretraining wall (sum): {pretrain_wall:.0f} s; '
         f'load average at start / end: {load[0]:.1f} / {os.getloadavg()[0]:.1f}', '',
@@ -465,8 +483,9 @@ def parse(argv=None):
   p.add_argument('--out', default='quality_out')
   p.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per row')
   p.add_argument('--quick', action='store_true',
-                 help='one seed: main recipe, per-frame augmentation, random, supervised')
-  p.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1))
+                 help='one seed: main recipe, per-frame augmentation, random init')
+  p.add_argument('--jobs', type=int, default=os.cpu_count() or 1,
+                 help='commands at a time, each with cores / jobs intra-op threads')
   p.add_argument('--steps', type=int, default=None,
                  help=f'base pretraining steps (default {BASE_STEPS}, quality/pretrain.gin)')
   p.add_argument('--data_seed', type=int, default=0, help='cvrl_synth --seed')
