@@ -36,11 +36,14 @@ bench: $(STAMP)
 
 # The quality benchmark (docs/quality.md): the paper's ablations on the hard synthetic
 # dataset, 3 seeds a row, mean and 95% interval; not part of `make test`. Resumes.
+# Hours on 2 cores (1200 pretraining steps a row; ~1.5 h in native bfloat16 on an
+# AVX512-BF16 CPU, ~4 h projected on an AVX2-only one); `--steps=N` for shorter runs.
 QUALITY_OUT ?= quality_out
 bench-quality: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)
 
-# One seed: the main recipe, per-frame augmentation, random init.
+# One seed: the main recipe, per-frame augmentation, random init (~8 min on 2 cores in
+# native bfloat16, ~23 projected on an AVX2-only CPU).
 bench-quality-quick: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)_quick --quick
 

@@ -1,6 +1,7 @@
 """benchmarks/bench_quality.py's bookkeeping (its runs are `make bench-quality`, not tests):
 the 95% interval, what --quick and the full table schedule, and the threads per chain."""
 
+import json
 import os
 import sys
 
@@ -63,3 +64,32 @@ def test_full_table_runs_every_row_for_every_seed(tmp_path):
               f'{name}_s{seed}_knn_eval'} <= set(keys)
     assert f'supervised_s{seed}' in keys
   assert [r['name'] for r in bench.rows()][-2:] == ['random', 'supervised']
+
+
+def test_paired_differences_use_the_seeds_both_rows_have():
+  # Seed-to-seed spread shared by both rows cancels: 50/30/10 vs 40/20/0 differ by 10
+  # in every seed, so the paired interval has width 0 while the rows' own are wide.
+  diffs = bench_quality.paired_differences([50.0, 30.0, 10.0], [40.0, 20.0, 0.0])
+  assert diffs == [10.0, 10.0, 10.0]
+  assert bench_quality.mean_interval(diffs)[:2] == (10.0, 0.0)
+  assert bench_quality.mean_interval([50.0, 30.0, 10.0])[1] > 40
+  assert bench_quality.paired_differences([None, 5.0, 7.0], [1.0, None, 2.0]) == [5.0]
+
+
+def test_report_has_the_paired_columns(tmp_path):
+  args = bench_quality.parse([f'--out={tmp_path}', '--seeds=2'])
+  bench = bench_quality.Bench(args)
+  bench.variants = [v for v in bench_quality.VARIANTS if v[0] in ('main', 'per_frame')]
+  results = {'main': (0.5, 0.3), 'per_frame': (0.1, 0.2)}
+  for name, (s0, s1) in results.items():
+    for seed, top1 in ((0, s0), (1, s1)):
+      for protocol, doc in (('linear_eval', {'top1': top1}),
+                            ('knn_eval', {'ks': [5], 'results': {'5': {'top1': top1}}})):
+        out = tmp_path / 'runs' / f'{name}_s{seed}_{protocol}'
+        out.mkdir(parents=True)
+        done = 'eval_results.json' if protocol == 'linear_eval' else 'knn_results.json'
+        (out / done).write_text(json.dumps(doc))
+  text = bench.report(60.0, (0.0, 0.0, 0.0))
+  row = next(line for line in text.splitlines() if line.startswith('| per-frame'))
+  # per-frame - main: -40 and -10 -> mean -25, s = 21.21, t(1) = 12.706: +- 190.6.
+  assert '| -25.0 +- 190.6 | -25.0 +- 190.6 |' in row
