@@ -27,7 +27,6 @@ Output as synthetic.py: mp4 files, train.csv / test.csv, classes.txt, synthetic.
 import copy
 import dataclasses
 import math
-import os
 import sys
 from typing import Dict, Optional, TextIO, Tuple
 
@@ -318,10 +317,6 @@ def generate(output_dir: str, num_train: int = 16, num_test: int = 8, seed: int 
              cfg: Config = Config(), workers: int = 0,
              log: Optional[TextIO] = sys.stderr) -> Dict[str, str]:
   """Writes the dataset (synthetic.write_dataset with this module's render); counts are
-  videos per class."""
-  # One BLAS thread per worker process: the dots' small products run 8x slower with the
-  # workers' BLAS threads competing for the same cores (0.12 vs 0.9 CPU s a video).
-  for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
-    os.environ.setdefault(var, '1')
+  videos per class. The worker pool limits each worker's BLAS threads (convert/pool.py)."""
   return synthetic.write_dataset(output_dir, __name__, CLASSES, cfg, num_train, num_test,
                                  seed, workers, log, dataset='hard')
