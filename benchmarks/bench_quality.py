@@ -28,7 +28,7 @@ wall time), quality.png (the rows with their intervals), results.json, logs/. Co
 run `--jobs` at a time (default: one per core), each with cores / jobs TensorFlow
 intra-op threads (TF_NUM_INTRAOP_THREADS, unless set): two chains of two threads each on
 two cores kept 1.5 cores busy, one starved behind the other; one thread each keeps both
-busy (docs/quality.md, section 3). A step whose output exists is skipped, so an
+busy (docs/quality.md, section 6e). A step whose output exists is skipped, so an
 interrupted run resumes.
 """
 
@@ -62,12 +62,21 @@ VARIANTS = [
 QUICK_VARIANTS = ('main', 'per_frame')
 
 
+def usable_cores() -> int:
+  """The cores this process may run on (its affinity mask, as convert/pool.py counts)."""
+  try:
+    return len(os.sched_getaffinity(0)) or 1
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
 def chain_env(jobs: int, cores: Optional[int] = None, environ=None) -> Dict[str, str]:
   """The environment of every command: cores // jobs intra-op threads each (at least
-  one), unless the caller set TF_NUM_INTRAOP_THREADS; TensorFlow's C++ logs quiet."""
+  one), unless the caller set TF_NUM_INTRAOP_THREADS; TensorFlow's C++ logs quiet.
+  (tf.data and the inter-op pool keep their own threads: one is not strict.)"""
   env = dict(os.environ if environ is None else environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  cores = cores or os.cpu_count() or 1
+  cores = cores or usable_cores()
   env.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, cores // max(1, jobs))))
   return env
 
@@ -313,7 +322,10 @@ class Bench:
                             self.data('finetune') + [f'finetune.seed={seed}'] +
                             a.supervised_bindings, os.path.join(out, 'eval_results.json')))
       chains.append((f'chain_random_s{seed}', stages))
-    # The longest chains first (pretraining), then random init and supervised.
+    # The longest chains first (2x steps, then the other pretraining chains), random init
+    # and supervised last: the tail where one chain runs alone is then a short one.
+    chains.sort(key=lambda chain: (not chain[0].startswith('chain_steps_2x'),
+                                   chain[0].startswith('chain_random')))
     for key, stages in chains:
       tasks += self.chain(key, stages, data)
     order = {'synth': 0, 'convert': 1, 'pretrain': 2, 'chain': 2}
@@ -327,6 +339,8 @@ class Bench:
     for key in sorted(done):
       self.say(f'--- {key}: already done')
     queue = [t for t in tasks if t.key not in done]
+    if queue:
+      self.record_settings()
     running = {}  # pid -> (task, start, log file)
     env = chain_env(self.args.jobs)
     try:
@@ -389,15 +403,16 @@ class Bench:
       return 100 * float(r['results'][str(r['ks'][0])]['top1'])
     return 100 * float(r['top1'])
 
+  def variant_row(self, name: str, label: str) -> dict:
+    runs = [self.path('runs', f'{name}_s{s}') for s in self.seeds]
+    return dict(name=name, label=label,
+                linear=[self.read(os.path.join(f'{r}_linear_eval', 'eval_results.json'))
+                        for r in runs],
+                knn=[self.read(os.path.join(f'{r}_knn_eval', 'knn_results.json'), True)
+                     for r in runs])
+
   def rows(self) -> List[dict]:
-    rows = []
-    for name, label, _ in self.variants:
-      runs = [self.path('runs', f'{name}_s{s}') for s in self.seeds]
-      rows.append(dict(name=name, label=label,
-                       linear=[self.read(os.path.join(f'{r}_linear_eval',
-                                                      'eval_results.json')) for r in runs],
-                       knn=[self.read(os.path.join(f'{r}_knn_eval', 'knn_results.json'),
-                                      True) for r in runs]))
+    rows = [self.variant_row(name, label) for name, label, _ in self.variants]
     rows.append(dict(name='random', label='random init (same encoder)', linear=[
         self.read(self.path('runs', f'random_s{s}_linear_eval', 'eval_results.json'))
         for s in self.seeds], knn=[self.read(self.path(
@@ -419,14 +434,15 @@ class Bench:
     lines = ['| row | linear top-1 (%) mean +- 95% | kNN top-1 (%) mean +- 95% | '
              'linear - main, same seed | kNN - main, same seed | linear per seed | '
              'kNN per seed |', '|---|---:|---:|---:|---:|---|---|']
-    main = rows[0] if rows and rows[0]['name'] == 'main' else None
+    # The main recipe's results, from disk also when --variants leaves its row out.
+    main = self.variant_row('main', VARIANTS[0][1])
     for r in rows:
       r['linear_stats'] = mean_interval(r['linear'])
       r['knn_stats'] = mean_interval(r['knn'])
       paired = []
       for key in ('linear', 'knn'):
         stats = (None, None, 0)
-        if main is not None and r is not main:
+        if r['name'] != 'main':
           stats = mean_interval(paired_differences(r[key], main[key]))
         r[f'{key}_minus_main'] = stats
         paired.append(fmt(*stats[:2]))
@@ -441,8 +457,7 @@ class Bench:
         '# Quality benchmark (benchmarks/bench_quality.py)', '',
         f'machine: {machine_line()}',
         f'seeds: {self.seeds}; base pretraining steps: {self.args.steps or BASE_STEPS}; '
-        f'jobs: {self.args.jobs} x {chain_env(self.args.jobs)["TF_NUM_INTRAOP_THREADS"]} '
-        'intra-op threads' + ('; --quick' if self.args.quick else ''),
+        f'{self.settings_line()}' + ('; --quick' if self.args.quick else ''),
         f'wall time of this invocation: {wall / 60:.1f} min; CPU seconds of all commands '
         f'(all invocations): {cpu:.0f}; pretraining wall (sum): {pretrain_wall:.0f} s; '
         f'load average at start / end: {load[0]:.1f} / {os.getloadavg()[0]:.1f}', '',
@@ -460,6 +475,29 @@ class Bench:
                 indent=1)
     self.plot(rows)
     return text
+
+  def settings_line(self) -> str:
+    """How the commands ran: --jobs and threads of each invocation that ran any
+    (OUT/settings.json), not of this one (e.g. --report_only)."""
+    path = self.path('settings.json')
+    runs = []
+    if os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        runs = json.load(f)
+    shown = sorted({f'{r["jobs"]} x {r["threads"]}' for r in runs})
+    return ('jobs x intra-op threads: ' + (', '.join(shown) if shown else 'none recorded')
+            + ' (per invocation that ran commands)')
+
+  def record_settings(self) -> None:
+    path = self.path('settings.json')
+    runs = []
+    if os.path.exists(path):
+      with open(path, encoding='utf-8') as f:
+        runs = json.load(f)
+    runs.append(dict(jobs=self.args.jobs,
+                     threads=chain_env(self.args.jobs)['TF_NUM_INTRAOP_THREADS']))
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(runs, f, indent=1)
 
   def stage_timings(self) -> Dict[str, dict]:
     """Wall and CPU seconds per protocol run: the chains' own records (logs/*.stages.json,
@@ -505,7 +543,7 @@ def parse(argv=None):
   p.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per row')
   p.add_argument('--quick', action='store_true',
                  help='one seed: main recipe, per-frame augmentation, random init')
-  p.add_argument('--jobs', type=int, default=os.cpu_count() or 1,
+  p.add_argument('--jobs', type=int, default=usable_cores(),
                  help='commands at a time, each with cores / jobs intra-op threads')
   p.add_argument('--steps', type=int, default=None,
                  help=f'base pretraining steps (default {BASE_STEPS}, quality/pretrain.gin; '

@@ -76,20 +76,46 @@ def test_paired_differences_use_the_seeds_both_rows_have():
   assert bench_quality.paired_differences([None, 5.0, 7.0], [1.0, None, 2.0]) == [5.0]
 
 
-def test_report_has_the_paired_columns(tmp_path):
+def write_results(root, name, seed, linear, knn):
+  for protocol, doc, done in (
+      ('linear_eval', {'top1': linear}, 'eval_results.json'),
+      ('knn_eval', {'ks': [5], 'results': {'5': {'top1': knn}}}, 'knn_results.json')):
+    out = root / 'runs' / f'{name}_s{seed}_{protocol}'
+    out.mkdir(parents=True)
+    (out / done).write_text(json.dumps(doc))
+
+
+def report_rows(bench):
+  text = bench.report(60.0, (0.0, 0.0, 0.0))
+  return {line.split(' | ')[0][2:]: line.split(' | ')[1:5]
+          for line in text.splitlines() if line.startswith('| ') and ' | ' in line}
+
+
+def test_report_pairs_each_row_with_the_main_recipe_by_seed(tmp_path):
+  # linear: main 50 / 30, per-frame 10 / 20 -> differences -40, -10: mean -25,
+  # s = 21.21, t(0.975, 1) = 12.706 -> +- 190.6. kNN: main 40 / 20, per-frame 30 / 20
+  # -> -10, 0: mean -5 +- 63.5.
+  for seed, (ml, mk, pl, pk) in enumerate(((0.5, 0.4, 0.1, 0.3), (0.3, 0.2, 0.2, 0.2))):
+    write_results(tmp_path, 'main', seed, ml, mk)
+    write_results(tmp_path, 'per_frame', seed, pl, pk)
   args = bench_quality.parse([f'--out={tmp_path}', '--seeds=2'])
   bench = bench_quality.Bench(args)
   bench.variants = [v for v in bench_quality.VARIANTS if v[0] in ('main', 'per_frame')]
-  results = {'main': (0.5, 0.3), 'per_frame': (0.1, 0.2)}
-  for name, (s0, s1) in results.items():
-    for seed, top1 in ((0, s0), (1, s1)):
-      for protocol, doc in (('linear_eval', {'top1': top1}),
-                            ('knn_eval', {'ks': [5], 'results': {'5': {'top1': top1}}})):
-        out = tmp_path / 'runs' / f'{name}_s{seed}_{protocol}'
-        out.mkdir(parents=True)
-        done = 'eval_results.json' if protocol == 'linear_eval' else 'knn_results.json'
-        (out / done).write_text(json.dumps(doc))
-  text = bench.report(60.0, (0.0, 0.0, 0.0))
-  row = next(line for line in text.splitlines() if line.startswith('| per-frame'))
-  # per-frame - main: -40 and -10 -> mean -25, s = 21.21, t(1) = 12.706: +- 190.6.
-  assert '| -25.0 +- 190.6 | -25.0 +- 190.6 |' in row
+  rows = report_rows(bench)
+  assert rows['per-frame augmentation'] == ['15.0 +- 63.5', '25.0 +- 63.5',
+                                            '-25.0 +- 190.6', '-5.0 +- 63.5']
+  main = next(v for k, v in rows.items() if k.startswith('CVRL main'))
+  assert main[2:] == ['-', '-']
+  # Without the main row (--variants=per_frame, e.g. --report_only on a finished run)
+  # the pairing still reads the main recipe's results.
+  bench.variants = [v for v in bench_quality.VARIANTS if v[0] == 'per_frame']
+  rows = report_rows(bench)
+  assert rows['per-frame augmentation'][2:] == ['-25.0 +- 190.6', '-5.0 +- 63.5']
+  assert not any(k.startswith('CVRL main') for k in rows)
+
+
+def test_longest_chains_start_first(tmp_path):
+  bench = bench_quality.Bench(bench_quality.parse([f'--out={tmp_path}', '--seeds=2']))
+  chains = [t.key for t in bench.tasks() if t.key.startswith('chain_')]
+  assert chains[:2] == ['chain_steps_2x_s0', 'chain_steps_2x_s1']
+  assert chains[-2:] == ['chain_random_s0', 'chain_random_s1']
