@@ -45,7 +45,7 @@ bench-quality: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT) $(QUALITY_ARGS)
 
 # One seed: the main recipe, per-frame augmentation, random init (~8 min on 2 cores in
-# native bfloat16, ~23 projected on an AVX2-only CPU).
+# native bfloat16, ~22 projected on an AVX2-only CPU).
 bench-quality-quick: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)_quick --quick $(QUALITY_ARGS)
 
