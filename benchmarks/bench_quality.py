@@ -44,6 +44,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from cvrl_tf.convert import pool as pool_lib  # The cores (affinity); no TensorFlow import.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 16
 BASE_STEPS = 1200  # quality/pretrain.gin's pretrain.train_steps
@@ -62,21 +64,13 @@ VARIANTS = [
 QUICK_VARIANTS = ('main', 'per_frame')
 
 
-def usable_cores() -> int:
-  """The cores this process may run on (its affinity mask, as convert/pool.py counts)."""
-  try:
-    return len(os.sched_getaffinity(0)) or 1
-  except (AttributeError, OSError):
-    return os.cpu_count() or 1
-
-
 def chain_env(jobs: int, cores: Optional[int] = None, environ=None) -> Dict[str, str]:
   """The environment of every command: cores // jobs intra-op threads each (at least
   one), unless the caller set TF_NUM_INTRAOP_THREADS; TensorFlow's C++ logs quiet.
   (tf.data and the inter-op pool keep their own threads: one is not strict.)"""
   env = dict(os.environ if environ is None else environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  cores = cores or usable_cores()
+  cores = cores or pool_lib.default_workers()
   env.setdefault('TF_NUM_INTRAOP_THREADS', str(max(1, cores // max(1, jobs))))
   return env
 
@@ -184,7 +178,6 @@ def synth_variant(output_dir: str, overrides: str, seed: int, workers: Optional[
   """`cvrl_synth --dataset=hard` with changed Config fields (the worker of
   --hard_config)."""
   from cvrl_tf.convert import synthetic_hard  # pylint: disable=g-import-not-at-top
-  from cvrl_tf.convert import pool as pool_lib  # pylint: disable=g-import-not-at-top
   synthetic_hard.generate(output_dir, seed=seed, cfg=hard_config(overrides),
                           workers=pool_lib.default_workers() if workers is None else workers)
   return 0
@@ -413,11 +406,7 @@ class Bench:
 
   def rows(self) -> List[dict]:
     rows = [self.variant_row(name, label) for name, label, _ in self.variants]
-    rows.append(dict(name='random', label='random init (same encoder)', linear=[
-        self.read(self.path('runs', f'random_s{s}_linear_eval', 'eval_results.json'))
-        for s in self.seeds], knn=[self.read(self.path(
-            'runs', f'random_s{s}_knn_eval', 'knn_results.json'), True)
-                                   for s in self.seeds]))
+    rows.append(self.variant_row('random', 'random init (same encoder)'))
     if self.args.quick:
       return rows
     rows.append(dict(name='supervised', label='supervised from scratch (labels; reference)',
@@ -476,27 +465,24 @@ class Bench:
     self.plot(rows)
     return text
 
-  def settings_line(self) -> str:
-    """How the commands ran: --jobs and threads of each invocation that ran any
-    (OUT/settings.json), not of this one (e.g. --report_only)."""
+  def recorded_settings(self) -> List[dict]:
+    """--jobs and threads of each invocation that ran commands (OUT/settings.json)."""
     path = self.path('settings.json')
-    runs = []
-    if os.path.exists(path):
-      with open(path, encoding='utf-8') as f:
-        runs = json.load(f)
-    shown = sorted({f'{r["jobs"]} x {r["threads"]}' for r in runs})
+    if not os.path.exists(path):
+      return []
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+
+  def settings_line(self) -> str:
+    """How the commands ran (not how this invocation would, e.g. a --report_only)."""
+    shown = sorted({f'{r["jobs"]} x {r["threads"]}' for r in self.recorded_settings()})
     return ('jobs x intra-op threads: ' + (', '.join(shown) if shown else 'none recorded')
             + ' (per invocation that ran commands)')
 
   def record_settings(self) -> None:
-    path = self.path('settings.json')
-    runs = []
-    if os.path.exists(path):
-      with open(path, encoding='utf-8') as f:
-        runs = json.load(f)
-    runs.append(dict(jobs=self.args.jobs,
-                     threads=chain_env(self.args.jobs)['TF_NUM_INTRAOP_THREADS']))
-    with open(path, 'w', encoding='utf-8') as f:
+    runs = self.recorded_settings() + [dict(
+        jobs=self.args.jobs, threads=chain_env(self.args.jobs)['TF_NUM_INTRAOP_THREADS'])]
+    with open(self.path('settings.json'), 'w', encoding='utf-8') as f:
       json.dump(runs, f, indent=1)
 
   def stage_timings(self) -> Dict[str, dict]:
@@ -543,7 +529,7 @@ def parse(argv=None):
   p.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1 per row')
   p.add_argument('--quick', action='store_true',
                  help='one seed: main recipe, per-frame augmentation, random init')
-  p.add_argument('--jobs', type=int, default=usable_cores(),
+  p.add_argument('--jobs', type=int, default=pool_lib.default_workers(),
                  help='commands at a time, each with cores / jobs intra-op threads')
   p.add_argument('--steps', type=int, default=None,
                  help=f'base pretraining steps (default {BASE_STEPS}, quality/pretrain.gin; '
