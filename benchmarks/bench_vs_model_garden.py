@@ -49,6 +49,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# cvrl_tf from this checkout, and the benchmarks' shared modules (common, bench_train_step);
+# nothing is imported here, so each worker process still chooses its own kernels first.
+sys.path[:0] = [ROOT, HERE]
 YAML_DATA = os.path.join(ROOT, 'tests', 'data', 'model_garden_cvrl_yaml.json')
 EXPERIMENT = 'video_ssl_pretrain_kinetics600'
 IMPLEMENTATIONS = ('ours', 'mg', 'mg_plain')
@@ -141,8 +144,6 @@ def _clips(batch, frames, size):
 
 
 def run_ours(args):
-  sys.path.insert(0, ROOT)
-  sys.path.insert(0, HERE)
   # pylint: disable=import-outside-toplevel
   import cvrl_tf  # noqa: F401
   import tensorflow as tf
@@ -179,7 +180,6 @@ def mg_config(args, use_sync_bn: bool):
   from official.projects.video_ssl.configs import video_ssl
   from official.projects.video_ssl.tasks import pretrain
   # pylint: enable=import-outside-toplevel,unused-import
-  sys.path.insert(0, ROOT)
   from cvrl_tf.interop import model_garden  # pylint: disable=import-outside-toplevel
   with open(YAML_DATA) as f:
     overrides = json.load(f)[model_garden.PRETRAIN_YAML]['overrides']
@@ -226,7 +226,6 @@ def run_model_garden(args, use_sync_bn: bool):
     for _ in range(n):
       train_step(iterator)['total_loss'].numpy()
 
-  sys.path.insert(0, HERE)
   import common  # pylint: disable=import-outside-toplevel
   walls, cpus = common.time_calls(lambda: run(1), args.reps, warmup=max(1, args.warmup))
   profile = op_profile(run, PROFILED_STEPS) if args.profile else None
@@ -265,8 +264,6 @@ def spawn(args, impl):
 
 def conv_flops(args):
   """{'conv forward' / 'conv input gradient' / 'conv kernel gradient': FLOPs per step}."""
-  sys.path.insert(0, ROOT)
-  sys.path.insert(0, HERE)
   # pylint: disable=import-outside-toplevel
   import bench_train_step
   from cvrl_tf.models import flops
@@ -284,8 +281,6 @@ def conv_flops(args):
 
 
 def report(args, results):
-  sys.path.insert(0, ROOT)
-  sys.path.insert(0, HERE)
   import common  # pylint: disable=import-outside-toplevel
   clips = 2 * args.batch
   print('\n' + common.machine_line(args.dtype) + f'; kernels: {args.kernels} in every process')
