@@ -201,6 +201,20 @@ def test_drop_summaries_after_keeps_what_a_resumed_run_does_not_rewrite(tmp_path
       16 + len(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator())
 
 
+def test_a_run_killed_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+  # What a SIGKILL at step 3, before the first checkpoint (every 5), leaves behind: the
+  # summaries of steps 1-3 and no checkpoint. The rerun starts at 0 and logs 1-6 again.
+  writer = tf.summary.create_file_writer(str(tmp_path / 'summaries'))
+  with writer.as_default():
+    for step in range(1, 4):
+      tf.summary.scalar('loss', 1.0, step=step)
+  writer.close()
+  train_loop.fit_resumable(
+      _model(), _data, str(tmp_path), total_steps=6, strategy=tf.distribute.get_strategy(),
+      cadence=train_loop.Cadence(checkpoint_every=5, log_every=1), progress_stream=None)
+  assert _logged_steps(tmp_path / 'summaries', 'loss') == list(range(1, 7))
+
+
 def test_format_duration():
   assert train_loop.format_duration(59) == '0:59'
   assert train_loop.format_duration(3725) == '1:02:05'
