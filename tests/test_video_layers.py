@@ -94,25 +94,33 @@ def test_batch_norm_config_round_trip_in_a_functional_model():
   assert [w.shape for w in rebuilt.weights] == [w.shape for w in model.weights]
 
 
-def _numpy_kernel_gradient(x, dy, kt, padding):
-  """dL/dkernel of a stride-1 [kt, 1, 1] conv by explicit loops over taps and frames."""
-  front = (kt - 1) // 2 if padding == 'same' else 0
-  grad = np.zeros((kt, 1, 1, x.shape[-1], dy.shape[-1]), np.float64)
-  for a in range(kt):
-    for t in range(dy.shape[1]):
-      source = t + a - front
-      if 0 <= source < x.shape[1]:
-        grad[a, 0, 0] += np.einsum('nhwc,nhwd->cd', x[:, source], dy[:, t])
-  return grad
+EPS32 = np.finfo(np.float32).eps
 
 
-def _conv_pair(kernel_size, padding, strides=1, **kwargs):
+def _numpy_kernel_gradient(x, dy, kernel, padding):
+  """dL/dkernel of a stride-1 conv by explicit loops over taps and output positions, in
+  float64; also sum |x| |dy| per kernel entry (the scale of its rounding error)."""
+  x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+  front = [(k - 1) // 2 if padding == 'same' else 0 for k in kernel]
+  grad = np.zeros(tuple(kernel) + (x.shape[-1], dy.shape[-1]))
+  scale = np.zeros_like(grad)
+  for tap in np.ndindex(*kernel):
+    for out in np.ndindex(*dy.shape[1:4]):
+      source = tuple(u + a - p for u, a, p in zip(out, tap, front))
+      if all(0 <= s < n for s, n in zip(source, x.shape[1:4])):
+        xs, ds = x[(slice(None),) + source], dy[(slice(None),) + out]  # [N, Ci], [N, Co]
+        grad[tap] += xs.T @ ds
+        scale[tap] += np.abs(xs).T @ np.abs(ds)
+  return grad, scale
+
+
+def _conv_pair(kernel_size, padding, strides=1, channels=4, **kwargs):
   """(our Conv3D, tf_keras Conv3D) with the same random kernel."""
   ours = video_layers.Conv3D(6, kernel_size, strides, padding=padding, use_bias=False,
                              **kwargs)
   ref = tf_keras.layers.Conv3D(6, kernel_size, strides, padding=padding, use_bias=False)
   for layer in (ours, ref):
-    layer.build((None, None, None, None, 4))
+    layer.build((None, None, None, None, channels))
   ref.set_weights(ours.get_weights())
   return ours, ref
 
@@ -127,68 +135,121 @@ def _conv_grads(layer, x, call=None):
   return [y.numpy()] + [g.numpy() for g in grads]
 
 
-@pytest.mark.parametrize('kt', [1, 2, 3, 5])
+# Kernels spanning time only (ResNet's pointwise / temporal convs), space only, both, and
+# an uneven one; the last two inputs have maps so small that some taps read only padding.
+KERNELS_AND_INPUTS = [((1, 1, 1), (2, 6, 3, 5, 4)), ((3, 1, 1), (2, 6, 3, 5, 4)),
+                      ((5, 1, 1), (2, 6, 3, 5, 4)), ((1, 3, 3), (2, 4, 3, 5, 4)),
+                      ((3, 3, 3), (2, 4, 3, 5, 4)), ((2, 3, 1), (2, 4, 3, 5, 4)),
+                      ((3, 3, 3), (3, 4, 2, 2, 4)), ((1, 3, 3), (3, 4, 1, 1, 4))]
+
+
+@pytest.mark.parametrize('kernel,shape', KERNELS_AND_INPUTS)
 @pytest.mark.parametrize('padding', ['same', 'valid'])
-def test_conv3d_matmul_kernel_gradient_matches_tf_keras_and_numpy(kt, padding):
-  ours, ref = _conv_pair((kt, 1, 1), padding, kernel_gradient='matmul')
+def test_conv3d_matmul_kernel_gradient_matches_tf_keras_and_numpy(kernel, shape, padding):
+  if padding == 'valid' and any(k > n for k, n in zip(kernel, shape[1:4])):
+    pytest.skip('no output: the kernel is larger than the input')
+  ours, ref = _conv_pair(kernel, padding, kernel_gradient='matmul')
   assert ours.uses_matmul_kernel_gradient()
-  x = tf.constant(np.random.default_rng(kt).normal(0, 1, (2, 6, 3, 5, 4)), tf.float32)
-  for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):  # output, dx, dkernel
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  # Independent reference for the kernel gradient itself, from an arbitrary dy.
-  dy = np.random.default_rng(10 + kt).normal(0, 1, ours(x).shape)
-  got = video_layers.temporal_kernel_gradient(x, tf.constant(dy, tf.float32),
-                                              ours.kernel.shape, padding.upper())
-  np.testing.assert_allclose(got.numpy(), _numpy_kernel_gradient(x.numpy(), dy, kt, padding),
-                             rtol=1e-4, atol=1e-4)
+  x = tf.constant(np.random.default_rng(sum(kernel)).normal(0, 1, shape), tf.float32)
+  y, dx, dkernel = _conv_grads(ours, x)
+  y_ref, dx_ref, dkernel_ref = _conv_grads(ref, x)
+  np.testing.assert_array_equal(y, y_ref)  # The same forward and input-gradient kernels.
+  np.testing.assert_array_equal(dx, dx_ref)
+  # The kernel gradient: float32 sums of the same products in another order. Each entry
+  # sums at most M = N T' H' W' products; two orders differ by at most 2 M eps sum |x dy|
+  # (the classic bound for recursive summation), with the loss's dy = ramp / size.
+  dy = np.reshape(np.arange(y.size, dtype=np.float64), y.shape) / y.size
+  expected, scale = _numpy_kernel_gradient(x.numpy(), dy, kernel, padding)
+  bound = 2 * np.prod(y.shape[:4]) * EPS32 * scale
+  np.testing.assert_array_less(np.abs(dkernel - expected), bound + 1e-30)
+  np.testing.assert_array_less(np.abs(dkernel_ref - expected), bound + 1e-30)
+  # An arbitrary dy, straight through the function.
+  dy = np.random.default_rng(10 + sum(kernel)).normal(0, 1, y.shape)
+  got = video_layers.tap_kernel_gradient(x, tf.constant(dy, tf.float32), ours.kernel.shape,
+                                         padding.upper())
+  expected, scale = _numpy_kernel_gradient(x.numpy(), dy.astype(np.float32), kernel, padding)
+  bound = 2 * np.prod(y.shape[:4]) * EPS32 * scale
+  np.testing.assert_array_less(np.abs(got.numpy() - expected), bound + 1e-30)
+
+
+def test_tap_kernel_gradient_bound_catches_a_wrong_tap():
+  """The bound above is tight enough to see a kernel gradient off by one tap."""
+  x = tf.constant(np.random.default_rng(0).normal(0, 1, (2, 4, 3, 5, 4)), tf.float32)
+  dy = np.random.default_rng(1).normal(0, 1, (2, 4, 3, 5, 6))
+  got = video_layers.tap_kernel_gradient(x, tf.constant(dy, tf.float32), (3, 3, 3, 4, 6),
+                                         'SAME').numpy()
+  expected, scale = _numpy_kernel_gradient(x.numpy(), dy.astype(np.float32), (3, 3, 3),
+                                           'same')
+  bound = 2 * 2 * 4 * 3 * 5 * EPS32 * scale
+  assert np.all(np.abs(got - expected) < bound)
+  shifted = np.roll(got, 1, axis=1)  # taps of the H axis one off
+  assert np.mean(np.abs(shifted - expected) > bound) > 0.9
 
 
 def test_conv3d_matmul_kernel_gradient_with_dynamic_shapes_and_short_clips():
-  ours, ref = _conv_pair((3, 1, 1), 'same', kernel_gradient='matmul')
-  spec = [tf.TensorSpec((None, None, None, None, 4))]
-  fn = tf.function(ours.__call__, input_signature=spec)
-  for frames in (1, 2, 7):  # fewer frames than taps: the outer taps see no frame pair
-    x = tf.constant(np.random.default_rng(frames).normal(0, 1, (2, frames, 3, 2, 4)),
-                    tf.float32)
-    for a, b in zip(_conv_grads(ours, x, fn), _conv_grads(ref, x)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for kernel in ((3, 1, 1), (3, 3, 3)):
+    ours, ref = _conv_pair(kernel, 'same', kernel_gradient='matmul')
+    spec = [tf.TensorSpec((None, None, None, None, 4))]
+    fn = tf.function(ours.__call__, input_signature=spec)
+    for frames in (1, 2, 7):  # fewer frames than taps: the outer taps see no frame pair
+      x = tf.constant(np.random.default_rng(frames).normal(0, 1, (2, frames, 3, 2, 4)),
+                      tf.float32)
+      for a, b in zip(_conv_grads(ours, x, fn), _conv_grads(ref, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture
 def counted_route(monkeypatch):
-  """Counts calls of temporal_kernel_gradient (made when a gradient is built)."""
+  """Counts calls of tap_kernel_gradient (made when a gradient is built)."""
   calls = []
-  original = video_layers.temporal_kernel_gradient
+  original = video_layers.tap_kernel_gradient
 
   def counting(*args, **kwargs):
     calls.append(args[2])
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(video_layers, 'temporal_kernel_gradient', counting)
+  monkeypatch.setattr(video_layers, 'tap_kernel_gradient', counting)
   return calls
 
 
 def test_conv3d_routes_really_taken(counted_route):
-  x = tf.constant(np.random.default_rng(5).normal(0, 1, (1, 3, 2, 2, 4)), tf.float32)
+  x = tf.constant(np.random.default_rng(5).normal(0, 1, (1, 3, 5, 5, 4)), tf.float32)
   _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0], x)
-  _conv_grads(_conv_pair((3, 1, 1), 'same')[0], x)  # 'auto' in float32: usual kernel
+  _conv_grads(_conv_pair((3, 1, 1), 'same')[0], x)  # 'auto', float32, 25-position map
   assert not counted_route
   _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='matmul')[0], x)
   assert [tuple(s) for s in counted_route] == [(3, 1, 1, 4, 6)]
+  # 'auto' in float32 on a small map (4 x 4 = SMALL_MAP positions): the GEMMs.
+  _conv_grads(_conv_pair((3, 3, 3), 'same')[0], x[:, :, :4, :4])
+  assert [tuple(s) for s in counted_route][1:] == [(3, 3, 3, 4, 6)]
+  _conv_grads(_conv_pair((3, 3, 3), 'same', kernel_gradient='conv')[0], x[:, :, :4, :4])
+  assert len(counted_route) == 2
 
 
-def test_conv3d_auto_uses_matmul_only_for_bfloat16_time_only_kernels(bf16_policy,
-                                                                      counted_route):
+def test_conv3d_auto_takes_gemms_for_small_maps_and_bfloat16_time_only_kernels():
+  for kernel, strides, padding, map_size, expected in [
+      ((3, 3, 3), 1, 'same', 16, True), ((1, 3, 3), 1, 'same', 1, True),
+      ((3, 3, 3), 1, 'same', 25, False), ((3, 3, 3), 1, 'same', None, False),
+      ((3, 3, 3), (1, 2, 2), 'same', 4, False), ((3, 1, 1), 1, 'same', 64, False)]:
+    ours, _ = _conv_pair(kernel, padding, strides)
+    assert ours.uses_matmul_kernel_gradient(map_size) == expected, (kernel, strides, map_size)
+  # The map size a layer computes for its input: H' x W' of its output.
+  ours, _ = _conv_pair((1, 3, 3), 'valid')
+  assert ours._map_size((2, 4, 6, 5, 4)) == 4 * 3  # pylint: disable=protected-access
+  assert ours._map_size((2, 4, None, 5, 4)) is None  # pylint: disable=protected-access
+
+
+def test_conv3d_auto_uses_matmul_for_bfloat16_time_only_kernels(bf16_policy, counted_route):
   for kernel, strides, expected in [((3, 1, 1), 1, True), ((1, 1, 1), 1, True),
                                     ((1, 3, 3), 1, False), ((1, 1, 1), (1, 2, 2), False),
                                     ((3, 3, 3), 1, False)]:
     ours, _ = _conv_pair(kernel, 'same', strides)
-    assert ours.uses_matmul_kernel_gradient() == expected, (kernel, strides)
+    assert ours.uses_matmul_kernel_gradient(64) == expected, (kernel, strides)
   assert not _conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0] \
       .uses_matmul_kernel_gradient()
   # bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding.
   ours, ref = _conv_pair((3, 1, 1), 'same')
-  x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 3, 5, 4)), tf.float32)
+  x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 5, 5, 4)), tf.float32)
   for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                rtol=3e-2, atol=3e-2 * np.abs(b).max())
@@ -196,26 +257,26 @@ def test_conv3d_auto_uses_matmul_only_for_bfloat16_time_only_kernels(bf16_policy
 
 
 def test_conv3d_matmul_kernel_gradient_under_xla(counted_route):
-  ours, ref = _conv_pair((3, 1, 1), 'valid', kernel_gradient='matmul')
-  x = tf.constant(np.random.default_rng(6).normal(0, 1, (2, 5, 3, 2, 4)), tf.float32)
+  for kernel in ((3, 1, 1), (2, 3, 3)):
+    ours, ref = _conv_pair(kernel, 'valid', kernel_gradient='matmul')
+    x = tf.constant(np.random.default_rng(6).normal(0, 1, (2, 5, 3, 4, 4)), tf.float32)
 
-  @tf.function(jit_compile=True)
-  def grads(layer, inputs):
-    with tf.GradientTape() as tape:
-      tape.watch(inputs)
-      loss = tf.reduce_sum(tf.square(layer(inputs)))
-    return tape.gradient(loss, [inputs, layer.kernel])
+    @tf.function(jit_compile=True)
+    def grads(layer, inputs):
+      with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        loss = tf.reduce_sum(tf.square(layer(inputs)))
+      return tape.gradient(loss, [inputs, layer.kernel])
 
-  for a, b in zip(grads(ours, x), grads(ref, x)):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
-  assert counted_route
+    for a, b in zip(grads(ours, x), grads(ref, x)):
+      np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+  assert len(counted_route) == 2
 
 
-def test_temporal_kernel_gradient_rejects_other_padding():
+def test_tap_kernel_gradient_rejects_other_padding():
   x = tf.zeros((1, 3, 2, 2, 4))
   with pytest.raises(ValueError, match="'SAME' or 'VALID'"):
-    video_layers.temporal_kernel_gradient(x, tf.zeros((1, 3, 2, 2, 6)), (3, 1, 1, 4, 6),
-                                          'same')
+    video_layers.tap_kernel_gradient(x, tf.zeros((1, 3, 2, 2, 6)), (3, 1, 1, 4, 6), 'same')
 
 
 def test_conv3d_config_round_trip_and_bad_value():

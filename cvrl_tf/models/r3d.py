@@ -133,8 +133,8 @@ class EncoderSpec:
     (video_layers.synchronize_batch_norm: build under the strategy's scope).
   kernel_initializer: of every conv. No regularizers here: weight decay is added by the
     training step (see weight_decay.py) so a frozen encoder carries no hidden losses.
-  kernel_gradient: route of the kernel gradient of convs spanning time only
-    ([kt, 1, 1]); see video_layers.Conv3D. Same numbers up to rounding, only speed.
+  kernel_gradient: route of the convs' kernel gradients ('auto', 'matmul', 'conv'); see
+    video_layers.Conv3D. Same numbers up to rounding, only speed.
   """
   name: str = 'r3d50'
   width_multiplier: float = 1
