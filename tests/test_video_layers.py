@@ -97,17 +97,20 @@ def test_batch_norm_config_round_trip_in_a_functional_model():
 EPS32 = np.finfo(np.float32).eps
 
 
-def _numpy_kernel_gradient(x, dy, kernel, padding):
-  """dL/dkernel of a stride-1 conv by explicit loops over taps and output positions, in
-  float64; also sum |x| |dy| per kernel entry (the scale of its rounding error)."""
+def _numpy_kernel_gradient(x, dy, kernel, padding, strides=(1, 1, 1)):
+  """dL/dkernel of a conv by explicit loops over taps and output positions, in float64;
+  also sum |x| |dy| per kernel entry (the scale of its rounding error). SAME's front
+  padding as TensorFlow's: half the total (the smaller half), the total making
+  ceil(n / s) outputs."""
   x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
-  front = [(k - 1) // 2 if padding == 'same' else 0 for k in kernel]
+  front = [max((o - 1) * s + k - n, 0) // 2 if padding == 'same' else 0
+           for o, s, k, n in zip(dy.shape[1:4], strides, kernel, x.shape[1:4])]
   grad = np.zeros(tuple(kernel) + (x.shape[-1], dy.shape[-1]))
   scale = np.zeros_like(grad)
   for tap in np.ndindex(*kernel):
     for out in np.ndindex(*dy.shape[1:4]):
-      source = tuple(u + a - p for u, a, p in zip(out, tap, front))
-      if all(0 <= s < n for s, n in zip(source, x.shape[1:4])):
+      source = tuple(s * u + a - p for u, a, p, s in zip(out, tap, front, strides))
+      if all(0 <= i < n for i, n in zip(source, x.shape[1:4])):
         xs, ds = x[(slice(None),) + source], dy[(slice(None),) + out]  # [N, Ci], [N, Co]
         grad[tap] += xs.T @ ds
         scale[tap] += np.abs(xs).T @ np.abs(ds)
@@ -136,20 +139,25 @@ def _conv_grads(layer, x, call=None):
 
 
 # Kernels spanning time only (ResNet's pointwise / temporal convs), space only, both, and
-# an uneven one; the last two inputs have maps so small that some taps read only padding.
-KERNELS_AND_INPUTS = [((1, 1, 1), (2, 6, 3, 5, 4)), ((3, 1, 1), (2, 6, 3, 5, 4)),
-                      ((5, 1, 1), (2, 6, 3, 5, 4)), ((1, 3, 3), (2, 4, 3, 5, 4)),
-                      ((3, 3, 3), (2, 4, 3, 5, 4)), ((2, 3, 1), (2, 4, 3, 5, 4)),
-                      ((3, 3, 3), (3, 4, 2, 2, 4)), ((1, 3, 3), (3, 4, 1, 1, 4))]
+# an uneven one; then maps so small that some taps read only padding; then strides.
+KERNELS_AND_INPUTS = [((1, 1, 1), 1, (2, 6, 3, 5, 4)), ((3, 1, 1), 1, (2, 6, 3, 5, 4)),
+                      ((5, 1, 1), 1, (2, 6, 3, 5, 4)), ((1, 3, 3), 1, (2, 4, 3, 5, 4)),
+                      ((3, 3, 3), 1, (2, 4, 3, 5, 4)), ((2, 3, 1), 1, (2, 4, 3, 5, 4)),
+                      ((3, 3, 3), 1, (3, 4, 2, 2, 4)), ((1, 3, 3), 1, (3, 4, 1, 1, 4)),
+                      ((3, 3, 3), (1, 2, 2), (2, 4, 5, 4, 4)),
+                      ((1, 1, 1), (1, 2, 2), (2, 3, 5, 4, 4)),
+                      ((3, 3, 3), (2, 2, 2), (2, 5, 2, 2, 4)),
+                      ((2, 3, 4), (2, 1, 3), (2, 5, 4, 7, 4))]
 
 
-@pytest.mark.parametrize('kernel,shape', KERNELS_AND_INPUTS)
+@pytest.mark.parametrize('kernel,strides,shape', KERNELS_AND_INPUTS)
 @pytest.mark.parametrize('padding', ['same', 'valid'])
-def test_conv3d_matmul_kernel_gradient_matches_tf_keras_and_numpy(kernel, shape, padding):
+def test_conv3d_matmul_kernel_gradient_matches_tf_keras_and_numpy(kernel, strides, shape,
+                                                                 padding):
   if padding == 'valid' and any(k > n for k, n in zip(kernel, shape[1:4])):
     pytest.skip('no output: the kernel is larger than the input')
-  ours, ref = _conv_pair(kernel, padding, kernel_gradient='matmul')
-  assert ours.uses_matmul_kernel_gradient()
+  ours, ref = _conv_pair(kernel, padding, strides, kernel_gradient='matmul')
+  assert ours.uses_matmul_kernel_gradient(shape)
   x = tf.constant(np.random.default_rng(sum(kernel)).normal(0, 1, shape), tf.float32)
   y, dx, dkernel = _conv_grads(ours, x)
   y_ref, dx_ref, dkernel_ref = _conv_grads(ref, x)
@@ -159,15 +167,17 @@ def test_conv3d_matmul_kernel_gradient_matches_tf_keras_and_numpy(kernel, shape,
   # sums at most M = N T' H' W' products; two orders differ by at most 2 M eps sum |x dy|
   # (the classic bound for recursive summation), with the loss's dy = ramp / size.
   dy = np.reshape(np.arange(y.size, dtype=np.float64), y.shape) / y.size
-  expected, scale = _numpy_kernel_gradient(x.numpy(), dy, kernel, padding)
+  strides3 = (strides,) * 3 if isinstance(strides, int) else strides
+  expected, scale = _numpy_kernel_gradient(x.numpy(), dy, kernel, padding, strides3)
   bound = 2 * np.prod(y.shape[:4]) * EPS32 * scale
   np.testing.assert_array_less(np.abs(dkernel - expected), bound + 1e-30)
   np.testing.assert_array_less(np.abs(dkernel_ref - expected), bound + 1e-30)
   # An arbitrary dy, straight through the function.
   dy = np.random.default_rng(10 + sum(kernel)).normal(0, 1, y.shape)
   got = video_layers.tap_kernel_gradient(x, tf.constant(dy, tf.float32), ours.kernel.shape,
-                                         padding.upper())
-  expected, scale = _numpy_kernel_gradient(x.numpy(), dy.astype(np.float32), kernel, padding)
+                                         padding.upper(), strides3)
+  expected, scale = _numpy_kernel_gradient(x.numpy(), dy.astype(np.float32), kernel,
+                                           padding, strides3)
   bound = 2 * np.prod(y.shape[:4]) * EPS32 * scale
   np.testing.assert_array_less(np.abs(got.numpy() - expected), bound + 1e-30)
 
@@ -227,16 +237,22 @@ def test_conv3d_routes_really_taken(counted_route):
 
 
 def test_conv3d_auto_takes_gemms_for_small_maps_and_bfloat16_time_only_kernels():
-  for kernel, strides, padding, map_size, expected in [
-      ((3, 3, 3), 1, 'same', 16, True), ((1, 3, 3), 1, 'same', 1, True),
-      ((3, 3, 3), 1, 'same', 25, False), ((3, 3, 3), 1, 'same', None, False),
-      ((3, 3, 3), (1, 2, 2), 'same', 4, False), ((3, 1, 1), 1, 'same', 64, False)]:
-    ours, _ = _conv_pair(kernel, padding, strides)
-    assert ours.uses_matmul_kernel_gradient(map_size) == expected, (kernel, strides, map_size)
+  for kernel, strides, shape, expected in [
+      ((3, 3, 3), 1, (8, 8, 4, 4, 4), True),  # 16 positions per frame
+      ((1, 3, 3), 1, (8, 8, 1, 1, 4), True),
+      ((3, 3, 3), (1, 2, 2), (8, 8, 8, 8, 4), True),  # 4 x 4 out
+      ((3, 3, 3), 1, (8, 8, 5, 5, 4), False), ((3, 3, 3), 1, (8, 8, None, 4, 4), False),
+      ((3, 3, 3), (1, 2, 2), (8, 8, 10, 10, 4), False),  # 5 x 5 out
+      ((3, 3, 3), (1, 2, 2), (8, 8, None, 4, 4), False),  # a strided axis of no size
+      ((3, 1, 1), 1, (8, 8, 8, 8, 4), False), ((3, 1, 1), 1, None, False)]:
+    ours, _ = _conv_pair(kernel, 'same', strides)
+    assert ours.uses_matmul_kernel_gradient(shape) == expected, (kernel, strides, shape)
   # The map size a layer computes for its input: H' x W' of its output.
   ours, _ = _conv_pair((1, 3, 3), 'valid')
   assert ours._map_size((2, 4, 6, 5, 4)) == 4 * 3  # pylint: disable=protected-access
   assert ours._map_size((2, 4, None, 5, 4)) is None  # pylint: disable=protected-access
+  ours, _ = _conv_pair((1, 3, 3), 'same', (1, 2, 2))
+  assert ours._map_size((2, 4, 7, 5, 4)) == 4 * 3  # pylint: disable=protected-access
 
 
 def test_conv3d_auto_uses_matmul_for_bfloat16_time_only_kernels(bf16_policy, counted_route):
@@ -244,7 +260,7 @@ def test_conv3d_auto_uses_matmul_for_bfloat16_time_only_kernels(bf16_policy, cou
                                     ((1, 3, 3), 1, False), ((1, 1, 1), (1, 2, 2), False),
                                     ((3, 3, 3), 1, False)]:
     ours, _ = _conv_pair(kernel, 'same', strides)
-    assert ours.uses_matmul_kernel_gradient(64) == expected, (kernel, strides)
+    assert ours.uses_matmul_kernel_gradient((2, 8, 16, 16, 4)) == expected, (kernel, strides)
   assert not _conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0] \
       .uses_matmul_kernel_gradient()
   # bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding.

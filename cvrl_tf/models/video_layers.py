@@ -8,12 +8,12 @@ to the same numbers where the CPU kernel for 5-D tensors is slow (benchmarks/REA
                       oneDNN implements only the 4-D fused batch norm and TensorFlow's
                       5-D kernel takes about twice as long forward + backward. The
                       synchronized (cross-replica) variant is not fused, and unchanged.
-  Conv3D              unit-stride layers get their kernel gradient as one matrix
-                      product per kernel tap over shifted slices where oneDNN's 3-D
-                      weight-gradient kernel is slow on CPU: small maps (res4 / res5
-                      of small clips: 3-40x slower than the products) and, in
-                      bfloat16, kernels spanning time only ([kt, 1, 1]: 1.7-4.5x on
-                      AMX). Forward and input gradient are the usual kernels.
+  Conv3D              the kernel gradient as one matrix product per kernel tap over
+                      shifted slices where oneDNN's 3-D weight-gradient kernel is slow
+                      on CPU: small maps (res3-res5 of small clips: up to 40x slower
+                      than the products) and, in bfloat16, kernels spanning time only
+                      ([kt, 1, 1]: 1.7-4.5x on AMX). Forward and input gradient are
+                      the usual kernels.
 `synchronize_batch_norm` decides when the synchronized variant is worth its cost.
 """
 
@@ -57,64 +57,109 @@ class BatchNormalization(tf_keras.layers.BatchNormalization):
 
 
 KERNEL_GRADIENTS = ('auto', 'matmul', 'conv')
-# Output positions per frame (H' x W') at or below which 'auto' takes the GEMMs: the
-# largest map where they were faster in every case measured (4 x 4; at 8 x 8 oneDNN's
-# kernel won in float32 and bfloat16 on AVX-512, benchmarks/README.md).
+# Output positions per frame (H' x W') at or below which 'auto' takes the GEMMs. At 4 x 4
+# they were faster on AVX2 (1.1-3x) and in bfloat16 on AVX-512 except one strided layer,
+# and about even in float32 on AVX-512 (0.84-1.4x); at 8 x 8 oneDNN's kernel won on
+# AVX-512 (benchmarks/README.md, "Kernel gradients as GEMMs").
 SMALL_MAP = 16
 
 
 def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
-                        kernel_shape: Sequence[int], padding: str) -> tf.Tensor:
-  """dL/dkernel of a stride-1 Conv3D as one matrix product per kernel tap.
+                        kernel_shape: Sequence[int], padding: str,
+                        strides: Sequence[int] = (1, 1, 1)) -> tf.Tensor:
+  """dL/dkernel of a Conv3D as one matrix product per kernel tap.
 
-  With front padding p_d on each axis d (SAME: (k_d - 1) // 2, VALID: 0), output
-  position u reads input position u + a - p through tap a = (a_t, a_h, a_w), so
+  With stride s_d and front padding p_d on each axis d (VALID: 0; SAME: TensorFlow's,
+  (k_d - 1) // 2 at stride 1), output position u reads input position s u + a - p
+  through tap a = (a_t, a_h, a_w), so
 
-      dkernel[a] = sum over n and u of  x[n, u + a - p, :]^T dy[n, u, :]
+      dkernel[a] = sum over n and u of  x[n, s u + a - p, :]^T dy[n, u, :]
 
   over the positions where both exist: one [Ci, M] x [M, Co] product per tap, on slices
   of the unpadded tensors (no padded copy; a tap that reads only padding is a product
   over no positions, zero). Shapes: inputs [N, T, H, W, Ci], output_grad
-  [N, T', H', W', Co], kernel_shape [kt, kh, kw, Ci, Co]; T, H, W may be dynamic.
+  [N, T', H', W', Co], kernel_shape [kt, kh, kw, Ci, Co]. Sizes along unit-stride axes
+  may be dynamic. A strided axis needs its input size known when the graph is built:
+  it is split into [n / s, s] (n padded up to a multiple of s), so that each tap reads
+  a unit-stride slice of one phase (TensorFlow's strided slices are far slower on CPU).
   """
   if padding not in ('SAME', 'VALID'):
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
   ci, co = kernel_shape[3], kernel_shape[4]
+  strides = tuple(strides)
   size_in, size_out = tf.shape(inputs), tf.shape(output_grad)
+  static_in = inputs.shape
+  split = any(s > 1 for s in strides)
+  if split:
+    inputs = _split_strided_axes(inputs, strides)
   taps = []
   for tap in itertools.product(*(range(k) for k in kernel_shape[:3])):
     x_slice, dy_slice = [slice(None)], [slice(None)]
-    for axis, (a, k) in enumerate(zip(tap, kernel_shape[:3]), start=1):
-      if k == 1:  # No shift along this axis: the whole extent of both.
-        x_slice.append(slice(None))
-        dy_slice.append(slice(None))
-        continue
-      shift = a - ((k - 1) // 2 if padding == 'SAME' else 0)
-      x0, y0 = max(shift, 0), max(-shift, 0)
-      length = tf.maximum(tf.minimum(size_in[axis] - x0, size_out[axis] - y0), 0)
-      x_slice.append(slice(x0, x0 + length))
-      dy_slice.append(slice(y0, y0 + length))
+    for axis, (a, k, s) in enumerate(zip(tap, kernel_shape[:3], strides), start=1):
+      if s > 1:
+        x0, y0, length = _strided_tap(a, k, s, padding, static_in[axis])
+        x_slice += [slice(x0 // s, x0 // s + length), x0 % s]
+      elif k == 1:  # No shift along this axis: the whole extent of both.
+        x0 = y0 = length = None
+        x_slice += [slice(None)] + ([0] if split else [])
+      else:
+        shift = a - ((k - 1) // 2 if padding == 'SAME' else 0)
+        x0, y0 = max(shift, 0), max(-shift, 0)
+        length = tf.maximum(tf.minimum(size_in[axis] - x0, size_out[axis] - y0), 0)
+        x_slice += [slice(x0, x0 + length)] + ([0] if split else [])
+      dy_slice.append(slice(None) if length is None else slice(y0, y0 + length))
     x = tf.reshape(inputs[tuple(x_slice)], [-1, ci])
     dy = tf.reshape(output_grad[tuple(dy_slice)], [-1, co])
     taps.append(tf.matmul(x, dy, transpose_a=True))
   return tf.reshape(tf.stack(taps), kernel_shape)
 
 
+def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int]) -> tf.Tensor:
+  """[N, T, H, W, C] -> [N, T / s_t, s_t, H / s_h, s_h, W / s_w, s_w, C], each strided
+  axis zero-padded at its end to a multiple of its stride (unit-stride axes: [n, 1])."""
+  size = tf.shape(inputs)
+  paddings, shape = [[0, 0]], [size[0]]
+  for axis, s in enumerate(strides, start=1):
+    if s > 1:
+      n = inputs.shape[axis]
+      if n is None:
+        raise ValueError(f'a strided axis (axis {axis}, stride {s}) needs a static size')
+      paddings.append([0, -n % s])
+      shape += [-(-n // s), s]
+    else:
+      paddings.append([0, 0])
+      shape += [size[axis], 1]
+  if any(p[1] for p in paddings):
+    inputs = tf.pad(inputs, paddings + [[0, 0]])
+  return tf.reshape(inputs, shape + [inputs.shape[-1]])
+
+
+def _strided_tap(a: int, k: int, s: int, padding: str, n: int):
+  """(first input index, first output index, count) of the input / output pairs that
+  tap a joins along an axis of static size n, stride s: output u reads s u + a - p."""
+  out = -(-n // s) if padding == 'SAME' else max((n - k) // s + 1, 0)
+  front = max((out - 1) * s + k - n, 0) // 2 if padding == 'SAME' else 0
+  first = max(-((a - front) // s), 0)  # ceil((front - a) / s): the input index >= 0
+  stop = min((n - 1 - a + front) // s + 1, out)  # the input index <= n - 1
+  length = max(stop - first, 0)
+  return s * first + a - front, first, length
+
+
 @tf_keras.utils.register_keras_serializable(package='cvrl_tf')
 class Conv3D(tf_keras.layers.Conv3D):
   """tf_keras.layers.Conv3D; where oneDNN's weight gradient is slow, it is taken as GEMMs.
 
-  kernel_gradient: 'auto', 'matmul' (GEMMs, `tap_kernel_gradient`, whenever the strides
-  allow it) or 'conv' (always the usual kernel). 'auto' takes the GEMMs for unit-stride
-  layers on CPU (no GPU or TPU visible) in two cases, each measured faster there
-  (benchmarks/README.md, "Kernel gradients as GEMMs"):
+  kernel_gradient: 'auto', 'matmul' (GEMMs, `tap_kernel_gradient`, whenever the shapes
+  allow it: a strided layer needs static sizes along its strided axes) or 'conv' (always
+  the usual kernel). 'auto' takes the GEMMs on CPU (no GPU or TPU visible) in two cases,
+  each measured faster there (benchmarks/README.md, "Kernel gradients as GEMMs"):
     - small maps: at most SMALL_MAP output positions per frame (H' x W', known when the
-      graph is built), any kernel and precision. oneDNN's 3-D weight-gradient kernels
-      are tuned for large maps: on the demo encoder's res4 / res5 (2 x 2 and 1 x 1
-      maps) they took 3-40x the GEMMs' time, and a [1, 3, 3] kernel on R3D-50's 4 x 4
-      res5 maps 1.4x (float32) to 3x (bfloat16);
-    - [kt, 1, 1] kernels (ResNet's pointwise and temporal convs) at any map size in
-      bfloat16, where the 3-D kernel ran 1.7-4.5x slower than the GEMMs on AMX.
+      graph is built), any kernel, stride and precision. oneDNN's 3-D weight-gradient
+      kernels are tuned for large maps: on the demo encoder's res3-res5 (4 x 4 to 1 x 1
+      maps) they took up to 40x the GEMMs' time on AVX2, and on R3D-50's 4 x 4 res5
+      maps 1.4x (float32) to 3x (bfloat16) for its [1, 3, 3] kernels;
+    - unit-stride [kt, 1, 1] kernels (ResNet's pointwise and temporal convs) at any map
+      size in bfloat16, where the 3-D kernel ran 1.7-4.5x slower than the GEMMs on AMX.
   Elsewhere ('auto' on GPU / TPU, larger maps) the usual kernel. Forward and input
   gradient are always the usual kernels.
   """
@@ -126,26 +171,32 @@ class Conv3D(tf_keras.layers.Conv3D):
                        f'got {kernel_gradient!r}')
     self.kernel_gradient = kernel_gradient
 
-  def uses_matmul_kernel_gradient(self, map_size: Optional[int] = None) -> bool:
-    """Whether the kernel gradient is `tap_kernel_gradient`'s GEMMs, for outputs of
-    map_size = H' x W' positions per frame (None: unknown, e.g. dynamic shapes)."""
-    eligible = (set(self.strides) == {1} and set(self.dilation_rate) == {1} and
-                self.groups == 1 and self.data_format == 'channels_last')
+  def uses_matmul_kernel_gradient(self, input_shape=None) -> bool:
+    """Whether the kernel gradient is `tap_kernel_gradient`'s GEMMs for inputs of
+    `input_shape` ([N, T, H, W, C]; None or None entries: unknown, dynamic)."""
+    strided = any(s > 1 for s in self.strides)
+    eligible = (set(self.dilation_rate) == {1} and self.groups == 1 and
+                self.data_format == 'channels_last')
+    if strided:  # tap_kernel_gradient splits strided axes: their sizes must be static.
+      eligible = eligible and input_shape is not None and all(
+          input_shape[axis] is not None for axis, s in enumerate(self.strides, 1) if s > 1)
     if self.kernel_gradient == 'conv' or not eligible:
       return False
     if self.kernel_gradient == 'matmul':
       return True
     if tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('TPU'):
       return False
+    map_size = None if input_shape is None else self._map_size(input_shape)
     if map_size is not None and map_size <= SMALL_MAP:
       return True
-    return tuple(self.kernel_size[1:]) == (1, 1) and self.compute_dtype == 'bfloat16'
+    return (not strided and tuple(self.kernel_size[1:]) == (1, 1) and
+            self.compute_dtype == 'bfloat16')
 
   def convolution_op(self, inputs, kernel):
-    if not self.uses_matmul_kernel_gradient(self._map_size(inputs.shape)):
+    if not self.uses_matmul_kernel_gradient(inputs.shape):
       return super().convolution_op(inputs, kernel)
     padding = self.padding.upper()
-    strides = [1] * 5
+    strides = [1, *self.strides, 1]
 
     @tf.custom_gradient
     def conv(x, k):
@@ -155,19 +206,19 @@ class Conv3D(tf_keras.layers.Conv3D):
             padding=padding)
         # Named after the layer, so profiles attribute these GEMMs to it.
         with tf.name_scope(f'{self.name}_kernel_gradient'):
-          return dx, tap_kernel_gradient(x, dy, k.shape, padding)
+          return dx, tap_kernel_gradient(x, dy, k.shape, padding, self.strides)
       return tf.nn.conv3d(x, k, strides, padding), grad
 
     return conv(inputs, tf.convert_to_tensor(kernel))
 
   def _map_size(self, input_shape) -> Optional[int]:
-    """H' x W' of a unit-stride output, or None when H or W is dynamic."""
-    height, width = input_shape[2], input_shape[3]
-    if height is None or width is None:
-      return None
-    if self.padding == 'valid':
-      height, width = height - self.kernel_size[1] + 1, width - self.kernel_size[2] + 1
-    return max(height, 0) * max(width, 0)
+    """H' x W' of the output for an input of `input_shape`, or None when H or W is dynamic."""
+    size = 1
+    for n, k, s in zip(input_shape[2:4], self.kernel_size[1:], self.strides[1:]):
+      if n is None:
+        return None
+      size *= -(-n // s) if self.padding == 'same' else max((n - k) // s + 1, 0)
+    return size
 
   def get_config(self):
     return {**super().get_config(), 'kernel_gradient': self.kernel_gradient}
