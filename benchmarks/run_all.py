@@ -12,7 +12,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARKS = ('bench_convert.py', 'bench_input.py', 'bench_train_step.py',
               'bench_e2e.py', 'bench_gather.py', 'bench_demo_step.py', 'bench_embed.py',
-              'bench_export.py', 'bench_vs_model_garden.py')
+              'bench_export.py', 'bench_vs_model_garden.py', 'bench_kernel_gradient.py')
 # Benchmarks with a make target of their own, left out of `make bench` (and why).
 SEPARATE = {'bench_quality.py': 'make bench-quality: hours of pretraining runs on 2 cores'}
 

@@ -13,7 +13,7 @@ processes each building R3D-50). What they time is tested in
 (test_pretrainer.py, test_train_loop.py), the cross-replica gather (test_losses.py,
 test_distribute.py), the demo's steps (test_demo.py's quick demo), the input pipeline
 feeding a step (test_pipeline.py, test_train_cli.py), feature extraction (test_embed.py).
-Every `make test` runs bench_convert, bench_input and bench_export.
+Every `make test` runs bench_convert, bench_input, bench_export and bench_kernel_gradient.
 """
 
 import os
@@ -229,6 +229,20 @@ def test_embed_quick(runs):
   # 2 videos of 1 s at 25 fps: 25 frames each, 50 decoded frames per repetition.
   videos_per_s, frames_per_s = (float(rows[0][i].split()[0]) for i in (4, 5))
   assert abs(frames_per_s - 25 * videos_per_s) <= 0.01 * frames_per_s + 1, rows[0]
+
+
+def test_kernel_gradient_quick(runs):
+  out = runs['bench_kernel_gradient.py'].output()
+  rows = _table_rows(out, 'policy ')
+  from cvrl_tf.models import video_layers  # pylint: disable=g-import-not-at-top
+  layers = [r for r in rows if r[2] != 'sum']
+  assert len(layers) == 20 and all(r[:2] == ['float32', 'demo'] for r in rows), out
+  for row in layers:  # the route 'auto' took, by the rule video_layers.Conv3D states
+    time_only = row[4].endswith('x1x1')
+    small = int(row[6]) <= video_layers.SMALL_MAP
+    assert row[-1] == ('gemm' if time_only or small else 'conv'), row
+    assert all(float(v) > 0 for v in row[7:11]), row
+  assert rows[-1][2] == 'sum' and rows[-1][-1].endswith('x)'), rows[-1]
 
 
 def test_export_quick(runs):

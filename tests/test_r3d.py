@@ -16,6 +16,7 @@ import tf_keras
 
 from cvrl_tf.models import flops
 from cvrl_tf.models import r3d
+from cvrl_tf.runtime import precision
 
 PARAMS = {  # (name, width multiplier) -> parameters incl. BN moving statistics
     ('r3d18', 1): 20_071_104,
@@ -168,18 +169,29 @@ def test_mixed_bfloat16_outputs_float32(bf16_policy):
   assert np.isfinite(out['pooled'].numpy()).all()
 
 
-def test_bfloat16_r3d50_takes_gemm_kernel_gradients_for_time_only_kernels(bf16_policy):
-  model = r3d.build_backbone('r3d50', width_multiplier=0.25)
+@pytest.mark.parametrize('policy', ['float32', 'mixed_bfloat16'])
+def test_r3d50_routes_of_the_kernel_gradients(policy):
+  with precision.dtype_policy(policy):
+    model = r3d.build_backbone('r3d50', width_multiplier=0.25)
   by_route = {True: set(), False: set()}
   for layer in model.layers:
     if isinstance(layer, tf_keras.layers.Conv3D):
       by_route[layer.uses_matmul_kernel_gradient()].add(layer.name)
-  # conv_a ([1 or 3, 1, 1]), conv_c ([1, 1, 1]) and res2's stride-1 projection.
+  # Shapes unknown (None): conv_a ([1 or 3, 1, 1]), conv_c ([1, 1, 1]) and res2's
+  # stride-1 projection take the GEMMs in both precisions.
   assert {'res2_block1_conv_a', 'res4_block1_conv_a', 'res5_block3_conv_c',
           'res2_block1_proj'} <= by_route[True]
-  # Spatial kernels and strided projections keep the usual kernel.
+  # Spatial kernels, and strided projections of unknown size, keep the usual kernel.
   assert {'stem_conv', 'res2_block1_conv_b', 'res3_block1_proj'} <= by_route[False]
   assert len(by_route[True]) == 2 * 16 + 1 and len(by_route[False]) == 1 + 16 + 3
+  # At 8 x 112 x 112 (res5 at 4 x 4): every res5 layer, strided ones too.
+  for name in ('res5_block1_proj', 'res5_block1_conv_b', 'res5_block2_conv_b'):
+    layer = model.get_layer(name)
+    shape = {'res5_block1_proj': (2, 4, 7, 7, 256), 'res5_block1_conv_b': (2, 4, 7, 7, 128),
+             'res5_block2_conv_b': (2, 4, 4, 4, 128)}[name]
+    assert layer.uses_matmul_kernel_gradient(shape), name
+  assert not model.get_layer('res4_block2_conv_b').uses_matmul_kernel_gradient(
+      (2, 4, 7, 7, 64))
   usual = r3d.build_backbone('r3d50', width_multiplier=0.25, kernel_gradient='conv')
   assert not any(layer.uses_matmul_kernel_gradient() for layer in usual.layers
                  if isinstance(layer, tf_keras.layers.Conv3D))

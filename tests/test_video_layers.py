@@ -225,28 +225,30 @@ def counted_route(monkeypatch):
 def test_conv3d_routes_really_taken(counted_route):
   x = tf.constant(np.random.default_rng(5).normal(0, 1, (1, 3, 5, 5, 4)), tf.float32)
   _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0], x)
-  _conv_grads(_conv_pair((3, 1, 1), 'same')[0], x)  # 'auto', float32, 25-position map
+  _conv_grads(_conv_pair((3, 3, 3), 'same')[0], x)  # 'auto': a spatial kernel, 25 positions
   assert not counted_route
-  _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='matmul')[0], x)
-  assert [tuple(s) for s in counted_route] == [(3, 1, 1, 4, 6)]
-  # 'auto' in float32 on a small map (4 x 4 = SMALL_MAP positions): the GEMMs.
-  _conv_grads(_conv_pair((3, 3, 3), 'same')[0], x[:, :, :4, :4])
-  assert [tuple(s) for s in counted_route][1:] == [(3, 3, 3, 4, 6)]
-  _conv_grads(_conv_pair((3, 3, 3), 'same', kernel_gradient='conv')[0], x[:, :, :4, :4])
-  assert len(counted_route) == 2
+  _conv_grads(_conv_pair((3, 3, 3), 'same', kernel_gradient='matmul')[0], x)
+  _conv_grads(_conv_pair((3, 1, 1), 'same')[0], x)  # 'auto': time only
+  _conv_grads(_conv_pair((3, 3, 3), 'same')[0], x[:, :, :4, :4])  # 'auto': 16 positions
+  assert [tuple(s) for s in counted_route] == [(3, 3, 3, 4, 6), (3, 1, 1, 4, 6),
+                                               (3, 3, 3, 4, 6)]
 
 
-def test_conv3d_auto_takes_gemms_for_small_maps_and_bfloat16_time_only_kernels():
+def test_conv3d_auto_takes_gemms_for_time_only_kernels_and_small_maps():
   for kernel, strides, shape, expected in [
+      ((3, 1, 1), 1, (8, 8, 28, 28, 4), True), ((1, 1, 1), 1, None, True),
+      ((1, 1, 1), (1, 2, 2), (8, 8, 28, 28, 4), True),
+      ((1, 1, 1), (1, 2, 2), (8, 8, None, 28, 4), False),  # a strided axis of no size
       ((3, 3, 3), 1, (8, 8, 4, 4, 4), True),  # 16 positions per frame
       ((1, 3, 3), 1, (8, 8, 1, 1, 4), True),
       ((3, 3, 3), (1, 2, 2), (8, 8, 8, 8, 4), True),  # 4 x 4 out
       ((3, 3, 3), 1, (8, 8, 5, 5, 4), False), ((3, 3, 3), 1, (8, 8, None, 4, 4), False),
-      ((3, 3, 3), (1, 2, 2), (8, 8, 10, 10, 4), False),  # 5 x 5 out
-      ((3, 3, 3), (1, 2, 2), (8, 8, None, 4, 4), False),  # a strided axis of no size
-      ((3, 1, 1), 1, (8, 8, 8, 8, 4), False), ((3, 1, 1), 1, None, False)]:
+      ((1, 3, 3), 1, None, False),
+      ((3, 3, 3), (1, 2, 2), (8, 8, 10, 10, 4), False)]:  # 5 x 5 out
     ours, _ = _conv_pair(kernel, 'same', strides)
     assert ours.uses_matmul_kernel_gradient(shape) == expected, (kernel, strides, shape)
+    assert not _conv_pair(kernel, 'same', strides, kernel_gradient='conv')[0] \
+        .uses_matmul_kernel_gradient(shape)
   # The map size a layer computes for its input: H' x W' of its output.
   ours, _ = _conv_pair((1, 3, 3), 'valid')
   assert ours._map_size((2, 4, 6, 5, 4)) == 4 * 3  # pylint: disable=protected-access
@@ -255,21 +257,15 @@ def test_conv3d_auto_takes_gemms_for_small_maps_and_bfloat16_time_only_kernels()
   assert ours._map_size((2, 4, 7, 5, 4)) == 4 * 3  # pylint: disable=protected-access
 
 
-def test_conv3d_auto_uses_matmul_for_bfloat16_time_only_kernels(bf16_policy, counted_route):
-  for kernel, strides, expected in [((3, 1, 1), 1, True), ((1, 1, 1), 1, True),
-                                    ((1, 3, 3), 1, False), ((1, 1, 1), (1, 2, 2), False),
-                                    ((3, 3, 3), 1, False)]:
-    ours, _ = _conv_pair(kernel, 'same', strides)
-    assert ours.uses_matmul_kernel_gradient((2, 8, 16, 16, 4)) == expected, (kernel, strides)
-  assert not _conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0] \
-      .uses_matmul_kernel_gradient()
-  # bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding.
-  ours, ref = _conv_pair((3, 1, 1), 'same')
-  x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 5, 5, 4)), tf.float32)
-  for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
-                               rtol=3e-2, atol=3e-2 * np.abs(b).max())
-  assert len(counted_route) == 1
+def test_conv3d_gemms_in_bfloat16(bf16_policy, counted_route):
+  """bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding."""
+  for kernel in ((3, 1, 1), (3, 3, 3)):
+    ours, ref = _conv_pair(kernel, 'same')
+    x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 4, 4, 4)), tf.float32)
+    for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                 rtol=3e-2, atol=3e-2 * np.abs(b).max())
+  assert len(counted_route) == 2
 
 
 def test_conv3d_matmul_kernel_gradient_under_xla(counted_route):

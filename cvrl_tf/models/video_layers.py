@@ -10,10 +10,9 @@ to the same numbers where the CPU kernel for 5-D tensors is slow (benchmarks/REA
                       synchronized (cross-replica) variant is not fused, and unchanged.
   Conv3D              the kernel gradient as one matrix product per kernel tap over
                       shifted slices where oneDNN's 3-D weight-gradient kernel is slow
-                      on CPU: small maps (res3-res5 of small clips: up to 40x slower
-                      than the products) and, in bfloat16, kernels spanning time only
-                      ([kt, 1, 1]: 1.7-4.5x on AMX). Forward and input gradient are
-                      the usual kernels.
+                      on CPU: kernels spanning time only ([kt, 1, 1], up to 8x) and
+                      small maps (res3-res5 of small clips: up to 40x). Forward and
+                      input gradient are the usual kernels.
 `synchronize_batch_norm` decides when the synchronized variant is worth its cost.
 """
 
@@ -57,10 +56,11 @@ class BatchNormalization(tf_keras.layers.BatchNormalization):
 
 
 KERNEL_GRADIENTS = ('auto', 'matmul', 'conv')
-# Output positions per frame (H' x W') at or below which 'auto' takes the GEMMs. At 4 x 4
-# they were faster on AVX2 (1.1-3x) and in bfloat16 on AVX-512 except one strided layer,
-# and about even in float32 on AVX-512 (0.84-1.4x); at 8 x 8 oneDNN's kernel won on
-# AVX-512 (benchmarks/README.md, "Kernel gradients as GEMMs").
+# Output positions per frame (H' x W') at or below which 'auto' takes the GEMMs for
+# kernels with a spatial extent. At 4 x 4 they were faster on AVX2 (1.1-3x) and in
+# bfloat16 on AVX-512 but for one strided layer, and about even in float32 on AVX-512
+# (0.56-1.5x); at 7 x 7 and 8 x 8 oneDNN's kernel won in float32 on AVX-512
+# (benchmarks/README.md, "Kernel gradients as GEMMs").
 SMALL_MAP = 16
 
 
@@ -152,16 +152,18 @@ class Conv3D(tf_keras.layers.Conv3D):
   kernel_gradient: 'auto', 'matmul' (GEMMs, `tap_kernel_gradient`, whenever the shapes
   allow it: a strided layer needs static sizes along its strided axes) or 'conv' (always
   the usual kernel). 'auto' takes the GEMMs on CPU (no GPU or TPU visible) in two cases,
-  each measured faster there (benchmarks/README.md, "Kernel gradients as GEMMs"):
-    - small maps: at most SMALL_MAP output positions per frame (H' x W', known when the
-      graph is built), any kernel, stride and precision. oneDNN's 3-D weight-gradient
-      kernels are tuned for large maps: on the demo encoder's res3-res5 (4 x 4 to 1 x 1
-      maps) they took up to 40x the GEMMs' time on AVX2, and on R3D-50's 4 x 4 res5
-      maps 1.4x (float32) to 3x (bfloat16) for its [1, 3, 3] kernels;
-    - unit-stride [kt, 1, 1] kernels (ResNet's pointwise and temporal convs) at any map
-      size in bfloat16, where the 3-D kernel ran 1.7-4.5x slower than the GEMMs on AMX.
-  Elsewhere ('auto' on GPU / TPU, larger maps) the usual kernel. Forward and input
-  gradient are always the usual kernels.
+  measured faster there in float32 and bfloat16, on AVX2 and AVX-512 (benchmarks/README.md,
+  "Kernel gradients as GEMMs"):
+    - kernels spanning time only ([kt, 1, 1]: ResNet's pointwise, temporal and projection
+      convs), any map size: no slicing across space, one product per frame tap; e.g.
+      R3D-50's [1, 1, 1] convs 1.0-1.6x in float32, its strided projections up to 8x in
+      bfloat16;
+    - any kernel on small maps: at most SMALL_MAP output positions per frame (H' x W').
+      oneDNN's 3-D weight-gradient kernels are tuned for large maps: on the demo
+      encoder's res3-res5 (4 x 4 to 1 x 1 maps) they took up to 40x the GEMMs' time on
+      AVX2, and 1.2-1.5x on R3D-50's 4 x 4 res5 in float32.
+  Elsewhere (GPU / TPU; larger maps with spatial kernels, where oneDNN's kernel wins, the
+  stem by 8x) the usual kernel. Forward and input gradient are always the usual kernels.
   """
 
   def __init__(self, *args, kernel_gradient: str = 'auto', **kwargs):
@@ -186,11 +188,10 @@ class Conv3D(tf_keras.layers.Conv3D):
       return True
     if tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('TPU'):
       return False
-    map_size = None if input_shape is None else self._map_size(input_shape)
-    if map_size is not None and map_size <= SMALL_MAP:
+    if tuple(self.kernel_size[1:]) == (1, 1):
       return True
-    return (not strided and tuple(self.kernel_size[1:]) == (1, 1) and
-            self.compute_dtype == 'bfloat16')
+    map_size = None if input_shape is None else self._map_size(input_shape)
+    return map_size is not None and map_size <= SMALL_MAP
 
   def convolution_op(self, inputs, kernel):
     if not self.uses_matmul_kernel_gradient(inputs.shape):
