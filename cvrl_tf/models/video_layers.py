@@ -76,12 +76,12 @@ def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
       dkernel[a] = sum over n and u of  x[n, s u + a - p, :]^T dy[n, u, :]
 
   over the positions where both exist: one [Ci, M] x [M, Co] product per tap, on slices
-  of the unpadded tensors (no padded copy; a tap that reads only padding is a product
-  over no positions, zero). Shapes: inputs [N, T, H, W, Ci], output_grad
-  [N, T', H', W', Co], kernel_shape [kt, kh, kw, Ci, Co]. Sizes along unit-stride axes
-  may be dynamic. A strided axis needs its input size known when the graph is built:
-  it is split into [n / s, s] (n padded up to a multiple of s), so that each tap reads
-  a unit-stride slice of one phase (TensorFlow's strided slices are far slower on CPU).
+  that leave the padding out (a tap that reads only padding is a product over no
+  positions, zero). Shapes: inputs [N, T, H, W, Ci], output_grad [N, T', H', W', Co],
+  kernel_shape [kt, kh, kw, Ci, Co]. Sizes along unit-stride axes may be dynamic. A
+  strided axis needs its input size known when the graph is built: it is split into
+  [n / s, s] (n zero-padded up to a multiple of s, the only copy), so that each tap
+  reads a unit-stride slice of one phase (TensorFlow's strided slices are far slower).
   """
   if padding not in ('SAME', 'VALID'):
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
