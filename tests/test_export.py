@@ -290,6 +290,23 @@ def test_bf16_model_exports_float32(tmp_path):
   rebuilt = export.float32_encoder(bf16)
   assert rebuilt.get_layer('stem_conv').compute_dtype == 'float32'
   _assert_float32_same(rebuilt(clips, training=False), expected, reference)
+  assert _kernel_gradients(rebuilt) == {'conv'}
+
+
+def _kernel_gradients(model):
+  return {l.kernel_gradient for l in model.submodules if hasattr(l, 'kernel_gradient')}
+
+
+def test_exports_take_the_usual_kernel_gradients():
+  """A float32 encoder built with 'auto' (GEMM kernel gradients chosen for this CPU) is
+  exported with the usual ones: the SavedModel keeps its route wherever it is loaded."""
+  encoder = backbone_io.build_from_spec(backbone_io.spec_dict(**TINY))
+  assert _kernel_gradients(encoder) == {'auto'}
+  copy = export.float32_encoder(encoder, backbone_io.spec_dict(**TINY))
+  assert copy is not encoder and _kernel_gradients(copy) == {'conv'}
+  np.testing.assert_array_equal(copy(_clips(), training=False),
+                                encoder(_clips(), training=False))
+  assert export.float32_encoder(copy) is copy
 
 
 def _export_file_times(path):

@@ -57,7 +57,10 @@ INPUT_CONVENTION = {
     'dynamic_dims': ['B', 'T', 'H', 'W'],
 }
 # The export is the pooled representation; sync BN would put collectives in the graph.
-_EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False, kernel_gradient='auto')
+# The usual conv kernel gradients: a SavedModel keeps the gradient route it was traced with
+# wherever it is loaded (a GPU, a TPU, another CPU), and video_layers.Conv3D's GEMM route
+# is chosen for the CPU that exports.
+_EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False, kernel_gradient='conv')
 
 
 # --------------------------------------------------------------------------- metadata
@@ -235,15 +238,21 @@ def _computes_float32(model: tf_keras.layers.Layer) -> bool:
              for l in (model, *layers) if isinstance(l, tf_keras.layers.Layer))
 
 
+def _usual_kernel_gradients(model: tf_keras.layers.Layer) -> bool:
+  layers = model.submodules if hasattr(model, 'submodules') else ()
+  return all(getattr(l, 'kernel_gradient', 'conv') == 'conv' for l in layers)
+
+
 def float32_encoder(encoder: tf_keras.Model,
                     spec: Optional[Dict[str, Any]] = None) -> tf_keras.Model:
-  """The same encoder computing in float32 (the encoder itself when it already does).
+  """The same encoder computing in float32 with the usual conv kernel gradients (the
+  encoder itself when it already does; see _EXPORT_OVERRIDES).
 
   Mixed-precision variables are float32, so copying them loses nothing. With a backbone
   spec the encoder is rebuilt from it (pooled output, plain BN); otherwise from its
   functional config with every layer's dtype policy replaced by float32.
   """
-  if _computes_float32(encoder):
+  if _computes_float32(encoder) and _usual_kernel_gradients(encoder):
     return encoder
   with precision.dtype_policy('float32'):
     if spec:
@@ -252,6 +261,8 @@ def float32_encoder(encoder: tf_keras.Model,
       model_config = encoder.get_config()
       for layer in model_config['layers']:
         layer['config']['dtype'] = 'float32'
+        if 'kernel_gradient' in layer['config']:
+          layer['config']['kernel_gradient'] = _EXPORT_OVERRIDES['kernel_gradient']
       rebuilt = tf_keras.Model.from_config(model_config)
   rebuilt.set_weights(encoder.get_weights())
   return rebuilt
