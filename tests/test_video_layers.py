@@ -95,6 +95,9 @@ def test_batch_norm_config_round_trip_in_a_functional_model():
 
 
 EPS32 = np.finfo(np.float32).eps
+# 'auto' takes the GEMMs only where no GPU / TPU is visible (video_layers.Conv3D).
+cpu_only = pytest.mark.skipif(bool(tf.config.list_physical_devices('GPU')),
+                              reason="'auto' keeps the usual kernel on a GPU")
 
 
 def _numpy_kernel_gradient(x, dy, kernel, padding, strides=(1, 1, 1)):
@@ -163,9 +166,10 @@ def test_conv3d_matmul_kernel_gradient_matches_tf_keras_and_numpy(kernel, stride
   y_ref, dx_ref, dkernel_ref = _conv_grads(ref, x)
   np.testing.assert_array_equal(y, y_ref)  # The same forward and input-gradient kernels.
   np.testing.assert_array_equal(dx, dx_ref)
-  # The kernel gradient: float32 sums of the same products in another order. Each entry
-  # sums at most M = N T' H' W' products; two orders differ by at most 2 M eps sum |x dy|
-  # (the classic bound for recursive summation), with the loss's dy = ramp / size.
+  # The kernel gradient against float64: each entry is a float32 sum of at most
+  # M = N T' H' W' products, within M eps sum |x dy| of the exact sum (the classic bound
+  # for recursive summation, plus the products' own rounding); 2 M eps leaves a margin.
+  # The loss's dy is ramp / size.
   dy = np.reshape(np.arange(y.size, dtype=np.float64), y.shape) / y.size
   strides3 = (strides,) * 3 if isinstance(strides, int) else strides
   expected, scale = _numpy_kernel_gradient(x.numpy(), dy, kernel, padding, strides3)
@@ -222,6 +226,7 @@ def counted_route(monkeypatch):
   return calls
 
 
+@cpu_only
 def test_conv3d_routes_really_taken(counted_route):
   x = tf.constant(np.random.default_rng(5).normal(0, 1, (1, 3, 5, 5, 4)), tf.float32)
   _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0], x)
@@ -234,6 +239,7 @@ def test_conv3d_routes_really_taken(counted_route):
                                                (3, 3, 3, 4, 6)]
 
 
+@cpu_only
 def test_conv3d_auto_takes_gemms_for_time_only_kernels_and_small_maps():
   for kernel, strides, shape, expected in [
       ((3, 1, 1), 1, (8, 8, 28, 28, 4), True), ((1, 1, 1), 1, None, True),
@@ -257,20 +263,39 @@ def test_conv3d_auto_takes_gemms_for_time_only_kernels_and_small_maps():
   assert ours._map_size((2, 4, 7, 5, 4)) == 4 * 3  # pylint: disable=protected-access
 
 
+@cpu_only
 def test_conv3d_gemms_in_bfloat16(bf16_policy, counted_route):
   """bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding."""
-  for kernel in ((3, 1, 1), (3, 3, 3)):
-    ours, ref = _conv_pair(kernel, 'same')
+  for kernel, strides in (((3, 1, 1), 1), ((3, 3, 3), 1), ((3, 3, 3), (1, 2, 2))):
+    ours, ref = _conv_pair(kernel, 'same', strides)
     x = tf.constant(np.random.default_rng(4).normal(0, 1, (2, 4, 4, 4, 4)), tf.float32)
     for a, b in zip(_conv_grads(ours, x), _conv_grads(ref, x)):
       np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                  rtol=3e-2, atol=3e-2 * np.abs(b).max())
-  assert len(counted_route) == 2
+  assert len(counted_route) == 3
+
+
+def test_conv3d_strided_gemms_with_a_dynamic_batch_and_frames(counted_route):
+  """A strided layer in a tf.function whose batch and frames are dynamic: H and W are
+  static, so the phases can be split; the result is tf_keras' within float32 rounding."""
+  ours, ref = _conv_pair((3, 3, 3), 'same', (1, 2, 2), kernel_gradient='matmul')
+  fn = tf.function(ours.__call__,
+                   input_signature=[tf.TensorSpec((None, None, 5, 6, 4), tf.float32)])
+  for batch, frames in ((1, 3), (3, 6)):
+    x = tf.constant(np.random.default_rng(frames).normal(0, 1, (batch, frames, 5, 6, 4)),
+                    tf.float32)
+    for a, b in zip(_conv_grads(ours, x, fn), _conv_grads(ref, x)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert counted_route
+  # A strided axis of dynamic size: the usual kernel ('matmul' cannot split it).
+  assert not ours.uses_matmul_kernel_gradient((None, None, None, 6, 4))
+  assert not _conv_pair((3, 3, 3), 'same', (2, 2, 2), kernel_gradient='matmul')[0] \
+      .uses_matmul_kernel_gradient((None, None, 5, 6, 4))
 
 
 def test_conv3d_matmul_kernel_gradient_under_xla(counted_route):
-  for kernel in ((3, 1, 1), (2, 3, 3)):
-    ours, ref = _conv_pair(kernel, 'valid', kernel_gradient='matmul')
+  for kernel, strides in (((3, 1, 1), 1), ((2, 3, 3), 1), ((2, 3, 3), (1, 2, 2))):
+    ours, ref = _conv_pair(kernel, 'valid', strides, kernel_gradient='matmul')
     x = tf.constant(np.random.default_rng(6).normal(0, 1, (2, 5, 3, 4, 4)), tf.float32)
 
     @tf.function(jit_compile=True)
@@ -282,7 +307,7 @@ def test_conv3d_matmul_kernel_gradient_under_xla(counted_route):
 
     for a, b in zip(grads(ours, x), grads(ref, x)):
       np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
-  assert len(counted_route) == 2
+  assert len(counted_route) == 3
 
 
 def test_tap_kernel_gradient_rejects_other_padding():

@@ -80,8 +80,8 @@ def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
   positions, zero). Shapes: inputs [N, T, H, W, Ci], output_grad [N, T', H', W', Co],
   kernel_shape [kt, kh, kw, Ci, Co]. Sizes along unit-stride axes may be dynamic. A
   strided axis needs its input size known when the graph is built: it is split into
-  [n / s, s] (n zero-padded up to a multiple of s, the only copy), so that each tap
-  reads a unit-stride slice of one phase (TensorFlow's strided slices are far slower).
+  [n / s, s] (n zero-padded up to a multiple of s: the only padded copy), so that each
+  tap reads a unit-stride slice of one phase (TensorFlow's strided slices are far slower).
   """
   if padding not in ('SAME', 'VALID'):
     raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
@@ -91,7 +91,7 @@ def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
   static_in = inputs.shape
   split = any(s > 1 for s in strides)
   if split:
-    inputs = _split_strided_axes(inputs, strides)
+    inputs = _split_strided_axes(inputs, strides, ci)
   taps = []
   for tap in itertools.product(*(range(k) for k in kernel_shape[:3])):
     x_slice, dy_slice = [slice(None)], [slice(None)]
@@ -114,7 +114,7 @@ def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
   return tf.reshape(tf.stack(taps), kernel_shape)
 
 
-def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int]) -> tf.Tensor:
+def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int], channels: int) -> tf.Tensor:
   """[N, T, H, W, C] -> [N, T / s_t, s_t, H / s_h, s_h, W / s_w, s_w, C], each strided
   axis zero-padded at its end to a multiple of its stride (unit-stride axes: [n, 1])."""
   size = tf.shape(inputs)
@@ -131,7 +131,7 @@ def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int]) -> tf.Tensor:
       shape += [size[axis], 1]
   if any(p[1] for p in paddings):
     inputs = tf.pad(inputs, paddings + [[0, 0]])
-  return tf.reshape(inputs, shape + [inputs.shape[-1]])
+  return tf.reshape(inputs, shape + [channels])
 
 
 def _strided_tap(a: int, k: int, s: int, padding: str, n: int):
@@ -151,17 +151,18 @@ class Conv3D(tf_keras.layers.Conv3D):
 
   kernel_gradient: 'auto', 'matmul' (GEMMs, `tap_kernel_gradient`, whenever the shapes
   allow it: a strided layer needs static sizes along its strided axes) or 'conv' (always
-  the usual kernel). 'auto' takes the GEMMs on CPU (no GPU or TPU visible) in two cases,
-  measured faster there in float32 and bfloat16, on AVX2 and AVX-512 (benchmarks/README.md,
-  "Kernel gradients as GEMMs"):
+  the usual kernel). 'auto' takes the GEMMs on CPU (no GPU or TPU visible) in two cases
+  (benchmarks/README.md, "Kernel gradients as GEMMs", measured on AVX2 and AVX-512, in
+  float32 and bfloat16):
     - kernels spanning time only ([kt, 1, 1]: ResNet's pointwise, temporal and projection
-      convs), any map size: no slicing across space, one product per frame tap; e.g.
-      R3D-50's [1, 1, 1] convs 1.0-1.6x in float32, its strided projections up to 8x in
-      bfloat16;
+      convs), any map size: one product per frame tap, slices across space only to take
+      a strided projection's phase (which needs static H, W); e.g. R3D-50's [1, 1, 1]
+      convs 1.0-1.6x in float32, its strided projections up to 8x in bfloat16;
     - any kernel on small maps: at most SMALL_MAP output positions per frame (H' x W').
       oneDNN's 3-D weight-gradient kernels are tuned for large maps: on the demo
       encoder's res3-res5 (4 x 4 to 1 x 1 maps) they took up to 40x the GEMMs' time on
-      AVX2, and 1.2-1.5x on R3D-50's 4 x 4 res5 in float32.
+      AVX2, and 1.2-1.5x on R3D-50's 4 x 4 res5 in float32 (but a few 4 x 4 layers of
+      the demo encoder ran 0.56-0.9x as GEMMs in float32 on AVX-512: SMALL_MAP).
   Elsewhere (GPU / TPU; larger maps with spatial kernels, where oneDNN's kernel wins, the
   stem by 8x) the usual kernel. Forward and input gradient are always the usual kernels.
   """

@@ -58,8 +58,8 @@ INPUT_CONVENTION = {
 }
 # The export is the pooled representation; sync BN would put collectives in the graph.
 # The usual conv kernel gradients: a SavedModel keeps the gradient route it was traced with
-# wherever it is loaded (a GPU, a TPU, another CPU), and video_layers.Conv3D's GEMM route
-# is chosen for the CPU that exports.
+# wherever it is loaded (a GPU, a TPU, another CPU), and video_layers.Conv3D's 'auto'
+# route depends on the exporting machine (no GPU / TPU visible) and the traced shapes.
 _EXPORT_OVERRIDES = dict(output='pooled', use_sync_bn=False, kernel_gradient='conv')
 
 
@@ -246,7 +246,8 @@ def _usual_kernel_gradients(model: tf_keras.layers.Layer) -> bool:
 def float32_encoder(encoder: tf_keras.Model,
                     spec: Optional[Dict[str, Any]] = None) -> tf_keras.Model:
   """The same encoder computing in float32 with the usual conv kernel gradients (the
-  encoder itself when it already does; see _EXPORT_OVERRIDES).
+  encoder itself when it already does; see _EXPORT_OVERRIDES). So a float32 encoder built
+  with kernel_gradient='auto' (the default) is rebuilt too, with the same weights.
 
   Mixed-precision variables are float32, so copying them loses nothing. With a backbone
   spec the encoder is rebuilt from it (pooled output, plain BN); otherwise from its
