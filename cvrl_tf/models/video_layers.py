@@ -105,13 +105,30 @@ def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
       else:
         shift = a - ((k - 1) // 2 if padding == 'SAME' else 0)
         x0, y0 = max(shift, 0), max(-shift, 0)
-        length = tf.maximum(tf.minimum(size_in[axis] - x0, size_out[axis] - y0), 0)
+        n_in, n_out = static_in[axis], output_grad.shape[axis]
+        if n_in is not None and n_out is not None:
+          length = max(min(n_in - x0, n_out - y0), 0)
+        else:
+          length = tf.maximum(tf.minimum(size_in[axis] - x0, size_out[axis] - y0), 0)
         x_slice += [slice(x0, x0 + length)] + ([0] if split else [])
       dy_slice.append(slice(None) if length is None else slice(y0, y0 + length))
+    if any(isinstance(n, int) and n == 0 for n in _lengths(dy_slice)):
+      # A tap that reads only padding on this shape: zero, without ops to trace or run.
+      taps.append(tf.zeros([ci, co], output_grad.dtype))
+      continue
     x = tf.reshape(inputs[tuple(x_slice)], [-1, ci])
     dy = tf.reshape(output_grad[tuple(dy_slice)], [-1, co])
     taps.append(tf.matmul(x, dy, transpose_a=True))
   return tf.reshape(tf.stack(taps), kernel_shape)
+
+
+def _lengths(slices):
+  """The static length of each bounded slice (None where the bounds are tensors)."""
+  for part in slices:
+    if isinstance(part, slice) and part.stop is not None:
+      start = part.start or 0
+      yield (part.stop - start) if isinstance(part.stop, int) and isinstance(start, int) \
+          else None
 
 
 def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int], channels: int) -> tf.Tensor:
