@@ -99,14 +99,15 @@ def model_rows(name, encoder, clip_shape, dtype, reps):
   return rows
 
 
-def build_models(quick: bool, batch: int):
-  """[(name, encoder, clip batch shape)]: 2 x batch clips (a pretraining step's)."""
+def build_models(quick: bool, batch):
+  """[(name, encoder, clip batch shape)]: 2 x batch clips (a pretraining step's); batch
+  None: each model's own (the demo's 32 videos, the Model Garden side-by-side's 4)."""
   gin_files.parse(['demo/encoder.gin'], [])
-  models = [('demo', r3d.build_backbone(settings.build_part('encoder')),
-             (2 * batch, 8, 32, 32, 3))]
+  models = [('demo', r3d.build_backbone(settings.build_part('encoder')), 8, 32, 32)]
   if not quick:
-    models.append(('r3d50', r3d.build_backbone('r3d50'), (2 * batch, 8, 112, 112, 3)))
-  return models
+    models.append(('r3d50', r3d.build_backbone('r3d50'), 4, 8, 112))
+  return [(name, encoder, (2 * (batch or own), frames, size, size, 3))
+          for name, encoder, own, frames, size in models]
 
 
 def main(argv=None) -> int:
@@ -128,10 +129,8 @@ def main(argv=None) -> int:
   for policy in args.precisions.split(','):
     dtype = tf.float32 if policy == 'float32' else tf.bfloat16
     with precision.dtype_policy(policy):
-      for name, encoder, clip_shape in build_models(args.quick, 1 if args.quick else 0):
-        if not args.quick:
-          batch = args.batch or (32 if name == 'demo' else 4)
-          clip_shape = (2 * batch,) + clip_shape[1:]
+      for name, encoder, clip_shape in build_models(args.quick,
+                                                    1 if args.quick else args.batch):
         try:
           rows += [[policy] + r for r in model_rows(name, encoder, clip_shape, dtype,
                                                     args.reps)]

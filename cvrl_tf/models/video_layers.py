@@ -151,10 +151,15 @@ def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int], channels: int
   return tf.reshape(inputs, shape + [channels])
 
 
+def _output_size(n: int, k: int, s: int, padding: str) -> int:
+  """Outputs along an axis of n inputs, kernel k, stride s ('SAME' / 'VALID', any case)."""
+  return -(-n // s) if padding.upper() == 'SAME' else max((n - k) // s + 1, 0)
+
+
 def _strided_tap(a: int, k: int, s: int, padding: str, n: int):
   """(first input index, first output index, count) of the input / output pairs that
   tap a joins along an axis of static size n, stride s: output u reads s u + a - p."""
-  out = -(-n // s) if padding == 'SAME' else max((n - k) // s + 1, 0)
+  out = _output_size(n, k, s, padding)
   front = max((out - 1) * s + k - n, 0) // 2 if padding == 'SAME' else 0
   first = max(-((a - front) // s), 0)  # ceil((front - a) / s): the input index >= 0
   stop = min((n - 1 - a + front) // s + 1, out)  # the input index <= n - 1
@@ -236,7 +241,7 @@ class Conv3D(tf_keras.layers.Conv3D):
     for n, k, s in zip(input_shape[2:4], self.kernel_size[1:], self.strides[1:]):
       if n is None:
         return None
-      size *= -(-n // s) if self.padding == 'same' else max((n - k) // s + 1, 0)
+      size *= _output_size(n, k, s, self.padding)
     return size
 
   def get_config(self):
