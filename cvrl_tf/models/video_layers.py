@@ -92,16 +92,22 @@ def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
   split = any(s > 1 for s in strides)
   if split:
     inputs = _split_strided_axes(inputs, strides, ci)
-  taps = []
+  taps, zero = [], None
+  x_rows, dy_rows = tf.constant([-1, ci]), tf.constant([-1, co])  # one of each per layer
   for tap in itertools.product(*(range(k) for k in kernel_shape[:3])):
-    x_slice, dy_slice = [slice(None)], [slice(None)]
+    # tf.slice's (begin, size) per axis, size -1: to the end. Plain ints where the
+    # shapes are static: a slice is then one op and two constants (indexing with [...]
+    # builds several more, and tracing them dominated a small model's first step).
+    x_begin, x_size, dy_begin, dy_size = [0], [-1], [0], [-1]
     for axis, (a, k, s) in enumerate(zip(tap, kernel_shape[:3], strides), start=1):
       if s > 1:
         x0, y0, length = _strided_tap(a, k, s, padding, static_in[axis])
-        x_slice += [slice(x0 // s, x0 // s + length), x0 % s]
+        x_begin += [x0 // s, x0 % s]
+        x_size += [length, 1]
       elif k == 1:  # No shift along this axis: the whole extent of both.
-        x0 = y0 = length = None
-        x_slice += [slice(None)] + ([0] if split else [])
+        y0, length = 0, -1
+        x_begin += [0] + ([0] if split else [])
+        x_size += [-1] + ([1] if split else [])
       else:
         shift = a - ((k - 1) // 2 if padding == 'SAME' else 0)
         x0, y0 = max(shift, 0), max(-shift, 0)
@@ -110,25 +116,19 @@ def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
           length = max(min(n_in - x0, n_out - y0), 0)
         else:
           length = tf.maximum(tf.minimum(size_in[axis] - x0, size_out[axis] - y0), 0)
-        x_slice += [slice(x0, x0 + length)] + ([0] if split else [])
-      dy_slice.append(slice(None) if length is None else slice(y0, y0 + length))
-    if any(isinstance(n, int) and n == 0 for n in _lengths(dy_slice)):
+        x_begin += [x0] + ([0] if split else [])
+        x_size += [length] + ([1] if split else [])
+      dy_begin.append(y0)
+      dy_size.append(length)
+    if any(isinstance(n, int) and n == 0 for n in dy_size):
       # A tap that reads only padding on this shape: zero, without ops to trace or run.
-      taps.append(tf.zeros([ci, co], output_grad.dtype))
+      zero = tf.zeros([ci, co], output_grad.dtype) if zero is None else zero
+      taps.append(zero)
       continue
-    x = tf.reshape(inputs[tuple(x_slice)], [-1, ci])
-    dy = tf.reshape(output_grad[tuple(dy_slice)], [-1, co])
+    x = tf.reshape(tf.slice(inputs, x_begin + [0], x_size + [-1]), x_rows)
+    dy = tf.reshape(tf.slice(output_grad, dy_begin + [0], dy_size + [-1]), dy_rows)
     taps.append(tf.matmul(x, dy, transpose_a=True))
   return tf.reshape(tf.stack(taps), kernel_shape)
-
-
-def _lengths(slices):
-  """The static length of each bounded slice (None where the bounds are tensors)."""
-  for part in slices:
-    if isinstance(part, slice) and part.stop is not None:
-      start = part.start or 0
-      yield (part.stop - start) if isinstance(part.stop, int) and isinstance(start, int) \
-          else None
 
 
 def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int], channels: int) -> tf.Tensor:
