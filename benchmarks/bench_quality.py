@@ -190,8 +190,10 @@ def run_stages(spec_path: str) -> int:
   t_start, c_start = time.perf_counter(), time.process_time()
   with open(spec_path, encoding='utf-8') as f:
     spec = json.load(f)
+  from cvrl_tf import cli  # pylint: disable=g-import-not-at-top
+  cli.prefer_tf_keras()  # As cvrl_train: TensorFlow starts without Keras 3.
   import gin  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
   from cvrl_tf.cli import gin_files  # pylint: disable=g-import-not-at-top
   times = {'import': {'wall': time.perf_counter() - t_start,
                       'cpu': time.process_time() - c_start}}
@@ -206,7 +208,7 @@ def run_stages(spec_path: str) -> int:
     gin_files.check_protocol()
     gin_files.run(model_dir=stage['model_dir'])
     gin.clear_config()
-    tf.keras.backend.clear_session()
+    tf_keras.backend.clear_session()  # our models' Keras (not Keras 3)
     times[stage['key']] = {'wall': time.perf_counter() - t0,
                            'cpu': time.process_time() - c0}
     with open(spec['timings'], 'w', encoding='utf-8') as f:

@@ -6,9 +6,18 @@ install) is built once, not once per worker. The files that take longest start f
 so the end of the run is not one long file on one worker while the other idles.
 """
 
+import os
+
 import pytest
 
-from cvrl_tf.runtime import precision
+# The test processes, and the Python subprocesses they start, run as every cvrl_* command
+# does (cvrl_tf/cli/__init__.py, prefer_tf_keras): tf.keras is tf_keras, and TensorFlow's
+# import skips Keras 3 and scikit-learn (~1.7 CPU-s a process, AMD EPYC Zen 4). The
+# checks of what a user's own process does (hub_roundtrip_check.py, the wheel install)
+# take the variable out again.
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+from cvrl_tf.runtime import precision  # noqa: E402  pylint: disable=wrong-import-position
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ def installed(tmp_path_factory):
   elsewhere.mkdir()
   env = dict(os.environ, PYTHONPATH=str(root / 'site'))
   env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  env.pop('TF_USE_LEGACY_KERAS', None)  # A fresh user environment (conftest.py sets it).
   return dict(site=root / 'site', cwd=elsewhere, env=env)
 
 

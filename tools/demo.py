@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 # The report imports TensorFlow in this process: without its start-up info lines, as the
 # tools the demo runs (the user's own level wins).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+from cvrl_tf import cli  # noqa: E402  (no TensorFlow)
+cli.prefer_tf_keras()  # As in the tools it runs: TensorFlow starts without Keras 3.
 from cvrl_tf.demo import run as demo  # noqa: E402
 
 if __name__ == '__main__':

@@ -23,9 +23,15 @@ from cvrl_tf.cli import quiet
 LEGACY_KERAS_ENV = 'TF_USE_LEGACY_KERAS'
 
 
-def _run(command: str):
+def prefer_tf_keras() -> None:
+  """In a process of ours, before TensorFlow loads: tf.keras is tf_keras (the user's own
+  setting wins). Not done on `import cvrl_tf`: a library must not change another's tf.keras."""
   if 'tensorflow' not in sys.modules:
     os.environ.setdefault(LEGACY_KERAS_ENV, '1')
+
+
+def _run(command: str):
+  prefer_tf_keras()
   quiet.before_tensorflow()  # The tool's module may import TensorFlow.
   # Before TensorFlow's own after-init callbacks (one lists the GPUs: the CUDA probe).
   app.call_after_init(quiet.after_flags)
