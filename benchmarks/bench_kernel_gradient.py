@@ -7,6 +7,7 @@
 
 Builds each encoder, records the input shape of every Conv3D layer on a clip batch, then
 times on random tensors of those shapes (warm-up excluded, median of --reps calls):
+  Mmac      millions of multiply-adds in the kernel gradient (as many as the forward)
   forward   the layer's convolution (the scale: a kernel gradient costs as many FLOPs)
   conv      Conv3DBackpropFilterV2, oneDNN's weight-gradient kernel ('conv' route)
   gemm      video_layers.tap_kernel_gradient, one [Ci, M] x [M, Co] product per kernel
@@ -89,11 +90,14 @@ def model_rows(name, encoder, clip_shape, dtype, reps):
     auto = layer.uses_matmul_kernel_gradient(shape)
     totals += [fwd, conv, gemm, gemm if auto else conv]
     out_hw = layer._map_size(shape)  # pylint: disable=protected-access
+    # Multiply-adds of the kernel gradient: every output position times the kernel.
+    macs = (np.prod(layer.compute_output_shape(shape)[:-1]) * np.prod(layer.kernel_size)
+            * shape[-1] * layer.filters)
     rows.append([name, layer.name, 'x'.join(map(str, shape[1:])),
                  'x'.join(map(str, layer.kernel_size)), 'x'.join(map(str, layer.strides)),
-                 out_hw, f'{fwd:.2f}', f'{conv:.2f}', f'{gemm:.2f}', f'{conv / gemm:.2f}',
+                 out_hw, f'{macs / 1e6:.1f}', f'{fwd:.2f}', f'{conv:.2f}', f'{gemm:.2f}', f'{conv / gemm:.2f}',
                  'gemm' if auto else 'conv'])
-  rows.append([name, 'sum', '', '', '', '', f'{totals[0]:.1f}', f'{totals[1]:.1f}',
+  rows.append([name, 'sum', '', '', '', '', '', f'{totals[0]:.1f}', f'{totals[1]:.1f}',
                f'{totals[2]:.1f}', f'{totals[1] / totals[2]:.2f}',
                f'{totals[3]:.1f} ms ({totals[1] / totals[3]:.2f}x)'])
   return rows
@@ -103,7 +107,7 @@ def build_models(quick: bool, batch):
   """[(name, encoder, clip batch shape)]: 2 x batch clips (a pretraining step's); batch
   None: each model's own (the demo's 32 videos, the Model Garden side-by-side's 4)."""
   gin_files.parse(['demo/encoder.gin'], [])
-  models = [('demo', r3d.build_backbone(settings.build_part('encoder')), 8, 32, 32)]
+  models = [('demo', r3d.build_backbone(settings.build_part('encoder')), 32, 8, 32)]
   if not quick:
     models.append(('r3d50', r3d.build_backbone('r3d50'), 4, 8, 112))
   return [(name, encoder, (2 * (batch or own), frames, size, size, 3))
@@ -141,7 +145,7 @@ def main(argv=None) -> int:
   print(f'threads: {args.threads or "TensorFlow default"}; ms per call, median of '
         f'{args.reps}; ratio = conv / gemm; sum: every layer, and what auto takes')
   common.print_table(['policy', 'model', 'layer', 'input', 'kernel', 'strides', "H'xW'",
-                      'forward', 'conv', 'gemm', 'ratio', 'auto'], rows)
+                      'Mmac', 'forward', 'conv', 'gemm', 'ratio', 'auto'], rows)
   return 0
 
 

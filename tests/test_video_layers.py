@@ -226,8 +226,14 @@ def counted_route(monkeypatch):
   return calls
 
 
+@pytest.fixture
+def any_size(monkeypatch):
+  """'auto' without its minimum of work (MIN_GEMM_MACS): the small-map rule on toy sizes."""
+  monkeypatch.setattr(video_layers, 'MIN_GEMM_MACS', 0)
+
+
 @cpu_only
-def test_conv3d_routes_really_taken(counted_route):
+def test_conv3d_routes_really_taken(counted_route, any_size):
   x = tf.constant(np.random.default_rng(5).normal(0, 1, (1, 3, 5, 5, 4)), tf.float32)
   _conv_grads(_conv_pair((3, 1, 1), 'same', kernel_gradient='conv')[0], x)
   _conv_grads(_conv_pair((3, 3, 3), 'same')[0], x)  # 'auto': a spatial kernel, 25 positions
@@ -240,7 +246,8 @@ def test_conv3d_routes_really_taken(counted_route):
 
 
 @cpu_only
-def test_conv3d_auto_takes_gemms_for_time_only_kernels_and_small_maps():
+def test_conv3d_auto_takes_gemms_for_time_only_kernels_and_small_maps(monkeypatch):
+  monkeypatch.setattr(video_layers, 'MIN_GEMM_MACS', 0)  # the map rule alone first
   for kernel, strides, shape, expected in [
       ((3, 1, 1), 1, (8, 8, 28, 28, 4), True), ((1, 1, 1), 1, None, True),
       ((1, 1, 1), (1, 2, 2), (8, 8, 28, 28, 4), True),
@@ -261,10 +268,24 @@ def test_conv3d_auto_takes_gemms_for_time_only_kernels_and_small_maps():
   assert ours._map_size((2, 4, None, 5, 4)) is None  # pylint: disable=protected-access
   ours, _ = _conv_pair((1, 3, 3), 'same', (1, 2, 2))
   assert ours._map_size((2, 4, 7, 5, 4)) == 4 * 3  # pylint: disable=protected-access
+  monkeypatch.undo()
+  # Spatial kernels on small maps take the GEMMs from MIN_GEMM_MACS multiply-adds
+  # (N T' H'W' kt kh kw Ci Co); time-only kernels whatever the size.
+  for kernel, shape, expected in [
+      ((3, 3, 3), (8, 8, 4, 4, 4), False),  # 8 8 16 27 4 6 = 0.66M
+      ((1, 3, 3), (512, 8, 2, 2, 64), True),  # 512 8 4 9 64 6 = 57M
+      ((1, 3, 3), (None, 8, 2, 2, 64), True),  # a dynamic batch: taken as large
+      ((3, 1, 1), (1, 2, 2, 2, 4), True)]:
+    ours, _ = _conv_pair(kernel, 'same')
+    assert ours.uses_matmul_kernel_gradient(shape) == expected, (kernel, shape)
+  ours, _ = _conv_pair((1, 3, 3), 'valid')
+  macs = ours._kernel_gradient_macs((2, 4, 6, 5, 4), 12)  # pylint: disable=protected-access
+  assert macs == 2 * 4 * 12 * 9 * 4 * 6
+  assert video_layers.MIN_GEMM_MACS == 2 ** 24
 
 
 @cpu_only
-def test_conv3d_gemms_in_bfloat16(bf16_policy, counted_route):
+def test_conv3d_gemms_in_bfloat16(bf16_policy, counted_route, any_size):
   """bfloat16: the GEMM route agrees with tf_keras' bf16 kernels to bf16 rounding."""
   for kernel, strides in (((3, 1, 1), 1), ((3, 3, 3), 1), ((3, 3, 3), (1, 2, 2))):
     ours, ref = _conv_pair(kernel, 'same', strides)

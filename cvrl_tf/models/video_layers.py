@@ -62,6 +62,13 @@ KERNEL_GRADIENTS = ('auto', 'matmul', 'conv')
 # (0.56-1.5x); at 7 x 7 and 8 x 8 oneDNN's kernel won in float32 on AVX-512
 # (benchmarks/README.md, "Kernel gradients as GEMMs").
 SMALL_MAP = 16
+# Multiply-adds of a kernel gradient below which 'auto' keeps the usual kernel for
+# kernels with a spatial extent, small map or not. There both routes take about a
+# millisecond (bench_kernel_gradient.py --quick: 0.4-2.5 ms either way), while the GEMMs'
+# graph (a slice pair and a product per tap: 27 for [3, 3, 3]) costs tens of ms to build
+# in every traced function: a tiny R3D-18's train step took ~1 s longer to trace. The
+# demo encoder's smallest such layer has 75M (2 x 32 clips of 8 x 32 x 32).
+MIN_GEMM_MACS = 2 ** 24
 
 
 def tap_kernel_gradient(inputs: tf.Tensor, output_grad: tf.Tensor,
@@ -184,7 +191,9 @@ class Conv3D(tf_keras.layers.Conv3D):
       oneDNN's 3-D weight-gradient kernels are tuned for large maps: on the demo
       encoder's res3-res5 (4 x 4 to 1 x 1 maps) they took up to 40x the GEMMs' time on
       AVX2, and 1.2-1.5x on R3D-50's 4 x 4 res5 in float32 (but a few 4 x 4 layers of
-      the demo encoder ran 0.56-0.9x as GEMMs in float32 on AVX-512: SMALL_MAP).
+      the demo encoder ran 0.56-0.9x as GEMMs in float32 on AVX-512: SMALL_MAP); but
+      not below MIN_GEMM_MACS, where both routes are fast and the GEMMs' graph of many
+      taps is slower to build than the time it saves.
   Elsewhere (GPU / TPU; larger maps with spatial kernels, where oneDNN's kernel wins, the
   stem by 8x) the usual kernel. Forward and input gradient are always the usual kernels.
   """
@@ -214,7 +223,10 @@ class Conv3D(tf_keras.layers.Conv3D):
     if tuple(self.kernel_size[1:]) == (1, 1):
       return True
     map_size = None if input_shape is None else self._map_size(input_shape)
-    return map_size is not None and map_size <= SMALL_MAP
+    if map_size is None or map_size > SMALL_MAP:
+      return False
+    macs = self._kernel_gradient_macs(input_shape, map_size)
+    return macs is None or macs >= MIN_GEMM_MACS
 
   def convolution_op(self, inputs, kernel):
     if not self.uses_matmul_kernel_gradient(inputs.shape):
@@ -243,6 +255,15 @@ class Conv3D(tf_keras.layers.Conv3D):
         return None
       size *= _output_size(n, k, s, self.padding)
     return size
+
+  def _kernel_gradient_macs(self, input_shape, map_size: int) -> Optional[int]:
+    """N T' H'W' kt kh kw Ci Co, or None when N, T or Ci is dynamic (taken as large)."""
+    n, t, channels = input_shape[0], input_shape[1], input_shape[-1]
+    if n is None or t is None or channels is None:
+      return None
+    frames = _output_size(t, self.kernel_size[0], self.strides[0], self.padding)
+    taps = self.kernel_size[0] * self.kernel_size[1] * self.kernel_size[2]
+    return n * frames * map_size * taps * channels * self.filters
 
   def get_config(self):
     return {**super().get_config(), 'kernel_gradient': self.kernel_gradient}
