@@ -95,8 +95,8 @@ def model_rows(name, encoder, clip_shape, dtype, reps):
             * shape[-1] * layer.filters)
     rows.append([name, layer.name, 'x'.join(map(str, shape[1:])),
                  'x'.join(map(str, layer.kernel_size)), 'x'.join(map(str, layer.strides)),
-                 out_hw, f'{macs / 1e6:.1f}', f'{fwd:.2f}', f'{conv:.2f}', f'{gemm:.2f}', f'{conv / gemm:.2f}',
-                 'gemm' if auto else 'conv'])
+                 out_hw, f'{macs / 1e6:.1f}', f'{fwd:.2f}', f'{conv:.2f}', f'{gemm:.2f}',
+                 f'{conv / gemm:.2f}', 'gemm' if auto else 'conv'])
   rows.append([name, 'sum', '', '', '', '', '', f'{totals[0]:.1f}', f'{totals[1]:.1f}',
                f'{totals[2]:.1f}', f'{totals[1] / totals[2]:.2f}',
                f'{totals[3]:.1f} ms ({totals[1] / totals[3]:.2f}x)'])

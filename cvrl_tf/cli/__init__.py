@@ -25,7 +25,8 @@ LEGACY_KERAS_ENV = 'TF_USE_LEGACY_KERAS'
 
 def prefer_tf_keras() -> None:
   """In a process of ours, before TensorFlow loads: tf.keras is tf_keras (the user's own
-  setting wins). Not done on `import cvrl_tf`: a library must not change another's tf.keras."""
+  setting wins). Not done on `import cvrl_tf`: a library must not change the tf.keras
+  of the program that imports it."""
   if 'tensorflow' not in sys.modules:
     os.environ.setdefault(LEGACY_KERAS_ENV, '1')
 

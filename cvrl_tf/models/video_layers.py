@@ -63,11 +63,14 @@ KERNEL_GRADIENTS = ('auto', 'matmul', 'conv')
 # (benchmarks/README.md, "Kernel gradients as GEMMs").
 SMALL_MAP = 16
 # Multiply-adds of a kernel gradient below which 'auto' keeps the usual kernel for
-# kernels with a spatial extent, small map or not. There both routes take about a
-# millisecond (bench_kernel_gradient.py --quick: 0.4-2.5 ms either way), while the GEMMs'
-# graph (a slice pair and a product per tap: 27 for [3, 3, 3]) costs tens of ms to build
-# in every traced function: a tiny R3D-18's train step took ~1 s longer to trace. The
-# demo encoder's smallest such layer has 75M (2 x 32 clips of 8 x 32 x 32).
+# kernels with a spatial extent, small map or not. There both routes take a millisecond
+# or so (bench_kernel_gradient.py --quick, AMD EPYC Zen 4: 0.6-3.1 ms either way; an
+# AVX2-only CPU's conv kernel is slower, which costs a toy model a few ms a step), while
+# the GEMMs' graph (a slice pair and a product per tap: 27 for [3, 3, 3]) costs tens of
+# ms to build in every traced function: a tiny R3D-18's train step took ~1 s longer to
+# trace. The demo encoder's smallest such layer has 75M (2 x 32 clips of 8 x 32 x 32),
+# R3D-50's (res5 at 4 x 4, 8 clips of 8 x 112 x 112) over 1G: a choice between toy
+# models and real ones, not a bound that depends on the CPU.
 MIN_GEMM_MACS = 2 ** 24
 
 
@@ -159,7 +162,7 @@ def _split_strided_axes(inputs: tf.Tensor, strides: Sequence[int], channels: int
 
 
 def _output_size(n: int, k: int, s: int, padding: str) -> int:
-  """Outputs along an axis of n inputs, kernel k, stride s ('SAME' / 'VALID', any case)."""
+  """Outputs along an axis of n inputs, kernel k, stride s ('SAME'/'VALID', any case)."""
   return -(-n // s) if padding.upper() == 'SAME' else max((n - k) // s + 1, 0)
 
 
