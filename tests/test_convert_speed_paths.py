@@ -141,15 +141,20 @@ def test_encode_jpeg_equals_pillow():
 
 
 # Pinned with PyAV 18.1.0 (FFmpeg 8: libavcodec 62.28, libswscale 9.5), Pillow 13.0.0 and
-# opencv-python-headless 5.1 (libjpeg-turbo 3), output version 2, 2026-12-07. Version 1
+# opencv-python-headless 5.1 (libjpeg-turbo 3), output version 2, 2026-12-07; the same
+# shards with PyAV 18.1.1 (libavcodec 62.28.103, libswscale 9.5.103). Version 1
 # wrote the same 64/...00001 (its widths: 85 and 64 unresized) and other bytes for the
 # three others (b7a84579..., 703143c7..., 0418f6d5...: even widths 86 and 48).
-PINNED_ENV = ('18.1.0', '13.0.0', '5.1.0')
+# The environment is what decodes, resizes and encodes: FFmpeg's decoder and scaler by
+# (major, minor) (a micro release of PyAV's FFmpeg changes its muxer's version tag, not
+# its pixels), Pillow and OpenCV. The inputs are pinned by their decoded frames: the
+# files' bytes carry that version tag (18.1.1 writes other file bytes, the same frames).
+PINNED_ENV = ((62, 28), (9, 5), '13.0.0', '5.1.0')
 PINNED_INPUTS = {
-    'land': '95f1418f6759135bb073ced96c12c1ced97e44c5ffe207d8bd211cb4019656ca',
-    'port': '158734c7eb50495103e5952cabbf2627fb848c09fd4dd38c749a579425e18ab1',
-    'synth0': 'ee51ec23e536abc5ba2516966d6e3fdb28a83d66d1aa022375747bb4781adb21',
-    'synth5': '8c8d5f8eee7fd5c625acdcc9589491f5f06dbd40affabf0d932dfa4e6ff245cf'}
+    'land': '01308b6edc681d1b6faec214665a0cd106fb1add7bbc385635816b79a97aceab',
+    'port': '915ee531897b5583a7dd02b1e51f77fdecec8a99f881f93f2b56e2754897ac62',
+    'synth0': 'ebaf8b9e80a60459255839e2d6a48816dce459b5d78097d925f6ca60e2175dd0',
+    'synth5': '07159dff53f800148e91227288d701a25f9e14201b309834c88d1ea05aa24545'}
 PINNED_SHARDS = {
     '64/data-00000-of-00002.tfrecord':
         '5ee2281b87591842144835ba1fe74b5fe6e7bcff7f2aa499f840ade8e5672916',
@@ -166,9 +171,25 @@ def _sha(path):
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def test_converted_shards_pinned(videos, tmp_path):
+def _decoded_sha(path):
+  """SHA-256 of a video's decoded frames (pixel format and planes, in order)."""
+  digest = hashlib.sha256()
+  for frame in _decoded(path):
+    digest.update(frame.format.name.encode())
+    digest.update(frame.to_ndarray().tobytes())
+  return digest.hexdigest()
+
+
+def _pinned_env():
+  import cv2  # pylint: disable=g-import-not-at-top
   import PIL  # pylint: disable=g-import-not-at-top
-  inputs = {name: _sha(path) for name, path in sorted(videos.items())}
+  versions = av.library_versions
+  return (versions['libavcodec'][:2], versions['libswscale'][:2], PIL.__version__,
+          cv2.__version__)
+
+
+def test_converted_shards_pinned(videos, tmp_path):
+  inputs = {name: _decoded_sha(path) for name, path in sorted(videos.items())}
   listing = sources.Listing([sources.Item(p, n[:4], n) for n, p in sorted(videos.items())],
                             [], {'kind': 'test'})
   shards = {}
@@ -179,8 +200,7 @@ def test_converted_shards_pinned(videos, tmp_path):
     assert result.exit_code == 0
     for s in result.manifest['shards']:
       shards[f'{short_side}/{s["file"]}'] = _sha(os.path.join(out, s['file']))
-  import cv2  # pylint: disable=g-import-not-at-top
-  env = (av.__version__, PIL.__version__, cv2.__version__)
+  env = _pinned_env()
   if env != PINNED_ENV or inputs != PINNED_INPUTS or not features.check('libjpeg_turbo'):
     pytest.skip(f'pinned with {PINNED_ENV} and other input bytes; this is {env}')
   assert shards == PINNED_SHARDS, shards
