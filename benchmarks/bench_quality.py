@@ -48,7 +48,7 @@ from cvrl_tf.convert import pool as pool_lib  # The cores (affinity); no TensorF
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 16
-BASE_STEPS = 1200  # quality/pretrain.gin's pretrain.train_steps
+BASE_STEPS = 600  # quality/pretrain.gin's pretrain.train_steps
 
 # (name, label, extra pretraining bindings; {steps} is BASE_STEPS)
 VARIANTS = [

@@ -119,3 +119,13 @@ def test_longest_chains_start_first(tmp_path):
   chains = [t.key for t in bench.tasks() if t.key.startswith('chain_')]
   assert chains[:2] == ['chain_steps_2x_s0', 'chain_steps_2x_s1']
   assert chains[-2:] == ['chain_random_s0', 'chain_random_s1']
+
+
+def test_base_steps_are_the_gin_files():
+  """The table's labels and the 2x row use BASE_STEPS; the runs take quality/pretrain.gin's
+  train_steps. They must be one number."""
+  path = os.path.join(bench_quality.REPO, 'cvrl_tf', 'configs', 'quality', 'pretrain.gin')
+  with open(path) as f:
+    steps = [line.split('=')[1].split('#')[0].strip() for line in f
+             if line.startswith('pretrain.train_steps')]
+  assert steps == [str(bench_quality.BASE_STEPS)]
