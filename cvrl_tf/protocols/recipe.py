@@ -14,6 +14,7 @@ import math
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
+import tf_keras
 
 from cvrl_tf import errors
 from cvrl_tf import files as files_lib
@@ -53,12 +54,23 @@ def open_protocol(recipe, protocol: str, progress_stream,
   or `requested(facts)`), the progress stream resolved. Run the protocol's work inside
   `precision.dtype_policy(opening.precision.policy)`."""
   check_required(recipe, protocol)
+  seed_initialization(getattr(recipe, 'seed', None))
   progress_stream = progress_lib.resolve_stream(progress_stream)
   strategy = recipe.strategy.build()
   facts = precision.detect_devices(strategy)
   wanted = requested(facts) if requested else recipe.mixed_precision
   choice = precision.resolve(wanted, strategy, progress_stream, facts)
   return Opening(strategy, choice, facts, progress_stream)
+
+
+def seed_initialization(seed: Optional[int]) -> None:
+  """Seeds the generators the weights' initializers draw from (Python, NumPy and
+  TensorFlow's global seed), so that a recipe's seed builds the same model: the same
+  initial weights for the same seed, a random-init baseline that is one encoder per seed.
+  Without it only the input stream followed the seed and two runs of one seed started
+  from different weights. None leaves the generators as they are."""
+  if seed is not None:
+    tf_keras.utils.set_random_seed(int(seed))
 
 
 def record_start(model_dir: str, recipe, protocol: str, opening: Opening) -> None:
@@ -91,7 +103,8 @@ class TrainingRecipe:
     'float32', 'mixed_bfloat16' or 'mixed_float16' (dynamic loss scaling).
   jit_compile: XLA-compile the train step.
   checkpoint_every / keep_checkpoints / log_every: in steps.
-  seed: makes the input stream deterministic (with resume: seed + step) and seeds the
+  seed: seeds the weights' initialization (seed_initialization), makes the input stream
+    deterministic (with resume: seed + step) and seeds the
     augmentation deferred to the train step.
   strategy: where it runs (runtime/distribute.py).
   bad_examples: when unusable training videos stop the run (input/bad_examples.py).
