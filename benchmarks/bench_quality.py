@@ -270,7 +270,7 @@ class Bench:
                            ('knn_eval', 'knn_results.json')):
       out = self.path('runs', f'{name}_{protocol}')
       b = self.data(protocol) + [f'{protocol}.{x}' for x in source]
-      b += [f'{protocol}.seed={seed}'] if protocol == 'linear_eval' else []
+      b += [f'{protocol}.seed={seed}']  # k-NN: the random-init encoder's weights
       stages.append(Stage(f'{protocol}_{name}', list(encoder) + [f'{protocol}.gin'], out,
                           b + self.args.eval_bindings, os.path.join(out, done)))
     return stages

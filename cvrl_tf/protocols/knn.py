@@ -38,7 +38,8 @@ class KnnEval:
   Both sides are multi-view: mean of the L2-normalized view features, re-normalized.
   test_views: the views of the queries, and of the memory unless memory_views is given
   (e.g. fewer clips for a large train set; gin: bindings in the scope `knn_memory/`).
-  encoder: the architecture of encoder_source='random' (classify.py). ks / vote /
+  encoder: the architecture of encoder_source='random' (classify.py); seed: its
+    initialization (None: a fresh draw each run). ks / vote /
   temperature: see metrics.py. num_classes defaults to the label map's lines, else the
   largest label. Writes knn_results.json (top-1 and mean class accuracy per k).
   """
@@ -58,6 +59,7 @@ class KnnEval:
   test_views: clips.TestViews = clips.TestViews()
   memory_views: Optional[clips.TestViews] = None
   encoder: Optional[r3d.EncoderSpec] = None
+  seed: Optional[int] = None
   strategy: distribute.StrategySpec = distribute.StrategySpec()
 
   def run(self, model_dir: str, progress_stream=progress_lib.STDERR) -> Optional[dict]:
