@@ -36,16 +36,17 @@ bench: $(STAMP)
 
 # The quality benchmark (docs/quality.md): the paper's ablations on the hard synthetic
 # dataset, 3 seeds a row, mean and 95% interval; not part of `make test`. Resumes.
-# Hours on 2 cores (1200 pretraining steps a row; 81 min measured in native bfloat16 on
-# an AVX512-BF16 EPYC, ~3.5-3.9 h projected on an AVX2-only CPU). More flags through QUALITY_ARGS,
-# e.g. `make bench-quality QUALITY_ARGS="--steps=600 --seeds=5"`.
+# 600 pretraining steps a row at temperature 0.5: 41.5 min measured in native bfloat16 on
+# an AVX512-BF16 EPYC, ~1.5-1.8 h projected on 2 AVX2-only cores. Runs repeat exactly on
+# one machine (seeded, ordered input). More flags through QUALITY_ARGS,
+# e.g. `make bench-quality QUALITY_ARGS="--seeds=6"`.
 QUALITY_OUT ?= quality_out
 QUALITY_ARGS ?=
 bench-quality: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT) $(QUALITY_ARGS)
 
-# One seed: the main recipe, per-frame augmentation, random init (11.9 min measured in
-# the AVX2 stand-in, ~20-22 projected on a real AVX2-only CPU, ~8 in native bfloat16).
+# One seed: the main recipe, per-frame augmentation, random init (5.7 min measured in
+# the AVX2 stand-in, ~9.7-10.3 projected on a real AVX2-only CPU).
 bench-quality-quick: $(STAMP)
 	$(PY) benchmarks/bench_quality.py --out=$(QUALITY_OUT)_quick --quick $(QUALITY_ARGS)
 
