@@ -101,10 +101,10 @@ def mean_interval(values: Sequence[float]):
 
 def paired_differences(values: Sequence[Optional[float]],
                        reference: Sequence[Optional[float]]) -> List[float]:
-  """values[i] - reference[i] for the seeds both have. A seed fixes the initialization
-  and the data order of every row, so the per-seed difference removes what the rows
-  share (how quickly that seed leaves the collapsed plateau): its interval is narrower
-  than the two rows' side by side."""
+  """values[i] - reference[i] for the seeds both have. A seed fixes the initial weights
+  and the input's shuffle of every row (not the order shards arrive in: docs/quality.md
+  section 8), so the per-seed difference removes part of what the rows share: its
+  interval is narrower than the two rows' side by side when that part matters."""
   return [v - r for v, r in zip(values, reference) if v is not None and r is not None]
 
 
@@ -455,8 +455,8 @@ class Bench:
         *lines, '',
         'Interval: mean +- t(0.975, n-1) s / sqrt(n) over the seeds (none with one seed); '
         '"- main, same seed": the same over the per-seed differences from the main '
-        'recipe (a seed fixes initialization and data order; a direction holds at 95% '
-        'when that interval excludes 0). '
+        'recipe (a seed fixes the initial weights and the shuffle; a direction holds at '
+        '95% when that interval excludes 0). '
         'Test split of the hard synthetic dataset (docs/quality.md), 128 videos.', ''])
     with open(self.path('quality.md'), 'w', encoding='utf-8') as f:
       f.write(text)
