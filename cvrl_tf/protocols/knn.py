@@ -39,9 +39,9 @@ class KnnEval:
   test_views: the views of the queries, and of the memory unless memory_views is given
   (e.g. fewer clips for a large train set; gin: bindings in the scope `knn_memory/`).
   encoder: the architecture of encoder_source='random' (classify.py); seed: its
-    initialization (None: a fresh draw each run). ks / vote /
-  temperature: see metrics.py. num_classes defaults to the label map's lines, else the
-  largest label. Writes knn_results.json (top-1 and mean class accuracy per k).
+  initialization (None: a fresh draw each run). ks / vote / temperature: see metrics.py.
+  num_classes defaults to the label map's lines, else the largest label. Writes
+  knn_results.json (top-1 and mean class accuracy per k).
   """
   REQUIRED = ('train_files', 'test_files')
   train_files: classify.FilePatterns = None

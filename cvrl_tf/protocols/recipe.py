@@ -103,9 +103,9 @@ class TrainingRecipe:
     'float32', 'mixed_bfloat16' or 'mixed_float16' (dynamic loss scaling).
   jit_compile: XLA-compile the train step.
   checkpoint_every / keep_checkpoints / log_every: in steps.
-  seed: seeds the weights' initialization (seed_initialization), makes the input stream
-    deterministic (with resume: seed + step) and seeds the
-    augmentation deferred to the train step.
+  seed: seeds the weights' initialization (seed_initialization), the input stream's
+    shuffle and sampling (with resume: seed + step; the order shards arrive in only with
+    the clips' deterministic=True) and the augmentation deferred to the train step.
   strategy: where it runs (runtime/distribute.py).
   bad_examples: when unusable training videos stop the run (input/bad_examples.py).
   """
