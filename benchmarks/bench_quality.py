@@ -23,8 +23,11 @@ supervised. --quick: one seed, main + per-frame + random init (the supervised re
 only in the full table: it was a fifth of --quick's CPU time).
 
 Each row: mean over seeds and a 95% interval, mean +- t(0.975, n-1) * s / sqrt(n)
-(Student t; none with one seed). Output in OUT: quality.md (the table, the machine, the
-wall time), quality.png (the rows with their intervals), results.json, logs/. Commands
+(Student t; none with one seed). Below the table the report judges it: each target of
+docs/quality.md section 2 met or not, and each of the paper's directions (the row's
+paired difference from the main recipe; increasing against uniform intervals)
+reproduced at 95%, reversed at 95%, or not significant with the mean on either side.
+Output in OUT: quality.md (the table, the machine, the wall time, the verdicts), quality.png (the rows with their intervals), results.json, logs/. Commands
 run `--jobs` at a time (default: one per core), each with cores / jobs TensorFlow
 intra-op threads (TF_NUM_INTRAOP_THREADS, unless set): two chains of two threads each on
 two cores kept 1.5 cores busy, one starved behind the other; one thread each keeps both
@@ -62,6 +65,16 @@ VARIANTS = [
     ('head1', 'projection head: 1 hidden layer', ['projection_head.num_hidden_layers=1']),
 ]
 QUICK_VARIANTS = ('main', 'per_frame')
+# The paper's finding for each ablation, as the sign of (row - main recipe):
+# shared/CVRL_REFERENCE.md: per-frame augmentation much worse, uniform and increasing
+# intervals worse than decreasing, longer pretraining better, a deeper head better.
+PAPER_SIGN = {'per_frame': -1, 'uniform': -1, 'increasing': -1, 'steps_2x': +1,
+              'head0': -1, 'head1': -1}
+# docs/quality.md section 2: random init <= chance + 15; the main recipe in 40-85 (not
+# saturated); supervised >= main + 5 with the main recipe's interval below its own.
+# Comparisons the paper makes between two ablation rows: (row, against, sign of row - against).
+PAPER_PAIRS = [('increasing', 'uniform', -1)]  # uniform is better than increasing
+RANDOM_MARGIN, MAIN_RANGE, SUPERVISED_MARGIN = 15.0, (40.0, 85.0), 5.0
 
 
 def chain_env(jobs: int, cores: Optional[int] = None, environ=None) -> Dict[str, str]:
@@ -106,6 +119,52 @@ def paired_differences(values: Sequence[Optional[float]],
   section 8), so the per-seed difference removes part of what the rows share: its
   interval is narrower than the two rows' side by side when that part matters."""
   return [v - r for v, r in zip(values, reference) if v is not None and r is not None]
+
+
+def direction(stats, sign: int) -> str:
+  """How a paired difference (mean, half-width or None, n) from the main recipe stands
+  against the paper's direction `sign` (+1: the row should be above main, -1: below)."""
+  mean, half, n = stats
+  if mean is None:
+    return 'not run'
+  if half is None:
+    return ('the paper\'s direction' if sign * mean > 0 else 'against the paper') + (
+        f' in its one seed ({mean:+.1f}; no interval)')
+  low, high = sorted((sign * (mean - half), sign * (mean + half)))
+  shown = f'{mean:+.1f} +- {half:.1f}, {n} seeds'
+  if low > 0:
+    return f'**reproduced at 95%** ({shown})'
+  if high < 0:
+    return f'**reversed at 95%** ({shown})'
+  return (f'not significant; the mean is in the paper\'s direction ({shown})'
+          if sign * mean > 0 else f'not significant; the mean is against the paper ({shown})')
+
+
+def target_lines(main_stats, random_stats, supervised_stats) -> List[str]:
+  """docs/quality.md section 2's targets against the measured rows (linear top-1, %):
+  each (mean, half-width or None, n); a row not run is said so."""
+  chance = 100 / NUM_CLASSES
+  verdict = lambda ok: 'met' if ok else '**not met**'
+  out = []
+  if random_stats[0] is not None:
+    out.append(f'random init <= chance + {RANDOM_MARGIN:.0f} ({chance + RANDOM_MARGIN:.2f}):'
+               f' {random_stats[0]:.1f} -> {verdict(random_stats[0] <= chance + RANDOM_MARGIN)}')
+  if main_stats[0] is None:
+    return out + ['main recipe: not run']
+  low, high = MAIN_RANGE
+  out.append(f'main recipe in {low:.0f}-{high:.0f} (not saturated): {main_stats[0]:.1f} -> '
+             f'{verdict(low <= main_stats[0] <= high)}')
+  if supervised_stats[0] is not None:
+    gap = supervised_stats[0] - main_stats[0]
+    out.append(f'supervised >= main + {SUPERVISED_MARGIN:.0f}: {supervised_stats[0]:.1f} vs '
+               f'{main_stats[0]:.1f} -> {verdict(gap >= SUPERVISED_MARGIN)}')
+    if main_stats[1] is None or supervised_stats[1] is None:
+      out.append('main\'s interval below supervised\'s: needs 2+ seeds of both')
+    else:
+      top, bottom = main_stats[0] + main_stats[1], supervised_stats[0] - supervised_stats[1]
+      out.append(f'main\'s 95% interval below supervised\'s: main up to {top:.1f}, '
+                 f'supervised from {bottom:.1f} -> {verdict(top < bottom)}')
+  return out
 
 
 def machine_line() -> str:
@@ -441,6 +500,22 @@ class Bench:
                    f'{fmt(*r["knn_stats"][:2])} | {paired[0]} | {paired[1]} | '
                    f'{seeds(r["linear"])} | {seeds(r["knn"])} |')
     lines.append(f'| chance | {100 / NUM_CLASSES:.2f} | {100 / NUM_CLASSES:.2f} | | | | |')
+    by_name = {r['name']: r for r in rows}
+    none = (None, None, 0)
+    checks = ['', '**Targets** (docs/quality.md section 2; linear):', ''] + [
+        f'- {line}' for line in target_lines(
+            mean_interval(main['linear']), by_name.get('random', {}).get('linear_stats', none),
+            by_name.get('supervised', {}).get('linear_stats', none))]
+    checks += ['', '**The paper\'s directions** (linear, paired with the main recipe):', '']
+    checks += [f'- {r["label"]}: {direction(r["linear_minus_main"], PAPER_SIGN[r["name"]])}'
+               for r in rows if r['name'] in PAPER_SIGN]
+    for name, against, sign in PAPER_PAIRS:
+      if name in by_name and against in by_name:
+        stats = mean_interval(paired_differences(by_name[name]['linear'],
+                                                 by_name[against]['linear']))
+        checks.append(f'- {by_name[name]["label"]} against {by_name[against]["label"]}: '
+                      f'{direction(stats, sign)}')
+    lines += checks
     stages = self.stage_timings()
     pretrain_wall = sum(v['wall'] for k, v in stages.items() if k.startswith('pretrain_'))
     cpu = sum(v['cpu'] for v in self.timings.values())

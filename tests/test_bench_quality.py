@@ -106,12 +106,71 @@ def test_report_pairs_each_row_with_the_main_recipe_by_seed(tmp_path):
                                             '-25.0 +- 190.6', '-5.0 +- 63.5']
   main = next(v for k, v in rows.items() if k.startswith('CVRL main'))
   assert main[2:] == ['-', '-']
+  # The paper's direction for per-frame augmentation: below main; -25 +- 190.6 is not
+  # significant, its mean on the paper's side.
+  text = bench.report(60.0, (0.0, 0.0, 0.0))
+  assert ("- per-frame augmentation: not significant; the mean is in the paper's "
+          "direction (-25.0 +- 190.6, 2 seeds)") in text
+  assert '- main recipe in 40-85 (not saturated): 40.0 -> met' in text
   # Without the main row (--variants=per_frame, e.g. --report_only on a finished run)
   # the pairing still reads the main recipe's results.
   bench.variants = [v for v in bench_quality.VARIANTS if v[0] == 'per_frame']
   rows = report_rows(bench)
   assert rows['per-frame augmentation'][2:] == ['-25.0 +- 190.6', '-5.0 +- 63.5']
   assert not any(k.startswith('CVRL main') for k in rows)
+
+
+@pytest.mark.parametrize('stats, sign, starts', [
+    ((-26.6, 19.1, 6), -1, '**reproduced at 95%**'),  # below main, as the paper
+    ((21.2, 21.0, 6), -1, '**reversed at 95%**'),  # above main where the paper is below
+    ((11.6, 17.9, 6), +1, 'not significant; the mean is in the paper'),
+    ((-7.9, 25.9, 6), +1, 'not significant; the mean is against the paper'),
+    ((5.0, 4.0, 3), +1, '**reproduced at 95%**'),  # 1..9 excludes 0
+    ((5.0, 6.0, 3), +1, 'not significant'),  # -1..11 does not
+    ((-3.0, None, 1), -1, "the paper's direction in its one seed"),
+    ((None, None, 0), -1, 'not run'),
+])
+def test_direction_against_the_paper(stats, sign, starts):
+  assert bench_quality.direction(stats, sign).startswith(starts)
+
+
+def test_paper_signs_are_the_references_findings():
+  # shared/CVRL_REFERENCE.md: consistent > per-frame, decreasing > uniform and
+  # increasing, longer better, deeper head better (main has 3 hidden layers).
+  assert bench_quality.PAPER_SIGN == {'per_frame': -1, 'uniform': -1, 'increasing': -1,
+                                      'steps_2x': +1, 'head0': -1, 'head1': -1}
+  assert set(bench_quality.PAPER_SIGN) == {v[0] for v in bench_quality.VARIANTS[1:]}
+  assert bench_quality.PAPER_PAIRS == [('increasing', 'uniform', -1)]
+
+
+def test_targets_by_hand():
+  # Chance is 6.25 with 16 classes: random init may reach 21.25.
+  lines = bench_quality.target_lines((34.0, 18.6, 6), (6.4, 0.3, 6), (93.5, 1.6, 6))
+  assert lines[0].endswith('6.4 -> met')
+  assert lines[1].endswith('34.0 -> **not met**')  # below 40
+  assert lines[2].endswith('-> met')  # 93.5 >= 34.0 + 5
+  # The intervals: main up to 34.0 + 18.6 = 52.6, supervised from 93.5 - 1.6 = 91.9.
+  assert 'main up to 52.6, supervised from 91.9 -> met' in lines[3]
+  lines = bench_quality.target_lines((60.0, 20.0, 3), (21.3, None, 1), (70.0, 5.0, 3))
+  assert lines[0].endswith('21.3 -> **not met**')
+  assert lines[1].endswith('60.0 -> met')
+  assert lines[2].endswith('-> met')  # 70 >= 65
+  assert lines[3].endswith('main up to 80.0, supervised from 65.0 -> **not met**')
+  assert bench_quality.target_lines((None, None, 0), (6.0, None, 1),
+                                    (None, None, 0))[-1] == 'main recipe: not run'
+
+
+def test_report_compares_increasing_with_uniform_intervals(tmp_path):
+  # Increasing 20 points below uniform in every seed: -20 +- 0, the paper's order.
+  for seed, (u, i) in enumerate(((0.3, 0.1), (0.4, 0.2), (0.5, 0.3))):
+    write_results(tmp_path, 'uniform', seed, u, u)
+    write_results(tmp_path, 'increasing', seed, i, i)
+  bench = bench_quality.Bench(bench_quality.parse([f'--out={tmp_path}', '--seeds=3']))
+  bench.variants = [v for v in bench_quality.VARIANTS if v[0] in ('uniform', 'increasing')]
+  text = bench.report(60.0, (0.0, 0.0, 0.0))
+  assert ('- increasing intervals against uniform intervals: **reproduced at 95%** '
+          '(-20.0 +- 0.0, 3 seeds)') in text
+  assert '- main recipe: not run' in text  # No main results: the targets say so.
 
 
 def test_longest_chains_start_first(tmp_path):
