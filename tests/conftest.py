@@ -7,6 +7,7 @@ so the end of the run is not one long file on one worker while the other idles.
 """
 
 import os
+import tempfile
 
 import pytest
 
@@ -18,6 +19,23 @@ import pytest
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 from cvrl_tf.runtime import precision  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope='session', autouse=True)
+def third_party_temporaries_under_basetemp(tmp_path_factory):
+  """What libraries leave in the temporary directory (TFDS's tmp*tfds folders, Beam's
+  beam-pipeline-temp*, AutoGraph's generated files: ~60 folders a run) goes under
+  pytest's basetemp, of which pytest keeps the last three runs, instead of piling up in
+  /tmp. The subprocesses the tests start inherit it through TMPDIR."""
+  root = str(tmp_path_factory.mktemp('temporaries'))
+  saved = os.environ.get('TMPDIR'), tempfile.tempdir
+  os.environ['TMPDIR'], tempfile.tempdir = root, root
+  yield
+  if saved[0] is None:
+    os.environ.pop('TMPDIR', None)
+  else:
+    os.environ['TMPDIR'] = saved[0]
+  tempfile.tempdir = saved[1]
 
 
 @pytest.fixture
