@@ -578,7 +578,7 @@ class Bench:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
     y = list(range(len(rows)))[::-1]
     for offset, key, colour in ((0.15, 'linear', 'C0'), (-0.15, 'knn', 'C1')):
       for yi, r in zip(y, rows):
@@ -594,7 +594,8 @@ class Bench:
     ax.set_yticklabels([r['label'] for r in rows], fontsize=8)
     ax.set_xlabel('top-1 (%), mean and 95% interval over seeds (dots: seeds)')
     ax.set_xlim(0, 100)
-    ax.legend(loc='lower right', fontsize=8)
+    # Outside the axes: inside, it hid the last row's (supervised) interval.
+    ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(self.path('quality.png'), dpi=100)
     plt.close(fig)
