@@ -37,7 +37,7 @@ bench: $(STAMP)
 # The quality benchmark (docs/quality.md): the paper's ablations on the hard synthetic
 # dataset, 3 seeds a row, mean and 95% interval; not part of `make test`. Resumes.
 # 600 pretraining steps a row at temperature 0.5, the supervised reference 1600: ~49 min
-# measured in native bfloat16 on an AVX512-BF16 EPYC, ~1.7-2.2 h projected on 2 AVX2-only
+# measured in native bfloat16 on an AVX512-BF16 EPYC, ~1.6-2.1 h projected on 2 AVX2-only
 # cores. The report ends with the targets met or not and each paper direction's verdict.
 # A seed fixes each run's initial weights. More flags through QUALITY_ARGS,
 # e.g. `make bench-quality QUALITY_ARGS="--seeds=6"`.

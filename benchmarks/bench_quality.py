@@ -65,15 +65,17 @@ VARIANTS = [
     ('head1', 'projection head: 1 hidden layer', ['projection_head.num_hidden_layers=1']),
 ]
 QUICK_VARIANTS = ('main', 'per_frame')
-# The paper's finding for each ablation, as the sign of (row - main recipe):
-# shared/CVRL_REFERENCE.md: per-frame augmentation much worse, uniform and increasing
-# intervals worse than decreasing, longer pretraining better, a deeper head better.
+# The paper's finding for each ablation, as the sign of (row - main recipe), as issue #31
+# lists them from the paper (shared/CVRL_REFERENCE.md states the first two and the
+# length's +2.3): per-frame augmentation much worse, uniform and increasing intervals
+# worse than decreasing, longer pretraining better, a deeper projection head better.
 PAPER_SIGN = {'per_frame': -1, 'uniform': -1, 'increasing': -1, 'steps_2x': +1,
               'head0': -1, 'head1': -1}
 # docs/quality.md section 2: random init <= chance + 15; the main recipe in 40-85 (not
 # saturated); supervised >= main + 5 with the main recipe's interval below its own.
-# Comparisons the paper makes between two ablation rows: (row, against, sign of row - against).
-PAPER_PAIRS = [('increasing', 'uniform', -1)]  # uniform is better than increasing
+# Comparisons the paper makes between two ablation rows (row, against, sign of
+# row - against): uniform intervals better than increasing (issue #31, from the paper).
+PAPER_PAIRS = [('increasing', 'uniform', -1)]
 RANDOM_MARGIN, MAIN_RANGE, SUPERVISED_MARGIN = 15.0, (40.0, 85.0), 5.0
 
 

@@ -127,6 +127,8 @@ def test_report_pairs_each_row_with_the_main_recipe_by_seed(tmp_path):
     ((-7.9, 25.9, 6), +1, 'not significant; the mean is against the paper'),
     ((5.0, 4.0, 3), +1, '**reproduced at 95%**'),  # 1..9 excludes 0
     ((5.0, 6.0, 3), +1, 'not significant'),  # -1..11 does not
+    ((5.0, 5.0, 3), +1, 'not significant'),  # 0..10 touches 0: not excluded
+    ((-5.0, 5.0, 3), +1, 'not significant; the mean is against'),
     ((-3.0, None, 1), -1, "the paper's direction in its one seed"),
     ((None, None, 0), -1, 'not run'),
 ])
@@ -135,7 +137,7 @@ def test_direction_against_the_paper(stats, sign, starts):
 
 
 def test_paper_signs_are_the_references_findings():
-  # shared/CVRL_REFERENCE.md: consistent > per-frame, decreasing > uniform and
+  # The paper, as issue #31 lists it: consistent > per-frame, decreasing > uniform and
   # increasing, longer better, deeper head better (main has 3 hidden layers).
   assert bench_quality.PAPER_SIGN == {'per_frame': -1, 'uniform': -1, 'increasing': -1,
                                       'steps_2x': +1, 'head0': -1, 'head1': -1}
@@ -156,6 +158,19 @@ def test_targets_by_hand():
   assert lines[1].endswith('60.0 -> met')
   assert lines[2].endswith('-> met')  # 70 >= 65
   assert lines[3].endswith('main up to 80.0, supervised from 65.0 -> **not met**')
+  # Edges, in exactly representable values: 40 is inside 40-85, 21.25 is allowed,
+  # supervised exactly main + 5 passes, 4.5 short fails; touching intervals fail.
+  lines = bench_quality.target_lines((40.0, 10.0, 3), (21.25, None, 1), (45.0, 5.0, 3))
+  assert lines[0].endswith('21.2 -> met')  # 21.25, printed to one decimal
+  assert lines[1].endswith('40.0 -> met')
+  assert lines[2].endswith('-> met')
+  assert lines[3].endswith('main up to 50.0, supervised from 40.0 -> **not met**')
+  lines = bench_quality.target_lines((40.0, 10.0, 3), (6.0, None, 1), (55.0, 5.0, 3))
+  assert lines[3].endswith('main up to 50.0, supervised from 50.0 -> **not met**')  # touch
+  lines = bench_quality.target_lines((39.5, 0.5, 3), (6.0, None, 1), (44.0, 0.25, 3))
+  assert lines[1].endswith('39.5 -> **not met**')
+  assert lines[2].endswith('44.0 vs 39.5 -> **not met**')  # 4.5 points above
+  assert lines[3].endswith('main up to 40.0, supervised from 43.8 -> met')
   assert bench_quality.target_lines((None, None, 0), (6.0, None, 1),
                                     (None, None, 0))[-1] == 'main recipe: not run'
 
