@@ -27,11 +27,12 @@ Each row: mean over seeds and a 95% interval, mean +- t(0.975, n-1) * s / sqrt(n
 docs/quality.md section 2 met or not, and each of the paper's directions (the row's
 paired difference from the main recipe; increasing against uniform intervals)
 reproduced at 95%, reversed at 95%, or not significant with the mean on either side.
-Output in OUT: quality.md (the table, the machine, the wall time, the verdicts), quality.png (the rows with their intervals), results.json, logs/. Commands
-run `--jobs` at a time (default: one per core), each with cores / jobs TensorFlow
-intra-op threads (TF_NUM_INTRAOP_THREADS, unless set): two chains of two threads each on
-two cores kept 1.5 cores busy, one starved behind the other; one thread each keeps both
-busy (docs/quality.md, section 6e). A step whose output exists is skipped, so an
+Output in OUT: quality.md (the table, the machine, the wall time, the verdicts),
+quality.png (the rows with their intervals), results.json, logs/. Commands run `--jobs`
+at a time (default: one per core), each with cores / jobs TensorFlow intra-op threads
+(TF_NUM_INTRAOP_THREADS, unless set): two chains of two threads each on two cores kept
+1.5 cores busy, one starved behind the other; one thread each keeps both busy
+(docs/quality.md, section 6e). A step whose output exists is skipped, so an
 interrupted run resumes.
 """
 
@@ -51,6 +52,7 @@ from cvrl_tf.convert import pool as pool_lib  # The cores (affinity); no TensorF
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 16
+CHANCE = 100 / NUM_CLASSES  # top-1 (%) of a guess
 BASE_STEPS = 600  # quality/pretrain.gin's pretrain.train_steps
 
 # (name, label, extra pretraining bindings; {steps} is BASE_STEPS)
@@ -71,11 +73,11 @@ QUICK_VARIANTS = ('main', 'per_frame')
 # worse than decreasing, longer pretraining better, a deeper projection head better.
 PAPER_SIGN = {'per_frame': -1, 'uniform': -1, 'increasing': -1, 'steps_2x': +1,
               'head0': -1, 'head1': -1}
-# docs/quality.md section 2: random init <= chance + 15; the main recipe in 40-85 (not
-# saturated); supervised >= main + 5 with the main recipe's interval below its own.
 # Comparisons the paper makes between two ablation rows (row, against, sign of
 # row - against): uniform intervals better than increasing (issue #31, from the paper).
 PAPER_PAIRS = [('increasing', 'uniform', -1)]
+# docs/quality.md section 2: random init <= chance + 15; the main recipe in 40-85 (not
+# saturated); supervised >= main + 5 with the main recipe's interval below its own.
 RANDOM_MARGIN, MAIN_RANGE, SUPERVISED_MARGIN = 15.0, (40.0, 85.0), 5.0
 
 
@@ -145,12 +147,12 @@ def direction(stats, sign: int) -> str:
 def target_lines(main_stats, random_stats, supervised_stats) -> List[str]:
   """docs/quality.md section 2's targets against the measured rows (linear top-1, %):
   each (mean, half-width or None, n); a row not run is said so."""
-  chance = 100 / NUM_CLASSES
   verdict = lambda ok: 'met' if ok else '**not met**'
   out = []
   if random_stats[0] is not None:
-    out.append(f'random init <= chance + {RANDOM_MARGIN:.0f} ({chance + RANDOM_MARGIN:.2f}):'
-               f' {random_stats[0]:.1f} -> {verdict(random_stats[0] <= chance + RANDOM_MARGIN)}')
+    limit = CHANCE + RANDOM_MARGIN
+    out.append(f'random init <= chance + {RANDOM_MARGIN:.0f} ({limit:.2f}): '
+               f'{random_stats[0]:.1f} -> {verdict(random_stats[0] <= limit)}')
   if main_stats[0] is None:
     return out + ['main recipe: not run']
   low, high = MAIN_RANGE
@@ -501,7 +503,7 @@ class Bench:
       lines.append(f'| {r["label"]} | {fmt(*r["linear_stats"][:2])} | '
                    f'{fmt(*r["knn_stats"][:2])} | {paired[0]} | {paired[1]} | '
                    f'{seeds(r["linear"])} | {seeds(r["knn"])} |')
-    lines.append(f'| chance | {100 / NUM_CLASSES:.2f} | {100 / NUM_CLASSES:.2f} | | | | |')
+    lines.append(f'| chance | {CHANCE:.2f} | {CHANCE:.2f} | | | | |')
     by_name = {r['name']: r for r in rows}
     none = (None, None, 0)
     checks = ['', '**Targets** (docs/quality.md section 2; linear):', ''] + [
@@ -591,7 +593,7 @@ class Bench:
                     label=key if yi == y[0] else None)
         vals = [v for v in r[key] if v is not None]
         ax.scatter(vals, [yi + offset] * len(vals), s=8, color=colour, alpha=0.4)
-    ax.axvline(100 / NUM_CLASSES, color='grey', ls='--', lw=1, label='chance')
+    ax.axvline(CHANCE, color='grey', ls='--', lw=1, label='chance')
     ax.set_yticks(y)
     ax.set_yticklabels([r['label'] for r in rows], fontsize=8)
     ax.set_xlabel('top-1 (%), mean and 95% interval over seeds (dots: seeds)')

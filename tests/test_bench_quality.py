@@ -136,7 +136,7 @@ def test_direction_against_the_paper(stats, sign, starts):
   assert bench_quality.direction(stats, sign).startswith(starts)
 
 
-def test_paper_signs_are_the_references_findings():
+def test_paper_signs_are_the_papers_findings():
   # The paper, as issue #31 lists it: consistent > per-frame, decreasing > uniform and
   # increasing, longer better, deeper head better (main has 3 hidden layers).
   assert bench_quality.PAPER_SIGN == {'per_frame': -1, 'uniform': -1, 'increasing': -1,
