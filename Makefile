@@ -36,7 +36,7 @@ bench: $(STAMP)
 
 # The quality benchmark (docs/quality.md): the paper's ablations on the hard synthetic
 # dataset, 3 seeds a row, mean and 95% interval; not part of `make test`. Resumes.
-# 600 pretraining steps a row at temperature 0.5, the supervised reference 1600: ~49 min
+# 600 pretraining steps a row at temperature 0.5, the supervised reference 1600: 49.9 min
 # measured in native bfloat16 on an AVX512-BF16 EPYC, ~1.6-2.1 h projected on 2 AVX2-only
 # cores. The report ends with the targets met or not and each paper direction's verdict.
 # A seed fixes each run's initial weights. More flags through QUALITY_ARGS,
